@@ -1,0 +1,132 @@
+"""DeiT on keras-hub's DeiTBackbone.
+
+DeiT is ViT with a second, distillation token; without a teacher its token is
+simply trained by the same loss, and the pooled feature averages the class and
+distillation tokens, as DeiT does at inference. Its MLP uses exact GELU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import keras_hub
+
+from lensnet.models.backbone import Backbone, float32_features, image_input
+from lensnet.models.layers import POOLING_MODES, TokenPooling, check_heads
+from lensnet.models.registry import register_model
+from lensnet.models.vit import resolve_patch_size
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class DeiTBackbone(Backbone):
+    """DeiT feature extractor: keras-hub DeiTBackbone + token pooling.
+
+    Args:
+        image_shape: (height, width, channels) of the input images.
+        patch_size: int, (int, int) or None (automatic, as for ViT).
+        hidden_dim: token width.
+        num_layers: transformer blocks.
+        num_heads: attention heads; must divide `hidden_dim`.
+        intermediate_dim: hidden width of each block's MLP.
+        dropout_rate: dropout in the blocks.
+        attention_dropout: dropout on attention weights.
+        layer_norm_epsilon: of every LayerNormalization.
+        pooling: `"token"` (mean of class and distillation tokens) or `"mean"`
+            (mean of the patch tokens).
+        name: model name.
+        dtype: dtype policy.
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        patch_size: int | Sequence[int] | None = None,
+        hidden_dim: int = 192,
+        num_layers: int = 12,
+        num_heads: int = 3,
+        intermediate_dim: int = 768,
+        dropout_rate: float = 0.0,
+        attention_dropout: float = 0.0,
+        layer_norm_epsilon: float = 1e-6,
+        pooling: str = "token",
+        name: str = "deit",
+        dtype: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        image_shape = tuple(int(d) for d in image_shape)
+        patch = resolve_patch_size(image_shape, patch_size, name)
+        check_heads(name, hidden_dim, num_heads)
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+
+        # === Functional model ===
+        inputs = image_input(image_shape)
+        tokens = keras_hub.models.DeiTBackbone(
+            image_shape=image_shape,
+            patch_size=patch,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            hidden_dim=hidden_dim,
+            intermediate_dim=intermediate_dim,
+            dropout_rate=dropout_rate,
+            attention_dropout=attention_dropout,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dtype=dtype,
+            name="deit",
+        )(inputs)
+        # Two prefix tokens: class and distillation.
+        x = TokenPooling(pooling, num_prefix_tokens=2, dtype=dtype, name="pool")(tokens)
+        outputs = float32_features(x)
+        super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.image_shape = image_shape
+        self.patch_size = patch
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.dropout_rate = dropout_rate
+        self.attention_dropout = attention_dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.pooling = pooling
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "image_shape": list(self.image_shape),
+                "patch_size": list(self.patch_size),
+                "hidden_dim": self.hidden_dim,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout_rate": self.dropout_rate,
+                "attention_dropout": self.attention_dropout,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "pooling": self.pooling,
+            }
+        )
+        return config
+
+
+@register_model(
+    "deit_tiny",
+    family="deit",
+    description="DeiT-Tiny (keras-hub; 192 wide, 3 heads, 12 layers, class + distillation tokens, ~5.4M params)",
+    defaults={
+        "patch_size": None,
+        "hidden_dim": 192,
+        "num_layers": 12,
+        "num_heads": 3,
+        "intermediate_dim": 768,
+        "dropout_rate": 0.0,
+        "attention_dropout": 0.0,
+        "layer_norm_epsilon": 1e-6,
+        "pooling": "token",
+    },
+)
+def deit_tiny(input_shape: tuple[int, int, int], **kwargs: Any) -> keras.Model:
+    return DeiTBackbone(input_shape, name="deit_tiny", **kwargs)

@@ -1,0 +1,116 @@
+"""Layers and shape checks shared by several families."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import ops
+
+from lensnet.errors import LensnetError
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class TokenPooling(keras.layers.Layer):
+    """Pools a token sequence (batch, N, D) into (batch, D).
+
+    Args:
+        mode: `"token"` averages the first `num_prefix_tokens` tokens (the class
+            token for ViT; class and distillation tokens for DeiT, as DeiT does at
+            inference); `"mean"` averages the patch tokens that follow them.
+        num_prefix_tokens: int. Number of non-patch tokens at the start.
+    """
+
+    def __init__(self, mode: str = "token", num_prefix_tokens: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if mode not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
+        if mode == "token" and num_prefix_tokens < 1:
+            raise ValueError("pooling 'token' needs at least one prefix (class) token")
+        self.mode = mode
+        self.num_prefix_tokens = int(num_prefix_tokens)
+
+    def call(self, inputs: Any) -> Any:
+        # Static slices only: no Python logic on the batch dimension, so the
+        # layer traces with batch None and exports to ONNX as Slice + ReduceMean.
+        if self.mode == "token":
+            return ops.mean(inputs[:, : self.num_prefix_tokens, :], axis=1)
+        return ops.mean(inputs[:, self.num_prefix_tokens :, :], axis=1)
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"mode": self.mode, "num_prefix_tokens": self.num_prefix_tokens})
+        return config
+
+
+POOLING_MODES = ("token", "mean")
+
+
+def as_pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        value = (value, value)
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise LensnetError(f"{what} must be a positive int or a pair of them, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def auto_patch_size(
+    image_shape: tuple[int, int, int], preferred: int, model: str, min_grid: int = 2
+) -> int:
+    """The patch size used when the user gives none.
+
+    `preferred` if it divides both sides, else the smallest common divisor of
+    height and width above it (150 px with preferred 8 -> 10), so that the image
+    splits into whole patches without cropping or padding. At least `min_grid`
+    patches per side must remain.
+    """
+    h, w = image_shape[:2]
+    for p in range(preferred, min(h, w) // min_grid + 1):
+        if h % p == 0 and w % p == 0:
+            return p
+    for p in range(preferred - 1, 0, -1):
+        if h % p == 0 and w % p == 0 and min(h, w) // p >= min_grid:
+            return p
+    raise LensnetError(
+        f"model {model!r} cannot split input_shape {tuple(image_shape)} into patches: "
+        f"no patch size divides both {h} and {w}; give patch_size explicitly or resize the images"
+    )
+
+
+def check_patch_size(image_shape: tuple[int, int, int], patch: tuple[int, int], model: str) -> None:
+    h, w = image_shape[:2]
+    if h % patch[0] or w % patch[1] or h < patch[0] or w < patch[1]:
+        raise LensnetError(
+            f"model {model!r}: patch_size {patch[0]}x{patch[1]} does not divide input_shape "
+            f"{tuple(image_shape)}; use a patch size dividing {h} and {w}, or patch_size=None "
+            "to choose one automatically"
+        )
+
+
+def check_min_size(image_shape: tuple[int, int, int], stride: int, model: str) -> None:
+    """Reject images smaller than the network's total downsampling."""
+    h, w = image_shape[:2]
+    if h < stride or w < stride:
+        raise LensnetError(
+            f"model {model!r} downsamples by {stride}, so input_shape {tuple(image_shape)} is too "
+            f"small: height and width must be at least {stride}"
+        )
+
+
+def check_lengths(model: str, **lists: Sequence[Any]) -> int:
+    """All per-stage lists must have one entry per stage."""
+    lengths = {k: len(v) for k, v in lists.items()}
+    if len(set(lengths.values())) != 1 or 0 in lengths.values():
+        listed = ", ".join(f"{k} ({n})" for k, n in lengths.items())
+        raise LensnetError(f"model {model!r}: per-stage options need the same non-zero length: {listed}")
+    return next(iter(lengths.values()))
+
+
+def check_heads(model: str, dim: int, heads: int, what: str = "hidden_dim") -> None:
+    if heads < 1 or dim % heads:
+        raise LensnetError(f"model {model!r}: {what} {dim} must be divisible by num_heads {heads}")

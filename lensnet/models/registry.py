@@ -1,0 +1,152 @@
+"""The model registry: one name -> one builder with default hyper-parameters.
+
+The idea is timm's `create_model(name, **overrides)`: the trainer, the tuner
+and the exporter only ever call `create_model`, so adding a model is one
+`@register_model` builder in a family module and nothing else changes.
+
+Every registered model is a *backbone*: it maps float32 images (H, W, C), already
+normalised by the data pipeline, to a pooled feature vector (batch, D). Tasks add
+their own heads.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+
+from lensnet.errors import LensnetError
+
+Builder = Callable[..., keras.Model]
+
+# Accepted by every model, handled here rather than in each builder: the
+# builders only ever create randomly initialised networks.
+GENERIC_DEFAULTS: dict[str, Any] = {"weights": None}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    description: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    builder: Builder | None = None
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "description": self.description,
+            "defaults": {**copy.deepcopy(self.defaults), **GENERIC_DEFAULTS},
+        }
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str, family: str, description: str, defaults: Mapping[str, Any] | None = None
+) -> Callable[[Builder], Builder]:
+    """Register `builder(input_shape, **kwargs) -> keras.Model` under `name`.
+
+    `defaults` lists every hyper-parameter a user may override; a key that is not
+    in it is rejected by `create_model`, so typos fail loudly instead of being
+    silently ignored.
+    """
+    defaults = dict(defaults or {})
+    clash = set(defaults) & set(GENERIC_DEFAULTS)
+    if clash:
+        raise ValueError(f"model {name!r}: defaults may not redefine generic keys {sorted(clash)}")
+
+    def decorator(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = ModelSpec(name, family, description, defaults, builder)
+        return builder
+
+    return decorator
+
+
+def _spec(name: str) -> ModelSpec:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        valid = ", ".join(sorted(_REGISTRY))
+        raise LensnetError(f"unknown model {name!r}; valid models: {valid}")
+    return _REGISTRY[name]
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Every registered model as {"name", "family", "description", "defaults"}, sorted by name."""
+    return [_REGISTRY[n].info() for n in sorted(_REGISTRY)]
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """The `list_models()` entry of one model."""
+    return _spec(name).info()
+
+
+def _check_input_shape(name: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(d) for d in input_shape)
+        ok = len(shape) == 3 and all(d > 0 for d in shape) and all(
+            float(d) == float(s) for d, s in zip(shape, input_shape)
+        )
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise LensnetError(
+            f"model {name!r} needs input_shape (height, width, channels) of positive integers, "
+            f"got {input_shape!r}"
+        )
+    return shape  # type: ignore[return-value]
+
+
+def create_model(name: str, input_shape: tuple[int, int, int], **overrides: Any) -> keras.Model:
+    """Build the backbone `name` for images of `input_shape` (H, W, C).
+
+    Returns a `keras.Model` mapping (batch, H, W, C) float32 images to (batch, D)
+    float32 features. `overrides` replace entries of the model's defaults (see
+    `model_info(name)["defaults"]`). `weights` may name a local `.weights.h5` file
+    saved from the same architecture; nothing is ever downloaded.
+    """
+    spec = _spec(name)
+    shape = _check_input_shape(name, input_shape)
+    valid_keys = {**spec.defaults, **GENERIC_DEFAULTS}
+    unknown = sorted(set(overrides) - set(valid_keys))
+    if unknown:
+        raise LensnetError(
+            f"unknown option(s) {', '.join(unknown)} for model {name!r}; valid options: "
+            f"{', '.join(sorted(valid_keys))}"
+        )
+    kwargs = {**copy.deepcopy(spec.defaults), **overrides}
+    weights = kwargs.pop("weights", None)
+    assert spec.builder is not None
+    try:
+        model = spec.builder(shape, **kwargs)
+    except LensnetError:
+        raise
+    except ValueError as exc:
+        # Out-of-range hyper-parameters reach keras/keras-hub as ValueError; they are
+        # the user's input, so they surface as one line, not a traceback.
+        message = " ".join(str(exc).split())
+        raise LensnetError(f"cannot build model {name!r} for input_shape {shape}: {message}") from exc
+    if weights is not None:
+        _load_local_weights(model, name, weights)
+    return model
+
+
+def _load_local_weights(model: keras.Model, name: str, weights: Any) -> None:
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise LensnetError(
+            f"weights for model {name!r} must be a local .weights.h5 file (nothing is downloaded); "
+            f"not found: {path}"
+        )
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError) as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise LensnetError(f"cannot load weights {path} into model {name!r}: {message}") from exc

@@ -1,0 +1,208 @@
+"""Swin Transformer on keras-hub's SwinTransformerBackbone, sized for lens cutouts.
+
+ImageNet's Swin-T uses 4 px patches and 7x7 windows on 224 px (56, 28, 14, 7
+tokens per side). On 64 px cutouts that would leave 2 tokens per side in the
+last stage, so here patches are 2 px and windows 4x4 (32, 16, 8, 4 tokens).
+keras-hub does not check that windows tile every stage: a stage whose side is
+not a multiple of the window gets padded windows with a wrong shift mask, and a
+side smaller than the window breaks its relative-position bias. So the shape is
+checked here and rejected with a clear message instead. Its MLP uses exact GELU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import keras_hub
+
+from lensnet.errors import LensnetError
+from lensnet.models.backbone import Backbone, float32_features, image_input
+from lensnet.models.layers import check_lengths
+from lensnet.models.registry import register_model
+
+# Tokens per side of the first stage the automatic patch size aims at: ImageNet
+# Swin-T has 56, 32 keeps the cost of 64-128 px cutouts modest on a CPU.
+TARGET_GRID = 32
+
+
+def _tiles(side: int, patch: int, num_stages: int, window: int) -> bool:
+    """Whether every stage's side is a whole multiple of the window.
+
+    Each patch merge halves the side, so this holds exactly when the first
+    stage's side is a multiple of window * 2^(stages - 1).
+    """
+    return side % patch == 0 and (side // patch) % (window * 2 ** (num_stages - 1)) == 0
+
+
+def _stage_sides(side: int, patch: int, num_stages: int) -> list[int]:
+    res = side // patch
+    return [res // 2**i for i in range(num_stages)]
+
+
+def resolve_swin_patch_size(
+    image_shape: tuple[int, int, int], patch_size: int | None, window_size: int, num_stages: int, model: str
+) -> int:
+    """`None` picks the smallest patch of at least side/32 px with which every
+    stage tiles into whole windows (64 px -> 2, 128 px -> 4, 96 px -> 3)."""
+    h, w = image_shape[:2]
+
+    def ok(p: int) -> bool:
+        return _tiles(h, p, num_stages, window_size) and _tiles(w, p, num_stages, window_size)
+
+    if patch_size is not None:
+        p = int(patch_size)
+        if p < 1 or not ok(p):
+            raise LensnetError(
+                f"model {model!r} cannot take input_shape {tuple(image_shape)} with patch_size {patch_size} "
+                f"and window_size {window_size}: the {num_stages} stages would have "
+                f"{_stage_sides(h, max(p, 1), num_stages)} x {_stage_sides(w, max(p, 1), num_stages)} "
+                f"tokens, each must be a multiple of the window (and even before each patch merge); "
+                "use patch_size=None to search for one"
+            )
+        return p
+    start = max(1, math.ceil(max(h, w) / TARGET_GRID))
+    for p in range(start, min(h, w) + 1):
+        if ok(p):
+            return p
+    need = window_size * 2 ** (num_stages - 1)
+    raise LensnetError(
+        f"model {model!r} cannot take input_shape {tuple(image_shape)}: with window_size {window_size} and "
+        f"{num_stages} stages, height/patch and width/patch must be multiples of {need} for some patch size; "
+        "resize or crop the images (64, 96 and 128 px work) or change window_size/depths"
+    )
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class SwinBackbone(Backbone):
+    """Swin feature extractor: keras-hub SwinTransformerBackbone + mean over tokens.
+
+    Args:
+        image_shape: (height, width, channels) of the input images.
+        patch_size: int or None (automatic, see `resolve_swin_patch_size`).
+        embed_dim: width of the first stage; doubles at each later stage.
+        depths: Swin blocks per stage.
+        num_heads: attention heads per stage; must divide each stage's width.
+        window_size: side of the attention windows, in tokens.
+        mlp_ratio: MLP width over block width.
+        qkv_bias: bias in the query/key/value projection.
+        dropout_rate: dropout in the blocks.
+        attention_dropout: dropout on attention weights.
+        drop_path: stochastic-depth rate, growing linearly to this value.
+        patch_norm: LayerNormalization after the patch embedding.
+        name: model name.
+        dtype: dtype policy.
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        patch_size: int | None = None,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int = 4,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        dropout_rate: float = 0.0,
+        attention_dropout: float = 0.0,
+        drop_path: float = 0.1,
+        patch_norm: bool = True,
+        name: str = "swin",
+        dtype: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        image_shape = tuple(int(d) for d in image_shape)
+        depths = tuple(int(d) for d in depths)
+        num_heads = tuple(int(n) for n in num_heads)
+        num_stages = check_lengths(name, depths=depths, num_heads=num_heads)
+        if min(depths) < 1 or embed_dim < 1 or window_size < 1:
+            raise ValueError("depths, embed_dim and window_size must be positive")
+        for i, heads in enumerate(num_heads):
+            dim = embed_dim * 2**i
+            if heads < 1 or dim % heads:
+                raise LensnetError(
+                    f"model {name!r}: stage {i} width {dim} (embed_dim {embed_dim} x 2^{i}) must be "
+                    f"divisible by its num_heads {heads}"
+                )
+        patch = resolve_swin_patch_size(image_shape, patch_size, window_size, num_stages, name)
+
+        # === Functional model ===
+        inputs = image_input(image_shape)
+        tokens = keras_hub.models.SwinTransformerBackbone(
+            image_shape=image_shape,
+            embed_dim=embed_dim,
+            depths=depths,
+            num_heads=num_heads,
+            window_size=window_size,
+            patch_size=patch,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            dropout_rate=dropout_rate,
+            attention_dropout=attention_dropout,
+            drop_path=drop_path,
+            patch_norm=patch_norm,
+            dtype=dtype,
+            name="swin",
+        )(inputs)
+        x = keras.layers.GlobalAveragePooling1D(dtype=dtype, name="pool")(tokens)
+        outputs = float32_features(x)
+        super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.image_shape = image_shape
+        self.patch_size = patch
+        self.embed_dim = embed_dim
+        self.depths = depths
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.mlp_ratio = mlp_ratio
+        self.qkv_bias = qkv_bias
+        self.dropout_rate = dropout_rate
+        self.attention_dropout = attention_dropout
+        self.drop_path = drop_path
+        self.patch_norm = patch_norm
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "image_shape": list(self.image_shape),
+                "patch_size": self.patch_size,
+                "embed_dim": self.embed_dim,
+                "depths": list(self.depths),
+                "num_heads": list(self.num_heads),
+                "window_size": self.window_size,
+                "mlp_ratio": self.mlp_ratio,
+                "qkv_bias": self.qkv_bias,
+                "dropout_rate": self.dropout_rate,
+                "attention_dropout": self.attention_dropout,
+                "drop_path": self.drop_path,
+                "patch_norm": self.patch_norm,
+            }
+        )
+        return config
+
+
+@register_model(
+    "swin_tiny",
+    family="swin",
+    description="Swin-T (keras-hub; 96 wide, depths [2,2,6,2], ~27.5M params; patch 2 / window 4 at 64 px)",
+    defaults={
+        "patch_size": None,
+        "embed_dim": 96,
+        "depths": [2, 2, 6, 2],
+        "num_heads": [3, 6, 12, 24],
+        "window_size": 4,
+        "mlp_ratio": 4.0,
+        "qkv_bias": True,
+        "dropout_rate": 0.0,
+        "attention_dropout": 0.0,
+        "drop_path": 0.1,
+        "patch_norm": True,
+    },
+)
+def swin_tiny(input_shape: tuple[int, int, int], **kwargs: Any) -> keras.Model:
+    return SwinBackbone(input_shape, name="swin_tiny", **kwargs)

@@ -1,0 +1,167 @@
+"""Vision Transformer on keras-hub's ViTBackbone.
+
+Widths follow DeiT (tiny 192/3 heads, small 384/6 heads, 12 layers, MLP 4x),
+the usual from-scratch ViT sizes. Patches are smaller than ImageNet's 16 px
+because lens cutouts are 64-150 px: patch 8 on 64 px gives an 8x8 token grid.
+The keras-hub MLP uses exact GELU (TF `Erf`/`Erfc`): see lensnet.export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import keras_hub
+
+from lensnet.models.backbone import Backbone, float32_features, image_input
+from lensnet.models.layers import (
+    POOLING_MODES,
+    TokenPooling,
+    as_pair,
+    auto_patch_size,
+    check_heads,
+    check_patch_size,
+)
+from lensnet.models.registry import register_model
+
+DEFAULT_PATCH = 8
+
+
+def resolve_patch_size(
+    image_shape: tuple[int, int, int], patch_size: int | Sequence[int] | None, model: str
+) -> tuple[int, int]:
+    """`None` picks 8, or if 8 does not divide the image the next larger common
+    divisor of height and width (150 px -> 10); an explicit size must divide."""
+    if patch_size is None:
+        p = auto_patch_size(image_shape, DEFAULT_PATCH, model)
+        return (p, p)
+    patch = as_pair(patch_size, "patch_size")
+    check_patch_size(image_shape, patch, model)
+    return patch
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class ViTBackbone(Backbone):
+    """ViT feature extractor: keras-hub ViTBackbone + token pooling.
+
+    Args:
+        image_shape: (height, width, channels) of the input images.
+        patch_size: int, (int, int) or None (automatic, see `resolve_patch_size`).
+        hidden_dim: token width.
+        num_layers: transformer blocks.
+        num_heads: attention heads; must divide `hidden_dim`.
+        mlp_dim: hidden width of each block's MLP.
+        dropout_rate: dropout in the blocks.
+        attention_dropout: dropout on attention weights.
+        layer_norm_epsilon: of every LayerNormalization.
+        pooling: `"mean"` averages the patch tokens (no class token is built;
+            trains better from scratch, Beyer et al. 2022, "Better plain ViT
+            baselines"); `"token"` uses a class token, as the original ViT.
+        name: model name.
+        dtype: dtype policy.
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        patch_size: int | Sequence[int] | None = None,
+        hidden_dim: int = 192,
+        num_layers: int = 12,
+        num_heads: int = 3,
+        mlp_dim: int = 768,
+        dropout_rate: float = 0.0,
+        attention_dropout: float = 0.0,
+        layer_norm_epsilon: float = 1e-6,
+        pooling: str = "mean",
+        name: str = "vit",
+        dtype: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        image_shape = tuple(int(d) for d in image_shape)
+        patch = resolve_patch_size(image_shape, patch_size, name)
+        check_heads(name, hidden_dim, num_heads)
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+        use_class_token = pooling == "token"
+
+        # === Functional model ===
+        inputs = image_input(image_shape)
+        tokens = keras_hub.models.ViTBackbone(
+            image_shape=image_shape,
+            patch_size=patch,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            hidden_dim=hidden_dim,
+            mlp_dim=mlp_dim,
+            dropout_rate=dropout_rate,
+            attention_dropout=attention_dropout,
+            layer_norm_epsilon=layer_norm_epsilon,
+            use_class_token=use_class_token,
+            dtype=dtype,
+            name="vit",
+        )(inputs)
+        x = TokenPooling(pooling, num_prefix_tokens=int(use_class_token), dtype=dtype, name="pool")(tokens)
+        outputs = float32_features(x)
+        super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.image_shape = image_shape
+        self.patch_size = patch
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.dropout_rate = dropout_rate
+        self.attention_dropout = attention_dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.pooling = pooling
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "image_shape": list(self.image_shape),
+                # Resolved, so a reload never depends on the automatic choice.
+                "patch_size": list(self.patch_size),
+                "hidden_dim": self.hidden_dim,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "mlp_dim": self.mlp_dim,
+                "dropout_rate": self.dropout_rate,
+                "attention_dropout": self.attention_dropout,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "pooling": self.pooling,
+            }
+        )
+        return config
+
+
+_VIT_COMMON = {
+    "patch_size": None,
+    "num_layers": 12,
+    "dropout_rate": 0.0,
+    "attention_dropout": 0.0,
+    "layer_norm_epsilon": 1e-6,
+    "pooling": "mean",
+}
+
+
+@register_model(
+    "vit_tiny",
+    family="vit",
+    description="ViT-Tiny (keras-hub; 192 wide, 3 heads, 12 layers, ~5.4M params; patch 8 at 64 px)",
+    defaults={**_VIT_COMMON, "hidden_dim": 192, "num_heads": 3, "mlp_dim": 768},
+)
+def vit_tiny(input_shape: tuple[int, int, int], **kwargs: Any) -> keras.Model:
+    return ViTBackbone(input_shape, name="vit_tiny", **kwargs)
+
+
+@register_model(
+    "vit_small",
+    family="vit",
+    description="ViT-Small (keras-hub; 384 wide, 6 heads, 12 layers, ~21.3M params; patch 8 at 64 px)",
+    defaults={**_VIT_COMMON, "hidden_dim": 384, "num_heads": 6, "mlp_dim": 1536},
+)
+def vit_small(input_shape: tuple[int, int, int], **kwargs: Any) -> keras.Model:
+    return ViTBackbone(input_shape, name="vit_small", **kwargs)
