@@ -33,7 +33,7 @@ class SmallCNNBackbone(Backbone):
     def __init__(
         self,
         image_shape: Sequence[int],
-        filters: Sequence[int] = (32, 64, 128),
+        filters: Sequence[int] = (16, 32, 64, 128),
         convs_per_stage: int = 2,
         stem_stride: int = 1,
         pooling: str = "avg",
@@ -59,7 +59,12 @@ class SmallCNNBackbone(Backbone):
             for c in range(convs_per_stage):
                 stride = stem_stride if (s == 0 and c == 0) else 1
                 x = keras.layers.Conv2D(
-                    f, 3, strides=stride, padding="same", use_bias=False, dtype=dtype,
+                    f,
+                    3,
+                    strides=stride,
+                    padding="same",
+                    use_bias=False,
+                    dtype=dtype,
                     name=f"stage{s}_conv{c}",
                 )(x)
                 x = keras.layers.BatchNormalization(dtype=dtype, name=f"stage{s}_bn{c}")(x)
@@ -97,9 +102,14 @@ class SmallCNNBackbone(Backbone):
 @register_model(
     "cnn_small",
     family="cnn",
-    description="Small plain CNN (3 stages of 2x conv-BN-ReLU, ~0.29M params): fast CPU default, lens finding",
-    defaults={"filters": [32, 64, 128], "convs_per_stage": 2, "stem_stride": 1, "pooling": "avg",
-              "dropout_rate": 0.0},
+    description="Small plain CNN (4 stages of 2x conv-BN-ReLU, 16-128 filters, ~0.29M params): fast CPU default",
+    defaults={
+        "filters": [16, 32, 64, 128],
+        "convs_per_stage": 2,
+        "stem_stride": 1,
+        "pooling": "avg",
+        "dropout_rate": 0.0,
+    },
 )
 def cnn_small(input_shape: tuple[int, int, int], **kwargs: Any) -> keras.Model:
     return SmallCNNBackbone(input_shape, name="cnn_small", **kwargs)

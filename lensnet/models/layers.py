@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from lensnet.errors import LensnetError
@@ -59,9 +60,7 @@ def as_pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
-def auto_patch_size(
-    image_shape: tuple[int, int, int], preferred: int, model: str, min_grid: int = 2
-) -> int:
+def auto_patch_size(image_shape: tuple[int, int, int], preferred: int, model: str, min_grid: int = 2) -> int:
     """The patch size used when the user gives none.
 
     `preferred` if it divides both sides, else the smallest common divisor of
@@ -114,3 +113,25 @@ def check_lengths(model: str, **lists: Sequence[Any]) -> int:
 def check_heads(model: str, dim: int, heads: int, what: str = "hidden_dim") -> None:
     if heads < 1 or dim % heads:
         raise LensnetError(f"model {model!r}: {what} {dim} must be divisible by num_heads {heads}")
+
+
+# Index tensors that keras-hub layers compute eagerly at construction time.
+_EAGER_INDEX_ATTRS = ("position_ids", "relative_position_index")
+
+
+def freeze_index_tensors(model: keras.Layer) -> keras.Layer:
+    """Turn keras-hub's eagerly built index tensors into numpy arrays.
+
+    keras-hub's ViT patch embedding (`position_ids`) and Swin window attention
+    (`relative_position_index`) keep integer index tensors created eagerly at
+    construction. A `tf.function` captures such tensors as extra graph inputs,
+    which `model.export(format="onnx")` (tf2onnx) then leaves as dangling,
+    unfed ONNX inputs. As numpy arrays they are traced as constants instead.
+    Values are unchanged and they are not weights, so saving is unaffected.
+    """
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for attr in _EAGER_INDEX_ATTRS:
+            value = layer.__dict__.get(attr)
+            if value is not None and hasattr(value, "numpy"):
+                object.__setattr__(layer, attr, np.asarray(value.numpy()))
+    return model

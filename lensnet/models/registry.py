@@ -91,15 +91,16 @@ def model_info(name: str) -> dict[str, Any]:
 def _check_input_shape(name: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
     try:
         shape = tuple(int(d) for d in input_shape)
-        ok = len(shape) == 3 and all(d > 0 for d in shape) and all(
-            float(d) == float(s) for d, s in zip(shape, input_shape)
+        ok = (
+            len(shape) == 3
+            and all(d > 0 for d in shape)
+            and all(float(d) == float(s) for d, s in zip(shape, input_shape))
         )
     except (TypeError, ValueError):
         ok = False
     if not ok:
         raise LensnetError(
-            f"model {name!r} needs input_shape (height, width, channels) of positive integers, "
-            f"got {input_shape!r}"
+            f"model {name!r} needs input_shape (height, width, channels) of positive integers, got {input_shape!r}"
         )
     return shape  # type: ignore[return-value]
 
@@ -118,8 +119,7 @@ def create_model(name: str, input_shape: tuple[int, int, int], **overrides: Any)
     unknown = sorted(set(overrides) - set(valid_keys))
     if unknown:
         raise LensnetError(
-            f"unknown option(s) {', '.join(unknown)} for model {name!r}; valid options: "
-            f"{', '.join(sorted(valid_keys))}"
+            f"unknown option(s) {', '.join(unknown)} for model {name!r}; valid options: {', '.join(sorted(valid_keys))}"
         )
     kwargs = {**copy.deepcopy(spec.defaults), **overrides}
     weights = kwargs.pop("weights", None)
@@ -142,8 +142,7 @@ def _load_local_weights(model: keras.Model, name: str, weights: Any) -> None:
     path = os.fspath(weights)
     if not os.path.isfile(path):
         raise LensnetError(
-            f"weights for model {name!r} must be a local .weights.h5 file (nothing is downloaded); "
-            f"not found: {path}"
+            f"weights for model {name!r} must be a local .weights.h5 file (nothing is downloaded); not found: {path}"
         )
     try:
         model.load_weights(path)

@@ -21,8 +21,14 @@ STEMS = ("imagenet", "cifar")
 
 def _conv_bn(x: Any, filters: int, kernel: int, stride: int, name: str, dtype: Any, relu: bool = True) -> Any:
     x = keras.layers.Conv2D(
-        filters, kernel, strides=stride, padding="same", use_bias=False,
-        kernel_initializer="he_normal", dtype=dtype, name=f"{name}_conv",
+        filters,
+        kernel,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        dtype=dtype,
+        name=f"{name}_conv",
     )(x)
     x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, dtype=dtype, name=f"{name}_bn")(x)
     if relu:

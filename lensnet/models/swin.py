@@ -20,7 +20,7 @@ import keras_hub
 
 from lensnet.errors import LensnetError
 from lensnet.models.backbone import Backbone, float32_features, image_input
-from lensnet.models.layers import check_lengths
+from lensnet.models.layers import check_lengths, freeze_index_tensors
 from lensnet.models.registry import register_model
 
 # Tokens per side of the first stage the automatic patch size aims at: ImageNet
@@ -131,21 +131,23 @@ class SwinBackbone(Backbone):
 
         # === Functional model ===
         inputs = image_input(image_shape)
-        tokens = keras_hub.models.SwinTransformerBackbone(
-            image_shape=image_shape,
-            embed_dim=embed_dim,
-            depths=depths,
-            num_heads=num_heads,
-            window_size=window_size,
-            patch_size=patch,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            dropout_rate=dropout_rate,
-            attention_dropout=attention_dropout,
-            drop_path=drop_path,
-            patch_norm=patch_norm,
-            dtype=dtype,
-            name="swin",
+        tokens = freeze_index_tensors(
+            keras_hub.models.SwinTransformerBackbone(
+                image_shape=image_shape,
+                embed_dim=embed_dim,
+                depths=depths,
+                num_heads=num_heads,
+                window_size=window_size,
+                patch_size=patch,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                dropout_rate=dropout_rate,
+                attention_dropout=attention_dropout,
+                drop_path=drop_path,
+                patch_norm=patch_norm,
+                dtype=dtype,
+                name="swin",
+            )
         )(inputs)
         x = keras.layers.GlobalAveragePooling1D(dtype=dtype, name="pool")(tokens)
         outputs = float32_features(x)

@@ -22,6 +22,7 @@ from lensnet.models.layers import (
     auto_patch_size,
     check_heads,
     check_patch_size,
+    freeze_index_tensors,
 )
 from lensnet.models.registry import register_model
 
@@ -87,19 +88,21 @@ class ViTBackbone(Backbone):
 
         # === Functional model ===
         inputs = image_input(image_shape)
-        tokens = keras_hub.models.ViTBackbone(
-            image_shape=image_shape,
-            patch_size=patch,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            hidden_dim=hidden_dim,
-            mlp_dim=mlp_dim,
-            dropout_rate=dropout_rate,
-            attention_dropout=attention_dropout,
-            layer_norm_epsilon=layer_norm_epsilon,
-            use_class_token=use_class_token,
-            dtype=dtype,
-            name="vit",
+        tokens = freeze_index_tensors(
+            keras_hub.models.ViTBackbone(
+                image_shape=image_shape,
+                patch_size=patch,
+                num_layers=num_layers,
+                num_heads=num_heads,
+                hidden_dim=hidden_dim,
+                mlp_dim=mlp_dim,
+                dropout_rate=dropout_rate,
+                attention_dropout=attention_dropout,
+                layer_norm_epsilon=layer_norm_epsilon,
+                use_class_token=use_class_token,
+                dtype=dtype,
+                name="vit",
+            )
         )(inputs)
         x = TokenPooling(pooling, num_prefix_tokens=int(use_class_token), dtype=dtype, name="pool")(tokens)
         outputs = float32_features(x)

@@ -1,0 +1,3 @@
+"""lensnet: deep learning on strong gravitational lenses."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,28 @@
+"""User-facing errors and the CLI wrapper that turns them into one-line messages."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+
+class LensnetError(Exception):
+    """An error caused by the user's input: printed as one line, exit status 2."""
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run a CLI entry point; bad input ends as `error: ...` on stderr, never a traceback."""
+    try:
+        return int(main(argv) or 0)
+    except LensnetError as exc:
+        message = " ".join(str(exc).split())
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cli_exit(main: Callable[[Sequence[str] | None], int | None]) -> None:
+    """`if __name__ == "__main__": cli_exit(main)`."""
+    sys.exit(run_cli(main))

@@ -1,0 +1,1 @@
+"""Simulated lens datasets: presets, physics and the `python -m lensnet.simulate` command."""

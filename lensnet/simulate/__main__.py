@@ -1,0 +1,4 @@
+from lensnet.errors import cli_exit
+from lensnet.simulate.command import main
+
+cli_exit(main)

@@ -1,0 +1,215 @@
+"""Dataset configs: the default tree, the presets in configs/datasets/, and strict resolution + validation."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lensnet.config import load_yaml, merge
+from lensnet.errors import LensnetError
+from lensnet.simulate.priors import is_prior_spec
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
+
+# Every valid key exists here (lensnet.config.merge rejects the others). Priors are a number or a one-key
+# mapping ({uniform: [a, b]}, ...; see lensnet.simulate.priors). The scene is the DeepLense Model II one.
+DATASET_DEFAULTS: dict = {
+    "name": "custom",
+    "description": "custom dataset",
+    "num": 3000,
+    "splits": {"train": 0.8, "val": 0.1, "test": 0.1},
+    "records_per_shard": 1000,
+    "kind": "substructure",  # substructure | lens_finding | super_resolution
+    "classes": ["no_sub", "cdm", "axion"],  # substructure: any of these; lens_finding: [lens, non_lens]
+    "image": {"size": 64, "supersampling": 2},
+    "instrument": {
+        "name": "Euclid",  # an ObservationConfig preset (Euclid, HST, LSST, Roman, DES, JWST, ZTF) or custom
+        "bands": ["VIS"],  # one image channel per band
+        "reference_band": None,  # band of the `magnitude` priors (default: the first band)
+        "psf_type": "GAUSSIAN",
+        "coadd_years": None,  # passed to the preset when set (Euclid, LSST, DES)
+        "survey_mode": None,  # Roman only
+        "custom": {
+            "pixel_scale": 0.05,
+            "psf_fwhm": 0.087,
+            "background_rms": 0.01,
+            "exposure_time": 1000.0,
+            "magnitude_zero_point": 25.0,
+        },
+    },
+    "noise": {"poisson": True, "background": True},
+    "cosmology": {"H0": 70.0, "Om0": 0.3, "z_lens": 0.5, "z_source": 1.0},
+    "lens": {
+        "theta_E": {"uniform": [1.0, 1.6]},
+        "e1": {"uniform": [-0.2, 0.2]},
+        "e2": {"uniform": [-0.2, 0.2]},
+        "center_x": {"uniform": [-0.05, 0.05]},
+        "center_y": {"uniform": [-0.05, 0.05]},
+        "gamma1": {"uniform": [-0.08, 0.08]},
+        "gamma2": {"uniform": [-0.08, 0.08]},
+    },
+    "source": {
+        "magnitude": {"uniform": [20.0, 22.0]},
+        "R_sersic": {"uniform": [0.15, 0.4]},
+        "n_sersic": {"uniform": [0.7, 1.5]},
+        "e1": {"uniform": [-0.2, 0.2]},
+        "e2": {"uniform": [-0.2, 0.2]},
+        "center_x": {"uniform": [-0.35, 0.35]},
+        "center_y": {"uniform": [-0.35, 0.35]},
+        "colors": {},  # band -> prior of (magnitude in band - magnitude in reference band)
+    },
+    "lens_light": {
+        "enabled": True,
+        "magnitude": {"uniform": [19.5, 21.5]},
+        "R_sersic": {"uniform": [0.5, 1.2]},
+        "n_sersic": {"uniform": [3.0, 5.0]},
+        "e1": {"uniform": [-0.2, 0.2]},
+        "e2": {"uniform": [-0.2, 0.2]},
+        "colors": {},
+    },
+    "substructure": {
+        "engine": "native",
+        "profile": "TNFW",  # TNFW | POINT_MASS
+        "n_mean": 25.0,
+        "m_min": 1.0e6,
+        "m_max": 1.0e10,
+        "slope": -1.9,
+        "radius": {"uniform": [0.25, 2.0]},
+        "concentration": {"model": "duffy08", "scatter_dex": 0.1},
+        "truncation": "tidal",  # tidal | tau = r_trunc / r_s
+    },
+    "axion": {
+        "vortex_mass": 3.0e10,
+        "log10_m_axion": {"uniform": [-24.0, -22.0]},
+        "half_length_ref": 0.03,
+        "angle": {"uniform": [0.0, math.pi]},
+        "n_points": 50,
+    },
+    "lens_finding": {
+        "confusers": {"galaxy_only": 0.3, "neighbours": 0.35, "arc_like": 0.2, "ring": 0.15},
+        "neighbours": {"max_count": 3, "separation": {"uniform": [1.0, 3.5]}},
+        "arc_like": {
+            "separation": {"uniform": [1.0, 2.5]},
+            "R_sersic": {"uniform": [0.3, 0.7]},
+            "axis_ratio": {"uniform": [0.15, 0.4]},
+            "brightening": {"uniform": [0.5, 2.0]},
+        },
+        "ring": {
+            "n_knots": [4, 8],
+            "radius": {"uniform": [1.0, 2.5]},
+            "knot_R_sersic": {"uniform": [0.08, 0.2]},
+            "brightening": {"uniform": [0.5, 2.0]},
+        },
+        "field_galaxies": {"mean": 0.4, "max_count": 3, "separation": {"uniform": [2.5, 6.0]}},
+    },
+    "super_resolution": {
+        "factor": 2,
+        "population": "no_sub",  # no_sub | cdm | axion
+        "hr_psf_fwhm": 0.08,
+        "hr_background_rms": 0.0,
+    },
+}
+
+OPEN_KEYS = ("source.colors", "lens_light.colors")
+
+
+def list_presets() -> list[tuple[str, str]]:
+    """(name, one-line description) of every configs/datasets/*.yaml."""
+    out = []
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        data = load_yaml(path, "dataset preset")
+        out.append((path.stem, " ".join(str(data.get("description", "")).split())))
+    return out
+
+
+def _clear_replaced_priors(base: Mapping, override: Mapping) -> dict:
+    """Copy of `base` where every prior leaf that `override` sets is None, so merge() replaces it wholesale.
+
+    Without this, {uniform: [..]} overridden by {normal: [..]} would be merged key by key (and rejected).
+    """
+    result = dict(base)
+    for key, value in override.items():
+        if key not in result:
+            continue
+        if is_prior_spec(result[key]):
+            result[key] = None
+        elif isinstance(result[key], Mapping) and isinstance(value, Mapping):
+            result[key] = _clear_replaced_priors(result[key], value)
+    return result
+
+
+def _merge(base: dict, override: Mapping, where: str) -> dict:
+    return merge(_clear_replaced_priors(base, override), override, open_keys=OPEN_KEYS, where=where)
+
+
+def _is_path(text: str) -> bool:
+    return text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text or Path(text).is_file()
+
+
+def _load(preset_or_path: str, seen: tuple[str, ...]) -> dict:
+    """Config tree of a preset name or YAML path, following `preset:` chains."""
+    if _is_path(preset_or_path):
+        path = Path(preset_or_path)
+        data = load_yaml(path, "dataset config")
+        default_name = path.stem
+    else:
+        path = PRESET_DIR / f"{preset_or_path}.yaml"
+        if not path.is_file():
+            names = ", ".join(name for name, _ in list_presets())
+            raise LensnetError(f"unknown dataset preset '{preset_or_path}'; choose one of {names} or give a YAML path")
+        data = load_yaml(path, "dataset preset")
+        default_name = preset_or_path
+    key = str(path.resolve())
+    if key in seen:
+        raise LensnetError(f"dataset config {path}: `preset:` chain loops back to itself")
+    parent = data.pop("preset", None)
+    if parent is not None:
+        if not isinstance(parent, str) or not parent:
+            raise LensnetError(f"dataset config {path}: `preset` must be a preset name, got {parent!r}")
+        base = _load(parent, (*seen, key))
+    else:
+        base = copy.deepcopy(DATASET_DEFAULTS)
+    merged = _merge(base, data, where=f"dataset config {path}")
+    if "name" not in data:
+        merged["name"] = default_name
+    return merged
+
+
+def resolve_dataset_config(preset_or_path: str | None, overrides: dict | None = None) -> dict:
+    """Preset name or YAML path (None: the defaults) + overrides -> fully resolved, validated config."""
+    config = _load(preset_or_path, ()) if preset_or_path else copy.deepcopy(DATASET_DEFAULTS)
+    if overrides:
+        config = _merge(config, overrides, where="dataset")
+    validate(config)
+    return config
+
+
+def _check_int(value: Any, field: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise LensnetError(f"{field}: expected an integer >= {minimum}, got {value!r}")
+
+
+def validate(config: dict) -> None:
+    """Raise a LensnetError naming the first bad field; the scene parser checks the physics sections."""
+    from lensnet.simulate.scenes import parse_scene
+
+    if not isinstance(config["name"], str) or not config["name"].strip():
+        raise LensnetError(f"name: expected a non-empty string, got {config['name']!r}")
+    if "/" in config["name"] or config["name"] in (".", ".."):
+        raise LensnetError(f"name: '{config['name']}' cannot be a directory name")
+    if not isinstance(config["description"], str):
+        raise LensnetError("description: expected a string")
+    _check_int(config["num"], "num", 1)
+    _check_int(config["records_per_shard"], "records_per_shard", 1)
+    splits = config["splits"]
+    for key, value in splits.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise LensnetError(f"splits.{key}: expected a fraction in [0, 1], got {value!r}")
+    if abs(sum(splits.values()) - 1.0) > 1e-6:
+        raise LensnetError(f"splits: fractions must sum to 1, got {sum(splits.values()):g}")
+    if splits["train"] <= 0:
+        raise LensnetError("splits.train: must be > 0")
+    parse_scene(config)

@@ -1,0 +1,715 @@
+"""Lens scenes: a validated config -> a Simulator that turns (label, rng) into images + parameters.
+
+Every scene is an SIE + external shear lens (lenstronomy), an elliptical Sersic
+source and an optional elliptical Sersic lens light, rendered per band with the
+band's PSF on lenstronomy ImageModels that are built once per Simulator (and per
+lens-model layout, e.g. per subhalo count) and reused with new kwargs.
+
+Per record the draw order is fixed: all scalar priors (one rng.random call),
+then the noise normals, then anything class-specific (subhaloes, vortex,
+confusers). So every class draws macro model, source, lens light and noise in the
+same way from the same distributions, and one seed gives the same macro scene
+and noise realization whatever the class (paired simulations).
+
+Noise is added exactly once: image = model + z sqrt(σ_bkg² + max(model, 0) / t),
+z ~ N(0, 1) per pixel: Gaussian background plus the Gaussian approximation of
+Poisson noise (as lenstronomy's own noise functions), drawn from the record's rng.
+Images are in e-/s per pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from lensnet.errors import LensnetError
+from lensnet.simulate.instruments import Band, resolve_bands
+from lensnet.simulate.priors import Prior, PriorBlock, inverse_cdf, parse_prior
+from lensnet.simulate.substructure import (
+    AXION_PARAMS,
+    CDM_PARAMS,
+    AxionSpec,
+    AxionVortex,
+    SubhaloPopulation,
+    SubhaloSpec,
+    parse_axion_config,
+    parse_subhalo_config,
+)
+
+KINDS = ("substructure", "lens_finding", "super_resolution")
+SUBSTRUCTURE_CLASSES = ("no_sub", "cdm", "axion")
+LENS_FINDING_CLASSES = ("lens", "non_lens")
+CONFUSER_TYPES = ("galaxy_only", "neighbours", "arc_like", "ring")  # confuser_type stores the index
+
+INF = math.inf
+MACRO_DOMAINS = {
+    "theta_E": (0.01, 10.0),
+    "e1": (-0.5, 0.5),
+    "e2": (-0.5, 0.5),
+    "center_x": (-10.0, 10.0),
+    "center_y": (-10.0, 10.0),
+    "gamma1": (-0.5, 0.5),
+    "gamma2": (-0.5, 0.5),
+}
+LIGHT_DOMAINS = {
+    "magnitude": (-10.0, 40.0),
+    "R_sersic": (1e-3, 20.0),
+    "n_sersic": (0.3, 8.0),
+    "e1": (-0.5, 0.5),
+    "e2": (-0.5, 0.5),
+    "center_x": (-10.0, 10.0),
+    "center_y": (-10.0, 10.0),
+}
+SOURCE_SHAPE = ("R_sersic", "n_sersic", "e1", "e2", "center_x", "center_y")
+LENS_LIGHT_SHAPE = ("R_sersic", "n_sersic", "e1", "e2")
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class LightSpec:
+    prefix: str  # "source" | "lens_light"
+    magnitude: Prior  # reference band
+    colors: dict[str, Prior]  # non-reference band -> magnitude offset
+    shape: dict[str, Prior]  # R_sersic, n_sersic, e1, e2 [, center_x, center_y]
+
+
+@dataclass(frozen=True)
+class LensFindingSpec:
+    fractions: tuple[float, ...]  # in CONFUSER_TYPES order
+    neighbours_max: int
+    neighbour_separation: Prior
+    arc_separation: Prior
+    arc_R_sersic: Prior
+    arc_axis_ratio: Prior
+    arc_brightening: Prior
+    ring_knots: tuple[int, int]
+    ring_radius: Prior
+    knot_R_sersic: Prior
+    ring_brightening: Prior
+    field_mean: float
+    field_max: int
+    field_separation: Prior
+
+
+@dataclass(frozen=True)
+class SuperResolutionSpec:
+    factor: int
+    population: str
+    hr_psf_fwhm: float
+    hr_background_rms: float
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    kind: str
+    class_names: tuple[str, ...]
+    size: int
+    supersampling: int
+    bands: tuple[Band, ...]
+    poisson: bool
+    background: bool
+    z_lens: float
+    z_source: float
+    H0: float
+    Om0: float
+    lens: dict[str, Prior]
+    source: LightSpec
+    lens_light: LightSpec | None
+    subhalos: SubhaloSpec | None
+    axion: AxionSpec | None
+    lens_finding: LensFindingSpec | None
+    super_resolution: SuperResolutionSpec | None
+
+
+def _int(value: Any, field: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise LensnetError(f"{field}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _number(value: Any, field: str, lo: float = -INF, hi: float = INF) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise LensnetError(f"{field}: expected a number in [{lo:g}, {hi:g}], got {value!r}")
+    return float(value)
+
+
+def _bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise LensnetError(f"{field}: expected true or false, got {value!r}")
+    return value
+
+
+def _light(section: dict, prefix: str, shape_keys: tuple[str, ...], bands: tuple[Band, ...], ref: str) -> LightSpec:
+    colors_cfg = section["colors"] or {}
+    if not isinstance(colors_cfg, dict):
+        raise LensnetError(f"{prefix}.colors: expected a mapping band -> prior")
+    names = [b.name for b in bands]
+    for band in colors_cfg:
+        if band not in names or band == ref:
+            raise LensnetError(
+                f"{prefix}.colors.{band}: not a non-reference band of this instrument "
+                f"(bands {names}, reference {ref})"
+            )
+    colors = {}
+    for band in names:
+        if band == ref:
+            continue
+        if band not in colors_cfg:
+            raise LensnetError(f"{prefix}.colors.{band}: missing (magnitude offset of band {band} from {ref})")
+        colors[band] = parse_prior(colors_cfg[band], f"{prefix}.colors.{band}", (-10.0, 10.0))
+    return LightSpec(
+        prefix=prefix,
+        magnitude=parse_prior(section["magnitude"], f"{prefix}.magnitude", LIGHT_DOMAINS["magnitude"]),
+        colors=colors,
+        shape={k: parse_prior(section[k], f"{prefix}.{k}", LIGHT_DOMAINS[k]) for k in shape_keys},
+    )
+
+
+def _lens_finding(section: dict) -> LensFindingSpec:
+    where = "lens_finding"
+    fractions_cfg = section["confusers"]
+    fractions = tuple(_number(fractions_cfg[k], f"{where}.confusers.{k}", 0.0, 1.0) for k in CONFUSER_TYPES)
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise LensnetError(f"{where}.confusers: fractions must sum to 1, got {sum(fractions):g}")
+    knots = section["ring"]["n_knots"]
+    if not (isinstance(knots, list) and len(knots) == 2):
+        raise LensnetError(f"{where}.ring.n_knots: expected [min, max], got {knots!r}")
+    k_lo, k_hi = (_int(k, f"{where}.ring.n_knots", 1) for k in knots)
+    if k_hi < k_lo:
+        raise LensnetError(f"{where}.ring.n_knots: empty range {knots}")
+    pos = (1e-3, 100.0)
+    neighbours, arc, ring = section["neighbours"], section["arc_like"], section["ring"]
+    field = section["field_galaxies"]
+    return LensFindingSpec(
+        fractions=fractions,
+        neighbours_max=_int(neighbours["max_count"], f"{where}.neighbours.max_count", 1),
+        neighbour_separation=parse_prior(neighbours["separation"], f"{where}.neighbours.separation", pos),
+        arc_separation=parse_prior(arc["separation"], f"{where}.arc_like.separation", pos),
+        arc_R_sersic=parse_prior(arc["R_sersic"], f"{where}.arc_like.R_sersic", LIGHT_DOMAINS["R_sersic"]),
+        arc_axis_ratio=parse_prior(arc["axis_ratio"], f"{where}.arc_like.axis_ratio", (0.05, 1.0)),
+        arc_brightening=parse_prior(arc["brightening"], f"{where}.arc_like.brightening", (-10.0, 10.0)),
+        ring_knots=(k_lo, k_hi),
+        ring_radius=parse_prior(ring["radius"], f"{where}.ring.radius", pos),
+        knot_R_sersic=parse_prior(ring["knot_R_sersic"], f"{where}.ring.knot_R_sersic", LIGHT_DOMAINS["R_sersic"]),
+        ring_brightening=parse_prior(ring["brightening"], f"{where}.ring.brightening", (-10.0, 10.0)),
+        field_mean=_number(field["mean"], f"{where}.field_galaxies.mean", 0.0, 100.0),
+        field_max=_int(field["max_count"], f"{where}.field_galaxies.max_count", 0),
+        field_separation=parse_prior(field["separation"], f"{where}.field_galaxies.separation", pos),
+    )
+
+
+def _super_resolution(section: dict, bands: tuple[Band, ...]) -> SuperResolutionSpec:
+    where = "super_resolution"
+    population = section["population"]
+    if population not in SUBSTRUCTURE_CLASSES:
+        raise LensnetError(
+            f"{where}.population: unknown '{population}'; choose one of {', '.join(SUBSTRUCTURE_CLASSES)}"
+        )
+    if len(bands) != 1:
+        raise LensnetError("instrument.bands: super_resolution uses exactly one band")
+    return SuperResolutionSpec(
+        factor=_int(section["factor"], f"{where}.factor", 2),
+        population=population,
+        hr_psf_fwhm=_number(section["hr_psf_fwhm"], f"{where}.hr_psf_fwhm", 1e-4, 10.0),
+        hr_background_rms=_number(section["hr_background_rms"], f"{where}.hr_background_rms", 0.0),
+    )
+
+
+def parse_scene(config: dict) -> SceneSpec:
+    """Validate the physics sections of a resolved config (errors name the field) and return the scene."""
+    kind = config["kind"]
+    if kind not in KINDS:
+        raise LensnetError(f"kind: unknown kind '{kind}'; choose one of {', '.join(KINDS)}")
+    classes = config["classes"]
+    if kind == "substructure":
+        if not isinstance(classes, list) or not classes or len(set(classes)) != len(classes):
+            raise LensnetError(f"classes: expected a non-empty list of distinct names, got {classes!r}")
+        for name in classes:
+            if name not in SUBSTRUCTURE_CLASSES:
+                raise LensnetError(f"classes: unknown class '{name}'; choose from {', '.join(SUBSTRUCTURE_CLASSES)}")
+    elif kind == "lens_finding":
+        if classes != list(LENS_FINDING_CLASSES):
+            raise LensnetError(f"classes: lens_finding has classes {list(LENS_FINDING_CLASSES)}, got {classes!r}")
+    elif classes not in (None, []):
+        raise LensnetError(f"classes: super_resolution has no classes (give []), got {classes!r}")
+    image = config["image"]
+    size = _int(image["size"], "image.size", 4)
+    supersampling = _int(image["supersampling"], "image.supersampling", 1)
+    bands = tuple(resolve_bands(config["instrument"]))
+    ref = config["instrument"]["reference_band"] or bands[0].name
+    if ref not in [b.name for b in bands]:
+        raise LensnetError(f"instrument.reference_band: '{ref}' is not one of the bands {[b.name for b in bands]}")
+    noise = config["noise"]
+    cosmo = config["cosmology"]
+    z_lens = _number(cosmo["z_lens"], "cosmology.z_lens", 1e-4, 20.0)
+    z_source = _number(cosmo["z_source"], "cosmology.z_source", 1e-4, 20.0)
+    if not z_source > z_lens:
+        raise LensnetError(f"cosmology.z_source: must exceed z_lens ({z_lens:g}), got {z_source:g}")
+    lens = {k: parse_prior(config["lens"][k], f"lens.{k}", dom) for k, dom in MACRO_DOMAINS.items()}
+    lens_light_cfg = config["lens_light"]
+    has_lens_light = _bool(lens_light_cfg["enabled"], "lens_light.enabled")
+    if kind == "lens_finding" and not has_lens_light:
+        raise LensnetError("lens_light.enabled: lens_finding needs the lens galaxy light (confusers are made of it)")
+    uses = set(classes or [])
+    if kind == "super_resolution":
+        sr = _super_resolution(config["super_resolution"], bands)
+        uses = {sr.population}
+    else:
+        sr = None
+    return SceneSpec(
+        kind=kind,
+        class_names=tuple(classes or ()),
+        size=size,
+        supersampling=supersampling,
+        bands=bands,
+        poisson=_bool(noise["poisson"], "noise.poisson"),
+        background=_bool(noise["background"], "noise.background"),
+        z_lens=z_lens,
+        z_source=z_source,
+        H0=_number(cosmo["H0"], "cosmology.H0", 1.0, 1000.0),
+        Om0=_number(cosmo["Om0"], "cosmology.Om0", 0.0, 1.0),
+        lens=lens,
+        source=_light(config["source"], "source", SOURCE_SHAPE, bands, ref),
+        lens_light=_light(lens_light_cfg, "lens_light", LENS_LIGHT_SHAPE, bands, ref) if has_lens_light else None,
+        subhalos=parse_subhalo_config(config["substructure"]) if "cdm" in uses else None,
+        axion=parse_axion_config(config["axion"]) if "axion" in uses else None,
+        lens_finding=_lens_finding(config["lens_finding"]) if kind == "lens_finding" else None,
+        super_resolution=sr,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+
+class _Renderer:
+    """lenstronomy ImageModels on one pixel grid with one PSF, built once per (lens layout, light count)."""
+
+    def __init__(self, size: int, pixel_scale: float, psf_kwargs: dict, supersampling: int) -> None:
+        import lenstronomy.Util.simulation_util as sim_util
+        from lenstronomy.Data.imaging_data import ImageData
+
+        self._data = ImageData(**sim_util.data_configure_simple(size, pixel_scale))
+        self._psf_kwargs = psf_kwargs
+        self._numerics = {"supersampling_factor": supersampling}
+        self._models: dict[tuple, Any] = {}
+
+    def model(self, extra_profile: str, n_extra: int, n_light: int) -> Any:
+        key = (extra_profile, n_extra, n_light)
+        found = self._models.get(key)
+        if found is None:
+            from lenstronomy.Data.psf import PSF
+            from lenstronomy.ImSim.image_model import ImageModel
+            from lenstronomy.LensModel.lens_model import LensModel
+            from lenstronomy.LightModel.light_model import LightModel
+
+            found = ImageModel(
+                self._data,
+                PSF(**self._psf_kwargs),
+                LensModel(["SIE", "SHEAR"] + [extra_profile] * n_extra),
+                LightModel(["SERSIC_ELLIPSE"]),
+                LightModel(["SERSIC_ELLIPSE"] * n_light),
+                kwargs_numerics=self._numerics,
+            )
+            self._models[key] = found
+        return found
+
+
+class _Light:
+    """Turns drawn magnitudes + shapes into per-band lenstronomy SERSIC_ELLIPSE kwargs (amp from magnitude)."""
+
+    def __init__(self, bands: tuple[Band, ...], ref: str) -> None:
+        from lenstronomy.LightModel.Profiles.sersic import SersicElliptic
+
+        self._flux_norm = SersicElliptic().total_flux
+        self._zero_points = [b.magnitude_zero_point for b in bands]
+        self._band_names = [b.name for b in bands]
+        self.ref = ref
+
+    def kwargs(
+        self, mags: list[float], r: float, n: float, e1: float, e2: float, cx: float, cy: float
+    ) -> list[dict]:
+        """One dict per band; `mags` are the per-band magnitudes in band order."""
+        norm = self._flux_norm(1.0, r, n, e1, e2)
+        return [
+            {"amp": 10.0 ** (-0.4 * (m - zp)) / norm, "R_sersic": r, "n_sersic": n, "e1": e1, "e2": e2,
+             "center_x": cx, "center_y": cy}
+            for m, zp in zip(mags, self._zero_points)
+        ]
+
+
+def _light_items(spec: LightSpec, bands: tuple[Band, ...], ref: str) -> list[tuple[str, Prior]]:
+    """Block items of a light component; colours are drawn as `<prefix>_color_<band>`."""
+    items = [(f"{spec.prefix}_mag", spec.magnitude)]
+    items += [(f"{spec.prefix}_color_{b.name}", spec.colors[b.name]) for b in bands if b.name != ref]
+    items += [(f"{spec.prefix}_{k}", p) for k, p in spec.shape.items()]
+    return items
+
+
+def _mag_params(prefix: str, bands: tuple[Band, ...], ref: str) -> list[str]:
+    return [f"{prefix}_mag"] + [f"{prefix}_mag_{b.name}" for b in bands if b.name != ref]
+
+
+# ----------------------------------------------------------------------------------------------- simulators
+
+
+class _Drawn(NamedTuple):
+    params: dict[str, float]
+    kwargs_lens: list[dict]
+    kwargs_source: list[dict]  # one per band
+    kwargs_light: list  # one per band (None without lens light)
+    z: np.ndarray  # noise normals (bands, H, W)
+    exposures: list  # total exposure time per band, seconds
+    layout: tuple[str, int]  # (profile of the extra lens components, how many)
+
+
+class Simulator:
+    """Base: see build_simulator. Pickles as its config (lenstronomy objects are rebuilt on unpickling)."""
+
+    class_names: list[str]
+    image_shapes: dict[str, tuple[int, int, int]]
+    param_names: list[str]
+    class_specific_params: set[str]
+
+    def __init__(self, config: dict, spec: SceneSpec) -> None:
+        self.config = config
+        self.spec = spec
+        self.class_names = list(spec.class_names)
+        bands = spec.bands
+        self._ref = config["instrument"]["reference_band"] or bands[0].name
+        self._light = _Light(bands, self._ref)
+        self._n_bands = len(bands)
+        self._ref_index = [b.name for b in bands].index(self._ref)
+        self._band_order = [i for i, b in enumerate(bands) if b.name != self._ref]  # colour slots -> band index
+        exposure = [b.exposure_time for b in bands]
+        self._exposure_drawn = any(not p.is_constant for p in exposure)
+        self._exposures = [p.args[0] if p.is_constant else None for p in exposure]
+        self._bkg2 = [(b.background_rms**2 if spec.background else 0.0) for b in bands]
+
+    def __reduce__(self) -> tuple:
+        return build_simulator, (self.config,)
+
+    def simulate(self, label: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        raise NotImplementedError
+
+    # shared helpers -------------------------------------------------------------------------------
+
+    def _band_mags(self, ref_mag: float, colors: list[float]) -> list[float]:
+        mags = [ref_mag] * self._n_bands
+        for slot, band in enumerate(self._band_order):
+            mags[band] = ref_mag + colors[slot]
+        return mags
+
+    def _store_mags(self, params: dict, prefix: str, mags: list[float]) -> None:
+        for band in self._band_order:
+            params[f"{prefix}_mag_{self.spec.bands[band].name}"] = mags[band]
+
+    def _add_noise(self, model: np.ndarray, z: np.ndarray, band: int, exposure: float) -> np.ndarray:
+        """The one place noise enters an image (z ~ N(0, 1) drawn before any class-specific draw)."""
+        variance = self._bkg2[band]
+        if self.spec.poisson:
+            variance = variance + np.maximum(model, 0.0) / exposure
+        elif variance == 0.0:
+            return model
+        return model + z * np.sqrt(variance)
+
+
+class SubstructureSimulator(Simulator):
+    """no_sub / cdm / axion lenses that differ only by their substructure (DeepLense Models I-III)."""
+
+    def __init__(self, config: dict, spec: SceneSpec, populations: tuple[str, ...] | None = None) -> None:
+        super().__init__(config, spec)
+        from astropy.cosmology import FlatLambdaCDM
+        from lenstronomy.Cosmo.lens_cosmo import LensCosmo
+
+        bands = spec.bands
+        lens_cosmo = LensCosmo(spec.z_lens, spec.z_source, cosmo=FlatLambdaCDM(H0=spec.H0, Om0=spec.Om0))
+        self._populations = list(populations or spec.class_names)
+        h = spec.H0 / 100.0
+        self._cdm = SubhaloPopulation(spec.subhalos, lens_cosmo, spec.z_lens, h) if spec.subhalos else None
+        self._axion = AxionVortex(spec.axion, lens_cosmo) if spec.axion else None
+        self._renderers = [_Renderer(spec.size, b.pixel_scale, b.psf_kwargs, spec.supersampling) for b in bands]
+        self._n_light = 1 if spec.lens_light else 0
+
+        items = [(k, p) for k, p in spec.lens.items()] + _light_items(spec.source, bands, self._ref)
+        if spec.lens_light:
+            items += _light_items(spec.lens_light, bands, self._ref)
+        if self._exposure_drawn:
+            items.append(("exposure_time", bands[0].exposure_time))  # custom instrument: one band
+        self._block = PriorBlock(items)
+        n_colors = len(self._band_order)
+        names = self._block.names
+        self._i_source = names.index("source_mag")
+        self._i_lens_light = names.index("lens_light_mag") if spec.lens_light else -1
+        self._n_colors = n_colors
+
+        stored = [k for k in spec.lens]
+        stored += _mag_params("source", bands, self._ref) + [f"source_{k}" for k in SOURCE_SHAPE]
+        if spec.lens_light:
+            stored += _mag_params("lens_light", bands, self._ref) + [f"lens_light_{k}" for k in LENS_LIGHT_SHAPE]
+        if self._exposure_drawn:
+            stored.append("exposure_time")
+        specific: list[str] = []
+        if "cdm" in self._populations:
+            specific += CDM_PARAMS
+        if "axion" in self._populations:
+            specific += AXION_PARAMS
+        self.param_names = stored + specific
+        self.class_specific_params = set(specific)
+        self._template = dict.fromkeys(self.param_names, math.nan)
+        self._keep = [k for k, name in enumerate(names) if name in self._template]
+        self._keep_names = [names[k] for k in self._keep]
+        self._zero_cdm = dict.fromkeys(CDM_PARAMS, 0.0) if "cdm" in self._populations else {}
+        self.image_shapes = {"image": (spec.size, spec.size, len(bands))}
+        self._noise_shape = (len(bands), spec.size, spec.size)
+
+    def _draw_scene(self, label: int, rng: np.random.Generator) -> _Drawn:
+        """Macro/source/lens light (+exposure), noise normals, then the class's substructure."""
+        v = self._block.sample(rng).tolist()
+        z = rng.standard_normal(self._noise_shape)
+        theta_e, e1, e2, cx, cy, g1, g2 = v[:7]
+        kwargs_lens = [
+            {"theta_E": theta_e, "e1": e1, "e2": e2, "center_x": cx, "center_y": cy},
+            {"gamma1": g1, "gamma2": g2},
+        ]
+        params = self._template.copy()
+        params.update(zip(self._keep_names, [v[k] for k in self._keep]))
+        nc = self._n_colors
+        i = self._i_source
+        mags = self._band_mags(v[i], v[i + 1 : i + 1 + nc])
+        sr, sn, se1, se2, sx, sy = v[i + 1 + nc : i + 7 + nc]
+        # the source centre is an offset from the lens centre
+        kwargs_source = self._light.kwargs(mags, sr, sn, se1, se2, cx + sx, cy + sy)
+        self._store_mags(params, "source", mags)
+        kwargs_light: list = [None] * self._n_bands
+        if self._i_lens_light >= 0:
+            i = self._i_lens_light
+            mags = self._band_mags(v[i], v[i + 1 : i + 1 + nc])
+            r, n, le1, le2 = v[i + 1 + nc : i + 5 + nc]
+            kwargs_light = self._light.kwargs(mags, r, n, le1, le2, cx, cy)
+            self._store_mags(params, "lens_light", mags)
+        exposures = [params["exposure_time"]] if self._exposure_drawn else self._exposures
+
+        population = self._populations[label]
+        profile, extra = "POINT_MASS", []
+        if population == "cdm":
+            extra, summary = self._cdm.draw(rng, cx, cy, theta_e)
+            profile = self._cdm.profile
+            params.update(zip(CDM_PARAMS, summary))
+        else:
+            params.update(self._zero_cdm)
+            if population == "axion":
+                extra, summary = self._axion.draw(rng, cx, cy)
+                params.update(zip(AXION_PARAMS, summary))
+        return _Drawn(params, kwargs_lens + extra, kwargs_source, kwargs_light, z, exposures, (profile, len(extra)))
+
+    def _render(self, renderers: list, d: _Drawn) -> list[np.ndarray]:
+        out = []
+        for b, renderer in enumerate(renderers):
+            model = renderer.model(d.layout[0], d.layout[1], self._n_light)
+            light = [d.kwargs_light[b]] if self._n_light else None
+            out.append(model.image(d.kwargs_lens, [d.kwargs_source[b]], light))
+        return out
+
+    def simulate(self, label: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        d = self._draw_scene(label, rng)
+        models = self._render(self._renderers, d)
+        channels = [self._add_noise(m, d.z[b], b, d.exposures[b]) for b, m in enumerate(models)]
+        return {"image": np.stack(channels, axis=-1).astype(np.float32)}, d.params
+
+    def noiseless(self, label: int, rng: np.random.Generator) -> np.ndarray:
+        """The model image `simulate` adds noise to, for the same rng state (for tests and checks)."""
+        return np.stack(self._render(self._renderers, self._draw_scene(label, rng)), axis=-1)
+
+
+class SuperResolutionSimulator(SubstructureSimulator):
+    """One scene rendered twice: LR with the instrument's PSF and noise, HR at pixel/factor with a sharper PSF.
+
+    HR pixels are given in e-/s per LR-pixel area (multiplied by factor²) so both images share one brightness
+    scale; summing HR over factor x factor blocks / factor² matches LR before PSF and noise.
+    """
+
+    def __init__(self, config: dict, spec: SceneSpec) -> None:
+        sr = spec.super_resolution
+        super().__init__(config, spec, populations=(sr.population,))
+        band = spec.bands[0]
+        hr_psf = {"psf_type": "GAUSSIAN", "fwhm": sr.hr_psf_fwhm, "truncation": 5}
+        self._hr = [_Renderer(spec.size * sr.factor, band.pixel_scale / sr.factor, hr_psf, spec.supersampling)]
+        self._hr_scale = float(sr.factor**2)
+        self._hr_rms = sr.hr_background_rms
+        hr = spec.size * sr.factor
+        self._hr_shape = (hr, hr)
+        self.image_shapes = {"image": (spec.size, spec.size, 1), "image_hr": (hr, hr, 1)}
+        self.class_specific_params = set()
+
+    def simulate(self, label: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        d = self._draw_scene(0, rng)
+        (lr,) = self._render(self._renderers, d)
+        (hr,) = self._render(self._hr, d)
+        lr = self._add_noise(lr, d.z[0], 0, d.exposures[0])
+        hr = hr * self._hr_scale
+        if self._hr_rms > 0:
+            hr = hr + self._hr_rms * rng.standard_normal(self._hr_shape)
+        return {"image": lr[..., None].astype(np.float32), "image_hr": hr[..., None].astype(np.float32)}, d.params
+
+
+class LensFindingSimulator(Simulator):
+    """Lenses vs non-lenses with the same lens-galaxy light, field galaxies and noise distributions.
+
+    Non-lenses are confusers (`confuser_type` = index in CONFUSER_TYPES): the galaxy alone; the galaxy with
+    1..max unlensed neighbours drawn from the source-galaxy priors (blue, same sizes and magnitudes); an
+    arc-like blue companion (an elongated source-like galaxy, tangentially oriented at Einstein-radius-like
+    separations and brightened like a magnified arc); a ring of blue star-forming knots around the galaxy.
+    Field galaxies (Poisson count, source-like, at large separations) are drawn the same way for both classes.
+    """
+
+    def __init__(self, config: dict, spec: SceneSpec) -> None:
+        super().__init__(config, spec)
+        lf = spec.lens_finding
+        bands = spec.bands
+        self._lf = lf
+        self._renderers = [_Renderer(spec.size, b.pixel_scale, b.psf_kwargs, spec.supersampling) for b in bands]
+        lens = spec.lens
+        common = [("center_x", lens["center_x"]), ("center_y", lens["center_y"])]
+        common += _light_items(spec.lens_light, bands, self._ref)
+        if self._exposure_drawn:
+            common.append(("exposure_time", bands[0].exposure_time))
+        lensing = [(k, lens[k]) for k in ("theta_E", "e1", "e2", "gamma1", "gamma2")]
+        lensing += _light_items(spec.source, bands, self._ref)
+        self._common = PriorBlock(common)
+        self._lensing = PriorBlock(lensing)
+        self._galaxy = PriorBlock(_light_items(spec.source, bands, self._ref))
+        self._cumulative = np.cumsum(lf.fractions)[:-1].tolist()
+        nc = len(self._band_order)
+        self._nc = nc
+
+        stored = ["center_x", "center_y"] + _mag_params("lens_light", bands, self._ref)
+        stored += [f"lens_light_{k}" for k in LENS_LIGHT_SHAPE]
+        if self._exposure_drawn:
+            stored.append("exposure_time")
+        lens_only = ["theta_E", "e1", "e2", "gamma1", "gamma2"] + _mag_params("source", bands, self._ref)
+        lens_only += [f"source_{k}" for k in SOURCE_SHAPE]
+        confuser = ["confuser_type", "n_companions", "companion_mag", "companion_separation"]
+        self.param_names = stored + lens_only + ["n_field_galaxies"] + confuser
+        self.class_specific_params = set(lens_only + confuser)
+        self._template = dict.fromkeys(self.param_names, math.nan)
+        self._common_keep = [k for k, name in enumerate(self._common.names) if name in self._template]
+        self._lensing_keep = [k for k, name in enumerate(self._lensing.names) if name in self._template]
+        self.image_shapes = {"image": (spec.size, spec.size, len(bands))}
+        self._noise_shape = (len(bands), spec.size, spec.size)
+
+    def _galaxy_kwargs(
+        self, v: list[float], x: float, y: float, dmag: float = 0.0, shape: tuple | None = None
+    ) -> tuple[list[dict], float]:
+        """Per-band kwargs of a source-like galaxy drawn as `v` (galaxy block order) placed at (x, y)."""
+        nc = self._nc
+        mag = v[0] - dmag
+        r, n, e1, e2 = shape if shape is not None else v[1 + nc : 5 + nc]
+        return self._light.kwargs(self._band_mags(mag, v[1 : 1 + nc]), r, n, e1, e2, x, y), mag
+
+    def _around(self, rng: np.random.Generator, prior: Prior, cx: float, cy: float) -> tuple[float, ...]:
+        sep = float(inverse_cdf(prior, rng.random()))
+        phi = 2.0 * math.pi * rng.random()
+        return cx + sep * math.cos(phi), cy + sep * math.sin(phi), sep, phi
+
+    def _confuser(self, rng: np.random.Generator, cx: float, cy: float, params: dict) -> list[list[dict]]:
+        lf = self._lf
+        kind = int(np.searchsorted(self._cumulative, rng.random(), side="right"))
+        lights, mags, seps = [], [], []
+        if kind == 1:  # unlensed neighbours from the source population
+            for _ in range(int(rng.integers(1, lf.neighbours_max + 1))):
+                x, y, sep, _ = self._around(rng, lf.neighbour_separation, cx, cy)
+                kw, mag = self._galaxy_kwargs(self._galaxy.sample(rng).tolist(), x, y)
+                lights.append(kw)
+                mags.append(mag)
+                seps.append(sep)
+        elif kind == 2:  # one elongated, tangential, brightened blue galaxy: a single straight "arc"
+            x, y, sep, phi = self._around(rng, lf.arc_separation, cx, cy)
+            r, q, dmag = (float(inverse_cdf(p, rng.random())) for p in
+                          (lf.arc_R_sersic, lf.arc_axis_ratio, lf.arc_brightening))
+            v = self._galaxy.sample(rng).tolist()
+            ell = (1.0 - q) / (1.0 + q)
+            e1, e2 = ell * math.cos(2.0 * (phi + math.pi / 2)), ell * math.sin(2.0 * (phi + math.pi / 2))
+            kw, mag = self._galaxy_kwargs(v, x, y, dmag, (r, v[2 + self._nc], e1, e2))
+            lights.append(kw)
+            mags.append(mag)
+            seps.append(sep)
+        elif kind == 3:  # a ring of blue star-forming knots sharing one colour and radius
+            k = int(rng.integers(lf.ring_knots[0], lf.ring_knots[1] + 1))
+            radius = float(inverse_cdf(lf.ring_radius, rng.random()))
+            dmag = float(inverse_cdf(lf.ring_brightening, rng.random()))
+            v = self._galaxy.sample(rng).tolist()
+            total = v[0] - dmag
+            knot_mag = total + 2.5 * math.log10(k)
+            v[0] = knot_mag
+            knot_r = inverse_cdf(lf.knot_R_sersic, rng.random(k)).tolist()
+            angles = (2.0 * math.pi * rng.random(k)).tolist()
+            for r, phi in zip(knot_r, angles):
+                x, y = cx + radius * math.cos(phi), cy + radius * math.sin(phi)
+                kw, _ = self._galaxy_kwargs(v, x, y, 0.0, (r, 1.0, 0.0, 0.0))
+                lights.append(kw)
+            mags.append(total)
+            seps.append(radius)
+        params["confuser_type"] = float(kind)
+        params["n_companions"] = float(len(lights))
+        if mags:
+            params["companion_mag"] = -2.5 * math.log10(sum(10.0 ** (-0.4 * m) for m in mags))
+            params["companion_separation"] = sum(seps) / len(seps)
+        return lights
+
+    def simulate(self, label: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        c = self._common.sample(rng).tolist()
+        lz = self._lensing.sample(rng).tolist()  # drawn for both classes so one seed pairs lens and non-lens
+        z = rng.standard_normal(self._noise_shape)
+        params = self._template.copy()
+        params.update((self._common.names[k], c[k]) for k in self._common_keep)
+        nc = self._nc
+        cx, cy = c[0], c[1]
+        mags = self._band_mags(c[2], c[3 : 3 + nc])
+        r, n, e1, e2 = c[3 + nc : 7 + nc]
+        self._store_mags(params, "lens_light", mags)
+        lights = [self._light.kwargs(mags, r, n, e1, e2, cx, cy)]
+        exposures = [params["exposure_time"]] if self._exposure_drawn else self._exposures
+
+        n_field = min(int(rng.poisson(self._lf.field_mean)), self._lf.field_max)
+        for _ in range(n_field):
+            x, y, _, _ = self._around(rng, self._lf.field_separation, cx, cy)
+            lights.append(self._galaxy_kwargs(self._galaxy.sample(rng).tolist(), x, y)[0])
+        params["n_field_galaxies"] = float(n_field)
+
+        is_lens = label == 0
+        theta_e, le1, le2, g1, g2 = lz[:5]
+        kwargs_lens = [
+            {"theta_E": theta_e, "e1": le1, "e2": le2, "center_x": cx, "center_y": cy},
+            {"gamma1": g1, "gamma2": g2},
+        ]
+        s_mags = self._band_mags(lz[5], lz[6 : 6 + nc])
+        # source centre is relative to the lens centre
+        sr, sn, se1, se2, sx, sy = lz[6 + nc : 12 + nc]
+        kwargs_source = self._light.kwargs(s_mags, sr, sn, se1, se2, cx + sx, cy + sy)
+        if is_lens:
+            params.update((self._lensing.names[k], lz[k]) for k in self._lensing_keep)
+            self._store_mags(params, "source", s_mags)
+        else:
+            lights += self._confuser(rng, cx, cy, params)
+
+        channels = []
+        for b, renderer in enumerate(self._renderers):
+            model = renderer.model("POINT_MASS", 0, len(lights))
+            image = model.image(kwargs_lens, [kwargs_source[b]], [light[b] for light in lights], source_add=is_lens)
+            channels.append(self._add_noise(image, z[b], b, exposures[b]))
+        return {"image": np.stack(channels, axis=-1).astype(np.float32)}, params
+
+
+def build_simulator(config: dict) -> Simulator:
+    """Simulator for a config as returned by lensnet.simulate.presets.resolve_dataset_config."""
+    spec = parse_scene(config)
+    if spec.kind == "substructure":
+        return SubstructureSimulator(config, spec)
+    if spec.kind == "super_resolution":
+        return SuperResolutionSimulator(config, spec)
+    return LensFindingSimulator(config, spec)
