@@ -530,7 +530,7 @@ class SuperResolutionSimulator(SubstructureSimulator):
     """One scene rendered twice: LR with the instrument's PSF and noise, HR at pixel/factor with a sharper PSF.
 
     HR pixels are given in e-/s per LR-pixel area (multiplied by factor²) so both images share one brightness
-    scale; summing HR over factor x factor blocks / factor² matches LR before PSF and noise.
+    scale: the mean of HR over factor x factor blocks equals LR before PSF and noise.
     """
 
     def __init__(self, config: dict, spec: SceneSpec) -> None:
