@@ -1,0 +1,67 @@
+"""Shared benchmark plumbing: result files, tables, interleaved timing."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lensnet.fileio import write_json
+from lensnet.runinfo import package_versions
+
+RESULTS_DIR = Path("bench/results")
+
+
+def save_results(name: str, rows: Sequence[dict], args: dict, command: str) -> Path:
+    """Write one benchmark run as JSON (rows + how and where it was measured)."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = Path(os.environ.get("LENSNET_BENCH_DIR", RESULTS_DIR)) / f"{name}-{stamp}.json"
+    write_json(path, {
+        "benchmark": name,
+        "command": command,
+        "args": args,
+        "time_utc": stamp,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+        "versions": package_versions(),
+        "rows": list(rows),
+    })
+    return path
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    if not rows:
+        return "(no rows)"
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
+        return "" if value is None else str(value)
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def interleaved_rates(cases: dict[str, Callable[[], int]], rounds: int = 3) -> dict[str, float]:
+    """Items/s of each case, run in alternation `rounds` times so machine noise hits all alike.
+
+    Each callable does one unit of work and returns how many items it processed;
+    the rate is total items over total time across rounds.
+    """
+    items = dict.fromkeys(cases, 0)
+    seconds = dict.fromkeys(cases, 0.0)
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            items[name] += fn()
+            seconds[name] += time.perf_counter() - t0
+    return {name: items[name] / seconds[name] for name in cases}
