@@ -49,12 +49,9 @@ def resolve_swin_patch_size(
     stage tiles into whole windows (64 px -> 2, 128 px -> 4, 96 px -> 3)."""
     h, w = image_shape[:2]
 
-    def ok(p: int) -> bool:
-        return _tiles(h, p, num_stages, window_size) and _tiles(w, p, num_stages, window_size)
-
     if patch_size is not None:
         p = int(patch_size)
-        if p < 1 or not ok(p):
+        if p < 1 or not (_tiles(h, p, num_stages, window_size) and _tiles(w, p, num_stages, window_size)):
             raise LensnetError(
                 f"model {model!r} cannot take input_shape {tuple(image_shape)} with patch_size {patch_size} "
                 f"and window_size {window_size}: the {num_stages} stages would have "
@@ -63,16 +60,25 @@ def resolve_swin_patch_size(
                 "use patch_size=None to search for one"
             )
         return p
-    start = max(1, math.ceil(max(h, w) / TARGET_GRID))
-    for p in range(start, min(h, w) + 1):
-        if ok(p):
-            return p
+    p = _search_patch(h, w, window_size, num_stages)
+    if p is not None:
+        return p
     need = window_size * 2 ** (num_stages - 1)
+    examples = [s for s in range(16, 257) if _search_patch(s, s, window_size, num_stages)][:4]
     raise LensnetError(
         f"model {model!r} cannot take input_shape {tuple(image_shape)}: with window_size {window_size} and "
         f"{num_stages} stages, height/patch and width/patch must be multiples of {need} for some patch size; "
-        "resize or crop the images (64, 96 and 128 px work) or change window_size/depths"
+        f"resize or crop the images (square sides that work: {', '.join(map(str, examples))}, ...) "
+        "or change window_size/depths"
     )
+
+
+def _search_patch(h: int, w: int, window_size: int, num_stages: int) -> int | None:
+    start = max(1, math.ceil(max(h, w) / TARGET_GRID))
+    for p in range(start, min(h, w) + 1):
+        if _tiles(h, p, num_stages, window_size) and _tiles(w, p, num_stages, window_size):
+            return p
+    return None
 
 
 @keras.saving.register_keras_serializable(package="lensnet")
