@@ -1,0 +1,318 @@
+"""Model registry: every backbone builds tiny, round-trips, traces with batch None,
+and bad names, options and shapes fail as one-line LensnetErrors."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lensnet.errors import LensnetError
+from lensnet.models import create_model, list_models, model_info, register_model
+from lensnet.models import registry as registry_module
+
+_EFF_TINY = {
+    "width_coefficient": 0.25,
+    "depth_coefficient": 0.5,
+    "num_features": 32,
+    "stackwise_kernel_sizes": [3, 3],
+    "stackwise_num_repeats": [1, 2],
+    "stackwise_input_filters": [32, 16],
+    "stackwise_output_filters": [16, 32],
+    "stackwise_expansion_ratios": [1, 4],
+    "stackwise_squeeze_and_excite_ratios": [0.0, 0.25],
+    "stackwise_strides": [1, 2],
+    "stackwise_block_types": ["cba", "unfused"],
+}
+_VIT_TINY = {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32, "patch_size": 4}
+_RESNET_TINY = {"stem_filters": 4, "stage_filters": [4, 8], "stage_blocks": [1, 1]}
+
+# Overrides that make each registered model build and run in well under a second.
+TINY: dict[str, dict] = {
+    "cnn_small": {"filters": [4, 8]},
+    "resnet18": _RESNET_TINY,
+    "resnet34": _RESNET_TINY,
+    "effnetv2_b0": _EFF_TINY,
+    "effnetv2_s": _EFF_TINY,
+    "vit_tiny": _VIT_TINY,
+    "vit_small": _VIT_TINY,
+    "deit_tiny": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "intermediate_dim": 32, "patch_size": 4},
+    "swin_tiny": {"embed_dim": 8, "depths": [2, 2], "num_heads": [2, 2], "window_size": 4, "patch_size": 2},
+}
+TINY_SHAPE = (16, 16)
+NAMES = [entry["name"] for entry in list_models()]
+EXPECTED = {
+    "cnn_small",
+    "resnet18",
+    "resnet34",
+    "effnetv2_b0",
+    "effnetv2_s",
+    "vit_tiny",
+    "vit_small",
+    "deit_tiny",
+    "swin_tiny",
+}
+
+
+def _tiny(name: str, channels: int = 1) -> keras.Model:
+    return create_model(name, (*TINY_SHAPE, channels), **TINY[name])
+
+
+def _images(batch: int, channels: int, size: tuple[int, int] = TINY_SHAPE, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(batch, *size, channels)).astype("float32")
+
+
+@pytest.fixture
+def mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+# --- registry content -------------------------------------------------------
+
+
+def test_list_models_content():
+    entries = list_models()
+    assert [e["name"] for e in entries] == sorted(e["name"] for e in entries)
+    assert EXPECTED <= set(NAMES)
+    for entry in entries:
+        assert set(entry) == {"name", "family", "description", "defaults"}
+        assert entry["family"] and entry["description"]
+        assert entry["defaults"]["weights"] is None  # never pretrained unless a local file is given
+    families = {e["name"]: e["family"] for e in entries}
+    assert families["resnet18"] == "resnet" and families["vit_tiny"] == "vit" and families["swin_tiny"] == "swin"
+    assert model_info("vit_tiny") == next(e for e in entries if e["name"] == "vit_tiny")
+    assert model_info("vit_small")["defaults"]["hidden_dim"] == 384
+
+
+def test_every_model_has_tiny_test_overrides():
+    # A newly registered model must say here how to build it small, so that it is tested.
+    assert set(NAMES) == set(TINY)
+
+
+def test_model_info_is_a_copy():
+    model_info("cnn_small")["defaults"]["filters"].append(999)
+    assert 999 not in model_info("cnn_small")["defaults"]["filters"]
+
+
+def test_register_model_adds_a_model_without_touching_anything_else():
+    @register_model("_test_mlp", family="test", description="flatten + dense", defaults={"units": 4})
+    def _build(input_shape, units):
+        inputs = keras.Input(input_shape)
+        return keras.Model(inputs, keras.layers.Dense(units)(keras.layers.Flatten()(inputs)))
+
+    try:
+        model = create_model("_test_mlp", (4, 4, 1), units=3)
+        assert model.output_shape == (None, 3)
+        assert "_test_mlp" in [e["name"] for e in list_models()]
+        with pytest.raises(ValueError):
+            register_model("_test_mlp", family="test", description="", defaults={})(_build)
+    finally:
+        registry_module._REGISTRY.pop("_test_mlp", None)
+
+
+# --- every model, tiny ------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", NAMES)
+def test_builds_tiny_and_outputs_finite_features(name, channels):
+    model = _tiny(name, channels)
+    x = _images(3, channels)
+    y = model(x, training=False)
+    assert y.dtype == "float32"
+    assert tuple(y.shape) == (3, model.output_shape[-1])
+    assert model.input_shape == (None, *TINY_SHAPE, channels)
+    assert np.all(np.isfinite(np.asarray(y)))
+    # The batch dimension stays free: a different batch size works on the same model.
+    assert tuple(model(x[:1], training=False).shape) == (1, model.output_shape[-1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_load_safe_mode_and_graph_mode(name, tmp_path):
+    model = _tiny(name, 1)
+    x = _images(4, 1, seed=1)
+    expected = np.asarray(model(x, training=False))
+
+    # Graph mode with an unknown batch size, as SavedModel/ONNX export traces it.
+    fn = tf.function(lambda t: model(t, training=False), input_signature=[tf.TensorSpec([None, *TINY_SHAPE, 1])])
+    np.testing.assert_allclose(fn(tf.constant(x)).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+    path = os.fspath(tmp_path / f"{name}.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path, safe_mode=True)
+    assert type(reloaded) is type(model)
+    np.testing.assert_array_equal(np.asarray(reloaded(x, training=False)), expected)
+
+    # get_config holds every constructor argument: from_config rebuilds the same graph.
+    clone = type(model).from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    np.testing.assert_array_equal(np.asarray(clone(x, training=False)), expected)
+    assert clone.get_config() == model.get_config()
+
+
+def test_backbone_inside_a_task_model_round_trips(tmp_path):
+    # What the trainer does: backbone + head in one functional model, saved and reloaded.
+    backbone = _tiny("vit_tiny", 3)
+    inputs = keras.Input((*TINY_SHAPE, 3))
+    outputs = keras.layers.Dense(2, name="head")(backbone(inputs))
+    model = keras.Model(inputs, outputs)
+    x = _images(2, 3)
+    path = os.fspath(tmp_path / "task.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(np.asarray(reloaded(x)), np.asarray(model(x)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mixed_precision_gives_float32_features(name, mixed_precision):
+    model = _tiny(name, 3)
+    assert model.dtype_policy.name == "mixed_float16"
+    y = model(_images(2, 3), training=False)
+    assert y.dtype == "float32"
+    assert np.all(np.isfinite(np.asarray(y)))
+
+
+@pytest.mark.parametrize("name", ["cnn_small", "swin_tiny"])
+def test_builds_and_trains_under_mirrored_strategy(name):
+    strategy = tf.distribute.MirroredStrategy()
+    with strategy.scope():
+        backbone = _tiny(name, 1)
+        inputs = keras.Input((*TINY_SHAPE, 1))
+        model = keras.Model(inputs, keras.layers.Dense(1)(backbone(inputs)))
+        model.compile(optimizer="adam", loss="mse")
+    history = model.fit(_images(4, 1), np.zeros((4, 1), "float32"), batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+def test_local_weights_override(tmp_path):
+    model = _tiny("cnn_small", 1)
+    path = os.fspath(tmp_path / "cnn.weights.h5")
+    model.save_weights(path)
+    again = create_model("cnn_small", (*TINY_SHAPE, 1), weights=path, **TINY["cnn_small"])
+    x = _images(2, 1)
+    np.testing.assert_array_equal(np.asarray(again(x)), np.asarray(model(x)))
+    with pytest.raises(LensnetError, match="not found"):
+        create_model("cnn_small", (*TINY_SHAPE, 1), weights=os.fspath(tmp_path / "missing.weights.h5"))
+
+
+# --- errors -----------------------------------------------------------------
+
+
+def test_unknown_name_lists_valid_models():
+    with pytest.raises(LensnetError) as info:
+        create_model("resnet9000", (64, 64, 1))
+    message = str(info.value)
+    assert "resnet9000" in message
+    assert all(name in message for name in NAMES)
+    with pytest.raises(LensnetError, match="resnet9000"):
+        model_info("resnet9000")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_override_names_the_key_and_the_valid_ones(name):
+    with pytest.raises(LensnetError) as info:
+        create_model(name, (64, 64, 1), not_an_option=3)
+    message = str(info.value)
+    assert "not_an_option" in message and name in message
+    for key in model_info(name)["defaults"]:
+        assert key in message
+
+
+@pytest.mark.parametrize(
+    "name, shape, overrides",
+    [
+        ("cnn_small", (4, 4, 1), {}),
+        ("resnet18", (16, 16, 1), {}),
+        ("resnet34", (16, 16, 3), {}),
+        ("effnetv2_b0", (16, 16, 1), {}),
+        ("effnetv2_s", (24, 24, 3), {}),
+        ("vit_tiny", (64, 64, 1), {"patch_size": 6}),
+        ("vit_small", (150, 150, 3), {"patch_size": 8}),
+        ("deit_tiny", (100, 100, 1), {"patch_size": 16}),
+        ("swin_tiny", (150, 150, 1), {}),
+        ("swin_tiny", (64, 64, 1), {"patch_size": 4}),
+    ],
+)
+def test_incompatible_input_shape_names_shape_and_model(name, shape, overrides):
+    with pytest.raises(LensnetError) as info:
+        create_model(name, shape, **overrides)
+    message = str(info.value)
+    assert str(shape) in message and name in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (64, 64, 0), (64, "x", 1), None, (64.5, 64, 1)])
+def test_malformed_input_shape(shape):
+    with pytest.raises(LensnetError, match="input_shape"):
+        create_model("cnn_small", shape)
+
+
+@pytest.mark.parametrize(
+    "name, overrides, fragment",
+    [
+        ("vit_tiny", {"hidden_dim": 100}, "divisible by num_heads"),
+        ("vit_tiny", {"pooling": "max"}, "pooling"),
+        ("resnet18", {"stage_filters": [64, 128]}, "same non-zero length"),
+        ("swin_tiny", {"num_heads": [5, 6, 12, 24]}, "divisible"),
+        ("effnetv2_b0", {"stackwise_block_types": ["cba"] + ["fused"] * 2 + ["unfused"] * 2 + ["mystery"]}, "mystery"),
+    ],
+)
+def test_bad_hyper_parameters_are_user_errors(name, overrides, fragment):
+    with pytest.raises(LensnetError, match=fragment):
+        create_model(name, (64, 64, 1), **overrides)
+
+
+# --- automatic patch sizes (documented in vit.py and swin.py) ---------------
+
+
+@pytest.mark.parametrize("size, patch", [(64, 8), (96, 8), (128, 8), (150, 10), (100, 10), (75, 15)])
+def test_vit_auto_patch_size(size, patch):
+    from lensnet.models.vit import resolve_patch_size
+
+    assert resolve_patch_size((size, size, 1), None, "vit_tiny") == (patch, patch)
+
+
+@pytest.mark.parametrize("size, patch", [(64, 2), (96, 3), (128, 4)])
+def test_swin_auto_patch_size(size, patch):
+    from lensnet.models.swin import resolve_swin_patch_size
+
+    assert resolve_swin_patch_size((size, size, 1), None, 4, 4, "swin_tiny") == patch
+
+
+def test_vit_builds_at_150px_with_automatic_patch():
+    model = create_model("vit_tiny", (150, 150, 1), num_layers=1)
+    assert model.patch_size == (10, 10)
+    assert model(_images(1, 1, size=(150, 150))).shape == (1, 192)
+
+
+def test_vit_token_pooling_uses_class_token():
+    model = create_model("vit_tiny", (*TINY_SHAPE, 1), **{**TINY["vit_tiny"], "pooling": "token"})
+    assert model(_images(2, 1)).shape == (2, 16)
+    assert model.get_config()["pooling"] == "token"
+
+
+# --- default sizes: build only, one forward pass ----------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_size_builds_at_64px(name, record_property):
+    start = time.perf_counter()
+    model = create_model(name, (64, 64, 1))
+    y = model(_images(1, 1, size=(64, 64)), training=False)
+    params = int(model.count_params())
+    record_property("params", params)
+    record_property("seconds", round(time.perf_counter() - start, 2))
+    assert y.shape == (1, model.output_shape[-1])
+    assert np.all(np.isfinite(np.asarray(y)))
+    if name == "cnn_small":
+        assert 100_000 <= params <= 500_000
+    else:
+        assert 1_000_000 < params < 40_000_000
