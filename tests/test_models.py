@@ -278,6 +278,7 @@ def test_vit_auto_patch_size(size, patch):
     from lensnet.models.vit import resolve_patch_size
 
     assert resolve_patch_size((size, size, 1), None, "vit_tiny") == (patch, patch)
+    assert resolve_patch_size((size, size, 1), "auto", "vit_tiny") == (patch, patch)  # YAML-friendly spelling
 
 
 @pytest.mark.parametrize("size, patch", [(64, 2), (96, 3), (128, 4)])
@@ -285,6 +286,7 @@ def test_swin_auto_patch_size(size, patch):
     from lensnet.models.swin import resolve_swin_patch_size
 
     assert resolve_swin_patch_size((size, size, 1), None, 4, 4, "swin_tiny") == patch
+    assert resolve_swin_patch_size((size, size, 1), "auto", 4, 4, "swin_tiny") == patch
 
 
 def test_vit_builds_at_150px_with_automatic_patch():

@@ -42,7 +42,7 @@ class DeiTBackbone(Backbone):
     def __init__(
         self,
         image_shape: Sequence[int],
-        patch_size: int | Sequence[int] | None = None,
+        patch_size: int | Sequence[int] | str | None = None,
         hidden_dim: int = 192,
         num_layers: int = 12,
         num_heads: int = 3,

@@ -43,13 +43,13 @@ def _stage_sides(side: int, patch: int, num_stages: int) -> list[int]:
 
 
 def resolve_swin_patch_size(
-    image_shape: tuple[int, int, int], patch_size: int | None, window_size: int, num_stages: int, model: str
+    image_shape: tuple[int, int, int], patch_size: int | str | None, window_size: int, num_stages: int, model: str
 ) -> int:
-    """`None` picks the smallest patch of at least side/32 px with which every
+    """`None` (or "auto") picks the smallest patch of at least side/32 px with which every
     stage tiles into whole windows (64 px -> 2, 128 px -> 4, 96 px -> 3)."""
     h, w = image_shape[:2]
 
-    if patch_size is not None:
+    if patch_size is not None and patch_size != "auto":
         p = int(patch_size)
         if p < 1 or not (_tiles(h, p, num_stages, window_size) and _tiles(w, p, num_stages, window_size)):
             raise LensnetError(
@@ -87,7 +87,7 @@ class SwinBackbone(Backbone):
 
     Args:
         image_shape: (height, width, channels) of the input images.
-        patch_size: int or None (automatic, see `resolve_swin_patch_size`).
+        patch_size: int, or None/"auto" (see `resolve_swin_patch_size`).
         embed_dim: width of the first stage; doubles at each later stage.
         depths: Swin blocks per stage.
         num_heads: attention heads per stage; must divide each stage's width.
@@ -105,7 +105,7 @@ class SwinBackbone(Backbone):
     def __init__(
         self,
         image_shape: Sequence[int],
-        patch_size: int | None = None,
+        patch_size: int | str | None = None,
         embed_dim: int = 96,
         depths: Sequence[int] = (2, 2, 6, 2),
         num_heads: Sequence[int] = (3, 6, 12, 24),

@@ -30,11 +30,11 @@ DEFAULT_PATCH = 8
 
 
 def resolve_patch_size(
-    image_shape: tuple[int, int, int], patch_size: int | Sequence[int] | None, model: str
+    image_shape: tuple[int, int, int], patch_size: int | Sequence[int] | str | None, model: str
 ) -> tuple[int, int]:
-    """`None` picks 8, or if 8 does not divide the image the next larger common
-    divisor of height and width (150 px -> 10); an explicit size must divide."""
-    if patch_size is None:
+    """`None` (or "auto") picks 8, or if 8 does not divide the image the next larger
+    common divisor of height and width (150 px -> 10); an explicit size must divide."""
+    if patch_size is None or patch_size == "auto":
         p = auto_patch_size(image_shape, DEFAULT_PATCH, model)
         return (p, p)
     patch = as_pair(patch_size, "patch_size")
@@ -48,7 +48,7 @@ class ViTBackbone(Backbone):
 
     Args:
         image_shape: (height, width, channels) of the input images.
-        patch_size: int, (int, int) or None (automatic, see `resolve_patch_size`).
+        patch_size: int, (int, int), or None/"auto" (see `resolve_patch_size`).
         hidden_dim: token width.
         num_layers: transformer blocks.
         num_heads: attention heads; must divide `hidden_dim`.
@@ -66,7 +66,7 @@ class ViTBackbone(Backbone):
     def __init__(
         self,
         image_shape: Sequence[int],
-        patch_size: int | Sequence[int] | None = None,
+        patch_size: int | Sequence[int] | str | None = None,
         hidden_dim: int = 192,
         num_layers: int = 12,
         num_heads: int = 3,
