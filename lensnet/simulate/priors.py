@@ -24,6 +24,9 @@ from scipy.special import ndtr, ndtri
 
 from lensnet.errors import LensnetError
 
+NORMAL_REACH = 8.3  # largest |z| a clipped uniform can reach through ndtri (8.22)
+U_CLIP = 1e-16
+
 # name -> number of arguments
 DISTRIBUTIONS: dict[str, int] = {
     "uniform": 2,
@@ -54,7 +57,8 @@ class Prior:
             return 10.0 ** a[0], 10.0 ** a[1]
         if self.kind == "truncated_normal":
             return a[2], a[3]
-        return -math.inf, math.inf
+        # normal: uniforms are clipped to [1e-16, 1 - 1e-16] before the inverse CDF, so |z| <= 8.23
+        return a[0] - NORMAL_REACH * a[1], a[0] + NORMAL_REACH * a[1]
 
     def to_yaml(self) -> Any:
         return self.args[0] if self.is_constant else {self.kind: list(self.args)}
@@ -165,7 +169,7 @@ class PriorBlock:
             if len(self._normal):
                 idx = self._normal
                 # u == 0 is possible (rng.random is [0, 1)) and would give -inf
-                out[idx] = self._lo[idx] + self._width[idx] * ndtri(np.clip(u[idx], 1e-16, 1.0 - 1e-16))
+                out[idx] = self._lo[idx] + self._width[idx] * ndtri(np.clip(u[idx], U_CLIP, 1.0 - U_CLIP))
             for i, (mu, sigma, c_lo, c_width, t_lo, t_hi) in zip(self._truncated, self._trunc_args):
                 # clip guards the float round-off at the ends of the inverse CDF
                 out[i] = min(max(mu + sigma * float(ndtri(c_lo + c_width * u[i])), t_lo), t_hi)
@@ -190,7 +194,7 @@ def inverse_cdf(prior: Prior, u: np.ndarray) -> np.ndarray:
         lo, hi = math.log10(a[0]), math.log10(a[1])
         return 10.0 ** (lo + (hi - lo) * u)
     if prior.kind == "normal":
-        return a[0] + a[1] * ndtri(np.clip(u, 1e-16, 1.0 - 1e-16))
+        return a[0] + a[1] * ndtri(np.clip(u, U_CLIP, 1.0 - U_CLIP))
     mu, sigma, t_lo, t_hi = a
     c_lo, c_hi = ndtr((t_lo - mu) / sigma), ndtr((t_hi - mu) / sigma)
     return np.clip(mu + sigma * ndtri(c_lo + (c_hi - c_lo) * u), t_lo, t_hi)

@@ -1,0 +1,312 @@
+"""Physics of the simulator: presets, records, determinism, substructure, noise, config errors (small images)."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+
+from lensnet.errors import LensnetError
+from lensnet.simulate.presets import DATASET_DEFAULTS, list_presets, resolve_dataset_config
+from lensnet.simulate.scenes import CONFUSER_TYPES, build_simulator
+
+PRESETS = ["model_i", "model_ii", "model_iii", "lens_finding", "super_resolution"]
+SMALL = {"image": {"size": 24, "supersampling": 1}}
+QUIET = {"noise": {"poisson": False, "background": False}}
+
+
+def small(preset: str, **extra: dict) -> dict:
+    overrides = {**SMALL, **extra}
+    return resolve_dataset_config(preset, overrides)
+
+
+def rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def test_presets_listed_with_descriptions() -> None:
+    presets = dict(list_presets())
+    assert set(PRESETS) <= set(presets)
+    assert all(presets[name] for name in PRESETS)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_records_have_shapes_finite_images_and_every_param(preset: str) -> None:
+    config = small(preset)
+    sim = build_simulator(config)
+    assert config["name"] == preset
+    for key in ("name", "description", "num", "splits", "records_per_shard"):
+        assert key in config
+    labels = range(len(sim.class_names)) if sim.class_names else [0]
+    for label in labels:
+        for seed in range(2):
+            images, params = sim.simulate(label, rng(seed))
+            assert set(images) == set(sim.image_shapes)
+            for name, shape in sim.image_shapes.items():
+                assert images[name].shape == shape and images[name].dtype == np.float32
+                assert np.all(np.isfinite(images[name]))
+            assert list(params) == sim.param_names
+            assert all(isinstance(v, float) for v in params.values())
+    if preset == "super_resolution":
+        assert sim.image_shapes == {"image": (24, 24, 1), "image_hr": (48, 48, 1)}
+        assert sim.class_names == []
+    if preset == "lens_finding":
+        assert sim.image_shapes["image"] == (24, 24, 3)
+        assert sim.class_names == ["lens", "non_lens"]
+
+
+def test_model_i_keeps_the_deeplense_reference_scene_and_draws_exposure() -> None:
+    sim = build_simulator(small("model_i"))
+    exposures = []
+    for seed in range(20):
+        _, p = sim.simulate(0, rng(seed))
+        assert (p["theta_E"], p["e1"], p["e2"], p["gamma1"]) == (1.28, 0.1, 0.0, 0.05)
+        assert (p["source_R_sersic"], p["source_n_sersic"], p["source_e1"], p["source_e2"]) == (0.25, 1.0, -0.1, 0.1)
+        assert abs(p["source_center_x"]) <= 0.35 and abs(p["source_center_y"]) <= 0.35
+        exposures.append(p["exposure_time"])
+    assert 10**3 <= min(exposures) < max(exposures) <= 10**3.5
+
+
+def test_not_applicable_params_are_nan_and_applicable_ones_are_not() -> None:
+    sim = build_simulator(small("model_ii"))
+    shared = [n for n in sim.param_names if n not in sim.class_specific_params]
+    axion = ["log10_m_axion", "vortex_mass", "vortex_angle", "vortex_half_length"]
+    for seed in range(5):
+        _, no_sub = sim.simulate(0, rng(seed))
+        _, cdm = sim.simulate(1, rng(seed))
+        _, ax = sim.simulate(2, rng(seed))
+        for p in (no_sub, cdm, ax):
+            assert all(math.isfinite(p[n]) for n in shared)
+        assert no_sub["n_subhalo"] == 0 and no_sub["f_sub"] == 0
+        assert all(math.isnan(no_sub[n]) and math.isnan(cdm[n]) for n in axion)
+        assert all(math.isfinite(ax[n]) for n in axion)
+        assert cdm["n_subhalo"] >= 0 and math.isfinite(cdm["f_sub"])
+    assert {"n_subhalo", "m_sub_total", "f_sub", *axion} == sim.class_specific_params
+
+    finder = build_simulator(small("lens_finding"))
+    lens_only = ["theta_E", "e1", "source_mag", "source_mag_g", "source_R_sersic"]
+    seen = set()
+    for seed in range(12):
+        _, lens = finder.simulate(0, rng(seed))
+        _, other = finder.simulate(1, rng(seed))
+        assert math.isnan(lens["confuser_type"]) and all(math.isfinite(lens[n]) for n in lens_only)
+        assert all(math.isnan(other[n]) for n in lens_only)
+        assert other["confuser_type"] in range(len(CONFUSER_TYPES))
+        seen.add(other["confuser_type"])
+        for p in (lens, other):
+            assert math.isfinite(p["lens_light_mag_g"]) and math.isfinite(p["n_field_galaxies"])
+    assert len(seen) >= 3
+    assert "confuser_type" in finder.class_specific_params
+
+
+def test_colours_make_a_red_lens_and_a_blue_source() -> None:
+    finder = build_simulator(small("lens_finding"))
+    for seed in range(10):
+        _, p = finder.simulate(0, rng(seed))
+        assert p["lens_light_mag_g"] - p["lens_light_mag"] > 1.0  # g - r of an early type at z ~ 0.5
+        assert p["source_mag_g"] - p["source_mag"] < 0.6
+
+
+def test_same_seed_same_bytes_other_seed_differs_and_pickle_rebuilds() -> None:
+    sim = build_simulator(small("model_ii"))
+    copy = pickle.loads(pickle.dumps(sim))
+    np.random.seed(123)
+    state = np.random.get_state()[1].copy()
+    for label in range(3):
+        a, pa = sim.simulate(label, rng(7))
+        b, pb = copy.simulate(label, rng(7))
+        c, _ = sim.simulate(label, rng(8))
+        assert a["image"].tobytes() == b["image"].tobytes()
+        np.testing.assert_array_equal(list(pa.values()), list(pb.values()))  # NaN == NaN here
+        assert a["image"].tobytes() != c["image"].tobytes()
+    assert np.array_equal(np.random.get_state()[1], state), "the global numpy random state was touched"
+
+
+def test_classes_share_the_macro_draw_for_one_seed() -> None:
+    sim = build_simulator(small("model_ii", **QUIET))
+    shared = [n for n in sim.param_names if n not in sim.class_specific_params]
+    params = [sim.simulate(label, rng(3))[1] for label in range(3)]
+    assert all([p[n] for n in shared] == [params[0][n] for n in shared] for p in params)
+
+
+def test_poisson_subhalo_count_is_drawn_and_rendered() -> None:
+    config = small("model_ii", substructure={"profile": "POINT_MASS", "n_mean": 6.0})
+    sim = build_simulator(config)
+    counts = []
+    for seed in range(200):
+        drawn = sim._draw_scene(1, rng(seed))
+        counts.append(drawn.params["n_subhalo"])
+        assert len(drawn.kwargs_lens) - 2 == drawn.params["n_subhalo"]  # every drawn subhalo is rendered
+    counts = np.array(counts)
+    assert len(set(counts)) > 5
+    assert abs(counts.mean() - 6.0) < 0.6 and abs(counts.var() - 6.0) < 2.0  # Poisson: mean == variance
+
+
+@pytest.mark.parametrize("profile", ["POINT_MASS", "TNFW"])
+def test_substructure_perturbation_grows_with_subhalo_mass(profile: str) -> None:
+    def mean_difference(m_min: float) -> float:
+        sub = {"profile": profile, "n_mean": 8.0, "m_min": m_min, "m_max": 1.01 * m_min}
+        sim = build_simulator(small("model_ii", substructure=sub, **QUIET))
+        total = 0.0
+        for seed in range(6):
+            smooth = sim.simulate(0, rng(seed))[0]["image"]
+            lumpy, p = sim.simulate(1, rng(seed))
+            assert p["m_sub_total"] == pytest.approx(p["n_subhalo"] * m_min, rel=0.02)
+            total += float(np.abs(lumpy["image"] - smooth).mean())
+        return total
+
+    diffs = [mean_difference(m) for m in (1e7, 1e8, 1e9, 1e10)]
+    assert diffs[0] > 0
+    assert all(b > 1.5 * a for a, b in zip(diffs, diffs[1:])), diffs
+
+
+def test_f_sub_is_subhalo_mass_over_mass_inside_theta_e() -> None:
+    from astropy.cosmology import FlatLambdaCDM
+    from lenstronomy.Cosmo.lens_cosmo import LensCosmo
+
+    sim = build_simulator(small("model_ii"))
+    lens_cosmo = LensCosmo(0.5, 1.0, cosmo=FlatLambdaCDM(H0=70, Om0=0.3))
+    _, p = sim.simulate(1, rng(4))
+    assert p["f_sub"] == pytest.approx(p["m_sub_total"] / lens_cosmo.mass_in_theta_E(p["theta_E"]), rel=1e-6)
+
+
+def test_nfw_units_match_lenscosmo_and_truncation_is_positive() -> None:
+    from astropy.cosmology import FlatLambdaCDM
+    from lenstronomy.Cosmo.lens_cosmo import LensCosmo
+
+    from lensnet.simulate.substructure import SubhaloPopulation, parse_subhalo_config
+
+    lens_cosmo = LensCosmo(0.5, 1.0, cosmo=FlatLambdaCDM(H0=70, Om0=0.3))
+    pop = SubhaloPopulation(parse_subhalo_config(DATASET_DEFAULTS["substructure"]), lens_cosmo, 0.5, 0.7)
+    m, c = np.array([1e6, 3e7, 1e10]), np.array([25.0, 12.0, 6.0])
+    ours = pop.nfw_angles(m, c)
+    theirs = lens_cosmo.nfw_physical2angle(m, c)
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-10)
+    np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-10)
+    for seed in range(20):
+        kwargs, _ = pop.draw(rng(seed), 0.0, 0.0, 1.3)
+        assert all(k["r_trunc"] > 0 and k["Rs"] > 0 and k["alpha_Rs"] > 0 for k in kwargs)
+
+
+def test_power_law_mass_function_by_inverse_cdf() -> None:
+    from lensnet.simulate.substructure import power_law_masses
+
+    m = power_law_masses(rng(0).random(200_000), 1e6, 1e10, -1.9)
+    assert m.min() >= 1e6 and m.max() <= 1e10
+    p = -0.9  # slope + 1
+    expected = (1e8**p - 1e10**p) / (1e6**p - 1e10**p)  # analytic fraction above 1e8
+    assert np.mean(m > 1e8) == pytest.approx(expected, rel=0.05)
+
+
+def test_noise_is_added_exactly_once() -> None:
+    custom = {"name": "custom", "bands": ["x"], "custom": {"exposure_time": 400.0, "background_rms": 0.05,
+                                                           "pixel_scale": 0.1, "psf_fwhm": 0.15}}
+    config = small("model_ii", instrument=custom)
+    sim = build_simulator(config)
+    z2 = []
+    for seed in range(8):
+        image = sim.simulate(0, rng(seed))[0]["image"][..., 0].astype(np.float64)
+        model = sim.noiseless(0, rng(seed))[..., 0]
+        variance = 0.05**2 + np.maximum(model, 0) / 400.0
+        z2.append(((image - model) ** 2 / variance).ravel())
+    z2 = np.concatenate(z2)
+    assert z2.mean() == pytest.approx(1.0, abs=0.08)  # 0 if never added, 2 if added twice
+
+    quiet = build_simulator(small("model_ii", instrument=custom, **QUIET))
+    image = quiet.simulate(2, rng(1))[0]["image"]
+    np.testing.assert_array_equal(image, quiet.noiseless(2, rng(1)).astype(np.float32))
+
+
+def test_euclid_noise_uses_lenstronomy_background_and_exposure() -> None:
+    from lenstronomy.SimulationAPI.observation_api import SingleBand
+    from lenstronomy.SimulationAPI.ObservationConfig.Euclid import Euclid
+
+    band = build_simulator(small("model_ii")).spec.bands[0]
+    reference = SingleBand(**Euclid(band="VIS", psf_type="GAUSSIAN").kwargs_single_band())
+    assert band.background_rms == pytest.approx(reference.background_noise)
+    assert band.exposure_time.args[0] == pytest.approx(reference.exposure_time)
+    assert band.pixel_scale == 0.101 and band.psf_fwhm == 0.16
+
+
+def test_hst_preset_does_not_depend_on_module_state() -> None:
+    from lenstronomy.SimulationAPI.ObservationConfig import HST
+
+    before = dict(HST.TDLMC_F160W_band_obs)
+    build_simulator(small("model_iii"))
+    with pytest.raises(LensnetError, match="seeing"):
+        resolve_dataset_config("model_iii", {"instrument": {"bands": ["TDLMC_F160W"]}})
+    assert HST.TDLMC_F160W_band_obs == before
+    band = build_simulator(small("model_iii")).spec.bands[0]
+    assert (band.pixel_scale, band.psf_fwhm, band.psf_kwargs["psf_type"]) == (0.08, 0.08, "GAUSSIAN")
+
+
+def test_axion_mass_range_and_vortex_length() -> None:
+    sim = build_simulator(small("model_ii"))
+    masses = []
+    for seed in range(60):
+        drawn = sim._draw_scene(2, rng(seed))
+        p = drawn.params
+        masses.append(p["log10_m_axion"])
+        assert p["vortex_half_length"] == pytest.approx(0.03 * 10 ** (-22 - p["log10_m_axion"]))
+        xs = [k["center_x"] for k in drawn.kwargs_lens[2:]]
+        ys = [k["center_y"] for k in drawn.kwargs_lens[2:]]
+        extent = math.hypot(xs[-1] - xs[0], ys[-1] - ys[0])
+        assert extent == pytest.approx(2 * p["vortex_half_length"], rel=1e-9)
+        assert len(xs) == 50
+    assert -24 <= min(masses) < -23.5 and -22.5 < max(masses) <= -22
+
+
+def test_super_resolution_hr_matches_lr_brightness() -> None:
+    sim = build_simulator(small("super_resolution", **QUIET))
+    images, _ = sim.simulate(0, rng(2))
+    lr, hr = images["image"][..., 0], images["image_hr"][..., 0]
+    binned = hr.reshape(24, 2, 24, 2).mean(axis=(1, 3))
+    assert binned.sum() == pytest.approx(lr.sum(), rel=0.05)  # same flux scale, different PSF
+
+
+def test_prior_overrides_replace_distributions_and_presets_chain(tmp_path) -> None:
+    config = resolve_dataset_config("model_ii", {"lens": {"theta_E": {"normal": [1.3, 0.01]}, "e1": 0.05}})
+    assert config["lens"]["theta_E"] == {"normal": [1.3, 0.01]} and config["lens"]["e1"] == 0.05
+    with pytest.raises(LensnetError, match="lens.theta_E"):  # a normal that can reach theta_E <= 0
+        resolve_dataset_config("model_ii", {"lens": {"theta_E": {"normal": [0.5, 0.1]}}})
+    path = tmp_path / "mine.yaml"
+    path.write_text("preset: model_iii\nlens:\n  theta_E: {truncated_normal: [1.3, 0.1, 1.0, 1.6]}\n")
+    mine = resolve_dataset_config(str(path), SMALL)
+    assert mine["name"] == "mine" and mine["instrument"]["name"] == "HST"
+    _, p = build_simulator(mine).simulate(0, rng(0))
+    assert 1.0 <= p["theta_E"] <= 1.6
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"lens": {"theta_e": 1.0}}, "lens.theta_e"),
+        ({"bogus": 1}, "bogus"),
+        ({"lens": {"theta_E": {"uniform": [1.6, 1.0]}}}, "lens.theta_E"),
+        ({"source": {"R_sersic": {"uniform": [-0.2, 0.3]}}}, "source.R_sersic"),
+        ({"source": {"R_sersic": {"gaussian": [0.2, 0.1]}}}, "source.R_sersic"),
+        ({"instrument": {"name": "Hubble"}}, "instrument.name"),
+        ({"instrument": {"bands": ["Q"]}}, "band 'Q'"),
+        ({"splits": {"train": 0.9}}, "splits"),
+        ({"classes": ["no_sub", "wdm"]}, "classes"),
+        ({"substructure": {"engine": "pyhalo"}}, "substructure.engine"),
+        ({"substructure": {"profile": "NFW_X"}}, "substructure.profile"),
+        ({"substructure": {"m_min": 1e10, "m_max": 1e6}}, "substructure.m_min"),
+        ({"image": {"size": 0}}, "image.size"),
+        ({"cosmology": {"z_source": 0.3}}, "cosmology.z_source"),
+    ],
+)
+def test_bad_configs_name_the_field(overrides: dict, field: str) -> None:
+    with pytest.raises(LensnetError, match=field.replace(".", r"\.")):
+        resolve_dataset_config("model_ii", overrides)
+
+
+def test_lens_finding_config_errors() -> None:
+    with pytest.raises(LensnetError, match="lens_finding.confusers"):
+        resolve_dataset_config("lens_finding", {"lens_finding": {"confusers": {"ring": 0.5}}})
+    with pytest.raises(LensnetError, match="source.colors.i"):
+        resolve_dataset_config("lens_finding", {"source": {"colors": {"i": {"uniform": [0.3, 0.1]}}}})
+    with pytest.raises(LensnetError, match="unknown dataset preset"):
+        resolve_dataset_config("model_iv")
