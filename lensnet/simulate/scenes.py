@@ -322,13 +322,11 @@ class _Renderer:
 class _Light:
     """Turns drawn magnitudes + shapes into per-band lenstronomy SERSIC_ELLIPSE kwargs (amp from magnitude)."""
 
-    def __init__(self, bands: tuple[Band, ...], ref: str) -> None:
+    def __init__(self, bands: tuple[Band, ...]) -> None:
         from lenstronomy.LightModel.Profiles.sersic import SersicElliptic
 
         self._flux_norm = SersicElliptic().total_flux
         self._zero_points = [b.magnitude_zero_point for b in bands]
-        self._band_names = [b.name for b in bands]
-        self.ref = ref
 
     def kwargs(
         self, mags: list[float], r: float, n: float, e1: float, e2: float, cx: float, cy: float
@@ -381,9 +379,8 @@ class Simulator:
         self.class_names = list(spec.class_names)
         bands = spec.bands
         self._ref = config["instrument"]["reference_band"] or bands[0].name
-        self._light = _Light(bands, self._ref)
+        self._light = _Light(bands)
         self._n_bands = len(bands)
-        self._ref_index = [b.name for b in bands].index(self._ref)
         self._band_order = [i for i, b in enumerate(bands) if b.name != self._ref]  # colour slots -> band index
         exposure = [b.exposure_time for b in bands]
         self._exposure_drawn = any(not p.is_constant for p in exposure)
