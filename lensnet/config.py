@@ -13,6 +13,8 @@ import yaml
 
 from lensnet.errors import LensnetError
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
 
 def load_yaml(path: str | os.PathLike, what: str = "config") -> dict:
     """Read a YAML mapping with `yaml.safe_load`; every failure is a one-line LensnetError."""

@@ -368,6 +368,7 @@ def finalize(
         pixel_stats=pixel_stats,
     )
     param_names = source.schema.param_names
+    manifest["param_stats"] = _param_stats(metas, param_names)
     if param_names and len(class_names) > 1:
         from lensnet.data.audit import audit as default_audit
 
@@ -381,3 +382,21 @@ def finalize(
     path = out / MANIFEST_NAME
     write_json(path, manifest)
     return path
+
+
+def _param_stats(metas: Sequence[dict], param_names: Sequence[str]) -> dict:
+    """Per split and parameter: how many records hold a finite value, and its mean, std, min, max."""
+    stats: dict[str, dict] = {}
+    for split in dict.fromkeys(m["split"] for m in metas):
+        stats[split] = {}
+        for name in param_names:
+            values = np.concatenate(
+                [np.asarray(m["params"][name], dtype=np.float64) for m in metas if m["split"] == split]
+            )
+            finite = values[np.isfinite(values)]
+            entry = {"finite": int(finite.size), "count": int(values.size)}
+            if finite.size:
+                entry.update(mean=float(finite.mean()), std=float(finite.std()),
+                             min=float(finite.min()), max=float(finite.max()))
+            stats[split][name] = entry
+    return stats

@@ -1,0 +1,151 @@
+"""`python -m lensnet.fit`: train a model for a task and write a complete run directory.
+
+    python -m lensnet.fit --task lens_finding
+    python -m lensnet.fit --task substructure --model vit_tiny --data tfrecords/model_ii --epochs 30 --seed 0
+    python -m lensnet.fit --task regression --target log10_m_axion --data tfrecords/model_ii
+    python -m lensnet.fit --resume runs/NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from lensnet.config import merge, parse_set
+from lensnet.errors import LensnetError, cli_exit
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lensnet.fit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", help="lens_finding | substructure | regression (see --list-tasks)")
+    parser.add_argument("--model", help="model name from the registry (see --list-models)")
+    parser.add_argument("--data", help="dataset directory (default: the task's default dataset, simulated if absent)")
+    parser.add_argument("--target", help="regression target: any stored parameter")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--config", help="YAML config (e.g. a tuner's best.yaml or a run's config.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config field, e.g. --set train.optimizer=lamb (repeatable)")
+    parser.add_argument("--run-name", help="run directory name under --runs (default: task-model-time)")
+    parser.add_argument("--runs", help="parent directory of runs (default: runs)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last epoch")
+    parser.add_argument("--strategy", choices=("auto", "default", "mirrored", "multiworker"))
+    parser.add_argument("--cpu-devices", type=int, help="split the CPU into N logical devices (mirroring tests)")
+    parser.add_argument("--list-models", action="store_true", help="list the registered models and exit")
+    parser.add_argument("--list-tasks", action="store_true", help="list the tasks and exit")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def cli_overrides(args: argparse.Namespace) -> dict:
+    """The command-line flags as a config tree (the --set items come last and win)."""
+    tree: dict = {}
+
+    def put(path: str, value: object) -> None:
+        if value is None:
+            return
+        node = tree
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    put("task.name", args.task)
+    put("task.target", args.target)
+    put("model.name", args.model)
+    put("data.path", args.data)
+    put("data.batch_size", args.batch_size)
+    put("train.epochs", args.epochs)
+    put("train.learning_rate", args.lr)
+    put("run.seed", args.seed)
+    put("run.name", args.run_name)
+    put("run.dir", args.runs)
+    put("distribute.strategy", args.strategy)
+    put("distribute.cpu_devices", args.cpu_devices)
+    sets = parse_set(args.set)
+    return merge_trees(tree, sets)
+
+
+def merge_trees(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = merge_trees(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def list_models() -> None:
+    from lensnet.models import list_models as models
+
+    for entry in models():
+        print(f"{entry['name']:14s} {entry['family']:13s} {entry['description']}")
+
+
+def list_tasks() -> None:
+    from lensnet.tasks import list_tasks as tasks
+
+    for name, description in tasks():
+        print(f"{name:14s} {description}")
+
+
+def resume_config(run_dir: str, overrides: dict) -> dict:
+    from lensnet.training.config import OPEN_KEYS, validate
+    from lensnet.training.trainer import load_run_config
+
+    allowed = {"train": {"epochs"}}
+    for section, values in overrides.items():
+        extra = set(values) - allowed.get(section, set()) if isinstance(values, dict) else {section}
+        if extra:
+            raise LensnetError(f"with --resume the run's own config.yaml is used; only --epochs may change "
+                               f"(got {section}.{sorted(extra)[0]})")
+    config = merge(load_run_config(Path(run_dir)), overrides, open_keys=OPEN_KEYS)
+    path = Path(run_dir)
+    config["run"]["dir"], config["run"]["name"] = str(path.parent), path.name
+    validate(config)
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_models:
+        list_models()
+        return 0
+    if args.list_tasks:
+        list_tasks()
+        return 0
+    from lensnet.tfboot import quiet_import
+
+    quiet_import()
+    overrides = cli_overrides(args)
+    if args.resume:
+        if args.config:
+            raise LensnetError("--resume takes the run's own config.yaml; drop --config")
+        config = resume_config(args.resume, overrides)
+    else:
+        from lensnet.training.config import resolve_fit_config
+
+        config = resolve_fit_config(args.task, args.config, overrides)
+    from lensnet.training.trainer import run_fit
+
+    result = run_fit(config, resume=bool(args.resume), progress=not args.no_progress)
+    print_result(result)
+    return 0
+
+
+def print_result(result) -> None:
+    run_dir, metrics, info = result.run_dir, result.metrics, result.info
+    print(f"\nrun {run_dir} finished in {result.seconds:.0f} s (best epoch {info.best_epoch} of {info.epochs_done})")
+    shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    if shown:
+        print(f"{metrics.get('split', 'test')}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+    for what, path in (("config", "config.yaml"), ("best model", "checkpoints/best.keras"),
+                       ("metrics", "metrics.json"), ("plots", "plots/"), ("history", "history.csv")):
+        print(f"  {what:11s} {run_dir / path}")
+    print(f"  tensorboard tensorboard --logdir {run_dir.parent}")
+
+
+if __name__ == "__main__":
+    cli_exit(main)

@@ -1,0 +1,96 @@
+"""A training run directory: what lives where, and `run.json`, the contract between stages.
+
+    runs/<name>/
+      config.yaml          fully resolved config (what `lensnet.fit --config` takes back)
+      versions.json        package versions
+      run.json             RunInfo below: task, outputs, input shape, normalisation, dataset, status
+      checkpoints/best.keras, last.keras, state.json
+      logs/                TensorBoard (train/, validation/, eval/)
+      history.csv          per-epoch metrics
+      metrics.json         test-split metrics
+      plots/*.png
+
+A saved model takes normalised images (N, H, W, C) float32 and returns, by `output_kind`:
+binary -> (N, 1) probability of `positive_class`; multiclass -> (N, K) class probabilities
+in `class_names` order; regression -> (N, 1) the target in physical units.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lensnet.errors import LensnetError
+from lensnet.fileio import write_json
+
+RUN_INFO = "run.json"
+BEST = "checkpoints/best.keras"
+LAST = "checkpoints/last.keras"
+
+
+@dataclass
+class RunInfo:
+    task: str
+    model: str
+    output_kind: str  # binary | multiclass | regression
+    input_shape: list[int]
+    normalisation: dict
+    class_names: list[str] = field(default_factory=list)
+    positive_class: str | None = None
+    target: str | None = None
+    dataset: dict = field(default_factory=dict)  # path, name, checksum (sha256 of manifest.json)
+    seed: int = 0
+    status: str = "running"  # running | finished
+    epochs_done: int = 0
+    best_epoch: int | None = None
+
+    def output_names(self) -> list[str]:
+        """Column names of the model's output."""
+        if self.output_kind == "binary":
+            return [f"p_{self.positive_class}"]
+        if self.output_kind == "multiclass":
+            return [f"p_{name}" for name in self.class_names]
+        return [str(self.target)]
+
+
+def read_run(run_dir: str | os.PathLike) -> RunInfo:
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_INFO
+    if not run_dir.is_dir():
+        raise LensnetError(f"run directory not found: {run_dir}")
+    if not path.is_file():
+        raise LensnetError(f"{run_dir} is not a lensnet run: no {RUN_INFO}")
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return RunInfo(**data)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise LensnetError(f"{path} is not a valid run description: {exc}") from None
+
+
+def write_run(run_dir: str | os.PathLike, info: RunInfo) -> None:
+    write_json(Path(run_dir) / RUN_INFO, asdict(info))
+
+
+def best_model_path(run_dir: str | os.PathLike) -> Path:
+    run_dir = Path(run_dir)
+    for candidate in (run_dir / BEST, run_dir / LAST):
+        if candidate.is_file():
+            return candidate
+    raise LensnetError(f"{run_dir} holds no trained model ({BEST} is missing)")
+
+
+def load_model(run_dir: str | os.PathLike, compile: bool = False):
+    """The run's best model, loaded with Keras safe_mode."""
+    import keras
+
+    import lensnet.models  # noqa: F401  (registers custom layers)
+    import lensnet.tasks  # noqa: F401  (registers heads, losses)
+
+    path = best_model_path(run_dir)
+    try:
+        return keras.models.load_model(path, compile=compile, safe_mode=True)
+    except Exception as exc:  # corrupt or foreign file: name it, no traceback
+        raise LensnetError(f"cannot load model {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None

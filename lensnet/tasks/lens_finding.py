@@ -1,0 +1,82 @@
+"""Lens finding: is there a strong lens in the cutout? Binary, scored as the lens-finding challenges do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lensnet.errors import LensnetError
+from lensnet.tasks import plots, scores
+from lensnet.tasks.base import register_task
+from lensnet.tasks.classification import ClassificationTask
+
+
+@register_task
+class LensFinding(ClassificationTask):
+    name = "lens_finding"
+    description = "binary lens / non-lens; ROC AUC, PR AUC, accuracy, TPR at 0 and 10 false positives"
+    output_kind = "binary"
+    monitor = "roc_auc"
+    monitor_mode = "max"
+
+    def check_dataset(self, info: Any) -> None:
+        super().check_dataset(info)
+        if len(self.class_names) != 2:
+            raise LensnetError(
+                f"task lens_finding needs exactly 2 classes; {info.path} has {', '.join(self.class_names)}"
+            )
+        positive = self.config.get("positive_class") or ("lens" if "lens" in self.class_names else None)
+        if positive not in self.class_names:
+            classes = ", ".join(self.class_names)
+            raise LensnetError(f"task.positive_class {positive!r} is not a class of {info.path}; classes: {classes}")
+        self.positive_class = positive
+        self.positive_index = self.class_names.index(positive)
+
+    def prepare(self, batch: dict) -> tuple:
+        import tensorflow as tf
+
+        labels = batch["label"]
+        y = tf.cast(tf.equal(labels, self.positive_index), tf.float32)[:, None]
+        return batch["image"], y, self.weights(labels)
+
+    def head(self, features: Any) -> Any:
+        import keras
+
+        return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="lens_probability")(features)
+
+    def loss(self) -> Any:
+        import keras
+
+        return keras.losses.BinaryCrossentropy(label_smoothing=float(self.train_config.get("label_smoothing", 0.0)))
+
+    def metrics(self) -> list:
+        import keras
+
+        return [keras.metrics.AUC(name="roc_auc"), keras.metrics.AUC(curve="PR", name="pr_auc"),
+                keras.metrics.BinaryAccuracy(name="accuracy")]
+
+    def targets(self, batch: dict) -> np.ndarray:
+        return (np.asarray(batch["label"]) == self.positive_index).astype(np.int64)
+
+    def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+        return scores.binary_scores(y_true, np.asarray(y_pred)[:, 0])
+
+    def plot(self, y_true: np.ndarray, y_pred: np.ndarray, out_dir: Path) -> dict[str, Path]:
+        p = np.asarray(y_pred)[:, 0]
+        pred = (p >= 0.5).astype(int)
+        matrix = np.array([[np.sum((y_true == t) & (pred == q)) for q in (1, 0)] for t in (1, 0)])
+        negative = self.class_names[1 - self.positive_index]
+        return {
+            "roc": plots.save(plots.roc_figure([(self.positive_class, y_true == 1, p)]), out_dir / "roc.png"),
+            "pr": plots.save(plots.pr_figure(y_true == 1, p, self.positive_class), out_dir / "pr.png"),
+            "confusion_matrix": plots.save(plots.confusion_figure(matrix, [self.positive_class, negative]),
+                                           out_dir / "confusion_matrix.png"),
+        }
+
+    def describe(self, y_pred_row: np.ndarray) -> str:
+        return f"p({self.positive_class})={float(y_pred_row[0]):.2f}"
+
+    def run_fields(self) -> dict:
+        return {"class_names": self.class_names, "positive_class": self.positive_class}

@@ -1,0 +1,95 @@
+"""Regression of any stored parameter by name (axion mass, subhalo mass fraction, Einstein radius...).
+
+Records whose target does not apply (NaN) are masked out of the loss and the
+metrics through a zero sample weight, never zero-filled into the fit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lensnet.errors import LensnetError
+from lensnet.tasks import plots, scores
+from lensnet.tasks.base import Task, register_task, require_splits
+
+LOSSES = ("mse", "huber", "mae")
+
+
+@register_task
+class Regression(Task):
+    name = "regression"
+    description = "any stored parameter by name (--target); MAE, RMSE, R2; NaN targets masked"
+    output_kind = "regression"
+    monitor = "mae"
+    monitor_mode = "min"
+    metrics_use_weights = True  # NaN targets carry weight 0: the metrics must skip them too
+
+    def check_dataset(self, info: Any) -> None:
+        target = self.config.get("target")
+        params = list(info.param_names)
+        if not target:
+            raise LensnetError(f"task regression needs a target (--target NAME); parameters: {', '.join(params)}")
+        if target not in params:
+            raise LensnetError(f"unknown target {target!r}; parameters stored in {info.path}: {', '.join(params)}")
+        require_splits(info)
+        stats = info.manifest.get("param_stats", {})
+        for split in ("train", "val", "test"):
+            entry = stats.get(split, {}).get(target)
+            if entry is not None and entry["finite"] == 0:
+                raise LensnetError(f"target {target!r} is NaN in every record of split '{split}' of {info.path}")
+        train = stats.get("train", {}).get(target)
+        if train is None:
+            raise LensnetError(f"{info.path}: manifest has no statistics for {target!r}; re-create the dataset")
+        if not train.get("std"):
+            raise LensnetError(f"target {target!r} is constant ({train.get('mean')}) in the training split")
+        loss = self.config.get("loss") or "mse"
+        if loss not in LOSSES:
+            raise LensnetError(f"task.loss {loss!r} is not one of {', '.join(LOSSES)}")
+        self.target, self.loss_kind = target, loss
+        self.mean, self.std = float(train["mean"]), float(train["std"])
+        self.fields = ("image", target)
+
+    def prepare(self, batch: dict) -> tuple:
+        import tensorflow as tf
+
+        y = tf.cast(batch[self.target], tf.float32)[:, None]
+        finite = tf.math.is_finite(y)
+        return batch["image"], tf.where(finite, y, tf.zeros_like(y)), tf.cast(finite[:, 0], tf.float32)
+
+    def head(self, features: Any) -> Any:
+        import keras
+
+        from lensnet.tasks.layers import Affine
+
+        z = keras.layers.Dense(1, dtype="float32", name="standardised_target")(features)
+        return Affine(self.std, self.mean, dtype="float32", name="target")(z)
+
+    def loss(self) -> Any:
+        from lensnet.tasks.layers import ScaledRegressionLoss
+
+        return ScaledRegressionLoss(self.loss_kind, self.std)
+
+    def metrics(self) -> list:
+        import keras
+
+        return [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.RootMeanSquaredError(name="rmse"),
+                keras.metrics.R2Score(name="r2")]
+
+    def targets(self, batch: dict) -> np.ndarray:
+        return np.asarray(batch[self.target], dtype=np.float64)
+
+    def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+        return scores.regression_scores(y_true, np.asarray(y_pred)[:, 0])
+
+    def plot(self, y_true: np.ndarray, y_pred: np.ndarray, out_dir: Path) -> dict[str, Path]:
+        fig = plots.scatter_figure(np.asarray(y_true), np.asarray(y_pred)[:, 0], self.target)
+        return {"scatter": plots.save(fig, out_dir / "scatter.png")}
+
+    def describe(self, y_pred_row: np.ndarray) -> str:
+        return f"{self.target}={float(y_pred_row[0]):.3g}"
+
+    def run_fields(self) -> dict:
+        return {"target": self.target}

@@ -1,0 +1,84 @@
+"""Test-set figures in NumPy/scikit-learn. Undefined figures are None with a reason, never a silent NaN."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def tpr_at_false_positives(y_true: np.ndarray, score: np.ndarray, max_fp: int) -> float | None:
+    """Highest true-positive rate reachable with at most `max_fp` false positives.
+
+    The lens-finding challenge figures TPR0 and TPR10 (Metcalf et al. 2019): the
+    threshold slides down the scores until the (max_fp + 1)-th non-lens passes it.
+    """
+    y_true = np.asarray(y_true).astype(bool)
+    positives = int(y_true.sum())
+    if positives == 0:
+        return None
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
+    s, t = np.asarray(score)[order], y_true[order]
+    fp = np.cumsum(~t)
+    tp = np.cumsum(t)
+    # only thresholds between distinct scores can be chosen: ties pass together
+    last_of_tie = np.r_[s[1:] != s[:-1], True]
+    allowed = last_of_tie & (fp <= max_fp)
+    best = int(tp[allowed].max()) if allowed.any() else 0
+    return best / positives
+
+
+def binary_scores(y_true: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict:
+    y_true = np.asarray(y_true).astype(int).ravel()
+    p = np.asarray(p, dtype=np.float64).ravel()
+    out: dict = {"n": int(y_true.size), "n_positive": int(y_true.sum())}
+    if len(np.unique(y_true)) < 2:
+        out.update(roc_auc=None, pr_auc=None, notes="ROC/PR AUC undefined: the split holds a single class")
+    else:
+        out["roc_auc"] = _finite(skm.roc_auc_score(y_true, p))
+        out["pr_auc"] = _finite(skm.average_precision_score(y_true, p))
+    out["accuracy"] = _finite(np.mean((p >= threshold) == y_true))
+    out["tpr_at_0_fp"] = tpr_at_false_positives(y_true, p, 0)
+    out["tpr_at_10_fp"] = tpr_at_false_positives(y_true, p, 10)
+    return out
+
+
+def multiclass_scores(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
+    labels = np.asarray(labels).astype(int).ravel()
+    probs = np.asarray(probs, dtype=np.float64)
+    k = len(class_names)
+    pred = probs.argmax(axis=1)
+    out: dict = {"n": int(labels.size), "accuracy": _finite(np.mean(pred == labels))}
+    per_class = {}
+    for c, name in enumerate(class_names):
+        y = labels == c
+        per_class[name] = _finite(skm.roc_auc_score(y, probs[:, c])) if 0 < y.sum() < y.size else None
+    out["per_class_roc_auc"] = per_class
+    defined = [v for v in per_class.values() if v is not None]
+    out["macro_roc_auc"] = float(np.mean(defined)) if len(defined) == k else None
+    if out["macro_roc_auc"] is None:
+        out["notes"] = "macro ROC AUC undefined: some class is absent from the split"
+    out["confusion_matrix"] = skm.confusion_matrix(labels, pred, labels=list(range(k))).tolist()
+    return out
+
+
+def regression_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    y_true = np.asarray(y_true, dtype=np.float64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
+    mask = np.isfinite(y_true)
+    out: dict = {"n": int(mask.sum()), "n_masked": int((~mask).sum())}
+    if not mask.any():
+        out.update(mae=None, rmse=None, r2=None, notes="no record has a finite target")
+        return out
+    t, p = y_true[mask], y_pred[mask]
+    err = p - t
+    out["mae"] = _finite(np.mean(np.abs(err)))
+    out["rmse"] = _finite(np.sqrt(np.mean(err**2)))
+    out["bias"] = _finite(np.mean(err))
+    var = np.var(t)
+    out["r2"] = _finite(1.0 - np.mean(err**2) / var) if var > 0 else None
+    return out

@@ -1,0 +1,62 @@
+"""Substructure classification: no substructure, CDM subhaloes, axion vortices (any class set)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lensnet.tasks import plots, scores
+from lensnet.tasks.base import register_task
+from lensnet.tasks.classification import ClassificationTask
+
+
+@register_task
+class Substructure(ClassificationTask):
+    name = "substructure"
+    description = "multi-class substructure; accuracy, macro and per-class one-vs-rest ROC AUC, confusion matrix"
+    output_kind = "multiclass"
+    monitor = "macro_roc_auc"
+    monitor_mode = "max"
+
+    def prepare(self, batch: dict) -> tuple:
+        import tensorflow as tf
+
+        labels = batch["label"]
+        return batch["image"], tf.one_hot(labels, len(self.class_names)), self.weights(labels)
+
+    def head(self, features: Any) -> Any:
+        import keras
+
+        return keras.layers.Dense(len(self.class_names), activation="softmax", dtype="float32",
+                                  name="class_probabilities")(features)
+
+    def loss(self) -> Any:
+        import keras
+
+        return keras.losses.CategoricalCrossentropy(
+            label_smoothing=float(self.train_config.get("label_smoothing", 0.0)))
+
+    def metrics(self) -> list:
+        import keras
+
+        return [keras.metrics.CategoricalAccuracy(name="accuracy"),
+                keras.metrics.AUC(multi_label=True, num_labels=len(self.class_names), name="macro_roc_auc")]
+
+    def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+        return scores.multiclass_scores(y_true, y_pred, self.class_names)
+
+    def plot(self, y_true: np.ndarray, y_pred: np.ndarray, out_dir: Path) -> dict[str, Path]:
+        probs = np.asarray(y_pred)
+        curves = [(name, y_true == c, probs[:, c]) for c, name in enumerate(self.class_names)]
+        matrix = scores.multiclass_scores(y_true, probs, self.class_names)["confusion_matrix"]
+        return {
+            "roc": plots.save(plots.roc_figure(curves), out_dir / "roc.png"),
+            "confusion_matrix": plots.save(plots.confusion_figure(np.array(matrix), self.class_names),
+                                           out_dir / "confusion_matrix.png"),
+        }
+
+    def describe(self, y_pred_row: np.ndarray) -> str:
+        c = int(np.argmax(y_pred_row))
+        return f"{self.class_names[c]} {float(y_pred_row[c]):.2f}"

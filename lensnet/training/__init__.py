@@ -1,0 +1,1 @@
+"""The trainer behind `lensnet.fit`, `lensnet.evaluate` and `lensnet.tune`."""

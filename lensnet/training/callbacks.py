@@ -1,0 +1,135 @@
+"""Callbacks that make a run resumable and visible: checkpoints + state, LR logging, resumable stoppers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from lensnet.fileio import write_json
+
+STATE = "checkpoints/state.json"
+
+
+def learning_rate(model: keras.Model) -> float:
+    optimizer = model.optimizer
+    lr = optimizer.learning_rate
+    if callable(getattr(optimizer, "_learning_rate", None)):  # a schedule: evaluate at the current step
+        lr = optimizer._learning_rate(optimizer.iterations)
+    return float(keras.ops.convert_to_numpy(lr))
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds `learning_rate` to the epoch logs (CSV history, TensorBoard, epoch lines)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = learning_rate(self.model)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    def __init__(self, state: dict | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._initial = state or {}
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        for key in ("wait", "best", "best_epoch"):
+            if key in self._initial and self._initial[key] is not None:
+                setattr(self, key, self._initial[key])
+
+    def state(self) -> dict:
+        return {"wait": int(self.wait), "best": _plain(self.best), "best_epoch": int(self.best_epoch)}
+
+
+class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    def __init__(self, state: dict | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._initial = state or {}
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        for key in ("wait", "best", "cooldown_counter"):
+            if key in self._initial and self._initial[key] is not None:
+                setattr(self, key, self._initial[key])
+
+    def state(self) -> dict:
+        return {"wait": int(self.wait), "best": _plain(self.best), "cooldown_counter": int(self.cooldown_counter)}
+
+
+def _plain(value: object) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def save_model_atomically(model: keras.Model, path: Path) -> None:
+    """Keras insists on a `.keras` suffix, so the temporary name keeps it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """After every epoch: last.keras, best.keras when the monitor improved, and state.json.
+
+    state.json holds what a resumed run needs beyond the model and optimizer: the
+    epoch count, the best monitored value, and the states of the stateful callbacks.
+    It is written last, so it never points at a checkpoint that is not complete.
+    """
+
+    def __init__(self, run_dir: Path, monitor: str, mode: str, stateful: list, state: dict | None = None,
+                 on_epoch: object = None, write: bool = True) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.monitor = monitor
+        self.mode = mode
+        self.stateful = stateful
+        state = state or {}
+        self.best = state.get("best")
+        self.best_epoch = state.get("best_epoch")
+        self.on_epoch = on_epoch
+        self.write = write  # False on non-chief workers of a multi-worker run
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        improved = value is not None and np.isfinite(value) and self._improved(float(value))
+        if improved:
+            self.best, self.best_epoch = float(value), epoch + 1
+        if not self.write:
+            return
+        checkpoints = self.run_dir / "checkpoints"
+        save_model_atomically(self.model, checkpoints / "last.keras")
+        if improved or not (checkpoints / "best.keras").exists():
+            tmp = checkpoints / ".best.tmp.keras"
+            shutil.copyfile(checkpoints / "last.keras", tmp)
+            os.replace(tmp, checkpoints / "best.keras")
+        write_json(self.run_dir / STATE, {
+            "epochs_done": epoch + 1,
+            "monitor": self.monitor,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "learning_rate": learning_rate(self.model),
+            "callbacks": {type(cb).__name__: cb.state() for cb in self.stateful},
+        })
+        if callable(self.on_epoch):
+            self.on_epoch(epoch + 1, self.best_epoch)
+
+
+def read_state(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / STATE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())

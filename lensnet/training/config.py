@@ -1,0 +1,138 @@
+"""The training config: defaults, per-task presets (configs/tasks/*.yaml), strict resolution."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+from lensnet.config import CONFIG_DIR, load_yaml, merge
+from lensnet.errors import LensnetError
+from lensnet.tasks.base import TASK_DEFAULTS
+
+FIT_DEFAULTS: dict[str, Any] = {
+    "task": dict(TASK_DEFAULTS),
+    "data": {
+        "path": None,  # dataset directory; None = tfrecords/<default_dataset>, simulated if missing
+        "default_dataset": None,  # preset simulated when `path` is not given and does not exist yet
+        "default_num": 4000,
+        "train_split": "train",
+        "val_split": "val",
+        "test_split": "test",
+        "batch_size": 64,
+        "normalise": "standard",  # standard | minmax | dataset | none
+        "augment": "d4",  # d4 | flip | null
+        "shuffle_buffer": None,
+        "cache": "auto",  # true | false | auto (cache splits smaller than cache_limit_mb)
+        "cache_limit_mb": 2048,
+    },
+    "model": {
+        "name": "cnn_small",
+        "args": {},  # builder overrides, checked by the model registry
+        "dropout": 0.0,  # before the task head
+    },
+    "train": {
+        "epochs": 10,
+        "steps_per_epoch": None,  # None = one pass over the training split
+        "optimizer": "adamw",  # adamw | adam | lamb | sgd
+        "learning_rate": 1.0e-3,
+        "weight_decay": 1.0e-4,
+        "momentum": 0.9,  # sgd
+        "schedule": "cosine",  # cosine | constant | plateau
+        "warmup_epochs": 0.0,
+        "min_lr_ratio": 0.0,  # cosine floor as a fraction of learning_rate
+        "plateau": {"factor": 0.5, "patience": 3, "min_lr": 1.0e-6},
+        "early_stopping": {"patience": 0, "min_delta": 0.0},  # patience 0 = off
+        "label_smoothing": 0.0,
+        "class_weight": None,  # null | balanced | {class_name: weight}
+        "mixed_precision": False,
+        "clipnorm": None,
+        "monitor": None,  # default: the task's validation metric
+    },
+    "run": {
+        "dir": "runs",
+        "name": None,  # default <task>-<model>-<UTC time>
+        "seed": 0,
+        "deterministic": True,  # tf.config.experimental.enable_op_determinism
+        "verbose": "auto",  # auto | 0 | 1 | 2 (Keras fit verbosity)
+        "tensorboard_images": 16,  # test images with predictions shown in TensorBoard
+    },
+    "distribute": {
+        "strategy": "auto",  # auto | default | mirrored | multiworker
+        "cpu_devices": 1,  # split the CPU into this many logical devices (tests, CPU-only mirroring)
+    },
+}
+OPEN_KEYS = ("model.args", "train.class_weight")
+TASK_DIR = CONFIG_DIR / "tasks"
+
+
+def task_presets() -> list[str]:
+    return sorted(p.stem for p in TASK_DIR.glob("*.yaml"))
+
+
+def resolve_fit_config(
+    task: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: dict | None = None,
+) -> dict:
+    """Defaults <- configs/tasks/<task>.yaml <- config file <- overrides (CLI flags, then --set)."""
+    from lensnet.tasks import get_task_class
+
+    user = load_yaml(config_file) if config_file else {}
+    overrides = overrides or {}
+    name = (
+        (overrides.get("task") or {}).get("name")
+        or task
+        or (user.get("task") or {}).get("name")
+    )
+    if not name:
+        raise LensnetError("no task given: use --task NAME (see --list-tasks)")
+    get_task_class(name)
+    config = copy.deepcopy(FIT_DEFAULTS)
+    preset = TASK_DIR / f"{name}.yaml"
+    if preset.is_file():
+        config = merge(config, load_yaml(preset, "task preset"), open_keys=OPEN_KEYS)
+    config = merge(config, user, open_keys=OPEN_KEYS, where=f"config ({config_file})" if config_file else "config")
+    config = merge(config, overrides, open_keys=OPEN_KEYS)
+    config["task"]["name"] = name
+    validate(config)
+    return config
+
+
+def validate(config: dict) -> None:
+    train, data, run = config["train"], config["data"], config["run"]
+
+    def positive(section: dict, key: str, where: str, kind: type = int, allow_zero: bool = False) -> None:
+        value = section[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = number and (value >= 0 if allow_zero else value > 0)
+        if kind is int:
+            ok = ok and float(value).is_integer()
+        if not ok:
+            raise LensnetError(f"{where}.{key} must be a {'non-negative' if allow_zero else 'positive'} "
+                               f"{'integer' if kind is int else 'number'}, got {value!r}")
+
+    positive(train, "epochs", "train")
+    positive(data, "batch_size", "data")
+    positive(train, "learning_rate", "train", float)
+    positive(train, "weight_decay", "train", float, allow_zero=True)
+    positive(train, "warmup_epochs", "train", float, allow_zero=True)
+    positive(run, "seed", "run", allow_zero=True)
+    if train["steps_per_epoch"] is not None:
+        positive(train, "steps_per_epoch", "train")
+    choices = {
+        ("train", "optimizer"): ("adamw", "adam", "lamb", "sgd"),
+        ("train", "schedule"): ("cosine", "constant", "plateau"),
+        ("data", "normalise"): ("standard", "minmax", "dataset", "none"),
+        ("data", "augment"): ("d4", "flip", None),
+        ("distribute", "strategy"): ("auto", "default", "mirrored", "multiworker"),
+    }
+    for (section, key), valid in choices.items():
+        if config[section][key] not in valid:
+            raise LensnetError(f"{section}.{key} must be one of {', '.join(map(str, valid))}; "
+                               f"got {config[section][key]!r}")
+    if not 0 <= float(train["label_smoothing"]) < 1:
+        raise LensnetError(f"train.label_smoothing must be in [0, 1), got {train['label_smoothing']!r}")
+    if not isinstance(config["model"]["args"], dict):
+        raise LensnetError("model.args must be a mapping of builder arguments")
+    positive(config["distribute"], "cpu_devices", "distribute")

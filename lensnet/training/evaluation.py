@@ -1,0 +1,85 @@
+"""Score a model on a split: predictions, task metrics, plots, TensorBoard images. Shared by fit and evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lensnet.data import load
+from lensnet.data.pipeline import reader_error
+from lensnet.fileio import write_json
+from lensnet.tasks import plots
+from lensnet.tasks.base import Task
+
+
+def predict_split(model: keras.Model, task: Task, info: Any, split: str, data_config: dict,
+                  keep_images: int = 0) -> dict:
+    """Run the model over a split in order; returns y_true, y_pred, ids and the first `keep_images` images."""
+    fields = tuple(dict.fromkeys((*task.fields, "id")))
+    dataset = load(info, split, batch_size=int(data_config["batch_size"]), fields=fields, shuffle=False,
+                   augment=None, normalise=data_config["normalise"])
+    y_true, y_pred, ids, images = [], [], [], []
+    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    try:
+        for batch in dataset:
+            y_pred.append(keras.ops.convert_to_numpy(predict(batch["image"])))
+            numpy_batch = {k: v.numpy() for k, v in batch.items() if k != "image"}
+            y_true.append(task.targets(numpy_batch))
+            ids.extend(x.decode() for x in numpy_batch["id"])
+            if sum(len(i) for i in images) < keep_images:
+                images.append(batch["image"].numpy())
+    except tf.errors.OpError as exc:
+        raise reader_error(exc, info) from None
+    result = {"y_true": np.concatenate(y_true), "y_pred": np.concatenate(y_pred).astype(np.float64), "ids": ids}
+    result["images"] = np.concatenate(images)[:keep_images] if images else np.zeros((0,))
+    return result
+
+
+def report(model: keras.Model, task: Task, info: Any, split: str, data_config: dict, out_dir: Path, *,
+           extra: dict | None = None, tensorboard_dir: Path | None = None, history_csv: Path | None = None,
+           n_images: int = 16) -> dict:
+    """Score `model` on `split`, write metrics.json and plots under `out_dir`, images to TensorBoard."""
+    out_dir = Path(out_dir)
+    result = predict_split(model, task, info, split, data_config, keep_images=n_images)
+    metrics = task.score(result["y_true"], result["y_pred"])
+    metrics = {"split": split, "dataset": str(info.path), "dataset_checksum": info.checksum, **(extra or {}),
+               **metrics}
+    write_json(out_dir / "metrics.json", metrics)
+    figures = task.plot(result["y_true"], result["y_pred"], out_dir / "plots")
+    if history_csv is not None:
+        fig = plots.learning_curves_figure(history_csv, task.monitor)
+        if fig is not None:
+            figures["learning_curves"] = plots.save(fig, out_dir / "plots" / "learning_curves.png")
+    if len(result["images"]):
+        titles = [f"{_truth(task, t)} | {task.describe(p)}"
+                  for t, p in zip(result["y_true"][:n_images], result["y_pred"][:n_images])]
+        figures["samples"] = plots.save(plots.samples_figure(result["images"], titles),
+                                        out_dir / "plots" / "samples.png")
+    if tensorboard_dir is not None:
+        write_tensorboard(tensorboard_dir, figures, metrics, split)
+    return metrics
+
+
+def _truth(task: Task, value: Any) -> str:
+    names = getattr(task, "class_names", None)
+    if task.output_kind == "binary":
+        return f"true {'lens' if int(value) == 1 else 'non-lens'}"
+    if names:
+        return f"true {names[int(value)]}"
+    return f"true {float(value):.3g}" if np.isfinite(value) else "true n/a"
+
+
+def write_tensorboard(log_dir: Path, figures: dict[str, Path], metrics: dict, split: str) -> None:
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default():
+        for name, path in figures.items():
+            image = tf.image.decode_png(Path(path).read_bytes(), channels=4)[None]
+            tf.summary.image(f"{split}/{name}", image, step=0)
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
+                tf.summary.scalar(f"{split}/{key}", float(value), step=0)
+    writer.flush()

@@ -1,0 +1,61 @@
+"""Optimizers and learning-rate schedules from the `train` section of a config."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+
+from lensnet.errors import LensnetError
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak`, then cosine decay to `peak * min_ratio` at `total_steps`."""
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> None:
+        self.peak = float(peak)
+        self.total_steps = int(max(total_steps, 1))
+        self.warmup_steps = int(max(warmup_steps, 0))
+        self.min_ratio = float(min_ratio)
+
+    def __call__(self, step):
+        from keras import ops
+
+        step = ops.cast(step, "float32")
+        warm = float(max(self.warmup_steps, 1))
+        decay_steps = float(max(self.total_steps - self.warmup_steps, 1))
+        progress = ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        cosine = self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + ops.cos(math.pi * progress))
+        warmup = (step + 1.0) / warm
+        factor = ops.where(step < self.warmup_steps, warmup, cosine)
+        return self.peak * factor
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "min_ratio": self.min_ratio}
+
+
+def make_optimizer(train: dict, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    lr = float(train["learning_rate"])
+    if train["schedule"] == "cosine":
+        schedule = WarmupCosine(lr, steps_per_epoch * int(train["epochs"]),
+                                int(round(float(train["warmup_epochs"]) * steps_per_epoch)),
+                                float(train["min_lr_ratio"]))
+    else:  # constant, or plateau (ReduceLROnPlateau needs a plain variable learning rate)
+        schedule = lr
+    common = {"learning_rate": schedule}
+    if train["clipnorm"]:
+        common["clipnorm"] = float(train["clipnorm"])
+    wd = float(train["weight_decay"])
+    name = train["optimizer"]
+    if name == "adamw":
+        return keras.optimizers.AdamW(weight_decay=wd, **common)
+    if name == "adam":
+        return keras.optimizers.Adam(**common)
+    if name == "lamb":
+        return keras.optimizers.Lamb(weight_decay=wd or None, **common)
+    if name == "sgd":
+        return keras.optimizers.SGD(momentum=float(train["momentum"]), nesterov=True,
+                                    weight_decay=wd or None, **common)
+    raise LensnetError(f"train.optimizer {name!r} is not one of adamw, adam, lamb, sgd")
