@@ -39,7 +39,7 @@ def audit(
         groups = [values[labels == c] for c in present]
         if not all(np.all(np.isfinite(g)) for g in groups):
             skipped[name] = "not finite in every class"
-        elif np.ptp(values) == 0 if values.size else True:
+        elif values.size == 0 or np.ptp(values) == 0:
             skipped[name] = "constant"
         else:
             tested[name] = groups
