@@ -310,3 +310,28 @@ def test_lens_finding_config_errors() -> None:
         resolve_dataset_config("lens_finding", {"source": {"colors": {"i": {"uniform": [0.3, 0.1]}}}})
     with pytest.raises(LensnetError, match="unknown dataset preset"):
         resolve_dataset_config("model_iv")
+
+
+def test_bytes_are_identical_in_another_process() -> None:
+    import hashlib
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import hashlib, numpy as np\n"
+        "from lensnet.simulate.presets import resolve_dataset_config\n"
+        "from lensnet.simulate.scenes import build_simulator\n"
+        "sim = build_simulator(resolve_dataset_config('model_ii', {'image': {'size': 24, 'supersampling': 1}}))\n"
+        "h = hashlib.sha256()\n"
+        "for label in range(3):\n"
+        "    h.update(sim.simulate(label, np.random.default_rng([9, label]))[0]['image'].tobytes())\n"
+        "print(h.hexdigest())\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    sim = build_simulator(small("model_ii"))
+    digest = hashlib.sha256()
+    for label in range(3):
+        digest.update(sim.simulate(label, np.random.default_rng([9, label]))[0]["image"].tobytes())
+    assert out.stdout.strip() == digest.hexdigest()
