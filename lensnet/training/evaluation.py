@@ -16,12 +16,16 @@ from lensnet.tasks import plots
 from lensnet.tasks.base import Task
 
 
-def predict_split(model: keras.Model, task: Task, info: Any, split: str, data_config: dict,
+def predict_split(model: keras.Model, task: Task, info: Any, split: str, normalise: dict, batch_size: int = 64,
                   keep_images: int = 0) -> dict:
-    """Run the model over a split in order; returns y_true, y_pred, ids and the first `keep_images` images."""
+    """Run the model over a split in order; returns y_true, y_pred, ids and the first `keep_images` images.
+
+    `normalise` is the run's normalisation spec (run.json), so a model scored on another
+    dataset sees its inputs scaled exactly as in training.
+    """
     fields = tuple(dict.fromkeys((*task.fields, "id")))
-    dataset = load(info, split, batch_size=int(data_config["batch_size"]), fields=fields, shuffle=False,
-                   augment=None, normalise=data_config["normalise"])
+    dataset = load(info, split, batch_size=batch_size, fields=fields, shuffle=False, augment=None,
+                   normalise=normalise)
     y_true, y_pred, ids, images = [], [], [], []
     predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     try:
@@ -39,12 +43,13 @@ def predict_split(model: keras.Model, task: Task, info: Any, split: str, data_co
     return result
 
 
-def report(model: keras.Model, task: Task, info: Any, split: str, data_config: dict, out_dir: Path, *,
+def report(model: keras.Model, task: Task, info: Any, split: str, normalise: dict, out_dir: Path, *,
+           batch_size: int = 64,
            extra: dict | None = None, tensorboard_dir: Path | None = None, history_csv: Path | None = None,
            n_images: int = 16) -> dict:
     """Score `model` on `split`, write metrics.json and plots under `out_dir`, images to TensorBoard."""
     out_dir = Path(out_dir)
-    result = predict_split(model, task, info, split, data_config, keep_images=n_images)
+    result = predict_split(model, task, info, split, normalise, batch_size, keep_images=n_images)
     metrics = task.score(result["y_true"], result["y_pred"])
     metrics = {"split": split, "dataset": str(info.path), "dataset_checksum": info.checksum, **(extra or {}),
                **metrics}
@@ -55,7 +60,7 @@ def report(model: keras.Model, task: Task, info: Any, split: str, data_config: d
         if fig is not None:
             figures["learning_curves"] = plots.save(fig, out_dir / "plots" / "learning_curves.png")
     if len(result["images"]):
-        titles = [f"{_truth(task, t)} | {task.describe(p)}"
+        titles = [f"{_truth(task, t)}\n{task.describe(p)}"
                   for t, p in zip(result["y_true"][:n_images], result["y_pred"][:n_images])]
         figures["samples"] = plots.save(plots.samples_figure(result["images"], titles),
                                         out_dir / "plots" / "samples.png")

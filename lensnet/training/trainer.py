@@ -209,7 +209,8 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     best = load_model(run_dir)
     metrics = {}
     if chief:
-        metrics = report(best, task, info, data["test_split"], data, run_dir,
+        metrics = report(best, task, info, data["test_split"], run_info.normalisation, run_dir,
+                         batch_size=batch_size,
                          extra={"best_epoch": run_info.best_epoch, "epochs": epochs, "run": str(run_dir)},
                          tensorboard_dir=run_dir / "logs" / "eval", history_csv=run_dir / "history.csv",
                          n_images=int(run["tensorboard_images"]))
