@@ -177,7 +177,7 @@ def check_dataset(directory: str | os.PathLike | DatasetInfo, *, progress: bool 
                         if problem:
                             break
                 except LensnetError as exc:  # truncated or corrupt framing; the message names the file
-                    problem = str(exc)
+                    problem = str(exc).replace(str(path), name)  # the dataset directory leads the final line
                 if problem:
                     report.problems.append(problem)
                     continue
