@@ -181,6 +181,13 @@ def _unpack_object(obj: object, path: Path) -> tuple[np.ndarray, float | None]:
 def read_npy(path: Path, trust_pickle: bool = False) -> tuple[np.ndarray, float | None]:
     """(image array as stored, scalar or None); pickled files only with `trust_pickle`."""
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+    except OSError as exc:
+        raise LensnetError(f"{path}: cannot read ({exc.strerror})") from None
+    if magic != b"\x93NUMPY":  # np.load would try to unpickle it: say what it is instead
+        raise LensnetError(f"{path}: not a .npy file (no NumPy header)")
+    try:
         obj = np.load(path, allow_pickle=False)
     except ValueError as exc:
         pickled = "allow_pickle" in str(exc)
@@ -262,7 +269,8 @@ def to_hwc(array: np.ndarray, layout: str, path: Path) -> np.ndarray:
         raise LensnetError(
             f"{path}: image has shape {array.shape}; expected (H, W), (1, H, W), (H, W, C) or (C, H, W)"
         )
-    image = np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf, refused just below
+        image = np.ascontiguousarray(array, dtype=np.float32)
     if not np.isfinite(image).all():
         bad = int(np.size(image) - np.isfinite(image).sum())
         raise LensnetError(f"{path}: image has {bad} NaN or Inf pixel(s) (after conversion to float32)")
