@@ -119,6 +119,14 @@ def unknown_ops(model: Any) -> list[str]:
     return sorted(missing)
 
 
+def _name_batch_dim(model: Any) -> None:
+    """Call the leading dynamic dimension of every graph input and output "batch" (tf2onnx says "unk__N")."""
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
+
+
 def convert_function(
     function: Any, input_signature: Sequence[Any], path: str | os.PathLike, opset: int = DEFAULT_OPSET
 ) -> Any:
@@ -146,6 +154,8 @@ def convert_function(
             f"ONNX conversion left op(s) without an ONNX equivalent: {', '.join(missing)}"
             + (f" ({detail})" if detail else "")
         )
+    _name_batch_dim(model)
+    onnx.save(model, os.fspath(path))
     try:
         onnx.checker.check_model(os.fspath(path), full_check=True)
     except Exception as exc:  # checker raises ValidationError and others
