@@ -269,6 +269,13 @@ def test_nan_parameters_pass_through(synthetic_info):
     assert np.isfinite(batch["radius"]).all() and np.isfinite(batch["image"]).all()
 
 
-def test_reader_error_is_one_line(synthetic_info):
-    error = reader_error(tf.errors.DataLossError(None, None, "corrupted record at 12\nmore detail"), synthetic_info)
-    assert "\n" not in str(error) and "corrupted record at 12" in str(error) and "lensnet.data check" in str(error)
+def test_damage_found_while_reading_becomes_one_line(synthetic_dataset, copy_dataset):
+    directory = copy_dataset(synthetic_dataset)
+    shard = directory / "train-00001-of-00002.tfrecord"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    dataset = load(directory, "train", batch_size=8)  # the files exist, so the damage shows up mid-stream
+    with pytest.raises(tf.errors.DataLossError) as caught:
+        collect(dataset)
+    error = str(reader_error(caught.value, directory))
+    assert "\n" not in error and "truncated record" in error and f"lensnet.data check {directory}" in error
+    assert "function_node" not in error and "[Op:" not in error

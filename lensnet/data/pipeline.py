@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +238,9 @@ def reader_error(exc: BaseException, info: DatasetInfo | str | os.PathLike) -> L
     path = info.path if isinstance(info, DatasetInfo) else Path(info)
     message = getattr(exc, "message", None) or str(exc)
     first = " ".join(message.strip().splitlines()[0].split()) if message.strip() else type(exc).__name__
+    # TF wraps the useful part ("truncated record at 17790") in function-node and op decorations.
+    first = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", first)
+    first = re.sub(r"\s*\[Op:[^\]]*\].*$", "", first).strip() or type(exc).__name__
     return LensnetError(
         f"reading dataset {path} failed: {first[:300]} (run `python -m lensnet.data check {path}` to find the shard)"
     )
