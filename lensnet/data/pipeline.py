@@ -161,7 +161,11 @@ def load(
     for value, what, low in ((batch_size, "batch_size", 1), (seed, "seed", 0), (first_epoch, "first_epoch", 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise LensnetError(f"{what} must be an integer >= {low}, got {value!r}")
+    if seed >= 2**63:
+        raise LensnetError(f"seed must be < 2**63, got {seed}")
     schema = info.schema
+    if isinstance(fields, str):  # fields="image" means the one field, not its letters
+        fields = [fields]
     names = list(schema.names if fields is None else fields)
     for name in names:
         if name not in schema:
