@@ -296,8 +296,6 @@ def export_run(
     seed: int = 0,
 ) -> ExportResult:
     """Export the run's best model to the next version under `out_dir`, verified (see module doc)."""
-    import tensorflow as tf
-
     from lensnet.onnx_utils import DEFAULT_OPSET, convert_function
     from lensnet.runinfo import package_versions
     from lensnet.runs import best_model_path, load_model
@@ -361,6 +359,8 @@ def export_run(
         "versions": package_versions(),
         "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+    import tensorflow as tf
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out_dir)
