@@ -165,3 +165,11 @@ def test_check_subprocess_exit_code(synthetic_dataset, copy_dataset):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and SHARD in last and "truncated" in last
     assert np.all([not line.startswith("error") for line in result.stderr.strip().splitlines()[:-1]])
+
+
+def test_pixel_statistics_are_recomputed(synthetic_dataset, copy_dataset, capsys):
+    directory = copy_dataset(synthetic_dataset)
+    edit_manifest(directory, lambda m: m["pixel_stats"]["image"].update(mean=[5.0]))
+    code, _, err = run(["check", str(directory), "--no-progress"], capsys)
+    line = one_line_error(err)
+    assert code == 2 and "pixel statistics of field 'image'" in line and "mean" in line
