@@ -1,0 +1,210 @@
+"""lensnet.fit / lensnet.evaluate end to end on tiny synthetic data (16 px, tiny CNN)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lensnet.errors import run_cli
+from lensnet.fit import main as fit_main
+
+TINY = ["--set", "model.args.filters=[8,16]", "--set", "train.warmup_epochs=0"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fit(capsys, *argv: str) -> tuple[int, str, str]:
+    code = run_cli(fit_main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def three_class(tmp_path_factory) -> Path:
+    from lensnet.data.synthetic import write_synthetic
+
+    path = tmp_path_factory.mktemp("fit") / "three"
+    write_synthetic(path, 192, image_shape=(16, 16, 1), num_classes=3, seed=1, records_per_shard=32)
+    return path
+
+
+def test_lens_finding_run_directory(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
+    code, out, err = fit(capsys, "--task", "lens_finding", "--data", str(synthetic_dataset), "--epochs", "2",
+                         "--runs", str(tmp_path), "--run-name", "lf", "--set", "task.positive_class=class1", *TINY)
+    assert code == 0, err
+    run = tmp_path / "lf"
+    for name in ("config.yaml", "versions.json", "run.json", "history.csv", "metrics.json",
+                 "checkpoints/best.keras", "checkpoints/last.keras", "checkpoints/state.json",
+                 "plots/roc.png", "plots/pr.png", "plots/confusion_matrix.png", "plots/learning_curves.png",
+                 "plots/samples.png"):
+        assert (run / name).is_file(), name
+    for logs in ("train", "validation", "eval", "hparams"):
+        assert any((run / "logs" / logs).iterdir()), logs
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("roc_auc", "pr_auc", "accuracy", "tpr_at_0_fp", "tpr_at_10_fp"):
+        assert metrics[key] is not None and 0.0 <= metrics[key] <= 1.0
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["output_kind"] == "binary"
+    assert info["positive_class"] == "class1" and info["epochs_done"] == 2
+    versions = json.loads((run / "versions.json").read_text())
+    assert "tensorflow" in versions and "keras" in versions
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and "learning_rate" in history[0] and "val_roc_auc" in history[0]
+    assert "metrics" in out and str(run) in out
+
+
+def test_substructure_learns_and_evaluate_on_other_dataset(capsys, three_class: Path, tmp_path: Path) -> None:
+    code, _, err = fit(capsys, "--task", "substructure", "--model", "cnn_small", "--data", str(three_class),
+                       "--epochs", "6", "--lr", "0.005", "--runs", str(tmp_path), "--run-name", "sub", *TINY)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "sub" / "metrics.json").read_text())
+    assert metrics["macro_roc_auc"] > 0.8  # rings of three radii: learnable in a few epochs
+    assert set(metrics["per_class_roc_auc"]) == {"class0", "class1", "class2"}
+    assert np.array(metrics["confusion_matrix"]).sum() == metrics["n"]
+
+    from lensnet.evaluate import main as evaluate_main
+
+    code = run_cli(evaluate_main, ["--run", str(tmp_path / "sub"), "--data", str(three_class), "--split", "val"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    scored = json.loads((tmp_path / "sub" / "eval" / "synthetic-val" / "metrics.json").read_text())
+    assert scored["split"] == "val" and scored["n"] == 48
+
+
+def test_regression_masks_nan_targets(capsys, three_class: Path, tmp_path: Path) -> None:
+    # `amplitude` is NaN for class0: those records must be masked, not zero-filled
+    code, _, err = fit(capsys, "--task", "regression", "--target", "amplitude", "--model", "cnn_small",
+                       "--data", str(three_class), "--epochs", "2", "--runs", str(tmp_path), "--run-name", "reg",
+                       *TINY)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "reg" / "metrics.json").read_text())
+    assert metrics["n_masked"] == 16 and metrics["n"] == 32
+    assert all(np.isfinite(metrics[k]) for k in ("mae", "rmse", "r2"))
+    rows = (tmp_path / "reg" / "history.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for row in rows[1:]:
+        values = dict(zip(header, row.split(",")))
+        assert np.isfinite(float(values["loss"])) and np.isfinite(float(values["val_mae"]))
+    assert (tmp_path / "reg" / "plots" / "scatter.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--task", "lens_finding", "--model", "no_such_net"], "unknown model 'no_such_net'"),
+        (["--task", "no_such_task"], "unknown task 'no_such_task'"),
+        (["--task", "regression", "--target", "no_such_param"], "unknown target 'no_such_param'"),
+        (["--task", "lens_finding", "--set", "train.no_such_key=1"], "unknown config key 'train.no_such_key'"),
+        (["--task", "lens_finding", "--model", "vit_tiny", "--set", "model.args.patch_size=5"], "patch"),
+        (["--task", "lens_finding", "--set", "train.optimizer=adagrad"], "train.optimizer"),
+    ],
+)
+def test_bad_input_is_one_line_before_training(capsys, synthetic_dataset: Path, tmp_path: Path, argv, message) -> None:
+    code, out, err = fit(capsys, *argv, "--data", str(synthetic_dataset), "--runs", str(tmp_path),
+                         "--run-name", "bad", "--set", "task.positive_class=class1")
+    assert code == 2
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert message in err
+    assert not (tmp_path / "bad").exists()  # nothing was trained or written
+
+
+def test_missing_dataset_and_empty_split_and_all_nan_target(capsys, tmp_path: Path) -> None:
+    from lensnet.data.synthetic import write_synthetic
+
+    code, _, err = fit(capsys, "--task", "lens_finding", "--data", str(tmp_path / "nowhere"))
+    assert code == 2 and "dataset directory not found" in err
+
+    no_val = tmp_path / "no_val"
+    write_synthetic(no_val, 32, splits={"train": 0.5, "test": 0.5})
+    code, _, err = fit(capsys, "--task", "lens_finding", "--data", str(no_val), "--set", "task.positive_class=class1")
+    assert code == 2 and "split 'val'" in err
+
+    one_class = tmp_path / "one_class"  # amplitude is NaN for class0, the only class here
+    write_synthetic(one_class, 32, num_classes=1)
+    code, _, err = fit(capsys, "--task", "regression", "--target", "amplitude", "--data", str(one_class))
+    assert code == 2 and "NaN in every record" in err
+
+
+def test_list_models_and_tasks(capsys) -> None:
+    code, out, _ = fit(capsys, "--list-models")
+    assert code == 0
+    for name in ("resnet18", "effnetv2_b0", "vit_tiny", "vit_small", "swin_tiny", "cnn_small"):
+        assert name in out
+    code, out, _ = fit(capsys, "--list-tasks")
+    assert code == 0 and all(t in out for t in ("lens_finding", "substructure", "regression"))
+
+
+def test_class_weight_and_mixed_precision_train(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
+    code, _, err = fit(capsys, "--task", "lens_finding", "--data", str(synthetic_dataset), "--epochs", "1",
+                       "--runs", str(tmp_path), "--run-name", "mp", "--set", "task.positive_class=class1",
+                       "--set", "train.class_weight=balanced", "--set", "train.mixed_precision=true",
+                       "--set", "train.optimizer=lamb", "--set", "train.clipnorm=1.0", *TINY)
+    assert code == 0, err
+    import keras
+
+    assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    keras.mixed_precision.set_global_policy("float32")
+    metrics = json.loads((tmp_path / "mp" / "metrics.json").read_text())
+    assert metrics["roc_auc"] is not None
+
+
+def _fit_command(data: Path, runs: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "lensnet.fit", "--task", "substructure", "--model", "cnn_small",
+            "--data", str(data), "--epochs", "4", "--runs", str(runs), "--run-name", name, "--no-progress",
+            "--set", "train.schedule=cosine", "--set", "train.warmup_epochs=1", *TINY, *extra]
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, three_class: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    straight = subprocess.run(_fit_command(three_class, tmp_path, "straight"), cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    # kill -9 as soon as the first epoch is checkpointed, wherever the run then is
+    victim = subprocess.Popen(_fit_command(three_class, tmp_path, "killed"), cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "checkpoints" / "state.json"
+    deadline = time.time() + 300
+    while not state.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    if victim.poll() is None:
+        victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert state.exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "lensnet.fit", "--resume", str(tmp_path / "killed"),
+                              "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    import keras
+
+    import lensnet.models  # noqa: F401
+    import lensnet.tasks  # noqa: F401
+
+    a = keras.models.load_model(tmp_path / "straight" / "checkpoints" / "last.keras", safe_mode=True)
+    b = keras.models.load_model(tmp_path / "killed" / "checkpoints" / "last.keras", safe_mode=True)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    ma = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert ma["macro_roc_auc"] == mb["macro_roc_auc"] and ma["confusion_matrix"] == mb["confusion_matrix"]
+    history = (tmp_path / "killed" / "history.csv").read_text().splitlines()
+    assert len(history) == 5  # header + 4 epochs, none repeated
+
+
+def test_default_dataset_is_simulated_when_missing(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = fit(capsys, "--task", "lens_finding", "--epochs", "1", "--no-progress",
+                         "--set", "data.default_num=40", "--set", "data.batch_size=16", *TINY)
+    assert code == 0, err
+    assert "simulating the default 'lens_finding' dataset" in out
+    assert (tmp_path / "tfrecords" / "lens_finding" / "manifest.json").is_file()
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "metrics.json").is_file()
