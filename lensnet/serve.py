@@ -291,7 +291,7 @@ def create_app(server: ModelServer) -> Any:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready socket on host:port (port 0: a free one); failure is a one-line error."""
+    """A listening socket on host:port (port 0: a free one); failure is a one-line error."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -300,7 +300,9 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise LensnetError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.set_inheritable(True)
+    # Listening now, so connections queue from the moment the address is announced, before
+    # uvicorn's loop starts accepting.
+    sock.listen(2048)
     return sock
 
 
