@@ -23,6 +23,8 @@ CHUNK = 25
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num", type=int, default=300, help="images per case and side (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-image generators")
+    parser.add_argument("--workers-num", type=int, default=3000,
+                        help="records written with 1 and with 2 workers (0 skips the writer measurement)")
 
 
 class PlainLoop:
@@ -84,7 +86,8 @@ class PlainLoop:
         image_model = self.image_model
         if self.substructure:
             kwargs_lens = kwargs_lens + self._subhalos(rng, cx, cy, theta_e)
-            lens_model = self._LensModel(["SIE", "SHEAR"] + ["TNFW"] * (len(kwargs_lens) - 2))
+            profile = self.cfg["substructure"]["profile"]
+            lens_model = self._LensModel(["SIE", "SHEAR"] + [profile] * (len(kwargs_lens) - 2))
             image_model = self._ImageModel(
                 self.data, self.psf, lens_model, self.source, self.lens_light, kwargs_numerics=self.numerics
             )
@@ -105,6 +108,9 @@ class PlainLoop:
         rs, alpha = self.lens_cosmo.nfw_physical2angle(m, c)
         r_trunc = np.maximum(r * np.cbrt(m / (3.0 * 2.0 * self.sigma_crit * theta_e * r)), 1e-4)
         x, y = cx + r * np.cos(phi), cy + r * np.sin(phi)
+        if sub["profile"] == "POINT_MASS":
+            theta = np.sqrt(m / (math.pi * self.sigma_crit))
+            return [{"theta_E": theta[i], "center_x": x[i], "center_y": y[i]} for i in range(n)]
         return [
             {"Rs": rs[i], "alpha_Rs": alpha[i], "r_trunc": r_trunc[i], "center_x": x[i], "center_y": y[i]}
             for i in range(n)
@@ -112,14 +118,16 @@ class PlainLoop:
 
 
 def _interleaved(lensnet_fn, plain_fn, num: int, seed: int) -> tuple[float, float]:
-    """Total seconds of each side over `num` images, alternating chunks; per-image rngs are built untimed."""
+    """Total seconds of each side over records 0..num, alternating chunks of CHUNK records.
+
+    lensnet_fn(start, stop) produces finished records (draw, render, noise, encode, statistics);
+    plain_fn(rng) renders one image; its per-image generators are built untimed.
+    """
     t_lensnet = t_plain = 0.0
     for start in range(0, num, CHUNK):
         stop = min(num, start + CHUNK)
-        rngs = [np.random.default_rng([seed, i]) for i in range(start, stop)]
         t0 = time.perf_counter()
-        for rng in rngs:
-            lensnet_fn(rng)
+        lensnet_fn(start, stop)
         t_lensnet += time.perf_counter() - t0
         rngs = [np.random.default_rng([seed, i]) for i in range(start, stop)]
         t0 = time.perf_counter()
@@ -129,30 +137,58 @@ def _interleaved(lensnet_fn, plain_fn, num: int, seed: int) -> tuple[float, floa
     return t_lensnet, t_plain
 
 
+def _workers_rows(num: int, seed: int) -> list[dict]:
+    """Steady-state records/s of the whole writer (workers ready, shards written) with 1 and 2 workers."""
+    import shutil
+    import tempfile
+
+    from lensnet.simulate.command import simulate_dataset
+
+    rates = {}
+    root = tempfile.mkdtemp(prefix="lensnet-bench-sim-")
+    try:
+        for workers in (1, 2, 1, 2):  # twice each, alternating: take the better of the two
+            out = f"{root}/w{workers}-{len(rates)}"
+            summary = simulate_dataset("model_ii", out, num=num, seed=seed, workers=workers, progress=False,
+                                       overrides={"records_per_shard": 250})
+            rates[workers] = max(rates.get(workers, 0.0), summary.images_per_second)
+            shutil.rmtree(out)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return [{"case": f"writer model_ii, {w} worker(s)", "num": num, "lensnet_img_s": round(rates[w], 1),
+             "ratio": round(rates[w] / rates[1], 3), "target": 1.7 if w == 2 else None,
+             "meets": (rates[w] / rates[1] >= 1.7) if w == 2 else None} for w in (1, 2)]
+
+
 def run(args: argparse.Namespace) -> list[dict]:
+    from lensnet.data.writer import ShardPlan
     from lensnet.simulate.presets import resolve_dataset_config
-    from lensnet.simulate.scenes import build_simulator
+    from lensnet.simulate.source import SimulationSource
 
     num, seed = int(args.num), int(args.seed)
-    config = resolve_dataset_config("model_ii")
-    simulator = build_simulator(config)
     rows = []
-    for case, label, substructure in (("model_ii no_sub", 0, False), ("model_ii cdm", 1, True)):
-        plain = PlainLoop(config, substructure)
+    cases = (("model_ii no_sub", 0, {}), ("model_ii cdm (point masses, preset)", 1, {}),
+             ("model_ii cdm (TNFW)", 1, {"substructure": {"profile": "TNFW"}}))
+    for case, label, overrides in cases:
+        config = resolve_dataset_config("model_ii", overrides)
+        config["classes"] = [config["classes"][label]]  # every record of this case gets the same class
+        source = SimulationSource(config, seed)
+        source.setup()
+        plan = ShardPlan("train", 0, 1, 0, 10**9, 0)
+        plain = PlainLoop(config, substructure=label == 1)
 
-        def lensnet_fn(rng: np.random.Generator, label: int = label) -> None:
-            simulator.simulate(label, rng)
+        def lensnet_fn(start: int, stop: int, source: SimulationSource = source, plan: ShardPlan = plan) -> None:
+            source.records(plan, start, stop)
 
         warm = max(10, num // 10)  # builds lenstronomy caches and the per-count ImageModels of both sides
         _interleaved(lensnet_fn, plain.simulate, warm, seed + 1)
         t_lensnet, t_plain = _interleaved(lensnet_fn, plain.simulate, num, seed)
-        rows.append({
-            "case": case,
-            "num": num,
-            "lensnet_img_s": round(num / t_lensnet, 1),
-            "plain_img_s": round(num / t_plain, 1),
-            "ratio": round(t_plain / t_lensnet, 3),
-        })
+        ratio = t_plain / t_lensnet
+        rows.append({"case": case, "num": num, "lensnet_img_s": round(num / t_lensnet, 1),
+                     "plain_img_s": round(num / t_plain, 1), "ratio": round(ratio, 3), "target": 0.9,
+                     "meets": ratio >= 0.9})
+    if args.workers_num:
+        rows += _workers_rows(int(args.workers_num), seed)
     return rows
 
 
