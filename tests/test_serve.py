@@ -221,3 +221,25 @@ def test_serve_command_line(model_dir):
                              text=True, timeout=120)
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1].startswith("error: model directory not found")
+
+
+def test_keep_alive_requests_are_not_delayed_by_nagle(url):
+    """Responses are two socket writes (headers, body); without TCP_NODELAY on accepted sockets each
+    keep-alive request stalls ~40 ms on the client's delayed ACK. Sequential requests must be fast."""
+    import http.client
+    import time
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    body = json.dumps({"instances": [IMAGE]}).encode()
+    times = []
+    for _ in range(15):
+        start = time.perf_counter()
+        connection.request("POST", f"{parts.path}:predict", body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200
+        response.read()
+        times.append(time.perf_counter() - start)
+    connection.close()
+    assert sorted(times)[len(times) // 2] < 0.02, times

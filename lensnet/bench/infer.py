@@ -1,0 +1,153 @@
+"""Inference speed: Keras vs the exported SavedModel vs onnxruntime, at batch 1 and 64, in one run.
+
+Each model is exported with lensnet.export (so the artifacts timed are the verified ones, raw
+images in, normalisation inside); without `--run`, scratch runs of the registry models named by
+`--models` (random weights, 64x64x1, standard normalisation) are made first. The three runtimes
+are timed in alternation (bench.common.interleaved_rates) so machine noise hits all alike.
+Keras is `model.predict_on_batch` on images normalised by the same TF ops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", action="append", default=None, help="run directory to export and time (repeatable)")
+    parser.add_argument("--models", default="cnn_small,vit_tiny", help="registry models when no --run is given")
+    parser.add_argument("--size", type=int, default=64, help="image size of the scratch models (default 64)")
+    parser.add_argument("--channels", type=int, default=1, help="channels of the scratch models (default 1)")
+    parser.add_argument("--batch-sizes", default="1,64", help="batch sizes (default 1,64)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternation rounds (default 3)")
+    parser.add_argument("--unit-seconds", type=float, default=0.5, help="timed work per case and round")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and images")
+
+
+def scratch_run(run_dir: Path, model: str, shape: tuple[int, int, int], seed: int, classes: int = 3) -> Path:
+    """A run directory with a randomly initialised registry model + softmax head (no training)."""
+    import keras
+
+    from lensnet.models import create_model
+    from lensnet.runs import BEST, RunInfo, write_run
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape, name="images")
+    outputs = keras.layers.Dense(classes, activation="softmax", dtype="float32")(create_model(model, shape)(inputs))
+    path = run_dir / BEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keras.Model(inputs, outputs).save(path)
+    write_run(
+        run_dir,
+        RunInfo(
+            task="substructure",
+            model=model,
+            output_kind="multiclass",
+            input_shape=list(shape),
+            normalisation={"method": "standard"},
+            class_names=[f"c{k}" for k in range(classes)],
+            seed=seed,
+            status="finished",
+        ),
+    )
+    return run_dir
+
+
+def scratch_export(work: Path, model: str, shape: tuple[int, int, int], seed: int) -> tuple[Path, Path, dict]:
+    """(run dir, export dir, card) of a scratch run exported with lensnet.export."""
+    from lensnet.export import export_run
+
+    run = scratch_run(work / "runs" / model, model, shape, seed)
+    result = export_run(run, work / "export" / model, seed=seed)
+    return run, result.path.parent, result.card
+
+
+def _calibrated(fn: Callable[[], None], batch: int, seconds: float) -> Callable[[], int]:
+    """A unit of work of about `seconds`: `fn` repeated; returns images processed."""
+    fn()  # warm-up (graph tracing, session allocation)
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-6)
+    repeats = max(1, int(seconds / once))
+
+    def unit() -> int:
+        for _ in range(repeats):
+            fn()
+        return repeats * batch
+
+    return unit
+
+
+def time_export(
+    run: Path, export_dir: Path, batch_sizes: list[int], rounds: int, seconds: float, seed: int
+) -> list[dict]:
+    from lensnet.bench.common import interleaved_rates
+    from lensnet.data.normalise import apply_normalisation
+    from lensnet.export import float32_model, max_abs_diff
+    from lensnet.inference import load_export, open_runner
+    from lensnet.runs import load_model, read_run
+
+    info = read_run(run)
+    model, _ = float32_model(load_model(run))
+    exported = load_export(export_dir)
+    runners = {"savedmodel": open_runner(exported, "tf"), "onnxruntime": open_runner(exported, "onnx")}
+    rows = []
+    for batch in batch_sizes:
+        images = np.random.default_rng(seed).standard_normal((batch, *exported.input_shape)).astype(np.float32)
+
+        def keras_call(images: np.ndarray = images) -> np.ndarray:
+            return model.predict_on_batch(apply_normalisation(images, info.normalisation))
+
+        calls = {"keras": keras_call, **{name: (lambda r=r, x=images: r(x)) for name, r in runners.items()}}
+        reference = np.asarray(keras_call())
+        diffs = {name: max_abs_diff(reference, np.asarray(fn())) for name, fn in calls.items()}
+        units = {name: _calibrated(fn, batch, seconds) for name, fn in calls.items()}
+        rates = interleaved_rates(units, rounds=rounds)
+        for name, rate in rates.items():
+            rows.append(
+                {
+                    "model": info.model,
+                    "input": "x".join(map(str, exported.input_shape)),
+                    "batch": batch,
+                    "runtime": name,
+                    "images_s": round(rate, 1),
+                    "ms_per_image": round(1000.0 / rate, 3),
+                    "ms_per_call": round(1000.0 * batch / rate, 3),
+                    "vs_keras": round(rate / rates["keras"], 2),
+                    "max_abs_diff": diffs[name],
+                }
+            )
+    return rows
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="lensnet-bench-infer-") as tmp:
+        work = Path(tmp)
+        if args.run:
+            for index, run_dir in enumerate(args.run):
+                from lensnet.export import export_run
+
+                result = export_run(run_dir, work / "export" / f"run{index}", seed=args.seed)
+                rows += time_export(
+                    Path(run_dir), result.path.parent, batch_sizes, args.rounds, args.unit_seconds, args.seed
+                )
+        else:
+            shape = (args.size, args.size, args.channels)
+            for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+                run_dir, export_dir, _ = scratch_export(work, model, shape, args.seed)
+                rows += time_export(run_dir, export_dir, batch_sizes, args.rounds, args.unit_seconds, args.seed)
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    for row in run(parser.parse_args()):
+        print(row)
