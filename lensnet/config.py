@@ -90,6 +90,17 @@ def merge(
     return result
 
 
+def deep_update(base: Mapping, update: Mapping) -> dict:
+    """Plain recursive merge (no key checks): for combining override trees before `merge` checks them."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def parse_set(items: Iterable[str] | None) -> dict:
     """Turn `["a.b=1", "c=[1, 2]"]` into `{"a": {"b": 1}, "c": [1, 2]}`; values are YAML."""
     tree: dict = {}

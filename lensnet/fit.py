@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from lensnet.config import merge, parse_set
+from lensnet.config import deep_update, merge, parse_set
 from lensnet.errors import LensnetError, cli_exit
 
 
@@ -66,15 +66,7 @@ def cli_overrides(args: argparse.Namespace) -> dict:
     put("run.dir", args.runs)
     put("distribute.strategy", args.strategy)
     put("distribute.cpu_devices", args.cpu_devices)
-    sets = parse_set(args.set)
-    return merge_trees(tree, sets)
-
-
-def merge_trees(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for key, value in b.items():
-        out[key] = merge_trees(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    return deep_update(tree, parse_set(args.set))
 
 
 def list_models() -> None:

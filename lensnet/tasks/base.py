@@ -60,6 +60,9 @@ class Task:
         """Raise LensnetError if `info` (a DatasetInfo) cannot serve this task."""
         raise NotImplementedError
 
+    def check_data_options(self, data_config: dict) -> None:
+        """Raise LensnetError if the data options (augmentation...) would corrupt this task's targets."""
+
     def prepare(self, batch: dict) -> tuple:
         """TF: a batch of records -> (images, targets, sample_weight)."""
         raise NotImplementedError

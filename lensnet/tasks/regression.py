@@ -16,6 +16,8 @@ from lensnet.tasks import plots, scores
 from lensnet.tasks.base import Task, register_task, require_splits
 
 LOSSES = ("mse", "huber", "mae")
+# Flips and rotations change these (ellipticity, shear, positions, angles) but not the stored value.
+ORIENTED = ("e1", "e2", "gamma1", "gamma2", "center_x", "center_y", "angle")
 
 
 @register_task
@@ -51,6 +53,14 @@ class Regression(Task):
         self.target, self.loss_kind = target, loss
         self.mean, self.std = float(train["mean"]), float(train["std"])
         self.fields = ("image", target)
+
+    def check_data_options(self, data_config: dict) -> None:
+        augment = data_config.get("augment")
+        if augment and any(self.target.endswith(suffix) for suffix in ORIENTED):
+            raise LensnetError(
+                f"target {self.target!r} changes under flips and rotations, but data.augment={augment!r} would "
+                "leave it unchanged; use --set data.augment=null"
+            )
 
     def prepare(self, batch: dict) -> tuple:
         import tensorflow as tf

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import keras
@@ -29,6 +30,33 @@ class LearningRateLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
             logs["learning_rate"] = learning_rate(self.model)
+
+
+class ThroughputMeter(keras.callbacks.Callback):
+    """Adds `train_images_per_second`: images over the time from the first to the last training step.
+
+    Validation and checkpointing are outside that window, so the figure is the training
+    speed proper (what `lensnet.bench train` compares with plain model.fit).
+    """
+
+    def __init__(self, images_per_epoch: int) -> None:
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self._start = self._end = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = self._end = None
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._end = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None and self._start is not None and self._end > self._start:
+            logs["train_images_per_second"] = self.images_per_epoch / (self._end - self._start)
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -104,6 +132,10 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
+        if not np.isfinite(logs.get("loss", 0.0)):
+            # checked per epoch, not per batch: a per-batch check syncs the device every step
+            self.model.stop_training = True
+            return
         value = logs.get(self.monitor)
         improved = value is not None and np.isfinite(value) and self._improved(float(value))
         if improved:

@@ -76,15 +76,21 @@ def _cache_split(config: dict, info, splits: tuple[str, ...]) -> bool:
     return sum(info.counts.get(s, 0) for s in splits) * record < float(config["data"]["cache_limit_mb"]) * 2**20
 
 
-def prepare_run(config: dict, resume: bool) -> tuple[Path, dict | None]:
-    """Create (or reopen, when resuming) the run directory; returns it and the saved state."""
+def prepare_run(config: dict, resume: bool, write: bool = True) -> tuple[Path, dict | None]:
+    """Create (or reopen, when resuming) the run directory; returns it and the saved state.
+
+    write=False (non-chief workers of a multi-worker run) only reads: the chief owns the directory,
+    and a worker checking for it while the chief creates it would refuse to start.
+    """
     from lensnet.training.callbacks import read_state
 
     run_dir = _run_dir(config)
     state = None
     if resume:
         state = read_state(run_dir)
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    if not write:
+        return run_dir, state
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
         raise LensnetError(f"run directory {run_dir} already exists; use --resume {run_dir} or another --run-name")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", dump_yaml(config))
@@ -112,6 +118,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     info = resolve_dataset(config, progress)
     task = get_task_class(config["task"]["name"])(config["task"], info, config["train"])
     train, data, run = config["train"], config["data"], config["run"]
+    task.check_data_options(data)
     seed = int(run["seed"])
     monitor = train["monitor"] or f"val_{task.monitor}"
     mode = monitor_mode(monitor, task)
@@ -127,7 +134,8 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
         metric_key = "weighted_metrics" if getattr(task, "metrics_use_weights", False) else "metrics"
         model.compile(optimizer=optimizer, loss=task.loss(), **{metric_key: task.metrics()})
 
-    run_dir, state = prepare_run(config, resume)
+    chief = is_chief()
+    run_dir, state = prepare_run(config, resume, write=chief)
     if state:
         with strategy.scope():
             _restore(model, run_dir, state)
@@ -142,7 +150,6 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
         previous = read_run(run_dir)
         if previous.dataset.get("checksum") != info.checksum:
             raise LensnetError(f"cannot resume {run_dir}: its dataset {info.path} changed since the run started")
-    chief = is_chief()
     if chief:
         write_run(run_dir, run_info)
 
@@ -157,7 +164,9 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     train_ds, val_ds = train_ds.map(task.prepare), val_ds.map(task.prepare)
 
     stateful = []
-    callbacks: list = [cb.LearningRateLogger()]
+    images_per_epoch = min(steps_per_epoch * batch_size, info.counts["train"]) if not train["steps_per_epoch"] \
+        else steps_per_epoch * batch_size
+    callbacks: list = [cb.LearningRateLogger(), cb.ThroughputMeter(images_per_epoch)]
     patience = int(train["early_stopping"]["patience"])
     saved = (state or {}).get("callbacks", {})
     if patience:
@@ -171,7 +180,6 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
             factor=float(plateau["factor"]), patience=int(plateau["patience"]), min_lr=float(plateau["min_lr"]),
             verbose=1))
     callbacks += stateful
-    callbacks.append(keras.callbacks.TerminateOnNaN())
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), update_freq="epoch",
                                                      write_graph=False))
@@ -198,7 +206,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
                           shuffle=False)
         except tf.errors.OpError as exc:
             raise reader_error(exc, info) from None
-        if model.stop_training and _diverged(run_dir):
+        if model.stop_training and chief and _diverged(run_dir):  # history.csv is the chief's
             raise LensnetError(
                 f"training diverged (loss became NaN); the last good checkpoint is in {run_dir}/checkpoints. "
                 "Lower train.learning_rate or set train.clipnorm"
@@ -206,9 +214,9 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
 
     from lensnet.runs import load_model
 
-    best = load_model(run_dir)
     metrics = {}
-    if chief:
+    if chief:  # the chief wrote the checkpoints; the other workers have nothing to report
+        best = load_model(run_dir)
         metrics = report(best, task, info, data["test_split"], run_info.normalisation, run_dir,
                          batch_size=batch_size,
                          extra={"best_epoch": run_info.best_epoch, "epochs": epochs, "run": str(run_dir)},
