@@ -10,6 +10,7 @@ Keras is `model.predict_on_batch` on images normalised by the same TF ops.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -120,6 +121,8 @@ def time_export(
                     "ms_per_call": round(1000.0 * batch / rate, 3),
                     "vs_keras": round(rate / rates["keras"], 2),
                     "max_abs_diff": diffs[name],
+                    # Other jobs on a shared machine show up here: compare rows measured at similar load.
+                    "load_1min": round(os.getloadavg()[0], 2),
                 }
             )
     return rows

@@ -165,6 +165,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                     "max_ms": round(float(ms.max()), 2) if len(ms) else None,
                     "failed": failures,
                     "body_kb": round(len(body) / 1024, 1),
+                    # Other jobs on a shared machine show up here: compare rows measured at similar load.
+                    "load_1min": round(os.getloadavg()[0], 2),
                 }
             )
     return rows
