@@ -1,0 +1,352 @@
+"""`python -m lensnet.tune`: hyper-parameter search with KerasTuner; every trial is a complete lensnet run.
+
+    python -m lensnet.tune --task substructure --model vit_tiny --data tfrecords/model_ii \\
+        --tuner bayesian --max-trials 20 --directory tuning/vit_m2
+    python -m lensnet.tune ... --tuner hyperband --max-epochs 27      # successive halving, warm-started trials
+    python -m lensnet.tune ... --retrain-best                        # then train the best config as a normal run
+
+The space is configs/tuning/<model family>.yaml unless --space FILE is given. Killing the
+search and rerunning the same command resumes it. Several machines: one chief and any
+number of workers, same command and a shared --directory:
+
+    python -m lensnet.tune ... --role chief  --oracle-address 0.0.0.0:8000
+    python -m lensnet.tune ... --role worker --oracle-address chief-host:8000 --tuner-id gpu-node-3
+
+(or KerasTuner's own KERASTUNER_TUNER_ID / KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from lensnet.errors import LensnetError, cli_exit
+
+ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+SEARCH_FILE = "search.yaml"
+# What --overwrite removes: only what a search writes, never other files the user keeps there.
+SEARCH_OUTPUTS = ("keras_tuner", "trials", "logs", "summary.csv", "best.yaml", SEARCH_FILE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lensnet.tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    base = parser.add_argument_group("the base run (as lensnet.fit; the search space overrides it per trial)")
+    base.add_argument("--task", help="lens_finding | substructure | regression")
+    base.add_argument("--model", help="model name from the registry (python -m lensnet.fit --list-models)")
+    base.add_argument("--data", help="dataset directory (default: the task's default dataset)")
+    base.add_argument("--target", help="regression target: any stored parameter")
+    base.add_argument("--epochs", type=int, help="epochs per trial (bayesian, random)")
+    base.add_argument("--batch-size", type=int)
+    base.add_argument("--lr", type=float, help="peak learning rate when the space does not tune it")
+    base.add_argument("--seed", type=int, help="the tuner's seed and every trial's run.seed (default 0)")
+    base.add_argument("--config", help="base YAML config")
+    base.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config field")
+    base.add_argument("--strategy", choices=("auto", "default", "mirrored"),
+                      help="per trial: auto mirrors over every visible GPU (or split CPU)")
+    base.add_argument("--cpu-devices", type=int, help="split the CPU into N logical devices (mirroring tests)")
+    search = parser.add_argument_group("the search")
+    search.add_argument("--tuner", choices=("bayesian", "hyperband", "random"), default="bayesian")
+    search.add_argument("--max-trials", type=int,
+                        help="trials in all (default 10; hyperband: as many as its brackets need)")
+    search.add_argument("--directory", help="tuning directory (default tuning/<task>-<model>-<tuner>)")
+    search.add_argument("--space", help="search-space YAML (default configs/tuning/<model family>.yaml)")
+    search.add_argument("--objective", metavar="METRIC[:max|min]",
+                        help="default: the task's validation metric, e.g. val_macro_roc_auc:max")
+    search.add_argument("--max-epochs", type=int, help="hyperband: epochs of the longest trials (default --epochs)")
+    search.add_argument("--factor", type=int, default=3, help="hyperband: reduction factor (default 3)")
+    search.add_argument("--hyperband-iterations", type=int, default=1)
+    search.add_argument("--initial-points", type=int,
+                        help="bayesian: random trials before the Gaussian process (default 3 x parameters)")
+    search.add_argument("--max-consecutive-failures", type=int, default=5,
+                        help="stop the search after this many failed trials in a row (default 5)")
+    search.add_argument("--overwrite", action="store_true", help="start afresh, removing the directory's search")
+    search.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0, help="Keras output inside trials")
+    search.add_argument("--no-progress", action="store_true")
+    dist = parser.add_argument_group("distributed search (KerasTuner chief/worker)")
+    dist.add_argument("--role", choices=("chief", "worker"), help="chief serves the oracle, workers run trials")
+    dist.add_argument("--oracle-address", metavar="HOST:PORT", help="chief: where to listen; worker: the chief")
+    dist.add_argument("--tuner-id", help="worker: a name unique among workers and the same after a restart")
+    dist.add_argument("--wait", type=float, default=600.0, help="worker: seconds to wait for the chief (default 600)")
+    end = parser.add_argument_group("after the search")
+    end.add_argument("--retrain-best", action="store_true", help="train best.yaml as a normal run")
+    end.add_argument("--retrain-epochs", type=int, help="epochs of that run (default: the best trial's)")
+    end.add_argument("--runs", help="parent directory of that run (default runs)")
+    end.add_argument("--run-name", help="its name (default task-model-time)")
+    return parser
+
+
+def resolve_role(args: argparse.Namespace, environ: dict | os._Environ = os.environ) -> tuple[str, dict | None]:
+    """(single | chief | worker, the KERASTUNER_* variables to set or None)."""
+    if args.role is None and (args.oracle_address or args.tuner_id):
+        raise LensnetError("--oracle-address and --tuner-id need --role chief or --role worker")
+    role = args.role
+    if role is None:
+        if not environ.get("KERASTUNER_ORACLE_IP"):
+            return "single", None
+        missing = [name for name in ENV if not environ.get(name)]
+        if missing:
+            raise LensnetError(f"KERASTUNER_ORACLE_IP is set but {', '.join(missing)} is not")
+        role = "chief" if "chief" in environ["KERASTUNER_TUNER_ID"] else "worker"
+    if args.oracle_address:
+        host, sep, port = args.oracle_address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise LensnetError(f"--oracle-address must be HOST:PORT, got {args.oracle_address!r}")
+    elif environ.get("KERASTUNER_ORACLE_IP") and environ.get("KERASTUNER_ORACLE_PORT"):
+        host, port = environ["KERASTUNER_ORACLE_IP"], environ["KERASTUNER_ORACLE_PORT"]
+    else:
+        raise LensnetError(f"--role {role} needs --oracle-address HOST:PORT (or KERASTUNER_ORACLE_IP and "
+                           "KERASTUNER_ORACLE_PORT)")
+    if role == "chief":
+        tuner_id = "chief"
+    else:
+        tuner_id = args.tuner_id or environ.get("KERASTUNER_TUNER_ID")
+        if not tuner_id:
+            raise LensnetError("a worker needs --tuner-id NAME (unique among the workers, the same after a restart: "
+                               "an interrupted trial goes back to the worker of that name)")
+        if "chief" in tuner_id:
+            raise LensnetError(f"worker id {tuner_id!r} contains 'chief', which KerasTuner reserves for the chief")
+    return role, {"KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": host, "KERASTUNER_ORACLE_PORT": port}
+
+
+@contextlib.contextmanager
+def kerastuner_env(values: dict | None) -> Iterator[None]:
+    """KerasTuner reads its role from the environment; set it for the search only."""
+    saved = {name: os.environ.get(name) for name in ENV}
+    for name in ENV:
+        os.environ.pop(name, None)
+    os.environ.update(values or {})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def logged_metrics(task: Any) -> list[str]:
+    """What Keras logs for this task every epoch: loss and the task's metrics, on train and val."""
+    names = ["loss", *(metric.name for metric in task.metrics())]
+    return names + [f"val_{name}" for name in names]
+
+
+def resolve_objective(spec: str | None, task: Any, train: dict) -> tuple[str, str]:
+    from lensnet.training.trainer import monitor_mode
+
+    name, _, mode = (spec or train["monitor"] or f"val_{task.monitor}").partition(":")
+    valid = logged_metrics(task)
+    if name not in valid:
+        raise LensnetError(f"objective '{name}' is not a metric task {task.name} logs; valid: {', '.join(valid)}")
+    if mode not in ("", "max", "min"):
+        raise LensnetError(f"objective direction must be max or min, got '{mode}'")
+    return name, mode or monitor_mode(name, task)
+
+
+def first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
+    """The first dotted key where two YAML trees differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            found = first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return prefix.rstrip(".") if old != new else None
+
+
+def check_search_file(directory: Path, settings: dict) -> bool:
+    """True if `directory` already holds this search; an error if it holds another one."""
+    import yaml
+
+    from lensnet.config import load_yaml
+
+    path = directory / SEARCH_FILE
+    if not path.is_file():
+        return False
+    old = load_yaml(path, "search description")
+    new = yaml.safe_load(yaml.safe_dump(settings))
+    where = first_difference(old, new)
+    if where:
+        raise LensnetError(f"{directory} holds another search ({where} differs from {path}); rerun the same command "
+                           "to resume it, or use --overwrite or another --directory")
+    return True
+
+
+def wait_for_search_file(directory: Path, settings: dict, timeout: float) -> None:
+    """A worker runs trials only for the search its chief described."""
+    deadline = time.monotonic() + timeout
+    announced = False
+    while not check_search_file(directory, settings):
+        if time.monotonic() > deadline:
+            raise LensnetError(f"no chief described a search in {directory} within {timeout:.0f} s")
+        if not announced:
+            print(f"worker: waiting for the chief to describe the search in {directory}", flush=True)
+            announced = True
+        time.sleep(0.5)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    role, env = resolve_role(args)
+    for flag, value, low in (("--max-trials", args.max_trials, 1), ("--epochs", args.epochs, 1),
+                             ("--max-epochs", args.max_epochs, 1), ("--factor", args.factor, 2),
+                             ("--hyperband-iterations", args.hyperband_iterations, 1),
+                             ("--initial-points", args.initial_points, 1),
+                             ("--max-consecutive-failures", args.max_consecutive_failures, 1),
+                             ("--retrain-epochs", args.retrain_epochs, 1)):
+        if value is not None and value < low:
+            raise LensnetError(f"{flag} must be at least {low}, got {value}")
+    if role == "worker" and (args.overwrite or args.retrain_best):
+        raise LensnetError("--overwrite and --retrain-best belong to the chief, not a worker")
+
+    from lensnet.tfboot import quiet_import
+
+    quiet_import()
+    from lensnet.fit import cli_overrides
+    from lensnet.tasks import get_task_class
+    from lensnet.training.config import resolve_fit_config
+    from lensnet.training.trainer import resolve_dataset
+    from lensnet.tuning.space import check_space, default_space_path, load_space
+
+    overrides = cli_overrides(args)
+    base = resolve_fit_config(args.task, args.config, overrides)
+    info = resolve_dataset(base, progress=not args.no_progress)
+    task = get_task_class(base["task"]["name"])(base["task"], info, base["train"])
+    task.check_data_options(base["data"])
+    objective, direction = resolve_objective(args.objective, task, base["train"])
+    base["train"]["monitor"] = objective  # checkpoints and early stopping follow the objective
+    space = load_space(args.space or default_space_path(base["model"]["name"], task.name))
+    check_space(space, base, task, info.image_shape)
+
+    from lensnet.tuning.tuner import TrialSetup, chief_announcer, comparable, make_oracle
+
+    name = f"{task.name}-{base['model']['name']}-{args.tuner}"
+    directory = Path(args.directory or Path("tuning") / name)
+    max_trials = args.max_trials or (None if args.tuner == "hyperband" else 10)
+    max_epochs = args.max_epochs or int(base["train"]["epochs"])
+    oracle_settings = {"hyperband": {"max_epochs": max_epochs, "factor": args.factor,
+                                     "hyperband_iterations": args.hyperband_iterations},
+                       "bayesian": {"initial_points": args.initial_points}}.get(args.tuner, {})
+    settings = {"tuner": args.tuner, "objective": f"{objective}:{direction}", "seed": int(base["run"]["seed"]),
+                "oracle": oracle_settings, "space": space.as_dict(),
+                "base": comparable(base, ("run", "distribute"))}
+    if role == "worker":
+        wait_for_search_file(directory, settings, args.wait)
+    else:
+        if args.overwrite:
+            for entry in SEARCH_OUTPUTS:
+                path = directory / entry
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        if not check_search_file(directory, settings):
+            from lensnet.config import dump_yaml
+            from lensnet.fileio import write_text
+
+            write_text(directory / SEARCH_FILE, dump_yaml(settings))
+
+    setup = TrialSetup(base=base, space=space, objective=objective, direction=direction, directory=directory)
+    t0 = time.perf_counter()
+    with kerastuner_env(env):
+        from lensnet.tuning.report import write_hparams_config
+        from lensnet.tuning.tuner import LensnetTuner
+
+        oracle = make_oracle(args.tuner, setup, max_trials=max_trials, seed=int(base["run"]["seed"]),
+                             max_failures=args.max_consecutive_failures, max_epochs=max_epochs, factor=args.factor,
+                             hyperband_iterations=args.hyperband_iterations, initial_points=args.initial_points)
+        tuner = LensnetTuner(oracle, setup, verbose=args.verbose)
+        if role != "worker":
+            write_hparams_config(setup.logs_dir, space.hyperparameters(), objective)
+            print_start(args.tuner, setup, tuner.oracle, max_trials, base, max_epochs, role)
+        if role == "chief":
+            tuner.oracle.announce = chief_announcer(setup, tuner.oracle)
+        tuner.search()
+    if role == "worker":
+        ran = ", ".join(tuner.ran) or "none"
+        print(f"worker {env['KERASTUNER_TUNER_ID']}: the search is over; trials run here: {ran}. "
+              f"The chief writes {directory / 'summary.csv'}")
+        return 0
+    best = finish(setup, tuner.oracle, args.tuner, time.perf_counter() - t0)
+    if tuner.oracle.stop_reason:
+        raise LensnetError(f"search stopped: {tuner.oracle.stop_reason} (--max-consecutive-failures); "
+                           f"see the message column of {directory / 'summary.csv'}")
+    if args.retrain_best:
+        if best is None:
+            raise LensnetError("--retrain-best: no trial completed, so there is nothing to retrain")
+        retrain(best, args)
+    return 0
+
+
+def print_start(kind: str, setup: Any, oracle: Any, max_trials: int | None, base: dict, max_epochs: int,
+                role: str) -> None:
+    epochs = f"up to {max_epochs} epochs" if kind == "hyperband" else f"{base['train']['epochs']} epochs"
+    trials = f"{max_trials} trials" if max_trials else "trials as the brackets need"
+    print(f"search: {kind} over {len(setup.space.params)} parameters of {setup.space.path}; objective "
+          f"{setup.objective} ({setup.direction}); {trials} of {epochs}; directory {setup.directory}", flush=True)
+    if oracle.trials:
+        statuses = [t.status for t in oracle.trials.values()]
+        interrupted = sorted(t.trial_id for t in oracle.ongoing_trials.values())
+        line = (f"resuming: {statuses.count('COMPLETED')} trial(s) completed, {statuses.count('FAILED')} failed "
+                "(kept)")
+        if interrupted:
+            line += f"; interrupted trial(s) {', '.join(interrupted)} run again"
+            line += " first" if role == "single" else " on the worker(s) that had them"
+        print(line, flush=True)
+
+
+def finish(setup: Any, oracle: Any, kind: str, seconds: float) -> Path | None:
+    """summary.csv, best.yaml and the closing lines; returns best.yaml's path (None if no trial completed)."""
+    from lensnet.tuning import report
+
+    trials = list(oracle.trials.values())
+    rows = report.trial_rows(trials, setup.space, setup.objective, setup.trials_dir)
+    summary = setup.directory / "summary.csv"
+    report.write_summary(summary, rows, setup.objective, setup.space.keys())
+    statuses = [t.status for t in trials]
+    print(f"\nsearch finished in {seconds:.0f} s: {len(trials)} trial(s), {statuses.count('COMPLETED')} completed, "
+          f"{statuses.count('FAILED')} failed")
+    completed = [t for t in oracle.get_best_trials(1) if t.status == "COMPLETED"]
+    best_path = None
+    if completed:
+        best = completed[0]
+        best_path = setup.directory / "best.yaml"
+        header = (f"best trial {best.trial_id} of the {kind} search in {setup.directory}: "
+                  f"{setup.objective} {best.score:.6g}\nretrain: python -m lensnet.fit --config {best_path}")
+        report.write_best(best_path, setup.trials_dir / best.trial_id, setup.base["run"], header)
+        print(f"best: trial {best.trial_id}, {setup.objective} {best.score:.4g}")
+    else:
+        print("no trial completed: no best.yaml")
+    print(f"  summary      {summary}")
+    if best_path:
+        print(f"  best config  {best_path}  (python -m lensnet.fit --config {best_path})")
+        print(f"  best run     {setup.trials_dir / completed[0].trial_id}")
+    print(f"  trials       {setup.trials_dir}/<id>/ (complete runs: evaluate or export any of them)")
+    print(f"  tensorboard  tensorboard --logdir {setup.logs_dir}  (HParams dashboard)")
+    return best_path
+
+
+def retrain(best_path: Path, args: argparse.Namespace) -> None:
+    from lensnet.fit import print_result
+    from lensnet.training.config import resolve_fit_config
+    from lensnet.training.trainer import run_fit
+
+    overrides: dict = {}
+    if args.run_name:
+        overrides["run"] = {"name": args.run_name}
+    if args.retrain_epochs:
+        overrides["train"] = {"epochs": args.retrain_epochs}
+    config = resolve_fit_config(None, best_path, overrides)  # exactly what `lensnet.fit --config` does
+    print(f"\nretraining the best config {best_path}", flush=True)
+    print_result(run_fit(config, progress=not args.no_progress))
+
+
+if __name__ == "__main__":
+    cli_exit(main)
