@@ -208,3 +208,17 @@ def test_default_dataset_is_simulated_when_missing(capsys, tmp_path: Path, monke
     assert (tmp_path / "tfrecords" / "lens_finding" / "manifest.json").is_file()
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "metrics.json").is_file()
+
+
+def test_plateau_schedule_and_early_stopping_state_is_saved(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
+    code, _, err = fit(capsys, "--task", "lens_finding", "--data", str(synthetic_dataset), "--epochs", "6",
+                       "--runs", str(tmp_path), "--run-name", "es", "--set", "task.positive_class=class1",
+                       "--set", "train.schedule=plateau", "--set", "train.plateau.patience=1",
+                       "--set", "train.early_stopping.patience=2", "--set", "train.optimizer=sgd",
+                       "--set", "train.label_smoothing=0.1", "--lr", "1e-6", *TINY)
+    assert code == 0, err
+    state = json.loads((tmp_path / "es" / "checkpoints" / "state.json").read_text())
+    assert set(state["callbacks"]) == {"ResumableEarlyStopping", "ResumableReduceLROnPlateau"}
+    # with a learning rate this small nothing improves: the plateau halves it, early stopping ends the run
+    assert state["epochs_done"] < 6
+    assert state["learning_rate"] < 1e-6
