@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--hyperband-iterations", type=int, default=1)
     search.add_argument("--initial-points", type=int,
                         help="bayesian: random trials before the Gaussian process (default 3 x parameters)")
-    search.add_argument("--max-consecutive-failures", type=int, default=5,
-                        help="stop the search after this many failed trials in a row (default 5)")
+    search.add_argument("--max-consecutive-failures", type=int, default=3,
+                        help="stop the search after this many failed trials in a row (default 3)")
     search.add_argument("--overwrite", action="store_true", help="start afresh, removing the directory's search")
     search.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0, help="Keras output inside trials")
     search.add_argument("--no-progress", action="store_true")
@@ -208,15 +208,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from lensnet.tfboot import quiet_import
 
-    quiet_import()
+    tf = quiet_import()
+    tf.get_logger().setLevel("ERROR")  # many models in one process: tf.function retracing notes are expected
     from lensnet.fit import cli_overrides
     from lensnet.tasks import get_task_class
     from lensnet.training.config import resolve_fit_config
     from lensnet.training.trainer import resolve_dataset
     from lensnet.tuning.space import check_space, default_space_path, load_space
 
+    from lensnet.training.distribute import split_cpu
+
     overrides = cli_overrides(args)
     base = resolve_fit_config(args.task, args.config, overrides)
+    split_cpu(int(base["distribute"]["cpu_devices"]))  # before the checks below start TensorFlow's devices
     info = resolve_dataset(base, progress=not args.no_progress)
     task = get_task_class(base["task"]["name"])(base["task"], info, base["train"])
     task.check_data_options(base["data"])
@@ -278,9 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if tuner.oracle.stop_reason:
         raise LensnetError(f"search stopped: {tuner.oracle.stop_reason} (--max-consecutive-failures); "
                            f"see the message column of {directory / 'summary.csv'}")
+    if best is None:
+        raise LensnetError(f"no trial completed; the message column of {directory / 'summary.csv'} says why")
     if args.retrain_best:
-        if best is None:
-            raise LensnetError("--retrain-best: no trial completed, so there is nothing to retrain")
         retrain(best, args)
     return 0
 

@@ -87,7 +87,7 @@ def trial_rows(trials: Iterable[Any], space: Any, objective: str, trials_dir: Pa
         row = {"trial_id": trial.trial_id, "status": trial.status,
                objective: score if completed else None,
                "best_epoch": result.get("best_epoch"), "epochs": result.get("epochs"),
-               "seconds": result.get("seconds")}
+               "seconds": result.get("seconds"), "tuner": result.get("tuner")}
         row.update({key: yaml_text(value) if isinstance(value, (list, dict)) or value is None else value
                     for key, value in space.decoded(values).items()})
         row["warm_start_from"] = values.get("tuner/trial_id")
@@ -98,7 +98,7 @@ def trial_rows(trials: Iterable[Any], space: Any, objective: str, trials_dir: Pa
 
 
 def write_summary(path: Path, rows: list[dict], objective: str, keys: list[str]) -> None:
-    columns = ["trial_id", "status", objective, "best_epoch", "epochs", "seconds", *keys,
+    columns = ["trial_id", "status", objective, "best_epoch", "epochs", "seconds", "tuner", *keys,
                "warm_start_from", "run_dir", "message"]
     with atomic_open(path, "w") as handle:
         writer = csv.DictWriter(handle, columns, lineterminator="\n")

@@ -29,6 +29,7 @@ from typing import Any
 
 import keras_tuner as kt
 import yaml
+from keras_tuner.src import config as kt_config
 from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.engine import base_tuner
 from keras_tuner.src.engine.trial import TrialStatus
@@ -176,6 +177,9 @@ class LensnetTuner(base_tuner.BaseTuner):
         self.verbose = verbose
         self.ran: list[str] = []
         self._outcome: dict[str, dict] = {}
+        # KerasTuner prints every failed trial's traceback (DEBUG is on by default); the one-line reason is
+        # printed instead, and the traceback stays in keras_tuner/trial_<id>/trial.json
+        kt_config.DEBUG = False
         super().__init__(oracle=oracle, hypermodel=None, directory=str(setup.directory), project_name="keras_tuner",
                          overwrite=False)
 
@@ -286,7 +290,7 @@ def start_line(trial: Any, space: SearchSpace, who: str = "") -> str:
 
 def end_line(trial_id: str, status: str, objective: str, outcome: dict, reason: str, best: Any) -> str:
     if status != TrialStatus.COMPLETED:
-        return f"trial {trial_id} {status}: {reason or 'no result'}"
+        return f"trial {trial_id} {status}: {reason or 'no result'} (details: keras_tuner/trial_{trial_id}/trial.json)"
     line = f"trial {trial_id} COMPLETED: {objective} {outcome.get('value', float('nan')):.4g}"
     if outcome.get("epochs"):
         seconds = outcome.get("seconds")
