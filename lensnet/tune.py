@@ -213,10 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lensnet.fit import cli_overrides
     from lensnet.tasks import get_task_class
     from lensnet.training.config import resolve_fit_config
+    from lensnet.training.distribute import split_cpu
     from lensnet.training.trainer import resolve_dataset
     from lensnet.tuning.space import check_space, default_space_path, load_space
-
-    from lensnet.training.distribute import split_cpu
 
     overrides = cli_overrides(args)
     base = resolve_fit_config(args.task, args.config, overrides)
