@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import re
@@ -386,6 +387,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"at http://{host}:{port}/v1/models/{server.name}",
         flush=True,
     )
+    # Everything loaded so far (TensorFlow alone is millions of objects) lives as long as the
+    # server: moved out of the cyclic GC's reach, full collections no longer stall requests
+    # (TF runtime p99 went from ~400 ms to ~100 ms under 8 clients).
+    gc.collect()
+    gc.freeze()
     uvicorn_server(create_app(server), access_log=args.access_log).run(sockets=[sock])
     return 0
 
