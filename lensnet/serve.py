@@ -22,8 +22,10 @@ import json
 import os
 import re
 import socket
+import sys
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +44,7 @@ from lensnet.inference import (
 
 DEFAULT_MAX_BODY_MB = 16.0
 DEFAULT_MAX_BATCH = 256
+DEFAULT_POLL_SECONDS = 2.0
 _DRAIN_BYTES = 64 << 20  # discarded past the limit so the client can read the 413
 _PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<tail>/metadata|:[A-Za-z]+)?$")
 
@@ -72,17 +75,40 @@ class ModelServer:
         versions = list_versions(model_dir)
         if not versions:
             load_export(model_dir)  # raises the one-line error naming the problem
+        self.model_dir = Path(model_dir)
+        self.runtime = runtime
+        self.threads = threads
         self.models: dict[int, tuple[ExportedModel, Runner]] = {}
         for version in versions:
-            exported = load_export(model_dir, version)
-            self.models[version] = (exported, open_runner(exported, runtime, threads))
+            self.models[version] = self._load(version)
         self.name = name or self.models[versions[-1]][0].name
-        self.runtime = runtime
         self.max_body_bytes = int(max_body_bytes)
         self.max_batch = int(max_batch)
         # Bounded parallel inference: more concurrent runs than cores only adds contention.
         self.concurrency = concurrency or max(1, os.cpu_count() or 1)
         self._slots: asyncio.Semaphore | None = None
+        self._failed: set[int] = set()
+
+    def _load(self, version: int) -> tuple[ExportedModel, Runner]:
+        exported = load_export(self.model_dir, version)
+        return exported, open_runner(exported, self.runtime, self.threads)
+
+    def refresh(self) -> list[int]:
+        """Load versions exported since startup and drop deleted ones, as TF Serving's file-system
+        poll does; returns the versions added. A version that fails to load is reported once."""
+        on_disk = set(list_versions(self.model_dir))
+        models = {v: m for v, m in self.models.items() if v in on_disk} if on_disk else dict(self.models)
+        added = []
+        for version in sorted(on_disk - set(models) - self._failed):
+            try:
+                models[version] = self._load(version)
+                added.append(version)
+            except LensnetError as exc:
+                self._failed.add(version)
+                print(f"warning: version {version} not served: {exc}", file=sys.stderr, flush=True)
+        if models.keys() != self.models.keys():
+            self.models = models  # one reference swap: requests in flight keep the dict they resolved from
+        return added
 
     @property
     def latest(self) -> int:
@@ -92,18 +118,19 @@ class ModelServer:
     def resolve(self, name: str, version: str | None) -> tuple[int, ExportedModel, Runner]:
         if name != self.name:
             raise ClientError(404, f"Servable not found for request: model '{name}' (this server has '{self.name}')")
+        models = self.models  # one snapshot: refresh() may swap the dict meanwhile
         if version is None:
-            number = self.latest
+            number = max(models)
         else:
             if not re.fullmatch(r"[0-9]+", version):
                 raise ClientError(400, f"version must be a positive integer, got '{version}'")
             number = int(version)
-            if number not in self.models:
-                available = ", ".join(map(str, sorted(self.models)))
+            if number not in models:
+                available = ", ".join(map(str, sorted(models)))
                 raise ClientError(
                     404, f"Servable not found for request: Specific({name}, {number}); versions: {available}"
                 )
-        exported, runner = self.models[number]
+        exported, runner = models[number]
         return number, exported, runner
 
     def status(self, name: str, version: str | None) -> dict:
@@ -249,8 +276,8 @@ async def read_body(request: Any, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(server: ModelServer) -> Any:
-    """The starlette application serving `server`."""
+def create_app(server: ModelServer, poll_seconds: float = DEFAULT_POLL_SECONDS) -> Any:
+    """The starlette application serving `server`; new versions on disk are picked up every `poll_seconds`."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
@@ -287,8 +314,29 @@ def create_app(server: ModelServer) -> Any:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return error(exc.status_code, str(exc.detail))
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        watcher = asyncio.create_task(_watch(server, poll_seconds)) if poll_seconds > 0 else None
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
     routes = [Route("/v1/models/{rest:path}", models, methods=["GET", "POST"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+
+
+async def _watch(server: ModelServer, seconds: float) -> None:
+    from starlette.concurrency import run_in_threadpool
+
+    while True:
+        await asyncio.sleep(seconds)
+        added = await run_in_threadpool(server.refresh)
+        if added:
+            print(f"serving new version(s) {', '.join(map(str, added))} of {server.name}", file=sys.stderr, flush=True)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -313,18 +361,20 @@ def uvicorn_server(app: Any, access_log: bool = False) -> Any:
     import uvicorn
 
     config = uvicorn.Config(
-        app, log_level="warning", access_log=access_log, lifespan="off", http="h11", timeout_keep_alive=30
+        app, log_level="warning", access_log=access_log, lifespan="on", http="h11", timeout_keep_alive=30
     )
     return uvicorn.Server(config)
 
 
 @contextlib.contextmanager
-def serve_in_thread(server: ModelServer, host: str = "127.0.0.1") -> Iterator[str]:
+def serve_in_thread(
+    server: ModelServer, host: str = "127.0.0.1", poll_seconds: float = DEFAULT_POLL_SECONDS
+) -> Iterator[str]:
     """Run `server` on a free local port in a background thread; yields its base URL."""
     import time
 
     sock = bind(host, 0)
-    http = uvicorn_server(create_app(server))
+    http = uvicorn_server(create_app(server, poll_seconds))
     thread = threading.Thread(target=http.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -357,6 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help=f"images per request (default {DEFAULT_MAX_BATCH})"
+    )
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=DEFAULT_POLL_SECONDS,
+        help=f"look for new versions this often (default {DEFAULT_POLL_SECONDS:g}; 0: never)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--seed", type=int, default=0, help="accepted for uniformity; serving is deterministic")
@@ -392,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (TF runtime p99 went from ~400 ms to ~100 ms under 8 clients).
     gc.collect()
     gc.freeze()
-    uvicorn_server(create_app(server), access_log=args.access_log).run(sockets=[sock])
+    uvicorn_server(create_app(server, args.poll_seconds), access_log=args.access_log).run(sockets=[sock])
     return 0
 
 

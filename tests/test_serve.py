@@ -243,3 +243,34 @@ def test_keep_alive_requests_are_not_delayed_by_nagle(url):
         times.append(time.perf_counter() - start)
     connection.close()
     assert sorted(times)[len(times) // 2] < 0.02, times
+
+
+def test_new_versions_are_picked_up_while_serving(tmp_path, model_dir):
+    """As TF Serving polls its base path: a version exported while the server runs becomes the
+    default within the poll interval, and a deleted one goes away."""
+    import shutil
+    import time
+
+    from lensnet.export import export_run
+    from lensnet.serve import ModelServer, serve_in_thread
+
+    served = tmp_path / "lenses"
+    shutil.copytree(model_dir, served)
+    batch = images(2, seed=9)
+
+    def wait_for(versions: list[str], address: str) -> None:
+        deadline = time.monotonic() + 30
+        while [v["version"] for v in call(address)[1]["model_version_status"]] != versions:
+            assert time.monotonic() < deadline, call(address)
+            time.sleep(0.1)
+
+    with serve_in_thread(ModelServer(served), poll_seconds=0.2) as base:
+        address = f"{base}/v1/models/lenses"
+        export_run(make_run(tmp_path / "run3", "cnn_small", seed=3), served)
+        wait_for(["3", "2", "1"], address)
+        status, body = call(f"{address}:predict", {"instances": batch.tolist()})
+        assert status == 200
+        np.testing.assert_allclose(body["predictions"], expected(served, 3, batch), atol=1e-6)
+        shutil.rmtree(served / "1")
+        wait_for(["3", "2"], address)
+        assert call(f"{address}/versions/1:predict", {"instances": batch.tolist()})[0] == 404
