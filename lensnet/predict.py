@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -230,7 +231,7 @@ def score(
     exported: ExportedModel,
     runner: Runner,
     options: Options,
-    writer: csv.writer,
+    writer: Any,  # a csv.writer
     threshold: float = 0.5,
     progress: bool | None = None,
 ) -> int:
