@@ -317,6 +317,12 @@ def export_run(
 
     images, image_source = verification_images(info, batch, seed)
     reference = keras_reference(model, info.normalisation, images)
+    columns = info.output_names()
+    if reference.ndim != 2 or reference.shape[1] != len(columns):
+        raise LensnetError(
+            f"{run_dir}: the model outputs shape {reference.shape[1:]}, but a {info.output_kind} run "
+            f"({', '.join(columns)}) needs ({len(columns)},)"
+        )
     if not np.isfinite(reference).all():
         raise LensnetError(f"{run_dir}: the model outputs NaN or Inf on the verification images; not exported")
     precision: dict[str, Any] = {"exported": "float32", "trained": replaced or ["float32"]}
@@ -339,7 +345,7 @@ def export_run(
         "output": {
             "name": name,
             "kind": info.output_kind,
-            "columns": info.output_names(),
+            "columns": columns,
             "shape": [None, int(reference.shape[1])],
         },
         "signature": SIGNATURE,

@@ -391,3 +391,13 @@ def test_a_real_fit_run_exports_and_predicts_like_keras(tmp_path):
     by_id = {r["source"]: float(r["p_class1"]) for r in rows}
     predicted = np.array([by_id[i.decode()] for i in batch["id"].numpy()])
     np.testing.assert_allclose(predicted, keras_p, atol=1e-4)
+
+
+def test_a_head_that_disagrees_with_run_json_is_refused(tmp_path):
+    from lensnet.export import export_run
+
+    run = make_run(tmp_path / "run", "cnn_small", kind="multiclass", classes=3)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "class_names": ["a", "b"]}))
+    with pytest.raises(LensnetError, match=r"outputs shape \(3,\), but a multiclass run \(p_a, p_b\) needs \(2,\)"):
+        export_run(run, tmp_path / "out")
