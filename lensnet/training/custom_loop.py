@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,8 @@ def lost_worker(exc: tf.errors.OpError, run_dir: Path, epoch: int) -> LensnetErr
                         f"Restart every worker with --resume {run_dir} to continue from the last completed epoch")
 
 
-def train_dataset_fn(info: Any, task: Task, config: dict, initial_epoch: int, cache: bool):
+def train_dataset_fn(info: Any, task: Task, config: dict, initial_epoch: int,
+                     cache: bool) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """The `dataset_fn` of `distribute_datasets_from_function`: this input pipeline's replica slices
     of the global batches that a one-device run from `initial_epoch` reads."""
     data, run = config["data"], config["run"]
@@ -254,7 +256,8 @@ def _make_val_step(model: keras.Model, per_example: keras.losses.Loss, loss_metr
     return val_step
 
 
-def evaluate(val_step, dataset: tf.data.Dataset, loss_metric: keras.metrics.Metric, metrics: list) -> dict:
+def evaluate(val_step: Callable[..., None], dataset: tf.data.Dataset, loss_metric: keras.metrics.Metric,
+             metrics: list) -> dict:
     """Loss and task metrics of the whole split on this worker alone (no collectives)."""
     for metric in (loss_metric, *metrics):
         metric.reset_state()
@@ -278,7 +281,7 @@ def _make_average(strategy: tf.distribute.Strategy, variables: list):
     return average
 
 
-def agree_with_chief(broadcast, logs: dict) -> dict:
+def agree_with_chief(broadcast: Callable[[tf.Tensor], tf.Tensor], logs: dict) -> dict:
     """The chief's epoch logs on every worker (replica 0 lives on the chief).
 
     Every worker computes the same values when its weights are the same; broadcasting makes
