@@ -22,7 +22,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_role(args: argparse.Namespace, environ: dict | os._Environ = os.environ) -> tuple[str, dict | None]:
+def resolve_role(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> tuple[str, dict | None]:
     """(single | chief | worker, the KERASTUNER_* variables to set or None)."""
     if args.role is None and (args.oracle_address or args.tuner_id):
         raise LensnetError("--oracle-address and --tuner-id need --role chief or --role worker")
@@ -192,9 +192,7 @@ def wait_for_search_file(directory: Path, settings: dict, timeout: float) -> Non
         time.sleep(0.5)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    role, env = resolve_role(args)
+def check_numbers(args: argparse.Namespace) -> None:
     for flag, value, low in (("--max-trials", args.max_trials, 1), ("--epochs", args.epochs, 1),
                              ("--max-epochs", args.max_epochs, 1), ("--factor", args.factor, 2),
                              ("--hyperband-iterations", args.hyperband_iterations, 1),
@@ -203,22 +201,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                              ("--retrain-epochs", args.retrain_epochs, 1)):
         if value is not None and value < low:
             raise LensnetError(f"{flag} must be at least {low}, got {value}")
-    if role == "worker" and (args.overwrite or args.retrain_best):
-        raise LensnetError("--overwrite and --retrain-best belong to the chief, not a worker")
 
-    from lensnet.tfboot import quiet_import
 
-    tf = quiet_import()
-    tf.get_logger().setLevel("ERROR")  # many models in one process: tf.function retracing notes are expected
+def build_setup(args: argparse.Namespace) -> tuple[Any, dict]:
+    """The checked search (TrialSetup) and its description for search.yaml; every error comes before any trial."""
     from lensnet.fit import cli_overrides
     from lensnet.tasks import get_task_class
     from lensnet.training.config import resolve_fit_config
     from lensnet.training.distribute import split_cpu
     from lensnet.training.trainer import resolve_dataset
     from lensnet.tuning.space import check_space, default_space_path, load_space
+    from lensnet.tuning.tuner import TrialSetup, comparable
 
-    overrides = cli_overrides(args)
-    base = resolve_fit_config(args.task, args.config, overrides)
+    base = resolve_fit_config(args.task, args.config, cli_overrides(args))
     split_cpu(int(base["distribute"]["cpu_devices"]))  # before the checks below start TensorFlow's devices
     info = resolve_dataset(base, progress=not args.no_progress)
     task = get_task_class(base["task"]["name"])(base["task"], info, base["train"])
@@ -227,70 +222,82 @@ def main(argv: Sequence[str] | None = None) -> int:
     base["train"]["monitor"] = objective  # checkpoints and early stopping follow the objective
     space = load_space(args.space or default_space_path(base["model"]["name"], task.name))
     check_space(space, base, task, info.image_shape)
-
-    from lensnet.tuning.tuner import TrialSetup, chief_announcer, comparable, make_oracle
-
-    name = f"{task.name}-{base['model']['name']}-{args.tuner}"
-    directory = Path(args.directory or Path("tuning") / name)
-    max_trials = args.max_trials or (None if args.tuner == "hyperband" else 10)
-    max_epochs = args.max_epochs or int(base["train"]["epochs"])
-    oracle_settings = {"hyperband": {"max_epochs": max_epochs, "factor": args.factor,
-                                     "hyperband_iterations": args.hyperband_iterations},
-                       "bayesian": {"initial_points": args.initial_points}}.get(args.tuner, {})
+    directory = Path(args.directory or Path("tuning") / f"{task.name}-{base['model']['name']}-{args.tuner}")
+    oracle = {"hyperband": {"max_epochs": args.max_epochs or int(base["train"]["epochs"]), "factor": args.factor,
+                            "hyperband_iterations": args.hyperband_iterations},
+              "bayesian": {"initial_points": args.initial_points}}.get(args.tuner, {})
     settings = {"tuner": args.tuner, "objective": f"{objective}:{direction}", "seed": int(base["run"]["seed"]),
-                "oracle": oracle_settings, "space": space.as_dict(),
-                "base": comparable(base, ("run", "distribute"))}
+                "oracle": oracle, "space": space.as_dict(), "base": comparable(base, ("run", "distribute"))}
+    return TrialSetup(base=base, space=space, objective=objective, direction=direction, directory=directory), settings
+
+
+def claim_directory(directory: Path, settings: dict, role: str, args: argparse.Namespace) -> None:
+    """Workers wait for the chief's search.yaml; the chief (or a single process) writes it or checks it matches."""
     if role == "worker":
         wait_for_search_file(directory, settings, args.wait)
-    else:
-        if args.overwrite:
-            for entry in SEARCH_OUTPUTS:
-                path = directory / entry
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
-        if not check_search_file(directory, settings):
-            from lensnet.config import dump_yaml
-            from lensnet.fileio import write_text
+        return
+    if args.overwrite:
+        for entry in SEARCH_OUTPUTS:
+            path = directory / entry
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    if not check_search_file(directory, settings):
+        from lensnet.config import dump_yaml
+        from lensnet.fileio import write_text
 
-            write_text(directory / SEARCH_FILE, dump_yaml(settings))
+        write_text(directory / SEARCH_FILE, dump_yaml(settings))
 
-    setup = TrialSetup(base=base, space=space, objective=objective, direction=direction, directory=directory)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    role, env = resolve_role(args)
+    check_numbers(args)
+    if role == "worker" and (args.overwrite or args.retrain_best):
+        raise LensnetError("--overwrite and --retrain-best belong to the chief, not a worker")
+    from lensnet.tfboot import quiet_import
+
+    tf = quiet_import()
+    tf.get_logger().setLevel("ERROR")  # many models in one process: tf.function retracing notes are expected
+    setup, settings = build_setup(args)
+    claim_directory(setup.directory, settings, role, args)
+
+    from lensnet.tuning.report import write_hparams_config
+    from lensnet.tuning.tuner import LensnetTuner, chief_announcer, make_oracle
+
+    max_trials = args.max_trials or (None if args.tuner == "hyperband" else 10)
+    max_epochs = args.max_epochs or int(setup.base["train"]["epochs"])
     t0 = time.perf_counter()
     with kerastuner_env(env):
-        from lensnet.tuning.report import write_hparams_config
-        from lensnet.tuning.tuner import LensnetTuner
-
-        oracle = make_oracle(args.tuner, setup, max_trials=max_trials, seed=int(base["run"]["seed"]),
+        oracle = make_oracle(args.tuner, setup, max_trials=max_trials, seed=int(setup.base["run"]["seed"]),
                              max_failures=args.max_consecutive_failures, max_epochs=max_epochs, factor=args.factor,
                              hyperband_iterations=args.hyperband_iterations, initial_points=args.initial_points)
-        tuner = LensnetTuner(oracle, setup, verbose=args.verbose)
+        tuner = LensnetTuner(oracle, setup, verbose=args.verbose)  # reloads the directory's search, if any
         if role != "worker":
-            write_hparams_config(setup.logs_dir, space.hyperparameters(), objective)
-            print_start(args.tuner, setup, tuner.oracle, max_trials, base, max_epochs, role)
+            write_hparams_config(setup.logs_dir, setup.space.hyperparameters(), setup.objective)
+            print_start(args.tuner, setup, tuner.oracle, max_trials, max_epochs, role)
         if role == "chief":
             tuner.oracle.announce = chief_announcer(setup, tuner.oracle)
         tuner.search()
+    summary = setup.directory / "summary.csv"
     if role == "worker":
-        ran = ", ".join(tuner.ran) or "none"
-        print(f"worker {env['KERASTUNER_TUNER_ID']}: the search is over; trials run here: {ran}. "
-              f"The chief writes {directory / 'summary.csv'}")
+        print(f"worker {env['KERASTUNER_TUNER_ID']}: the search is over; trials run here: "
+              f"{', '.join(tuner.ran) or 'none'}. The chief writes {summary}")
         return 0
     best = finish(setup, tuner.oracle, args.tuner, time.perf_counter() - t0)
     if tuner.oracle.stop_reason:
         raise LensnetError(f"search stopped: {tuner.oracle.stop_reason} (--max-consecutive-failures); "
-                           f"see the message column of {directory / 'summary.csv'}")
+                           f"see the message column of {summary}")
     if best is None:
-        raise LensnetError(f"no trial completed; the message column of {directory / 'summary.csv'} says why")
+        raise LensnetError(f"no trial completed; the message column of {summary} says why")
     if args.retrain_best:
         retrain(best, args)
     return 0
 
 
-def print_start(kind: str, setup: Any, oracle: Any, max_trials: int | None, base: dict, max_epochs: int,
-                role: str) -> None:
-    epochs = f"up to {max_epochs} epochs" if kind == "hyperband" else f"{base['train']['epochs']} epochs"
+def print_start(kind: str, setup: Any, oracle: Any, max_trials: int | None, max_epochs: int, role: str) -> None:
+    epochs = f"up to {max_epochs} epochs" if kind == "hyperband" else f"{setup.base['train']['epochs']} epochs"
     trials = f"{max_trials} trials" if max_trials else "trials as the brackets need"
     print(f"search: {kind} over {len(setup.space.params)} parameters of {setup.space.path}; objective "
           f"{setup.objective} ({setup.direction}); {trials} of {epochs}; directory {setup.directory}", flush=True)
