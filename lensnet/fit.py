@@ -129,6 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def print_result(result) -> None:
     run_dir, metrics, info = result.run_dir, result.metrics, result.info
+    from lensnet.training.distribute import is_chief
+
+    if not is_chief():
+        print(f"\nworker done in {result.seconds:.0f} s; the chief writes the run directory {run_dir}")
+        return
     print(f"\nrun {run_dir} finished in {result.seconds:.0f} s (best epoch {info.best_epoch} of {info.epochs_done})")
     shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
     if shown:

@@ -33,30 +33,31 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 class ThroughputMeter(keras.callbacks.Callback):
-    """Adds `train_images_per_second`: images over the time from the first to the last training step.
+    """Adds `train_images_per_second`: images over the training part of an epoch.
 
-    Validation and checkpointing are outside that window, so the figure is the training
-    speed proper (what `lensnet.bench train` compares with plain model.fit).
+    The window runs from the epoch's start to the start of validation (or the epoch's
+    end without validation), so validation and checkpointing stay outside. No batch-level
+    hook is used: one would make Keras hand over the logs, and sync the device, every step.
     """
 
     def __init__(self, images_per_epoch: int) -> None:
         super().__init__()
         self.images_per_epoch = images_per_epoch
-        self._start = self._end = None
+        self._start: float | None = None
+        self._end: float | None = None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._start = self._end = None
+        self._start, self._end = time.perf_counter(), None
 
-    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        if self._start is None:
-            self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._end = time.perf_counter()
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        if self._start is not None and self._end is None:
+            self._end = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is not None and self._start is not None and self._end > self._start:
-            logs["train_images_per_second"] = self.images_per_epoch / (self._end - self._start)
+        end = self._end or time.perf_counter()
+        if logs is not None and self._start is not None and end > self._start:
+            logs["train_images_per_second"] = self.images_per_epoch / (end - self._start)
+        self._start = None
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

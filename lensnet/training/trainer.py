@@ -18,6 +18,7 @@ from lensnet.errors import LensnetError
 from lensnet.fileio import write_json, write_text
 from lensnet.runinfo import package_versions
 from lensnet.runs import RunInfo, read_run, write_run
+from lensnet.training.distribute import is_chief
 
 DEFAULT_DATASET_SEED = 0  # the default dataset is the same for every run seed
 
@@ -41,6 +42,8 @@ def resolve_dataset(config: dict, progress: bool = True):
     if not preset:
         raise LensnetError("no dataset: give --data DIR (a directory written by lensnet.simulate or lensnet.convert)")
     path = Path("tfrecords") / preset
+    if not (path / "manifest.json").is_file() and not is_chief():
+        _wait_for_chief_dataset(path)
     if not (path / "manifest.json").is_file():
         from lensnet.simulate.command import print_summary, simulate_dataset
 
@@ -51,6 +54,16 @@ def resolve_dataset(config: dict, progress: bool = True):
         print_summary(summary)
     data["path"] = str(path)
     return open_dataset(path)
+
+
+def _wait_for_chief_dataset(path: Path, timeout: float = 6 * 3600) -> None:
+    """Multi-worker: the chief simulates the default dataset; the other workers wait for its manifest."""
+    print(f"waiting for the chief to simulate {path}", flush=True)
+    deadline = time.time() + timeout
+    while not (path / "manifest.json").is_file():
+        if time.time() > deadline:
+            raise LensnetError(f"the chief did not finish simulating {path}; give every worker --data DIR")
+        time.sleep(2)
 
 
 def _run_dir(config: dict) -> Path:
@@ -109,7 +122,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     from lensnet.runinfo import seed_everything
     from lensnet.tasks import get_task_class
     from lensnet.training import callbacks as cb
-    from lensnet.training.distribute import is_chief, make_strategy
+    from lensnet.training.distribute import make_strategy
     from lensnet.training.evaluation import report
     from lensnet.training.model import build_model
     from lensnet.training.optim import make_optimizer
