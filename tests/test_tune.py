@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -284,7 +285,7 @@ def test_chief_and_two_workers_account_for_every_trial_once(three_class: Path, s
     directory = tmp_path / "shared"
     port = _free_port()
     command = _command(three_class, space, directory, "--tuner", "bayesian", "--initial-points", "2",
-                       "--max-trials", "4", "--epochs", "1")
+                       "--max-trials", "4")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     address = ["--oracle-address", f"127.0.0.1:{port}"]
     # one worker by flags, the other by KerasTuner's own environment variables
@@ -293,33 +294,52 @@ def test_chief_and_two_workers_account_for_every_trial_once(three_class: Path, s
     specs = {"w0": (command + ["--role", "worker", "--tuner-id", "w0", *address], env),
              "w1": (command, kt_env),
              "chief": (command + ["--role", "chief", *address], env)}
-    procs, logs = {}, {}
+    procs, logs = {}, []
+
+    def start(name: str, attempt: int = 0) -> None:
+        argv, environ = specs[name]
+        log = open(tmp_path / f"{name}.{attempt}.log", "w")
+        logs.append(log)
+        procs[name] = subprocess.Popen(argv, cwd=tmp_path, env=environ, stdout=log, stderr=subprocess.STDOUT)
+
     try:
-        for name, (argv, environ) in specs.items():
-            logs[name] = open(tmp_path / f"{name}.log", "w+")
-            procs[name] = subprocess.Popen(argv, cwd=tmp_path, env=environ, stdout=logs[name],
-                                           stderr=subprocess.STDOUT)
+        for name in specs:
+            start(name)
+        # kill -9 the worker of trial 0 after its first epoch; restarted under the same id, it gets trial 0 back
+        state = directory / "trials" / "0" / "checkpoints" / "state.json"
+        deadline = time.time() + 300
+        while not state.exists() and time.time() < deadline and procs["chief"].poll() is None:
+            time.sleep(0.02)
+        assert state.exists(), (tmp_path / "chief.0.log").read_text()[-3000:]
+        owner = re.search(r"trial 0 start on (w\d)", (tmp_path / "chief.0.log").read_text()).group(1)
+        procs[owner].send_signal(signal.SIGKILL)
+        procs[owner].wait(timeout=60)
+        start(owner, 1)
         deadline = time.time() + 400
         for name, proc in procs.items():
-            assert proc.wait(timeout=max(1.0, deadline - time.time())) == 0, (tmp_path / f"{name}.log").read_text()
+            code = proc.wait(timeout=max(1.0, deadline - time.time()))
+            assert code == 0, (tmp_path / f"{name}.{1 if name == owner else 0}.log").read_text()[-3000:]
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
-        for log in logs.values():
+        for log in logs:
             log.close()
     table = rows(directory)
     assert sorted(r["trial_id"] for r in table) == ["0", "1", "2", "3"]
-    assert all(r["status"] == "COMPLETED" for r in table)
-    assert {r["tuner"] for r in table} == {"w0", "w1"}
+    assert all(r["status"] == "COMPLETED" and r["epochs"] == "2" for r in table)
+    assert {r["tuner"] for r in table} == {"w0", "w1"} and table[0]["tuner"] == owner
     for r in table:
         assert (directory / "trials" / r["trial_id"] / "metrics.json").is_file()
+    restarted = (tmp_path / f"{owner}.1.log").read_text()
+    assert "trial 0: resuming its run after epoch 1" in restarted
     ran = []
-    for name in ("w0", "w1"):
-        text = (tmp_path / f"{name}.log").read_text()
-        line = next(line for line in text.splitlines() if "trials run here:" in line)
+    for log in (f"{owner}.1.log", f"{'w1' if owner == 'w0' else 'w0'}.0.log"):
+        line = next(line for line in (tmp_path / log).read_text().splitlines() if "trials run here:" in line)
         ran += line.split("trials run here: ")[1].split(". The chief")[0].split(", ")
-    assert sorted(ran) == ["0", "1", "2", "3"]  # each trial ran on exactly one worker
-    chief = (tmp_path / "chief.log").read_text()
+    assert sorted(ran) == ["0", "1", "2", "3"]  # each trial ran to the end on exactly one worker
+    oracle = json.loads((directory / "keras_tuner" / "oracle.json").read_text())
+    assert sorted(oracle["end_order"]) == ["0", "1", "2", "3"]
+    chief = (tmp_path / "chief.0.log").read_text()
     assert "search finished" in chief and (directory / "best.yaml").is_file()

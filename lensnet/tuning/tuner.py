@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -136,6 +137,8 @@ def make_oracle(kind: str, setup: TrialSetup, *, max_trials: int | None, seed: i
         "max_consecutive_failed_trials": max_failures,
     }
     if kind == "bayesian":
+        # with a handful of trials the GP's length scales often sit at their bounds; sklearn says so every trial
+        warnings.filterwarnings("ignore", module="sklearn.gaussian_process")
         oracle = BayesianOracle(max_trials=max_trials, num_initial_points=initial_points, **common)
     elif kind == "random":
         oracle = RandomOracle(max_trials=max_trials, **common)
