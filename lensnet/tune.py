@@ -203,7 +203,7 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise LensnetError(f"{flag} must be at least {low}, got {value}")
 
 
-def build_setup(args: argparse.Namespace) -> tuple[Any, dict]:
+def build_setup(args: argparse.Namespace, role: str) -> tuple[Any, dict]:
     """The checked search (TrialSetup) and its description for search.yaml; every error comes before any trial."""
     from lensnet.fit import cli_overrides
     from lensnet.tasks import get_task_class
@@ -215,6 +215,9 @@ def build_setup(args: argparse.Namespace) -> tuple[Any, dict]:
 
     base = resolve_fit_config(args.task, args.config, cli_overrides(args))
     split_cpu(int(base["distribute"]["cpu_devices"]))  # before the checks below start TensorFlow's devices
+    if role != "single" and not base["data"]["path"]:
+        # several processes simulating the task's default dataset into one place would race
+        raise LensnetError("a distributed search needs an existing dataset: give --data DIR (simulate it first)")
     info = resolve_dataset(base, progress=not args.no_progress)
     task = get_task_class(base["task"]["name"])(base["task"], info, base["train"])
     task.check_data_options(base["data"])
@@ -260,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tf = quiet_import()
     tf.get_logger().setLevel("ERROR")  # many models in one process: tf.function retracing notes are expected
-    setup, settings = build_setup(args)
+    setup, settings = build_setup(args, role)
     claim_directory(setup.directory, settings, role, args)
 
     from lensnet.tuning.report import write_hparams_config

@@ -14,7 +14,6 @@ config refuses) is a one-line LensnetError naming the key, raised before any tri
 
 from __future__ import annotations
 
-import copy
 import difflib
 import math
 import os
@@ -240,7 +239,7 @@ def trial_config(base: dict, space: SearchSpace, values: dict, *, run_dir: str |
     """The fit config of one trial: `base` with the trial's values, run under run_dir/run_name."""
     from lensnet.training.config import OPEN_KEYS, validate
 
-    config = merge(copy.deepcopy(base), space.overrides(values), open_keys=OPEN_KEYS, where="trial")
+    config = merge(base, space.overrides(values), open_keys=OPEN_KEYS, where="trial")
     config["run"]["dir"], config["run"]["name"] = str(run_dir), run_name
     if epochs is not None:
         config["train"]["epochs"] = int(epochs)
