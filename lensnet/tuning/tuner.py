@@ -14,6 +14,13 @@ KerasTuner (1.4.8) keeps the search state; lensnet adds what a kill needs:
   config (lensnet runs resume exactly); a finished run is read, not retrained.
 * N consecutive failed trials stop the search (no new trials, workers exit normally)
   instead of raising inside the chief's gRPC handler, which strands the workers.
+
+Hyperband's continuing trials (tuner/trial_id, tuner/initial_epoch -> tuner/epochs) copy
+the earlier trial's run directory and resume it up to tuner/epochs, as
+`lensnet.fit --resume --epochs N` would (the cosine schedule is laid over the new length).
+A trial's objective is the best value over its run's whole history, inherited epochs
+included, so it matches the run's best checkpoint. A trial's `seconds` is the wall time
+of the attempt that finished it.
 """
 
 from __future__ import annotations
