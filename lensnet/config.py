@@ -101,6 +101,15 @@ def deep_update(base: Mapping, update: Mapping) -> dict:
     return out
 
 
+def put_dotted(tree: dict, key: str, value: Any) -> None:
+    """tree["a"]["b"] = value for key "a.b", creating the intermediate mappings."""
+    node = tree
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
 def parse_set(items: Iterable[str] | None) -> dict:
     """Turn `["a.b=1", "c=[1, 2]"]` into `{"a": {"b": 1}, "c": [1, 2]}`; values are YAML."""
     tree: dict = {}

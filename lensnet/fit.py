@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from lensnet.config import deep_update, merge, parse_set
+from lensnet.config import deep_update, merge, parse_set, put_dotted
 from lensnet.errors import LensnetError, cli_exit
 
 
@@ -46,13 +46,8 @@ def cli_overrides(args: argparse.Namespace) -> dict:
     tree: dict = {}
 
     def put(path: str, value: object) -> None:
-        if value is None:
-            return
-        node = tree
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        if value is not None:
+            put_dotted(tree, path, value)
 
     put("task.name", args.task)
     put("task.target", args.target)

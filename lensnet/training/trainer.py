@@ -108,7 +108,18 @@ def prepare_run(config: dict, resume: bool, write: bool = True) -> tuple[Path, d
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", dump_yaml(config))
     write_json(run_dir / "versions.json", package_versions())
+    _trim_history(run_dir / "history.csv", int(state["epochs_done"]) if state else 0)
     return run_dir, state
+
+
+def _trim_history(path: Path, epochs: int) -> None:
+    """Keep the header and the first `epochs` rows: a kill between the CSV row and the
+    checkpoint of an epoch would otherwise leave that epoch twice in the history of a resumed run."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    if len(lines) > epochs + 1:
+        write_text(path, "".join(lines[: epochs + 1]))
 
 
 def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> FitResult:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from lensnet.config import CONFIG_DIR, load_yaml, merge
+from lensnet.config import CONFIG_DIR, load_yaml, merge, put_dotted
 from lensnet.errors import LensnetError
 
 SPACE_DIR = CONFIG_DIR / "tuning"
@@ -112,14 +112,6 @@ class SearchSpace:
 
     def as_dict(self) -> dict:
         return {p.key: {p.kind: list(p.args)} for p in self.params}
-
-
-def put_dotted(tree: dict, key: str, value: Any) -> None:
-    node = tree
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
 
 
 def default_space_path(model_name: str, task_name: str) -> Path:
