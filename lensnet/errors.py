@@ -23,6 +23,10 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         return 130
 
 
-def cli_exit(main: Callable[[Sequence[str] | None], int | None]) -> None:
-    """`if __name__ == "__main__": cli_exit(main)`."""
+def cli_exit(main: Callable[[Sequence[str] | None], int | None], tensorflow: bool = False) -> None:
+    """`if __name__ == "__main__": cli_exit(main)`; `tensorflow=True` imports it first, without its chatter."""
+    if tensorflow:
+        from lensnet.tfboot import quiet_import
+
+        quiet_import()
     sys.exit(run_cli(main))

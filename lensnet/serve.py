@@ -453,4 +453,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    cli_exit(main)
+    cli_exit(main, tensorflow=True)

@@ -222,3 +222,15 @@ def test_plateau_schedule_and_early_stopping_state_is_saved(capsys, synthetic_da
     # with a learning rate this small nothing improves: the plateau halves it, early stopping ends the run
     assert state["epochs_done"] < 6
     assert state["learning_rate"] < 1e-6
+
+
+def test_corrupt_shard_is_named(capsys, synthetic_dataset: Path, copy_dataset, tmp_path: Path) -> None:
+    data = copy_dataset(synthetic_dataset)
+    shard = sorted(data.glob("train-*.tfrecord"))[1]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    code, _, err = fit(capsys, "--task", "lens_finding", "--data", str(data), "--epochs", "1",
+                       "--runs", str(tmp_path), "--set", "task.positive_class=class1", *TINY)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert shard.name in err and "corrupt" in err

@@ -240,6 +240,9 @@ def reader_error(exc: BaseException, info: DatasetInfo | str | os.PathLike) -> L
     raise reader_error(e, info) from None`.
     """
     path = info.path if isinstance(info, DatasetInfo) else Path(info)
+    damaged = _find_damaged_shard(info) if isinstance(info, DatasetInfo) else None
+    if damaged is not None:
+        return damaged
     message = getattr(exc, "message", None) or str(exc)
     first = " ".join(message.strip().splitlines()[0].split()) if message.strip() else type(exc).__name__
     # TF wraps the useful part ("truncated record at 17790") in function-node and op decorations.
@@ -249,3 +252,19 @@ def reader_error(exc: BaseException, info: DatasetInfo | str | os.PathLike) -> L
         f"reading dataset {path} failed: {first[:300]} (run `python -m lensnet.data check {path}` to find the shard)"
     )
 
+
+
+def _find_damaged_shard(info: DatasetInfo) -> LensnetError | None:
+    """TF's reader errors do not name the file: scan the record checksums of every shard for it."""
+    from lensnet.data.tfrecord import CorruptShard, iter_records
+
+    for split in info.counts:
+        for shard in info.manifest["splits"][split]["shards"]:
+            try:
+                for _ in iter_records(info.path / shard["file"]):
+                    pass
+            except CorruptShard as exc:
+                return LensnetError(f"reading dataset {info.path} failed: {exc}")
+            except LensnetError:
+                continue
+    return None
