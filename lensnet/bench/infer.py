@@ -148,9 +148,3 @@ def run(args: argparse.Namespace) -> list[dict]:
                 rows += time_export(run_dir, export_dir, batch_sizes, args.rounds, args.unit_seconds, args.seed)
     return rows
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    for row in run(parser.parse_args()):
-        print(row)

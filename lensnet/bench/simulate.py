@@ -191,9 +191,3 @@ def run(args: argparse.Namespace) -> list[dict]:
         rows += _workers_rows(int(args.workers_num), seed)
     return rows
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    for row in run(parser.parse_args()):
-        print(row)
