@@ -234,3 +234,23 @@ def test_corrupt_shard_is_named(capsys, synthetic_dataset: Path, copy_dataset, t
                        "--runs", str(tmp_path), "--set", "task.positive_class=class1", *TINY)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert shard.name in err and "corrupt" in err
+
+
+def test_evaluate_refuses_a_dataset_the_model_cannot_take(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
+    from lensnet.data.synthetic import write_synthetic
+    from lensnet.evaluate import main as evaluate_main
+
+    code, _, err = fit(capsys, "--task", "lens_finding", "--data", str(synthetic_dataset), "--epochs", "1",
+                       "--runs", str(tmp_path), "--run-name", "one", "--set", "task.positive_class=class1", *TINY)
+    assert code == 0, err
+    rgb = tmp_path / "rgb"
+    write_synthetic(rgb, 32, image_shape=(16, 16, 3))
+    code = run_cli(evaluate_main, ["--run", str(tmp_path / "one"), "--data", str(rgb)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "(16, 16, 3)" in err and "(16, 16, 1)" in err
+    three = tmp_path / "three"
+    write_synthetic(three, 48, num_classes=3)
+    code = run_cli(evaluate_main, ["--run", str(tmp_path / "one"), "--data", str(three)])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs exactly 2 classes" in err
