@@ -177,7 +177,6 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     if chief:
         write_run(run_dir, run_info)
 
-
     cache = _cache_split(config, info, ("train", "val"))
     common = {"batch_size": batch_size, "fields": task.fields, "normalise": data["normalise"], "cache": cache}
     train_ds = load(info, data["train_split"], shuffle=True, augment=data["augment"], seed=seed,
@@ -188,8 +187,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     train_ds, val_ds = train_ds.map(task.prepare), val_ds.map(task.prepare)
 
     stateful = []
-    images_per_epoch = min(steps_per_epoch * batch_size, info.counts["train"]) if not train["steps_per_epoch"] \
-        else steps_per_epoch * batch_size
+    images_per_epoch = steps_per_epoch * batch_size if train["steps_per_epoch"] else info.counts["train"]
     callbacks: list = [cb.LearningRateLogger(), cb.ThroughputMeter(images_per_epoch)]
     patience = int(train["early_stopping"]["patience"])
     saved = (state or {}).get("callbacks", {})
