@@ -17,31 +17,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from test_models import TINY  # overrides that make each registry model build in well under a second
 
 from lensnet.errors import LensnetError, run_cli
 from lensnet.runs import RunInfo, write_run
 
-# Overrides that make each family's registry model build in well under a second at 16 px.
-TINY: dict[str, dict] = {
-    "cnn_small": {"filters": [4, 8]},
-    "resnet18": {"stem_filters": 4, "stage_filters": [4, 8], "stage_blocks": [1, 1]},
-    "effnetv2_b0": {
-        "width_coefficient": 0.25,
-        "depth_coefficient": 0.5,
-        "num_features": 32,
-        "stackwise_kernel_sizes": [3, 3],
-        "stackwise_num_repeats": [1, 2],
-        "stackwise_input_filters": [32, 16],
-        "stackwise_output_filters": [16, 32],
-        "stackwise_expansion_ratios": [1, 4],
-        "stackwise_squeeze_and_excite_ratios": [0.0, 0.25],
-        "stackwise_strides": [1, 2],
-        "stackwise_block_types": ["cba", "unfused"],
-    },
-    "vit_tiny": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32, "patch_size": 4},
-    "deit_tiny": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "intermediate_dim": 32, "patch_size": 4},
-    "swin_tiny": {"embed_dim": 8, "depths": [2, 2], "num_heads": [2, 2], "window_size": 4, "patch_size": 2},
-}
 FAMILIES = {"cnn": "cnn_small", "resnet": "resnet18", "efficientnet": "effnetv2_b0", "vit": "vit_tiny",
             "deit": "deit_tiny", "swin": "swin_tiny"}
 ROOT = Path(__file__).resolve().parents[1]

@@ -198,7 +198,7 @@ def read_npy(path: Path, trust_pickle: bool = False) -> tuple[np.ndarray, float 
                 f"{path}: holds pickled Python objects (e.g. a DeepLense [image, axion_mass] array); unpickling "
                 "can run arbitrary code, so it is refused: pass --trust-pickle if you trust these files"
             ) from None
-        try:
+        try:  # reached only with --trust-pickle: the user's explicit statement that these files are safe
             obj = np.load(path, allow_pickle=True)
         except Exception as exc:  # noqa: BLE001  (a corrupt pickle can raise anything)
             raise LensnetError(f"{path}: cannot unpickle ({type(exc).__name__}: {exc})") from None

@@ -60,34 +60,32 @@ class ThroughputMeter(keras.callbacks.Callback):
         self._start = None
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+class _Resumable:
+    """Mixin: restore the listed counters after Keras resets them in on_train_begin; report them."""
+
+    state_keys: tuple[str, ...] = ()
+
     def __init__(self, state: dict | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self._initial = state or {}
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         super().on_train_begin(logs)
-        for key in ("wait", "best", "best_epoch"):
-            if key in self._initial and self._initial[key] is not None:
+        for key in self.state_keys:
+            if self._initial.get(key) is not None:
                 setattr(self, key, self._initial[key])
 
     def state(self) -> dict:
-        return {"wait": int(self.wait), "best": _plain(self.best), "best_epoch": int(self.best_epoch)}
+        return {key: _plain(getattr(self, key)) if key == "best" else int(getattr(self, key))
+                for key in self.state_keys}
 
 
-class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    def __init__(self, state: dict | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self._initial = state or {}
+class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
+    state_keys = ("wait", "best", "best_epoch")
 
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        super().on_train_begin(logs)
-        for key in ("wait", "best", "cooldown_counter"):
-            if key in self._initial and self._initial[key] is not None:
-                setattr(self, key, self._initial[key])
 
-    def state(self) -> dict:
-        return {"wait": int(self.wait), "best": _plain(self.best), "cooldown_counter": int(self.cooldown_counter)}
+class ResumableReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
+    state_keys = ("wait", "best", "cooldown_counter")
 
 
 def _plain(value: object) -> float | None:
