@@ -236,7 +236,7 @@ def score(
     progress: bool | None = None,
 ) -> int:
     """Score every image of `items`, writing the header and one CSV row per image; returns rows written."""
-    from tqdm import tqdm
+    from lensnet.progress import Progress
 
     expected = exported.input_shape
 
@@ -247,8 +247,7 @@ def score(
     written = 0
     header_done = False
     total = count_images(items, expected, options.splits)
-    disable = None if progress is None else not progress  # None: a bar only on a terminal
-    with tqdm(total=total, unit="img", disable=disable, file=sys.stderr, desc="predict") as bar:
+    with Progress(total, "predict", "img", enabled=progress) as bar:
         for chunk in rebatch(chunks(), options.batch_size):
             ok = finite_mask(chunk.images)
             for index in np.flatnonzero(~ok):

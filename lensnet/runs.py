@@ -46,6 +46,7 @@ class RunInfo:
     status: str = "running"  # running | finished
     epochs_done: int = 0
     best_epoch: int | None = None
+    output: dict = field(default_factory=dict)  # the task's OutputSpec.to_json()
 
     def output_names(self) -> list[str]:
         """Column names of the model's output."""

@@ -148,7 +148,7 @@ def _stats_problem(info: DatasetInfo, name: str, computed: dict) -> str | None:
 
 def check_dataset(directory: str | os.PathLike | DatasetInfo, *, progress: bool = False) -> CheckReport:
     """Verify every shard of a dataset; raises a one-line LensnetError listing the problems found."""
-    from tqdm import tqdm
+    from lensnet.progress import Progress
 
     info = open_dataset(directory)
     report = CheckReport(info=info)
@@ -156,7 +156,7 @@ def check_dataset(directory: str | os.PathLike | DatasetInfo, *, progress: bool 
     stats_split = next(iter(info.pixel_stats.values()), {}).get("split", "train")
     total = sum(info.counts.values())
     listed = set()
-    bar = tqdm(total=total, desc=f"checking {info.name}", unit="rec", disable=not progress)
+    bar = Progress(total, f"checking {info.name}", "rec", enabled=progress)
     try:
         for split in info.counts:
             split_info = manifest["splits"][split]

@@ -209,7 +209,7 @@ def write_dataset(
     `manifest_base` holds what the source knows (name, kind, config, seed...);
     its fingerprint together with the schema decides whether existing shards can be kept.
     """
-    from tqdm import tqdm
+    from lensnet.progress import Progress
 
     if not 0 <= shard_index < num_shards:
         raise LensnetError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
@@ -252,7 +252,7 @@ def write_dataset(
             results = (source.records(*task) for task in _chunks(todo, chunk))
         summary.setup_seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
-        bar = tqdm(total=total, desc=describe, unit="img", disable=not progress, smoothing=0.05)
+        bar = Progress(total, describe, "img", enabled=progress, smoothing=0.05)
         try:
             for plan in todo:
                 summary.written.append(_write_shard(out, plan, results, print_, source, bar))

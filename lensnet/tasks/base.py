@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lensnet.errors import LensnetError
+from lensnet.tasks.outputs import OutputSpec
 
 TASK_DEFAULTS: dict[str, Any] = {
     "name": None,
@@ -91,6 +92,10 @@ class Task:
 
     def describe(self, y_pred_row: np.ndarray) -> str:
         """Short text for one prediction (sample-image titles)."""
+        raise NotImplementedError
+
+    def output_spec(self) -> OutputSpec:
+        """What the trained model returns (stored in run.json and the export card)."""
         raise NotImplementedError
 
     def run_fields(self) -> dict:

@@ -11,6 +11,7 @@ from lensnet.errors import LensnetError
 from lensnet.tasks import plots, scores
 from lensnet.tasks.base import register_task
 from lensnet.tasks.classification import ClassificationTask
+from lensnet.tasks.outputs import OutputSpec
 
 
 @register_task
@@ -77,6 +78,10 @@ class LensFinding(ClassificationTask):
 
     def describe(self, y_pred_row: np.ndarray) -> str:
         return f"p({self.positive_class})={float(y_pred_row[0]):.2f}"
+
+    def output_spec(self) -> OutputSpec:
+        return OutputSpec("probabilities", "probabilities", columns=(f"p_{self.positive_class}",),
+                          class_names=tuple(self.class_names), positive_class=self.positive_class)
 
     def run_fields(self) -> dict:
         return {"class_names": self.class_names, "positive_class": self.positive_class}

@@ -14,10 +14,26 @@ import numpy as np
 from lensnet.errors import LensnetError
 from lensnet.tasks import plots, scores
 from lensnet.tasks.base import Task, register_task, require_splits
+from lensnet.tasks.outputs import OutputSpec
 
 LOSSES = ("mse", "huber", "mae")
 # Flips and rotations change these (ellipticity, shear, positions, angles) but not the stored value.
 ORIENTED = ("e1", "e2", "gamma1", "gamma2", "center_x", "center_y", "angle")
+
+
+def parameter_unit(name: str) -> str:
+    """The unit of a stored parameter, from the simulator's naming conventions ("" when dimensionless)."""
+    if name.startswith("log10_m_axion"):
+        return "log10 eV"
+    if name.startswith(("m_sub", "vortex_mass")) or name.startswith("m_"):
+        return "Msun"
+    if name.endswith(("theta_E", "center_x", "center_y", "R_sersic", "half_length")) or name == "radius":
+        return "arcsec"
+    if name.endswith(("mag", "magnitude")):
+        return "mag"
+    if name.endswith("angle"):
+        return "rad"
+    return ""
 
 
 @register_task
@@ -100,6 +116,9 @@ class Regression(Task):
 
     def describe(self, y_pred_row: np.ndarray) -> str:
         return f"{self.target}={float(y_pred_row[0]):.3g}"
+
+    def output_spec(self) -> OutputSpec:
+        return OutputSpec("values", "value", columns=(self.target,), units=(parameter_unit(self.target),))
 
     def run_fields(self) -> dict:
         return {"target": self.target}

@@ -10,6 +10,7 @@ import numpy as np
 from lensnet.tasks import plots, scores
 from lensnet.tasks.base import register_task
 from lensnet.tasks.classification import ClassificationTask
+from lensnet.tasks.outputs import OutputSpec
 
 
 @register_task
@@ -56,6 +57,10 @@ class Substructure(ClassificationTask):
             "confusion_matrix": plots.save(plots.confusion_figure(np.array(matrix), self.class_names),
                                            out_dir / "confusion_matrix.png"),
         }
+
+    def output_spec(self) -> OutputSpec:
+        return OutputSpec("probabilities", "probabilities", columns=tuple(f"p_{c}" for c in self.class_names),
+                          class_names=tuple(self.class_names))
 
     def describe(self, y_pred_row: np.ndarray) -> str:
         c = int(np.argmax(y_pred_row))
