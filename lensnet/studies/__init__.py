@@ -1,0 +1,1 @@
+"""Scientific studies built from lensnet's stages (simulate -> fit -> score), each resumable."""
