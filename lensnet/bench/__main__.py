@@ -19,6 +19,7 @@ BENCHMARKS = {
     "accuracy": "Classifier accuracy / macro AUC on a fixed model_ii-style set, per model",
     "infer": "Inference images/s and latency: Keras vs SavedModel vs onnxruntime",
     "serve": "REST server under load: requests/s, p50/p99 latency, failures",
+    "deeplense": "The published DeepLense tables on the replica presets (classification, axion mass, domain shift)",
 }
 
 
