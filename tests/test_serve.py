@@ -79,7 +79,7 @@ def test_metadata_describes_the_signature(url):
     dims = [d["size"] for d in signature["inputs"]["images"]["tensor_shape"]["dim"]]
     assert dims == ["-1", "16", "16", "1"] and signature["inputs"]["images"]["dtype"] == "DT_FLOAT"
     assert list(signature["outputs"]) == ["probabilities"]
-    assert body["metadata"]["lensnet_card"]["class_names"] == ["c0", "c1", "c2"]
+    assert body["metadata"]["lensnet_card"]["output"]["class_names"] == ["c0", "c1", "c2"]
     assert call(f"{url}/versions/1/metadata")[1]["model_spec"]["version"] == "1"
 
 
