@@ -35,3 +35,27 @@ def test_every_command_module_has_a_main_and_pyproject_installs_the_script():
     text = (ROOT / "pyproject.toml").read_text()  # (tomllib is 3.11+; lensnet supports 3.10)
     section = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
     assert [line for line in section.splitlines() if "=" in line] == ['lensnet = "lensnet.cli:console"']
+
+
+# The serving side's commands. (fit/tune/evaluate are the task side's: lensnet/tune.py still imports
+# lensnet.fit helpers today, left to that side's split.)
+SERVING_CLIS = {"lensnet.export", "lensnet.predict", "lensnet.serve", "lensnet.cli"}
+
+
+def test_no_module_imports_a_serving_command_or_a_private_name_or_another_test():
+    """Libraries live in packages (lensnet/serving/, ...); the CLI modules import them, never the reverse."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "lensnet").rglob("*.py")) + sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not node.module:
+                continue
+            where = f"{path.relative_to(ROOT)}: from {node.module}"
+            if node.module in SERVING_CLIS and path.parent.name != "tests":
+                offenders.append(where)
+            if node.module.startswith("test_"):
+                offenders.append(where)
+            if node.module.startswith("lensnet.serving") and any(a.name.startswith("_") for a in node.names):
+                offenders.append(f"{where} (private name)")
+    assert offenders == []
