@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"exported {args.run} -> {result.path} (SavedModel + {ONNX_FILE} + {CARD}); verified on "
         f"{check['images']} images: max |diff| vs Keras SavedModel {check['max_abs_diff_savedmodel']:.2g}, "
-        f"onnxruntime {check['max_abs_diff_onnxruntime']:.2g} (atol {check['atol']:g})"
+        f"onnxruntime {check['max_abs_diff_onnxruntime']:.2g} (allowed {check['tolerance']:.2g})"
     )
     return 0
 

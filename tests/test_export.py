@@ -372,3 +372,21 @@ def test_image_export_tolerance_is_relative_to_the_output_range():
     assert spec.handler.tolerance(spec, np.zeros(3, np.float32), 1e-4) == 1e-4
     probabilities = OutputSpec("probabilities", "p", columns=("p_a", "p_b"), class_names=("a", "b"))
     assert probabilities.handler.tolerance(probabilities, reference, 1e-4) == 1e-4
+
+
+def test_cards_of_an_older_format_are_refused_with_one_line(tmp_path):
+    import shutil
+
+    from lensnet.serving.export import export_run
+    from lensnet.serving.loading import load_export
+
+    result = export_run(make_run(tmp_path / "run", "cnn_small"), tmp_path / "export")
+    old = tmp_path / "export" / "2"
+    shutil.copytree(result.path, old)
+    card = json.loads((old / "card.json").read_text())
+    card.update(format_version=1, output={"name": "probabilities", "kind": "multiclass", "columns": ["p_c0"],
+                                          "shape": [None, 1]})
+    (old / "card.json").write_text(json.dumps(card))
+    with pytest.raises(LensnetError, match=r"card.json is not a valid model card: .*older lensnet"):
+        load_export(tmp_path / "export", 2)
+    assert load_export(tmp_path / "export", 1).spec.kind == "probabilities"

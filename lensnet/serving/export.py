@@ -31,7 +31,7 @@ import numpy as np
 
 from lensnet.errors import LensnetError
 from lensnet.runs import RunInfo, read_run
-from lensnet.serving.layout import INPUT_NAME, ONNX_FILE, SIGNATURE, TMP_PREFIX
+from lensnet.serving.layout import CARD_FORMAT, INPUT_NAME, ONNX_FILE, SIGNATURE, TMP_PREFIX
 from lensnet.serving.verification import (
     DEFAULT_ATOL,
     keras_reference,
@@ -197,7 +197,7 @@ def export_run(
 
     card = {
         "format": "lensnet-export",
-        "format_version": 2,
+        "format_version": CARD_FORMAT,
         "name": out_dir.resolve().name,
         "version": None,
         "task": info.task,

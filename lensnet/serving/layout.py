@@ -11,6 +11,7 @@ mapped back to input units), so callers never normalise.
 """
 
 CARD = "card.json"
+CARD_FORMAT = 2  # card.json "format_version": 2 holds the output spec under "output"
 ONNX_FILE = "model.onnx"
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lensnet.errors import LensnetError
-from lensnet.serving.layout import CARD, ONNX_FILE
+from lensnet.serving.layout import CARD, CARD_FORMAT, ONNX_FILE
 from lensnet.serving.versions import version_dir
 from lensnet.tasks.outputs import OutputKind, OutputSpec
 
@@ -55,6 +55,9 @@ def load_export(model_dir: str | os.PathLike, version: int | None = None) -> Exp
     card_path = path / CARD
     try:
         card = json.loads(card_path.read_text())
+        if isinstance(card, dict) and card.get("format_version", 0) < CARD_FORMAT:
+            raise LensnetError(f"format_version {card.get('format_version')} was written by an older lensnet "
+                               f"(this one reads {CARD_FORMAT}); export the run again")
         card["input"]["shape"], card["output"]["shape"]  # noqa: B018
         spec_from_card(card)
     except (OSError, json.JSONDecodeError, KeyError, TypeError, LensnetError) as exc:
