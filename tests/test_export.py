@@ -390,3 +390,54 @@ def test_cards_of_an_older_format_are_refused_with_one_line(tmp_path):
     with pytest.raises(LensnetError, match=r"card.json is not a valid model card: .*older lensnet"):
         load_export(tmp_path / "export", 2)
     assert load_export(tmp_path / "export", 1).spec.kind == "probabilities"
+
+
+def test_a_new_output_kind_is_one_registered_class(tmp_path):
+    """Defined here, outside export/predict/serve: the kind's own check_shape, post-processing (inside the
+    exported graph, ONNX included), CSV columns and JSON reach every stage without editing them."""
+    import csv
+
+    from lensnet.predict import main as predict_main
+    from lensnet.serving.export import export_run
+    from lensnet.serving.loading import load_export
+    from lensnet.serving.runtimes import open_runner
+    from lensnet.tasks.outputs import OutputKind, OutputSpec, register_output_kind
+
+    @register_output_kind
+    class Magnitude(OutputKind):  # the model's log10 flux as an AB-like magnitude
+        name = "test_magnitude"
+
+        def check_shape(self, spec, shape):
+            if len(shape) != 2 or shape[1] != 1:
+                raise LensnetError(f"a magnitude output is (N, 1), got {tuple(shape)}")
+
+        def postprocess(self, spec, outputs, images, normalisation):
+            return -2.5 * outputs + 25.0
+
+        def csv_header(self, spec):
+            return ["magnitude"]
+
+        def json_outputs(self, spec, outputs):
+            return [{"magnitude": float(v)} for v in outputs[:, 0]]
+
+    run = make_run(tmp_path / "run", "cnn_small", kind="regression")
+    info = json.loads((run / "run.json").read_text())
+    spec = OutputSpec("test_magnitude", "magnitude")
+    (run / "run.json").write_text(json.dumps({**info, "output": spec.to_json()}))
+    result = export_run(run, tmp_path / "export")
+    assert result.card["output"]["kind"] == "test_magnitude"
+
+    images = raw_images(3, (16, 16, 1), seed=2, loc=3.0)
+    reference = keras_outputs(run, images)
+    assert max(three_way(result.path, run, images).values()) <= 1e-4
+    exported = load_export(tmp_path / "export")
+    np.testing.assert_allclose(open_runner(exported, "onnx")(images), reference, atol=1e-4)
+    np.save(tmp_path / "x.npy", images)
+    out = tmp_path / "p.csv"
+    assert run_cli(predict_main, ["--model", str(tmp_path / "export"), str(tmp_path / "x.npy"), "--out", str(out),
+                                  "--no-progress"]) == 0
+    with open(out, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["source", "magnitude"]
+    np.testing.assert_allclose([float(r[1]) for r in rows[1:]], reference[:, 0], atol=1e-4)
+    assert exported.kind.json_outputs(exported.spec, reference)[0] == {"magnitude": float(reference[0, 0])}
