@@ -10,7 +10,12 @@ Kinds:
                    the probability of `positive_class`
     values         (N, K) physical values named by `columns`, in `units`
     image          (N, H, W, C) an image in the units of the input pixels (`image` holds its shape
-                   and how the model's normalised output is mapped back)
+                   and how the model's normalised output is mapped back: see `Image`)
+
+Each kind's methods: check_spec, check_shape (export refuses a model that does not fit),
+postprocess (TF ops inside the exported function), tolerance (export verification),
+csv_header / csv_rows (predict; an image kind writes one file per image), json_outputs (serve),
+check_dataset / truth_label (evaluate).
     score          (N, 1) one number per image; `meaning` says what a high score means
 """
 
@@ -35,7 +40,7 @@ class OutputSpec:
     positive_class: str | None = None  # probabilities of a binary task: the class whose probability is returned
     units: tuple[str, ...] = ()  # values: one unit per column ("" when dimensionless)
     meaning: str = ""  # score: what a high value means
-    image: dict | None = None  # image: {"shape": [H, W, C], "inverse": normalisation inverse spec}
+    image: dict | None = None  # image: {"shape": [H, W, C], "inverse": "input" | a normalisation spec | None}
 
     def to_json(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
