@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lensnet.errors import LensnetError, cli_exit
+from lensnet.tasks.outputs import OutputSpec
 
 
 def check_compatible(run, info) -> None:
@@ -24,17 +25,8 @@ def check_compatible(run, info) -> None:
             f"dataset {info.path} has images of shape {tuple(info.image_shape)}, but the model of this run takes "
             f"{tuple(run.input_shape)}"
         )
-    if run.output_kind == "binary" and run.positive_class not in info.class_names:
-        raise LensnetError(f"dataset {info.path} has no class '{run.positive_class}'; classes: "
-                           f"{', '.join(info.class_names) or 'none'}")
-    if run.output_kind == "multiclass":
-        missing = [c for c in run.class_names if c not in info.class_names]
-        extra = [c for c in info.class_names if c not in run.class_names]
-        if missing or extra:
-            raise LensnetError(
-                f"dataset {info.path} classes ({', '.join(info.class_names)}) differ from the run's "
-                f"({', '.join(run.class_names)})"
-            )
+    spec = OutputSpec.from_json(run.output)
+    spec.handler.check_dataset(spec, info)
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
@@ -51,14 +43,16 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     info = open_dataset(data or run.dataset["path"])
     check_compatible(run, info)
     task_config = dict(config["task"])
-    if run.output_kind == "binary":
-        task_config["positive_class"] = run.positive_class
+    spec = OutputSpec.from_json(run.output)
+    if spec.positive_class:
+        task_config["positive_class"] = spec.positive_class
     task = get_task_class(run.task)(task_config, info, {})
-    if run.output_kind == "multiclass" and list(info.class_names) != list(run.class_names):
-        remap = np.array([run.class_names.index(c) for c in info.class_names])
+    run_classes = list(spec.class_names)
+    if run_classes and not spec.positive_class and list(info.class_names) != run_classes:
+        remap = np.array([run_classes.index(c) for c in info.class_names])
         dataset_targets = task.targets
         task.targets = lambda batch: remap[dataset_targets(batch)]
-        task.class_names = list(run.class_names)
+        task.class_names = run_classes
     if split not in info.counts or not info.counts[split]:
         raise LensnetError(f"dataset {info.path}: split '{split}' is empty or missing")
     out_dir = Path(out) if out else run_dir / "eval" / f"{info.name}-{split}"

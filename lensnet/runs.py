@@ -10,9 +10,9 @@
       metrics.json         test-split metrics
       plots/*.png
 
-A saved model takes normalised images (N, H, W, C) float32 and returns, by `output_kind`:
-binary -> (N, 1) probability of `positive_class`; multiclass -> (N, K) class probabilities
-in `class_names` order; regression -> (N, 1) the target in physical units.
+A saved model takes normalised images (N, H, W, C) float32 and returns what `output` (the task's
+OutputSpec, lensnet.tasks.outputs) describes: class probabilities, named values, a score or an
+image. Read it with `OutputSpec.from_json(run.output)`; every stage dispatches on it.
 """
 
 from __future__ import annotations
@@ -35,26 +35,14 @@ LAST = "checkpoints/last.keras"
 class RunInfo:
     task: str
     model: str
-    output_kind: str  # binary | multiclass | regression
     input_shape: list[int]
     normalisation: dict
-    class_names: list[str] = field(default_factory=list)
-    positive_class: str | None = None
-    target: str | None = None
     dataset: dict = field(default_factory=dict)  # path, name, checksum (sha256 of manifest.json)
     seed: int = 0
     status: str = "running"  # running | finished
     epochs_done: int = 0
     best_epoch: int | None = None
     output: dict = field(default_factory=dict)  # the task's OutputSpec.to_json()
-
-    def output_names(self) -> list[str]:
-        """Column names of the model's output."""
-        if self.output_kind == "binary":
-            return [f"p_{self.positive_class}"]
-        if self.output_kind == "multiclass":
-            return [f"p_{name}" for name in self.class_names]
-        return [str(self.target)]
 
 
 def read_run(run_dir: str | os.PathLike) -> RunInfo:
@@ -66,6 +54,9 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
         raise LensnetError(f"{run_dir} is not a lensnet run: no {RUN_INFO}")
     try:
         data: dict[str, Any] = json.loads(path.read_text())
+        if isinstance(data, dict) and "output_kind" in data and not data.get("output"):
+            raise LensnetError(f"{path} was written by an older lensnet (output_kind, no output spec); "
+                               "retrain the run with this version")
         return RunInfo(**data)
     except (json.JSONDecodeError, TypeError) as exc:
         raise LensnetError(f"{path} is not a valid run description: {exc}") from None

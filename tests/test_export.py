@@ -2,8 +2,9 @@
 versions are numbered and atomic, exact GELU converts, mixed precision exports, and an unfaithful
 export fails with one line and no version directory.
 
-`make_run` (also used by test_predict.py and test_serve.py) writes a run directory by hand:
-a tiny registry backbone + the task head, saved where lensnet.fit saves it, and run.json.
+Image outputs export like the others: a tiny image-to-image run (tests/helpers.make_image_run)
+exports with its inverse normalisation inside, and ONNX and the SavedModel agree with Keras.
+Run directories are written by hand with tests/helpers.py (make_run, make_image_run).
 """
 
 from __future__ import annotations
@@ -14,100 +15,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
-from test_models import TINY  # overrides that make each registry model build in well under a second
+from helpers import ROOT, keras_outputs, make_image_run, make_run, raw_images, three_way
 
 from lensnet.errors import LensnetError, run_cli
-from lensnet.runs import RunInfo, write_run
 
 FAMILIES = {"cnn": "cnn_small", "resnet": "resnet18", "efficientnet": "effnetv2_b0", "vit": "vit_tiny",
             "deit": "deit_tiny", "swin": "swin_tiny"}
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_run(
-    run_dir: Path,
-    model: str = "cnn_small",
-    *,
-    kind: str = "multiclass",
-    shape: tuple[int, int, int] = (16, 16, 1),
-    classes: int = 3,
-    normalisation: dict | None = None,
-    policy: str = "float32",
-    seed: int = 0,
-    metrics: dict | None = None,
-) -> Path:
-    """A run directory as lensnet.fit leaves it: checkpoints/best.keras + run.json (+ metrics.json)."""
-    from lensnet.models import create_model
-
-    keras.utils.set_random_seed(seed)
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        backbone = create_model(model, shape, **TINY.get(model, {}))
-        inputs = keras.Input(shape, name="images")
-        features = backbone(inputs)
-        if kind == "binary":
-            outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="head")(features)
-        elif kind == "multiclass":
-            outputs = keras.layers.Dense(classes, activation="softmax", dtype="float32", name="head")(features)
-        else:
-            outputs = keras.layers.Dense(1, dtype="float32", name="head")(features)
-        net = keras.Model(inputs, outputs)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    # Larger weights than the default init, so outputs are far from uniform and a wrong
-    # conversion cannot hide behind near-constant probabilities.
-    head = net.get_layer("head")
-    rng = np.random.default_rng(seed)
-    head.set_weights([rng.normal(0, 3.0, w.shape).astype("float32") for w in head.get_weights()])
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    net.save(run_dir / "checkpoints" / "best.keras")
-    names = {"binary": ["non_lens", "lens"], "multiclass": [f"c{k}" for k in range(classes)], "regression": []}[kind]
-    info = RunInfo(
-        task={"binary": "lens_finding", "multiclass": "substructure", "regression": "regression"}[kind],
-        model=model,
-        output_kind=kind,
-        input_shape=list(shape),
-        normalisation=normalisation or {"method": "standard"},
-        class_names=names,
-        positive_class="lens" if kind == "binary" else None,
-        target="radius" if kind == "regression" else None,
-        dataset={"path": "nowhere", "name": "synthetic", "checksum": "0" * 64},
-        seed=seed,
-        status="finished",
-        epochs_done=1,
-        best_epoch=1,
-    )
-    write_run(run_dir, info)
-    if metrics is not None:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    return run_dir
-
-
-def raw_images(n: int, shape: tuple[int, int, int], seed: int = 1, loc: float = 0.0, scale: float = 1.0) -> np.ndarray:
-    return (loc + scale * np.random.default_rng(seed).standard_normal((n, *shape))).astype("float32")
-
-
-def three_way(version_dir: Path, run_dir: Path, images: np.ndarray) -> dict[str, float]:
-    """Max |diff| of the reloaded SavedModel and onnxruntime against Keras (+ normalisation) on `images`."""
-    import onnxruntime as ort
-    import tensorflow as tf
-
-    from lensnet.data.normalise import apply_normalisation
-    from lensnet.export import float32_model
-    from lensnet.runs import load_model, read_run
-
-    info = read_run(run_dir)
-    model, _ = float32_model(load_model(run_dir))
-    reference = model(apply_normalisation(images, info.normalisation), training=False).numpy()
-    card = json.loads((version_dir / "card.json").read_text())
-    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-    saved = signature(images=tf.constant(images))[card["output"]["name"]].numpy()
-    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    onnx_out = session.run(None, {"images": images})[0]
-    return {"savedmodel": float(np.abs(saved - reference).max()), "onnx": float(np.abs(onnx_out - reference).max())}
 
 
 # One registry family each, spread over output kinds, normalisations and channel counts.
@@ -123,7 +38,7 @@ FAMILY_CASES = [
 
 @pytest.mark.parametrize("family, kind, normalisation, channels", FAMILY_CASES, ids=[c[0] for c in FAMILY_CASES])
 def test_every_family_exports_faithfully(tmp_path, family, kind, normalisation, channels):
-    from lensnet.export import export_run
+    from lensnet.serving.export import export_run
 
     shape = (16, 16, channels)
     run = make_run(tmp_path / "run", FAMILIES[family], kind=kind, shape=shape, normalisation=normalisation)
@@ -150,21 +65,21 @@ def test_every_family_exports_faithfully(tmp_path, family, kind, normalisation, 
     graph = onnx.load(str(result.path / "model.onnx")).graph
     assert [i.name for i in graph.input] == ["images"]
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    assert result.card["output"]["columns"] == read_run_info(run).output_names()
+    assert {k: v for k, v in result.card["output"].items() if k != "shape"} == read_run(run).output
 
 
-def read_run_info(run: Path) -> RunInfo:
-    from lensnet.runs import read_run
+def read_run(run: Path):
+    from lensnet.runs import read_run as read
 
-    return read_run(run)
+    return read(run)
 
 
 def test_gelu_becomes_erf_and_a_missing_handler_fails_loudly(tmp_path, monkeypatch):
     import onnx
     from tf2onnx.handler import tf_op
 
-    from lensnet.export import export_run
-    from lensnet.onnx_utils import OnnxExportError, register_handlers
+    from lensnet.serving.export import export_run
+    from lensnet.serving.onnx_convert import OnnxExportError, register_handlers
 
     run = make_run(tmp_path / "run", "vit_tiny")
     result = export_run(run, tmp_path / "export")
@@ -183,7 +98,7 @@ def test_unknown_ops_detects_ops_without_schema():
     import onnx
     from onnx import TensorProto, helper
 
-    from lensnet.onnx_utils import unknown_ops
+    from lensnet.serving.onnx_convert import unknown_ops
 
     node = helper.make_node("Erfc", ["x"], ["y"])
     graph = helper.make_graph(
@@ -200,11 +115,12 @@ def test_unfaithful_export_fails_with_one_line_and_leaves_no_version(tmp_path, m
     from tf2onnx.handler import tf_op
 
     from lensnet import export
-    from lensnet.onnx_utils import register_handlers
+    from lensnet.serving.export import export_run
+    from lensnet.serving.onnx_convert import register_handlers
 
     run = make_run(tmp_path / "run", "vit_tiny", kind="binary")
     out = tmp_path / "export" / "lens"
-    assert export.export_run(run, out).version == 1
+    assert export_run(run, out).version == 1
 
     # A plausible but wrong handler (erfc(x) -> erf(x)) converts without complaint: only the
     # numerical comparison can catch it.
@@ -227,8 +143,9 @@ def test_unfaithful_export_fails_with_one_line_and_leaves_no_version(tmp_path, m
 
 
 def test_versions_count_up_and_card_describes_the_model(tmp_path):
-    from lensnet.export import export_run
-    from lensnet.inference import list_versions, load_export
+    from lensnet.serving.export import export_run
+    from lensnet.serving.loading import load_export
+    from lensnet.serving.versions import list_versions
 
     metrics = {"accuracy": 0.91, "macro_auc": 0.97}
     run = make_run(tmp_path / "run", "cnn_small", classes=3, metrics=metrics)
@@ -240,12 +157,16 @@ def test_versions_count_up_and_card_describes_the_model(tmp_path):
     assert newest.version == 2 and newest.name == "substructure"
     card = json.loads((out / "2" / "card.json").read_text())
     assert card["version"] == 2 and card["name"] == "substructure"
-    assert card["task"] == "substructure" and card["class_names"] == ["c0", "c1", "c2"]
+    assert card["task"] == "substructure"
     assert card["input"] == {"name": "images", "shape": [None, 16, 16, 1], "dtype": "float32",
                              "normalised_inside": True}
     assert card["normalisation"] == {"method": "standard"}
-    assert card["output"] == {"name": "probabilities", "kind": "multiclass", "columns": ["p_c0", "p_c1", "p_c2"],
-                              "shape": [None, 3]}
+    assert card["output"] == {
+        "kind": "probabilities", "name": "probabilities", "columns": ["p_c0", "p_c1", "p_c2"],
+        "class_names": ["c0", "c1", "c2"], "positive_class": None, "units": [], "meaning": "", "image": None,
+        "shape": [None, 3],
+    }
+    assert newest.spec.class_names == ("c0", "c1", "c2")
     assert card["metrics"] == metrics
     assert card["dataset"]["checksum"] == "0" * 64
     assert {"tensorflow", "keras", "tf2onnx", "onnxruntime"} <= set(card["versions"])
@@ -258,8 +179,8 @@ def test_mixed_precision_run_exports_in_float32(tmp_path):
     import onnx
     from onnx import TensorProto
 
-    from lensnet.export import export_run
     from lensnet.runs import load_model
+    from lensnet.serving.export import export_run
 
     run = make_run(tmp_path / "run", "vit_tiny", policy="mixed_float16")
     assert load_model(run).get_layer("vit_tiny").dtype_policy.name == "mixed_float16"
@@ -273,8 +194,8 @@ def test_mixed_precision_run_exports_in_float32(tmp_path):
 
 
 def test_interrupted_export_leaves_no_version_and_stale_temporaries_are_removed(tmp_path, monkeypatch):
-    from lensnet import export
-    from lensnet.inference import list_versions
+    from lensnet.serving import export
+    from lensnet.serving.versions import list_versions
 
     run = make_run(tmp_path / "run", "cnn_small")
     out = tmp_path / "export"
@@ -298,7 +219,7 @@ def test_interrupted_export_leaves_no_version_and_stale_temporaries_are_removed(
 
 
 def test_next_version_skips_numbers_in_use(tmp_path):
-    from lensnet.export import next_version
+    from lensnet.serving.versions import next_version
 
     assert next_version(tmp_path / "missing") == 1
     for name in ("1", "3", "notes", ".tmp-export-1-x"):
@@ -307,7 +228,7 @@ def test_next_version_skips_numbers_in_use(tmp_path):
 
 
 def test_bad_runs_are_one_line_errors(tmp_path):
-    from lensnet.export import export_run
+    from lensnet.serving.export import export_run
 
     with pytest.raises(LensnetError, match="run directory not found"):
         export_run(tmp_path / "nope", tmp_path / "out")
@@ -343,10 +264,10 @@ def test_a_real_fit_run_exports_and_predicts_like_keras(tmp_path):
 
     from lensnet.data.pipeline import load
     from lensnet.data.synthetic import write_synthetic
-    from lensnet.export import export_run
     from lensnet.fit import main as fit_main
     from lensnet.predict import main as predict_main
     from lensnet.runs import load_model, read_run
+    from lensnet.serving.export import export_run
 
     data = tmp_path / "data"
     write_synthetic(data, 48, image_shape=(16, 16, 1), num_classes=2, seed=3, records_per_shard=16)
@@ -373,11 +294,150 @@ def test_a_real_fit_run_exports_and_predicts_like_keras(tmp_path):
     np.testing.assert_allclose(predicted, keras_p, atol=1e-4)
 
 
-def test_a_head_that_disagrees_with_run_json_is_refused(tmp_path):
-    from lensnet.export import export_run
+def test_a_head_that_disagrees_with_the_output_spec_is_refused(tmp_path):
+    from lensnet.serving.export import export_run
 
     run = make_run(tmp_path / "run", "cnn_small", kind="multiclass", classes=3)
     info = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**info, "class_names": ["a", "b"]}))
-    with pytest.raises(LensnetError, match=r"outputs shape \(3,\), but a multiclass run \(p_a, p_b\) needs \(2,\)"):
+    two = {**info["output"], "columns": ["p_a", "p_b"], "class_names": ["a", "b"]}
+    (run / "run.json").write_text(json.dumps({**info, "output": two}))
+    with pytest.raises(LensnetError, match=r"a probabilities output \(p_a, p_b\) has shape \(N, 2\); "
+                                           r"the model returns \(17, 3\)"):
         export_run(run, tmp_path / "out")
+    image = {"kind": "image", "name": "image", "image": {"shape": [16, 16, 1], "inverse": None}}
+    (run / "run.json").write_text(json.dumps({**info, "output": image}))
+    with pytest.raises(LensnetError, match=r"an image output has shape \(N, 16, 16, 1\)"):
+        export_run(run, tmp_path / "out")
+    (run / "run.json").write_text(json.dumps({**info, "output": {**info["output"], "kind": "heatmap"}}))
+    with pytest.raises(LensnetError, match="unknown output kind 'heatmap'; known kinds: image, probabilities"):
+        export_run(run, tmp_path / "out")
+    legacy = {k: v for k, v in info.items() if k != "output"}
+    (run / "run.json").write_text(json.dumps({**legacy, "output_kind": "multiclass", "class_names": ["a"]}))
+    with pytest.raises(LensnetError, match="written by an older lensnet"):
+        export_run(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("normalisation", [
+    {"method": "dataset", "mean": [100.0, 50.0], "std": [20.0, 5.0]},
+    {"method": "standard"},
+    {"method": "minmax"},
+], ids=["dataset", "standard", "minmax"])
+def test_image_outputs_export_in_input_units_and_verify_with_onnx(tmp_path, normalisation):
+    """An image-to-image model: the exported function inverts the normalisation, so raw pixels in
+    give pixels in input units out, and SavedModel and ONNX agree with Keras within 1e-4 of the range."""
+    import tensorflow as tf
+
+    from lensnet.data.normalise import apply_normalisation
+    from lensnet.runs import load_model
+    from lensnet.serving.export import export_run
+
+    shape = (16, 16, 2)
+    run = make_image_run(tmp_path / "run", shape=shape, normalisation=normalisation)
+    result = export_run(run, tmp_path / "export" / "img")
+    card = result.card
+    assert card["output"]["kind"] == "image" and card["output"]["shape"] == [None, 16, 16, 2]
+    assert card["output"]["image"] == {"shape": [16, 16, 2], "inverse": "input"}
+    check = card["verification"]
+    assert check["tolerance"] > 0 and max(check["max_abs_diff_savedmodel"], check["max_abs_diff_onnxruntime"]) \
+        <= check["tolerance"]
+
+    images = raw_images(5, shape, seed=3, loc=100.0, scale=20.0)
+    reference = keras_outputs(run, images)
+    span = float(np.ptp(reference))
+    diffs = three_way(result.path, run, images)
+    assert max(diffs.values()) <= 1e-4 * span, diffs
+
+    # In input units: the raw network output, mapped back by hand, is what the export returns.
+    net = load_model(run)
+    normalised_out = net(apply_normalisation(images, normalisation)).numpy()
+    if normalisation["method"] == "dataset":
+        by_hand = normalised_out * np.array([20.0, 5.0]) + np.array([100.0, 50.0])
+    elif normalisation["method"] == "standard":
+        by_hand = normalised_out * images.std(axis=(1, 2), keepdims=True) + images.mean(axis=(1, 2), keepdims=True)
+    else:
+        low, high = images.min(axis=(1, 2), keepdims=True), images.max(axis=(1, 2), keepdims=True)
+        by_hand = normalised_out * (high - low) + low
+    signature = tf.saved_model.load(str(result.path)).signatures["serving_default"]
+    served = signature(images=tf.constant(images))["image"].numpy()
+    np.testing.assert_allclose(served, by_hand, atol=1e-3 * span)
+
+
+def test_image_export_tolerance_is_relative_to_the_output_range():
+    from lensnet.tasks.outputs import OutputSpec
+
+    spec = OutputSpec("image", "image", image={"shape": [2, 2, 1], "inverse": None})
+    reference = np.array([0.0, 5000.0], dtype=np.float32)
+    assert spec.handler.tolerance(spec, reference, 1e-4) == pytest.approx(0.5)
+    assert spec.handler.tolerance(spec, np.zeros(3, np.float32), 1e-4) == 1e-4
+    probabilities = OutputSpec("probabilities", "p", columns=("p_a", "p_b"), class_names=("a", "b"))
+    assert probabilities.handler.tolerance(probabilities, reference, 1e-4) == 1e-4
+
+
+def test_cards_of_an_older_format_are_refused_with_one_line(tmp_path):
+    import shutil
+
+    from lensnet.serving.export import export_run
+    from lensnet.serving.loading import load_export
+
+    result = export_run(make_run(tmp_path / "run", "cnn_small"), tmp_path / "export")
+    old = tmp_path / "export" / "2"
+    shutil.copytree(result.path, old)
+    card = json.loads((old / "card.json").read_text())
+    card.update(format_version=1, output={"name": "probabilities", "kind": "multiclass", "columns": ["p_c0"],
+                                          "shape": [None, 1]})
+    (old / "card.json").write_text(json.dumps(card))
+    with pytest.raises(LensnetError, match=r"card.json is not a valid model card: .*older lensnet"):
+        load_export(tmp_path / "export", 2)
+    assert load_export(tmp_path / "export", 1).spec.kind == "probabilities"
+
+
+def test_a_new_output_kind_is_one_registered_class(tmp_path):
+    """Defined here, outside export/predict/serve: the kind's own check_shape, post-processing (inside the
+    exported graph, ONNX included), CSV columns and JSON reach every stage without editing them."""
+    import csv
+
+    from lensnet.predict import main as predict_main
+    from lensnet.serving.export import export_run
+    from lensnet.serving.loading import load_export
+    from lensnet.serving.runtimes import open_runner
+    from lensnet.tasks.outputs import OutputKind, OutputSpec, register_output_kind
+
+    @register_output_kind
+    class Magnitude(OutputKind):  # the model's log10 flux as an AB-like magnitude
+        name = "test_magnitude"
+
+        def check_shape(self, spec, shape):
+            if len(shape) != 2 or shape[1] != 1:
+                raise LensnetError(f"a magnitude output is (N, 1), got {tuple(shape)}")
+
+        def postprocess(self, spec, outputs, images, normalisation):
+            return -2.5 * outputs + 25.0
+
+        def csv_header(self, spec):
+            return ["magnitude"]
+
+        def json_outputs(self, spec, outputs):
+            return [{"magnitude": float(v)} for v in outputs[:, 0]]
+
+    run = make_run(tmp_path / "run", "cnn_small", kind="regression")
+    info = json.loads((run / "run.json").read_text())
+    spec = OutputSpec("test_magnitude", "magnitude")
+    (run / "run.json").write_text(json.dumps({**info, "output": spec.to_json()}))
+    result = export_run(run, tmp_path / "export")
+    assert result.card["output"]["kind"] == "test_magnitude"
+
+    images = raw_images(3, (16, 16, 1), seed=2, loc=3.0)
+    reference = keras_outputs(run, images)
+    assert max(three_way(result.path, run, images).values()) <= 1e-4
+    exported = load_export(tmp_path / "export")
+    np.testing.assert_allclose(open_runner(exported, "onnx")(images), reference, atol=1e-4)
+    np.save(tmp_path / "x.npy", images)
+    out = tmp_path / "p.csv"
+    assert run_cli(predict_main, ["--model", str(tmp_path / "export"), str(tmp_path / "x.npy"), "--out", str(out),
+                                  "--no-progress"]) == 0
+    with open(out, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["source", "magnitude"]
+    np.testing.assert_allclose([float(r[1]) for r in rows[1:]], reference[:, 0], atol=1e-4)
+    assert exported.kind.json_outputs(exported.spec, reference)[0] == {"magnitude": float(reference[0, 0])}

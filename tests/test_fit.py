@@ -51,8 +51,8 @@ def test_lens_finding_run_directory(capsys, synthetic_dataset: Path, tmp_path: P
     for key in ("roc_auc", "pr_auc", "accuracy", "tpr_at_0_fp", "tpr_at_10_fp"):
         assert metrics[key] is not None and 0.0 <= metrics[key] <= 1.0
     info = json.loads((run / "run.json").read_text())
-    assert info["status"] == "finished" and info["output_kind"] == "binary"
-    assert info["positive_class"] == "class1" and info["epochs_done"] == 2
+    assert info["status"] == "finished" and info["output"]["kind"] == "probabilities"
+    assert info["output"]["positive_class"] == "class1" and info["epochs_done"] == 2
     versions = json.loads((run / "versions.json").read_text())
     assert "tensorflow" in versions and "keras" in versions
     history = (run / "history.csv").read_text().splitlines()

@@ -1,6 +1,7 @@
 """Predict: .npy / FITS files, folders and TFRecord datasets scored through onnxruntime and TF
 match Keras; bad shapes, NaN pixels and pickled arrays are one-line errors (or skipped with
---skip-bad); the CSV is written atomically."""
+--skip-bad); the CSV is written atomically; a model that returns images writes one .npy or FITS
+file per image, in input units, and a CSV row pointing at it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export import ROOT, make_run
+from helpers import ROOT, keras_outputs, make_image_run, make_run
 
 from lensnet.errors import LensnetError, run_cli
 from lensnet.predict import main
@@ -22,8 +23,8 @@ SHAPE = (16, 16, 1)
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, Path]:
-    """Exports of a 3-class, a binary and a regression run, with their run dirs."""
-    from lensnet.export import export_run
+    """Exports of a 3-class, a binary, a regression and an image run, with their run dirs."""
+    from lensnet.serving.export import export_run
 
     base = tmp_path_factory.mktemp("predict")
     out = {}
@@ -32,14 +33,10 @@ def exported(tmp_path_factory) -> dict[str, Path]:
         export_run(run, base / "export" / kind)
         out[kind] = base / "export" / kind
         out[f"run_{kind}"] = run
+    run = make_image_run(base / "run_image", shape=SHAPE)
+    export_run(run, base / "export" / "image")
+    out["image"], out["run_image"] = base / "export" / "image", run
     return out
-
-
-def keras_outputs(run: Path, images: np.ndarray) -> np.ndarray:
-    from lensnet.export import keras_reference
-    from lensnet.runs import load_model, read_run
-
-    return keras_reference(load_model(run), read_run(run).normalisation, images)
 
 
 def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -154,13 +151,13 @@ def test_nan_pixels_fail_or_are_skipped(tmp_path, exported, capsys):
     out = tmp_path / "o.csv"
     assert predict("--model", exported["multiclass"], tmp_path, "--out", out) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: {tmp_path / 'img1.npy'}: image contains NaN or Inf pixels (--skip-bad skips such images)"
+    assert err == f"error: {tmp_path / 'img1.npy'}: image has 1 NaN or Inf pixel(s) (--skip-bad skips such images)"
     assert not out.exists()
 
     assert predict("--model", exported["multiclass"], tmp_path, "--out", out, "--skip-bad") == 0
     err = capsys.readouterr().err
-    assert f"skipped: {tmp_path / 'img1.npy'}: image contains NaN" in err
-    assert f"skipped: {tmp_path / 'img2.npy'}: image contains NaN or Inf" in err
+    assert f"skipped: {tmp_path / 'img1.npy'}: image has 1 NaN" in err
+    assert f"skipped: {tmp_path / 'img2.npy'}: image has 1 NaN or Inf" in err
     assert "skipped 2" in err
     _, rows = read_csv(out)
     assert [r[0] for r in rows] == [str(tmp_path / "img0.npy"), str(tmp_path / "img3.npy")]
@@ -182,8 +179,20 @@ def test_pickled_npy_is_refused_and_never_unpickled(tmp_path, exported, capsys):
     np.save(path, np.array([_Payload(str(marker))], dtype=object), allow_pickle=True)
     assert predict("--model", exported["multiclass"], path, "--out", tmp_path / "o.csv") == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {path}: cannot read as .npy")
+    assert err.startswith(f"error: {path}: holds pickled Python objects") and "--trust-pickle" in err
     assert not marker.exists()
+
+
+def test_trusted_pickles_are_read_like_convert_reads_them(tmp_path, exported):
+    """DeepLense axion files ([image, mass] object arrays) score with --trust-pickle, as convert imports them."""
+    image = rng_images(1, seed=6)[0, :, :, 0]
+    path = tmp_path / "axion.npy"
+    np.save(path, np.array([image, 1e-23], dtype=object), allow_pickle=True)
+    out = tmp_path / "o.csv"
+    assert predict("--model", exported["multiclass"], path, "--out", out, "--trust-pickle") == 0
+    _, rows = read_csv(out)
+    reference = keras_outputs(exported["run_multiclass"], image[None, :, :, None])
+    np.testing.assert_allclose([float(v) for v in rows[0][2:]], reference[0], atol=1e-4)
 
 
 def test_csv_is_written_atomically(tmp_path, exported):
@@ -236,7 +245,7 @@ def test_versions_and_missing_inputs(tmp_path, exported, capsys):
 
 
 def test_as_image_batch_layouts():
-    from lensnet.inference import as_image_batch
+    from lensnet.data.imagefiles import as_image_batch
 
     hwc = np.arange(2 * 3 * 4, dtype="f8").reshape(2, 3, 4)  # H=2, W=3, C=4
     assert as_image_batch(hwc, (2, 3, 4), "x").shape == (1, 2, 3, 4)
@@ -261,3 +270,59 @@ def test_predict_command_line(tmp_path, exported):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'a.npy'}: image shape (8, 8)")
+
+
+@pytest.mark.parametrize("image_format", ["npy", "fits"])
+def test_image_outputs_are_written_one_file_per_image(tmp_path, exported, image_format):
+    from astropy.io import fits
+
+    from lensnet.data.imagefiles import read_image_file
+
+    images = rng_images(4, seed=8, shape=SHAPE) * 20.0 + 100.0
+    data = tmp_path / "in"
+    data.mkdir()
+    np.save(data / "one.npy", images[0])
+    np.save(data / "stack.npy", images[1:3])
+    fits.PrimaryHDU(images[3, :, :, 0]).writeto(data / "z.fits")
+    out = tmp_path / "p.csv"
+    assert predict("--model", exported["image"], data, "--out", out, "--image-format", image_format,
+                   "--batch-size", "2") == 0
+    header, rows = read_csv(out)
+    assert header == ["source", "image_file"]
+    assert [r[0] for r in rows] == [str(data / "one.npy"), f"{data / 'stack.npy'}[0]", f"{data / 'stack.npy'}[1]",
+                                    str(data / "z.fits")]
+    files = [Path(r[1]) for r in rows]
+    assert all(f.parent == tmp_path / "p_images" and f.name.endswith(f".{image_format}") for f in files)
+    assert len(set(files)) == 4 and sorted(p.name for p in (tmp_path / "p_images").iterdir()) == \
+        sorted(f.name for f in files)
+    reference = keras_outputs(exported["run_image"], images)
+    span = float(np.ptp(reference))
+    for f, expected in zip(files, reference):
+        written, _ = read_image_file(f)
+        assert written.shape == ((16, 16, 1) if image_format == "npy" else (16, 16))
+        np.testing.assert_allclose(written.reshape(16, 16, 1), expected, atol=1e-4 * span)
+    # Pixels in input units: the output images sit on the inputs' scale, not the normalised one.
+    assert abs(float(reference.mean()) - 100.0) < 50.0
+
+    # --image-dir puts them elsewhere.
+    assert predict("--model", exported["image"], data / "one.npy", "--out", tmp_path / "q.csv",
+                   "--image-dir", tmp_path / "elsewhere") == 0
+    assert len(list((tmp_path / "elsewhere").iterdir())) == 1
+
+
+def test_values_and_score_rows_come_from_the_output_kind():
+    from lensnet.tasks.outputs import OutputSpec, PredictSettings
+
+    values = OutputSpec("values", "value", columns=("theta_E", "q"), units=("arcsec", ""))
+    assert values.handler.csv_header(values) == ["theta_E", "q"]
+    rows = values.handler.csv_rows(values, np.array([[1.25, 0.5]], np.float32), ["a"], PredictSettings())
+    assert rows == [["1.25", "0.5"]]
+    score = OutputSpec("score", "anomaly", meaning="higher is more anomalous")
+    assert score.handler.csv_header(score) == ["score"]
+    binary = OutputSpec("probabilities", "p", columns=("p_lens",), class_names=("non_lens", "lens"),
+                        positive_class="lens")
+    rows = binary.handler.csv_rows(binary, np.array([[0.7], [0.2]], np.float32), ["a", "b"],
+                                   PredictSettings(threshold=0.75))
+    assert [r[0] for r in rows] == ["non_lens", "non_lens"] and rows[0][1:] == ["0.3", "0.7"]
+    with pytest.raises(LensnetError, match="positive_class 'x' must be one of exactly 2 class_names"):
+        OutputSpec.from_json({**binary.to_json(), "positive_class": "x"})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export import ROOT, make_run
+from helpers import ROOT, keras_outputs, make_image_run, make_run
 
 SHAPE = (16, 16, 1)
 LIMIT = 64 * 1024  # bytes: small, so an oversized body is cheap to send
@@ -22,7 +22,7 @@ LIMIT = 64 * 1024  # bytes: small, so an oversized body is cheap to send
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """export/lenses with versions 1 and 2 (different weights, so versions are distinguishable)."""
-    from lensnet.export import export_run
+    from lensnet.serving.export import export_run
 
     base = tmp_path_factory.mktemp("serve")
     for seed in (1, 2):
@@ -33,7 +33,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def url(model_dir):
-    from lensnet.serve import ModelServer, serve_in_thread
+    from lensnet.serving.server import ModelServer, serve_in_thread
 
     with serve_in_thread(ModelServer(model_dir, max_body_bytes=LIMIT, max_batch=8)) as base:
         yield f"{base}/v1/models/lenses"
@@ -55,7 +55,8 @@ def images(n: int, seed: int = 0) -> np.ndarray:
 
 
 def expected(model_dir: Path, version: int, batch: np.ndarray) -> np.ndarray:
-    from lensnet.inference import load_export, open_runner
+    from lensnet.serving.loading import load_export
+    from lensnet.serving.runtimes import open_runner
 
     return open_runner(load_export(model_dir, version), "onnx")(batch)
 
@@ -78,7 +79,7 @@ def test_metadata_describes_the_signature(url):
     dims = [d["size"] for d in signature["inputs"]["images"]["tensor_shape"]["dim"]]
     assert dims == ["-1", "16", "16", "1"] and signature["inputs"]["images"]["dtype"] == "DT_FLOAT"
     assert list(signature["outputs"]) == ["probabilities"]
-    assert body["metadata"]["lensnet_card"]["class_names"] == ["c0", "c1", "c2"]
+    assert body["metadata"]["lensnet_card"]["output"]["class_names"] == ["c0", "c1", "c2"]
     assert call(f"{url}/versions/1/metadata")[1]["model_spec"]["version"] == "1"
 
 
@@ -188,7 +189,7 @@ def test_oversized_declared_length_is_refused_before_reading(url):
 
 
 def test_tf_runtime_serves_the_same_answers(model_dir):
-    from lensnet.serve import ModelServer, serve_in_thread
+    from lensnet.serving.server import ModelServer, serve_in_thread
 
     batch = images(2, seed=5)
     with serve_in_thread(ModelServer(model_dir, runtime="tf")) as base:
@@ -251,8 +252,8 @@ def test_new_versions_are_picked_up_while_serving(tmp_path, model_dir):
     import shutil
     import time
 
-    from lensnet.export import export_run
-    from lensnet.serve import ModelServer, serve_in_thread
+    from lensnet.serving.export import export_run
+    from lensnet.serving.server import ModelServer, serve_in_thread
 
     served = tmp_path / "lenses"
     shutil.copytree(model_dir, served)
@@ -274,3 +275,22 @@ def test_new_versions_are_picked_up_while_serving(tmp_path, model_dir):
         shutil.rmtree(served / "1")
         wait_for(["3", "2"], address)
         assert call(f"{address}/versions/1:predict", {"instances": batch.tolist()})[0] == 404
+
+
+def test_image_outputs_are_served_as_nested_lists(tmp_path):
+    from lensnet.serving.export import export_run
+    from lensnet.serving.server import ModelServer, serve_in_thread
+
+    run = make_image_run(tmp_path / "run", shape=SHAPE)
+    export_run(run, tmp_path / "export" / "denoise")
+    batch = (100.0 + 20.0 * np.random.default_rng(4).standard_normal((2, *SHAPE))).astype("float32")
+    with serve_in_thread(ModelServer(tmp_path / "export" / "denoise"), poll_seconds=0) as base:
+        status, body = call(f"{base}/v1/models/denoise:predict", {"instances": batch.tolist()})
+        assert status == 200
+        predictions = np.array(body["predictions"])
+        assert predictions.shape == (2, *SHAPE)  # one (H, W, C) nested list per image
+        reference = keras_outputs(run, batch)
+        np.testing.assert_allclose(predictions, reference, atol=1e-4 * float(np.ptp(reference)))
+        status, meta = call(f"{base}/v1/models/denoise/metadata")
+        outputs = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]["outputs"]
+        assert [d["size"] for d in outputs["image"]["tensor_shape"]["dim"]] == ["-1", "16", "16", "1"]

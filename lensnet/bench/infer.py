@@ -36,6 +36,7 @@ def scratch_run(run_dir: Path, model: str, shape: tuple[int, int, int], seed: in
 
     from lensnet.models import create_model
     from lensnet.runs import BEST, RunInfo, write_run
+    from lensnet.tasks.outputs import OutputSpec
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape, name="images")
@@ -48,20 +49,20 @@ def scratch_run(run_dir: Path, model: str, shape: tuple[int, int, int], seed: in
         RunInfo(
             task="substructure",
             model=model,
-            output_kind="multiclass",
             input_shape=list(shape),
             normalisation={"method": "standard"},
-            class_names=[f"c{k}" for k in range(classes)],
             seed=seed,
             status="finished",
+            output=OutputSpec("probabilities", "probabilities", columns=tuple(f"p_c{k}" for k in range(classes)),
+                              class_names=tuple(f"c{k}" for k in range(classes))).to_json(),
         ),
     )
     return run_dir
 
 
 def scratch_export(work: Path, model: str, shape: tuple[int, int, int], seed: int) -> tuple[Path, Path, dict]:
-    """(run dir, export dir, card) of a scratch run exported with lensnet.export."""
-    from lensnet.export import export_run
+    """(run dir, export dir, card) of a scratch run exported with lensnet.serving.export."""
+    from lensnet.serving.export import export_run
 
     run = scratch_run(work / "runs" / model, model, shape, seed)
     result = export_run(run, work / "export" / model, seed=seed)
@@ -89,20 +90,25 @@ def time_export(
 ) -> list[dict]:
     from lensnet.bench.common import interleaved_rates
     from lensnet.data.normalise import apply_normalisation
-    from lensnet.export import float32_model, max_abs_diff
-    from lensnet.inference import load_export, open_runner
     from lensnet.runs import load_model, read_run
+    from lensnet.serving.export import float32_model
+    from lensnet.serving.loading import load_export
+    from lensnet.serving.runtimes import open_runner
+    from lensnet.serving.verification import max_abs_diff
 
     info = read_run(run)
     model, _ = float32_model(load_model(run))
     exported = load_export(export_dir)
+    spec = exported.spec
     runners = {"savedmodel": open_runner(exported, "tf"), "onnxruntime": open_runner(exported, "onnx")}
     rows = []
     for batch in batch_sizes:
         images = np.random.default_rng(seed).standard_normal((batch, *exported.input_shape)).astype(np.float32)
 
         def keras_call(images: np.ndarray = images) -> np.ndarray:
-            return model.predict_on_batch(apply_normalisation(images, info.normalisation))
+            outputs = model.predict_on_batch(apply_normalisation(images, info.normalisation))
+            # as exported: an image output is mapped back to input units (identity for other kinds)
+            return np.asarray(spec.handler.postprocess(spec, outputs, images, info.normalisation))
 
         calls = {"keras": keras_call, **{name: (lambda r=r, x=images: r(x)) for name, r in runners.items()}}
         reference = np.asarray(keras_call())
@@ -135,7 +141,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         work = Path(tmp)
         if args.run:
             for index, run_dir in enumerate(args.run):
-                from lensnet.export import export_run
+                from lensnet.serving.export import export_run
 
                 result = export_run(run_dir, work / "export" / f"run{index}", seed=args.seed)
                 rows += time_export(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lensnet.data.imagefiles import FITS_SUFFIXES, LAYOUTS, NPY_SUFFIXES, read_fits, read_npy, to_hwc
 from lensnet.data.manifest import SPLITS
 from lensnet.data.schema import Schema
 from lensnet.data.writer import (
@@ -36,11 +36,7 @@ from lensnet.data.writer import (
 )
 from lensnet.errors import LensnetError
 
-FORMATS = {
-    "deeplense-npy": (".npy",),
-    "fits": (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz"),
-}
-LAYOUTS = ("auto", "hwc", "chw")
+FORMATS = {"deeplense-npy": NPY_SUFFIXES, "fits": FITS_SUFFIXES}
 # Folder names that mean "this is a split, not a class" (the DeepLense test sets ship as train/ and val/).
 _SPLIT_FOLDERS = {"train", "val", "valid", "validation", "test"}
 # DeepLense axion files store [image, axion mass]; the mass is kept as a parameter.
@@ -149,132 +145,6 @@ def assign_splits(
         order = np.random.default_rng([seed, _stable_int("split", split)]).permutation(len(members))
         splits[split] = [members[i] for i in order]
     return {s: m for s, m in splits.items() if m}
-
-
-# ---- reading one file -------------------------------------------------------------------------------
-def _unpack_object(obj: object, path: Path) -> tuple[np.ndarray, float | None]:
-    """A pickled DeepLense record -> (image, scalar or None)."""
-    if isinstance(obj, np.ndarray) and obj.dtype != object:
-        return obj, None
-    if isinstance(obj, np.ndarray):
-        items = list(obj.ravel())
-    elif isinstance(obj, (list, tuple)):
-        items = list(obj)
-    else:
-        raise LensnetError(f"{path}: holds a pickled {type(obj).__name__}, not an image array")
-    images, scalars = [], []
-    for item in items:
-        if np.ndim(item) >= 2:
-            images.append(np.asarray(item))
-        elif np.ndim(item) == 0 and isinstance(np.asarray(item).item(), (int, float, np.number)):
-            scalars.append(float(np.asarray(item).item()))
-        else:
-            raise LensnetError(f"{path}: object array holds a {type(item).__name__} that is neither image nor number")
-    if len(images) != 1 or len(scalars) > 1:
-        raise LensnetError(
-            f"{path}: object array holds {len(images)} image(s) and {len(scalars)} number(s); "
-            "expected one image and at most one number (e.g. [image, axion_mass])"
-        )
-    return images[0], (scalars[0] if scalars else None)
-
-
-def read_npy(path: Path, trust_pickle: bool = False) -> tuple[np.ndarray, float | None]:
-    """(image array as stored, scalar or None); pickled files only with `trust_pickle`."""
-    try:
-        with open(path, "rb") as handle:
-            magic = handle.read(6)
-    except OSError as exc:
-        raise LensnetError(f"{path}: cannot read ({exc.strerror})") from None
-    if magic != b"\x93NUMPY":  # np.load would try to unpickle it: say what it is instead
-        raise LensnetError(f"{path}: not a .npy file (no NumPy header)")
-    try:
-        obj = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        pickled = "allow_pickle" in str(exc)
-        if not pickled:
-            raise LensnetError(f"{path}: not a readable .npy file ({' '.join(str(exc).split())})") from None
-        if not trust_pickle:
-            raise LensnetError(
-                f"{path}: holds pickled Python objects (e.g. a DeepLense [image, axion_mass] array); unpickling "
-                "can run arbitrary code, so it is refused: pass --trust-pickle if you trust these files"
-            ) from None
-        try:  # reached only with --trust-pickle: the user's explicit statement that these files are safe
-            obj = np.load(path, allow_pickle=True)
-        except Exception as exc:  # noqa: BLE001  (a corrupt pickle can raise anything)
-            raise LensnetError(f"{path}: cannot unpickle ({type(exc).__name__}: {exc})") from None
-    except Exception as exc:  # noqa: BLE001  (truncated headers raise EOFError, OSError, ...)
-        raise LensnetError(f"{path}: not a readable .npy file ({type(exc).__name__}: {exc})") from None
-    if isinstance(obj, np.lib.npyio.NpzFile):
-        obj.close()
-        raise LensnetError(f"{path}: is an .npz archive, not a single .npy array")
-    return _unpack_object(obj, path)
-
-
-def read_fits(path: Path, hdu: int | str | None = None) -> np.ndarray:
-    """The image data of one HDU (default: the first HDU with 2-D or more data)."""
-    from astropy.io import fits
-
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with fits.open(path, memmap=False) as hdul:
-                if hdu is None:
-                    chosen = next((h for h in hdul if h.is_image and h.data is not None and h.data.ndim >= 2), None)
-                    if chosen is None:
-                        raise LensnetError(f"{path}: no HDU holds image data")
-                else:
-                    try:
-                        chosen = hdul[hdu]
-                    except (KeyError, IndexError):
-                        names = ", ".join(f"{i}:{h.name}" for i, h in enumerate(hdul))
-                        raise LensnetError(f"{path}: no HDU {hdu!r}; HDUs: {names}") from None
-                    if not chosen.is_image or chosen.data is None:
-                        raise LensnetError(f"{path}: HDU {hdu!r} holds no image data")
-                data = np.array(chosen.data, dtype=np.float64)
-        for warning in caught:
-            text = str(warning.message)
-            if "truncated" in text.lower() or "corrupt" in text.lower():
-                raise LensnetError(f"{path}: {' '.join(text.split())}")
-    except LensnetError:
-        raise
-    except Exception as exc:  # noqa: BLE001  (astropy raises OSError, ValueError, TypeError... on bad files)
-        raise LensnetError(f"{path}: cannot read FITS ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
-    return data
-
-
-def to_hwc(array: np.ndarray, layout: str, path: Path) -> np.ndarray:
-    """(H, W), (1, H, W), (H, W, C) or (C, H, W) -> float32 (H, W, C)."""
-    array = np.asarray(array)
-    while array.ndim > 3 and array.shape[0] == 1:  # FITS cubes often carry leading degenerate axes
-        array = array[0]
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
-        raise LensnetError(f"{path}: image has dtype {array.dtype}; expected real numbers")
-    if array.ndim == 2:
-        array = array[..., None]
-    elif array.ndim == 3:
-        first, last = array.shape[0], array.shape[-1]
-        if layout == "auto":
-            if last == 1 or (last < first and last <= 16):
-                layout = "hwc"
-            elif first == 1 or (first < last and first <= 16):
-                layout = "chw"
-            else:
-                raise LensnetError(
-                    f"{path}: cannot tell the channel axis of an image of shape {array.shape}; "
-                    "pass --layout hwc or --layout chw"
-                )
-        if layout == "chw":
-            array = np.moveaxis(array, 0, -1)
-    else:
-        raise LensnetError(
-            f"{path}: image has shape {array.shape}; expected (H, W), (1, H, W), (H, W, C) or (C, H, W)"
-        )
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf, refused just below
-        image = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(image).all():
-        bad = int(np.size(image) - np.isfinite(image).sum())
-        raise LensnetError(f"{path}: image has {bad} NaN or Inf pixel(s) (after conversion to float32)")
-    return image
 
 
 # ---- the RecordSource -------------------------------------------------------------------------------

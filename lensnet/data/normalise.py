@@ -93,3 +93,32 @@ def apply_normalisation(images: Any, spec: Mapping) -> tf.Tensor:
         std = tf.constant([max(s, _STD_FLOOR) for s in spec["std"]], images.dtype)
         return (images - mean) / std
     raise LensnetError(f"normalisation spec: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def invert_normalisation(outputs: Any, spec: Mapping, images: Any) -> tf.Tensor:
+    """Map a model's output image from normalised units back to the units of the raw input `images`.
+
+    The inverse of `apply_normalisation(images, spec)` applied to another image: per-image methods
+    (standard, minmax) use the statistics of the raw input, per channel, so an image-to-image model
+    fed raw pixels returns pixels in the same units. Pure TF (it runs inside the exported function).
+    """
+    import tensorflow as tf
+
+    outputs = tf.convert_to_tensor(outputs)
+    images = tf.cast(tf.convert_to_tensor(images), outputs.dtype)
+    method = spec["method"]
+    if method == "none":
+        return outputs
+    if method == "standard":
+        mean, variance = tf.nn.moments(images, axes=[-3, -2], keepdims=True)
+        return outputs * tf.maximum(tf.sqrt(variance), _STD_FLOOR) + mean
+    if method == "minmax":
+        low = tf.reduce_min(images, axis=[-3, -2], keepdims=True)
+        high = tf.reduce_max(images, axis=[-3, -2], keepdims=True)
+        return outputs * (high - low) + low
+    if method == "dataset":
+        spec = check_spec(spec)
+        mean = tf.constant(spec["mean"], outputs.dtype)
+        std = tf.constant([max(s, _STD_FLOOR) for s in spec["std"]], outputs.dtype)
+        return outputs * std + mean
+    raise LensnetError(f"normalisation spec: unknown method {method!r}; choose one of {', '.join(METHODS)}")

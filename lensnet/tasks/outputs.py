@@ -10,14 +10,23 @@ Kinds:
                    the probability of `positive_class`
     values         (N, K) physical values named by `columns`, in `units`
     image          (N, H, W, C) an image in the units of the input pixels (`image` holds its shape
-                   and how the model's normalised output is mapped back)
+                   and how the model's normalised output is mapped back: see `Image`)
+
+Each kind's methods: check_spec, check_shape (export refuses a model that does not fit),
+postprocess (TF ops inside the exported function), tolerance (export verification),
+csv_header / csv_rows (predict; an image kind writes one file per image), json_outputs (serve),
+check_dataset / truth_label (evaluate).
     score          (N, 1) one number per image; `meaning` says what a high score means
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
+
+import numpy as np
 
 from lensnet.errors import LensnetError
 
@@ -31,7 +40,7 @@ class OutputSpec:
     positive_class: str | None = None  # probabilities of a binary task: the class whose probability is returned
     units: tuple[str, ...] = ()  # values: one unit per column ("" when dimensionless)
     meaning: str = ""  # score: what a high value means
-    image: dict | None = None  # image: {"shape": [H, W, C], "inverse": normalisation inverse spec}
+    image: dict | None = None  # image: {"shape": [H, W, C], "inverse": "input" | a normalisation spec | None}
 
     def to_json(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -45,19 +54,74 @@ class OutputSpec:
         if unknown:
             raise LensnetError(f"output spec: unknown field(s) {', '.join(unknown)}")
         values = {k: (tuple(v) if isinstance(v, list) and k != "image" else v) for k, v in data.items()}
-        spec = cls(**values)
-        output_kind(spec.kind)  # an unknown kind fails here, where the spec is read
+        try:
+            spec = cls(**values)
+        except TypeError as exc:
+            raise LensnetError(f"output spec: {exc}") from None
+        output_kind(spec.kind).check_spec(spec)  # an unknown kind or a bad spec fails here, where it is read
         return spec
+
+    @property
+    def handler(self) -> OutputKind:
+        """The registered behaviour of this spec's kind."""
+        return output_kind(self.kind)
+
+
+@dataclass
+class PredictSettings:
+    """What `lensnet.predict` asks of an output kind when it turns outputs into CSV rows."""
+
+    threshold: float = 0.5  # binary probabilities: p >= threshold is the positive class
+    image_dir: Path | None = None  # image outputs: the folder their files go to
+    image_format: str = "npy"  # image outputs: npy | fits
+    written: list[Path] = field(default_factory=list)  # image outputs: files written so far
 
 
 class OutputKind:
-    """How one kind of output is checked, verified, tabulated and written. Subclasses override."""
+    """How one kind of output is checked, exported, verified, tabulated and served.
+
+    The defaults fit a (N, K) table of numbers; subclasses override what differs. Every method
+    takes the spec, so one registered instance serves every run of its kind.
+    """
 
     name: ClassVar[str]
+
+    def check_spec(self, spec: OutputSpec) -> None:
+        """Raise LensnetError if the spec's own fields do not fit together."""
 
     def check_shape(self, spec: OutputSpec, shape: tuple[int | None, ...]) -> None:
         """Raise LensnetError if a batch of outputs of `shape` (N first) does not fit `spec`."""
         raise NotImplementedError
+
+    def postprocess(self, spec: OutputSpec, outputs: Any, images: Any, normalisation: dict) -> Any:
+        """TF ops applied inside the exported function to the model's outputs (given the raw `images`)."""
+        return outputs
+
+    def tolerance(self, spec: OutputSpec, reference: np.ndarray, atol: float) -> float:
+        """Max |difference| allowed between Keras and an exported runtime on `reference` outputs."""
+        return float(atol)
+
+    def csv_header(self, spec: OutputSpec) -> list[str]:
+        """predict's CSV columns after `source`."""
+        return list(spec.columns)
+
+    def csv_rows(
+        self, spec: OutputSpec, outputs: np.ndarray, sources: list[str], settings: PredictSettings
+    ) -> list[list[str]]:
+        """predict's CSV cells after `source`, one row per image."""
+        return [[format(float(v), ".7g") for v in row] for row in outputs]
+
+    def json_outputs(self, spec: OutputSpec, outputs: np.ndarray) -> list:
+        """serve's JSON for a batch: nested lists, one entry per image (TF Serving's REST API)."""
+        return np.asarray(outputs, dtype=np.float32).tolist()
+
+    def check_dataset(self, spec: OutputSpec, info: Any) -> None:
+        """Raise LensnetError if a dataset (lensnet.data.DatasetInfo) cannot be scored against this output."""
+
+    def truth_label(self, spec: OutputSpec, value: Any) -> str:
+        """Short text for one ground-truth value (sample-image titles)."""
+        value = float(value)
+        return f"true {value:.3g}" if np.isfinite(value) else "true n/a"
 
 
 _KINDS: dict[str, OutputKind] = {}
@@ -70,6 +134,8 @@ def register_output_kind(cls: type[OutputKind]) -> type[OutputKind]:
 
 def output_kind(name: str) -> OutputKind:
     if name not in _KINDS:
+        import lensnet.tasks  # noqa: F401  (a kind defined in its own file under lensnet/tasks registers on import)
+    if name not in _KINDS:
         raise LensnetError(f"unknown output kind {name!r}; known kinds: {', '.join(sorted(_KINDS))}")
     return _KINDS[name]
 
@@ -78,38 +144,174 @@ def list_output_kinds() -> list[str]:
     return sorted(_KINDS)
 
 
-class _Table(OutputKind):
-    """Kinds whose output is a (N, K) table with one named column each."""
-
-    def check_shape(self, spec: OutputSpec, shape: tuple[int | None, ...]) -> None:
-        if len(shape) != 2 or shape[1] != len(spec.columns):
-            raise LensnetError(
-                f"a {spec.kind} output ({', '.join(spec.columns)}) has shape (N, {len(spec.columns)}); "
-                f"the model returns {tuple(shape)}"
-            )
+def _check_table_shape(spec: OutputSpec, shape: tuple[int | None, ...], width: int) -> None:
+    if len(shape) != 2 or shape[1] != width:
+        named = f" ({', '.join(spec.columns)})" if spec.columns else ""
+        raise LensnetError(
+            f"a {spec.kind} output{named} has shape (N, {width}); the model returns {tuple(shape)}"
+        )
 
 
 @register_output_kind
-class Probabilities(_Table):
+class Probabilities(OutputKind):
+    """Class probabilities; a binary task returns one column, the probability of `positive_class`."""
+
     name = "probabilities"
 
+    def check_spec(self, spec: OutputSpec) -> None:
+        if len(spec.class_names) < 2:
+            raise LensnetError(f"output spec {spec.name!r}: probabilities need at least 2 class_names")
+        if spec.positive_class is not None:
+            if spec.positive_class not in spec.class_names or len(spec.class_names) != 2:
+                raise LensnetError(f"output spec {spec.name!r}: positive_class {spec.positive_class!r} must be "
+                                   f"one of exactly 2 class_names ({', '.join(spec.class_names)})")
+            if len(spec.columns) != 1:
+                raise LensnetError(f"output spec {spec.name!r}: a binary output has one column")
+        elif len(spec.columns) != len(spec.class_names):
+            raise LensnetError(f"output spec {spec.name!r}: {len(spec.columns)} columns for "
+                               f"{len(spec.class_names)} classes")
+
+    def check_shape(self, spec: OutputSpec, shape: tuple[int | None, ...]) -> None:
+        _check_table_shape(spec, shape, len(spec.columns))
+
+    def _negative(self, spec: OutputSpec) -> str:
+        return next(c for c in spec.class_names if c != spec.positive_class)
+
+    def csv_header(self, spec: OutputSpec) -> list[str]:
+        if spec.positive_class is not None:  # both classes' probabilities, negative first, as classes read
+            return ["predicted", f"p_{self._negative(spec)}", f"p_{spec.positive_class}"]
+        return ["predicted", *spec.columns]
+
+    def csv_rows(
+        self, spec: OutputSpec, outputs: np.ndarray, sources: list[str], settings: PredictSettings
+    ) -> list[list[str]]:
+        if spec.positive_class is not None:
+            negative = self._negative(spec)
+            p = outputs[:, 0]
+            predicted = [spec.positive_class if v >= settings.threshold else negative for v in p]
+            table = np.stack([1.0 - p, p], axis=1)
+        else:
+            predicted = [spec.class_names[k] for k in np.argmax(outputs, axis=1)]
+            table = outputs
+        return [[name, *(format(float(v), ".6g") for v in row)] for name, row in zip(predicted, table)]
+
+    def check_dataset(self, spec: OutputSpec, info: Any) -> None:
+        found = list(info.class_names)
+        if spec.positive_class is not None:
+            if spec.positive_class not in found:
+                raise LensnetError(f"dataset {info.path} has no class '{spec.positive_class}'; classes: "
+                                   f"{', '.join(found) or 'none'}")
+        elif set(found) != set(spec.class_names):
+            raise LensnetError(f"dataset {info.path} classes ({', '.join(found)}) differ from the run's "
+                               f"({', '.join(spec.class_names)})")
+
+    def truth_label(self, spec: OutputSpec, value: Any) -> str:
+        if spec.positive_class is not None:  # binary targets are 1 for the positive class
+            return f"true {spec.positive_class if int(value) == 1 else self._negative(spec)}"
+        return f"true {spec.class_names[int(value)]}"
+
 
 @register_output_kind
-class Values(_Table):
+class Values(OutputKind):
+    """Physical values, one named column each, in `units`."""
+
     name = "values"
 
+    def check_spec(self, spec: OutputSpec) -> None:
+        if not spec.columns:
+            raise LensnetError(f"output spec {spec.name!r}: values need at least one column name")
+        if spec.units and len(spec.units) != len(spec.columns):
+            raise LensnetError(f"output spec {spec.name!r}: {len(spec.units)} units for {len(spec.columns)} columns")
+
+    def check_shape(self, spec: OutputSpec, shape: tuple[int | None, ...]) -> None:
+        _check_table_shape(spec, shape, len(spec.columns))
+
 
 @register_output_kind
-class Score(_Table):
+class Score(OutputKind):
+    """One number per image; `meaning` says what a high score means."""
+
     name = "score"
+
+    def check_shape(self, spec: OutputSpec, shape: tuple[int | None, ...]) -> None:
+        _check_table_shape(spec, shape, 1)
+
+    def csv_header(self, spec: OutputSpec) -> list[str]:
+        return ["score"]
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @register_output_kind
 class Image(OutputKind):
+    """An image per input image, in the units of the input pixels.
+
+    `spec.image` = {"shape": [H, W, C], "inverse": ...}: how the model's normalised output is mapped
+    back to pixels, inside the exported function: "input" (the run's own input normalisation, inverted
+    with the raw input's statistics), a normalisation spec (lensnet.data.normalise), or absent/None
+    when the model already returns pixels.
+    """
+
     name = "image"
 
+    def check_spec(self, spec: OutputSpec) -> None:
+        image = spec.image
+        if not isinstance(image, dict) or not isinstance(image.get("shape"), (list, tuple)) or len(
+            image["shape"]
+        ) != 3 or not all(isinstance(d, int) and d > 0 for d in image["shape"]):
+            raise LensnetError(f"output spec {spec.name!r}: an image output needs image.shape [H, W, C]")
+        unknown = sorted(set(image) - {"shape", "inverse"})
+        if unknown:
+            raise LensnetError(f"output spec {spec.name!r}: unknown image field(s) {', '.join(unknown)}")
+        inverse = image.get("inverse")
+        if inverse not in (None, "input"):
+            from lensnet.data.normalise import check_spec
+
+            if not isinstance(inverse, dict):
+                raise LensnetError(f"output spec {spec.name!r}: image.inverse must be 'input', a normalisation "
+                                   f"spec or null, got {inverse!r}")
+            check_spec(inverse)
+
     def check_shape(self, spec: OutputSpec, shape: tuple[int | None, ...]) -> None:
-        expected = tuple((spec.image or {}).get("shape") or ())
-        if len(shape) != 4 or (expected and tuple(shape[1:]) != expected):
+        expected = tuple(spec.image["shape"])
+        if len(shape) != 4 or tuple(shape[1:]) != expected:
             raise LensnetError(f"an image output has shape (N, {', '.join(map(str, expected))}); "
                                f"the model returns {tuple(shape)}")
+
+    def postprocess(self, spec: OutputSpec, outputs: Any, images: Any, normalisation: dict) -> Any:
+        from lensnet.data.normalise import invert_normalisation
+
+        inverse = spec.image.get("inverse")
+        if inverse is None:
+            return outputs
+        return invert_normalisation(outputs, normalisation if inverse == "input" else inverse, images)
+
+    def tolerance(self, spec: OutputSpec, reference: np.ndarray, atol: float) -> float:
+        # Pixels come back in input units (counts, flux...): a fixed 1e-4 means nothing there, so the
+        # tolerance is `atol` of the outputs' range.
+        span = float(np.ptp(reference)) if reference.size else 0.0
+        return float(atol) * span if span > 0 else float(atol)
+
+    def csv_header(self, spec: OutputSpec) -> list[str]:
+        return [f"{spec.name}_file"]
+
+    def csv_rows(
+        self, spec: OutputSpec, outputs: np.ndarray, sources: list[str], settings: PredictSettings
+    ) -> list[list[str]]:
+        from lensnet.data.imagefiles import write_image
+
+        if settings.image_dir is None:
+            raise LensnetError("image outputs need a folder to write them to")
+        rows = []
+        for source, image in zip(sources, outputs):
+            # Numbered in row order so two inputs with one file name never overwrite each other.
+            stem = _UNSAFE.sub("_", Path(source.replace("[", "_").replace("]", "")).name).strip("_") or "image"
+            path = write_image(settings.image_dir / f"{len(settings.written):06d}-{stem}", image,
+                               settings.image_format)
+            settings.written.append(path)
+            rows.append([str(path)])
+        return rows
+
+    def truth_label(self, spec: OutputSpec, value: Any) -> str:
+        return ""

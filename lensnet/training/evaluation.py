@@ -70,12 +70,8 @@ def report(model: keras.Model, task: Task, info: Any, split: str, normalise: dic
 
 
 def _truth(task: Task, value: Any) -> str:
-    names = getattr(task, "class_names", None)
-    if task.output_kind == "binary":
-        return f"true {'lens' if int(value) == 1 else 'non-lens'}"
-    if names:
-        return f"true {names[int(value)]}"
-    return f"true {float(value):.3g}" if np.isfinite(value) else "true n/a"
+    spec = task.output_spec()
+    return spec.handler.truth_label(spec, value)
 
 
 def write_tensorboard(log_dir: Path, figures: dict[str, Path], metrics: dict, split: str) -> None:

@@ -165,11 +165,10 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
             _restore(model, run_dir, state)
     initial_epoch = int(state["epochs_done"]) if state else 0
     run_info = RunInfo(
-        task=task.name, model=config["model"]["name"], output_kind=task.output_kind,
+        task=task.name, model=config["model"]["name"],
         input_shape=list(info.image_shape), normalisation=normalisation_spec(data["normalise"], info),
         dataset={"path": str(info.path), "name": info.name, "checksum": info.checksum}, seed=seed,
         epochs_done=initial_epoch, best_epoch=(state or {}).get("best_epoch"), output=task.output_spec().to_json(),
-        **task.run_fields(),
     )
     if resume and (run_dir / "run.json").is_file():
         previous = read_run(run_dir)

@@ -1,0 +1,89 @@
+"""The runtimes that score with an exported version: onnxruntime (default) and the SavedModel."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from lensnet.errors import LensnetError
+from lensnet.serving.layout import INPUT_NAME, SIGNATURE
+from lensnet.serving.loading import ExportedModel
+
+RUNTIMES = ("onnx", "tf")
+
+
+
+class Runner:
+    """Scores raw images (N, H, W, C) float32 -> the outputs the card's output spec describes, float32."""
+
+    runtime = ""
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OnnxRunner(Runner):
+    runtime = "onnx"
+
+    def __init__(self, exported: ExportedModel, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # warnings about unused initialisers are noise to a user
+        try:
+            self.session = ort.InferenceSession(
+                os.fspath(exported.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise LensnetError(f"cannot load {exported.onnx_path} in onnxruntime: {_first_line(exc)}") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: images})[0]
+
+
+class TFRunner(Runner):
+    runtime = "tf"
+
+    def __init__(self, exported: ExportedModel) -> None:
+        import tensorflow as tf
+
+        try:
+            self.loaded = tf.saved_model.load(os.fspath(exported.path))
+            self.function = self.loaded.signatures[SIGNATURE]
+        except Exception as exc:  # damaged or foreign SavedModel
+            raise LensnetError(f"cannot load SavedModel {exported.path}: {_first_line(exc)}") from None
+        self.output_name = exported.output_name
+        self._tf = tf
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.function(**{INPUT_NAME: self._tf.constant(images)})[self.output_name].numpy()
+
+
+def open_runner(exported: ExportedModel, runtime: str = "onnx", threads: int | None = None) -> Runner:
+    if runtime == "onnx":
+        return OnnxRunner(exported, threads)
+    if runtime == "tf":
+        if threads:
+            _set_tf_threads(threads)
+        return TFRunner(exported)
+    raise LensnetError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
+
+
+def _set_tf_threads(threads: int) -> None:
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+    except RuntimeError:  # already initialised: keep TF's own choice
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
