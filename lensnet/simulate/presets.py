@@ -190,8 +190,9 @@ def _load(preset_or_path: str, seen: tuple[str, ...]) -> dict:
     return merged
 
 
-# What a replica preset lets a user change; everything else is its fixed recipe.
-REPLICA_FREE = ("name", "description", "num", "splits", "records_per_shard", "classes",
+# What a replica preset lets a user change; everything else is its fixed recipe. image.size crops the
+# same scene (same pixel scale) around the lens, for tests and quick looks.
+REPLICA_FREE = ("name", "description", "num", "splits", "records_per_shard", "classes", "image.size",
                 "noise.enabled", "noise.poisson", "noise.background")
 
 
