@@ -273,9 +273,7 @@ def format_summary(info: DatasetInfo, report: CheckReport | None = None) -> str:
 
 def run_audit(report: CheckReport) -> dict:
     """Recompute the class audit from the records' parameters (all splits, as the writer does)."""
-    from lensnet.data.audit import audit
-
-    from lensnet.data.audit import audit_images, combined_ok, replica_note
+    from lensnet.data.audit import audit, audit_images, combined_ok, replica_note
 
     info = report.info
     labels = report.all_labels()

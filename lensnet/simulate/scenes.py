@@ -261,7 +261,9 @@ def parse_scene(config: dict) -> SceneSpec:
         raise LensnetError(f"instrument.reference_band: '{ref}' is not one of the bands {[b.name for b in bands]}")
     noise = config["noise"]
     if noise["scheme"] not in NOISE_SCHEMES:
-        raise LensnetError(f"noise.scheme: unknown scheme {noise['scheme']!r}; choose one of {', '.join(NOISE_SCHEMES)}")
+        raise LensnetError(
+            f"noise.scheme: unknown scheme {noise['scheme']!r}; choose one of {', '.join(NOISE_SCHEMES)}"
+        )
     cosmo = config["cosmology"]
     if cosmo["mass_to_angle"] not in MASS_TO_ANGLE:
         raise LensnetError(
