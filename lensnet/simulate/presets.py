@@ -269,5 +269,5 @@ def validate(config: dict) -> None:
         raise LensnetError(f"splits: fractions must sum to 1, got {sum(splits.values()):g}")
     if splits["train"] <= 0:
         raise LensnetError("splits.train: must be > 0")
+    check_replica(config)  # first: a replica's refusal says more than the physics error it would cause
     parse_scene(config)
-    check_replica(config)
