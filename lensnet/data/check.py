@@ -273,7 +273,7 @@ def format_summary(info: DatasetInfo, report: CheckReport | None = None) -> str:
 
 def run_audit(report: CheckReport) -> dict:
     """Recompute the class audit from the records' parameters (all splits, as the writer does)."""
-    from lensnet.data.audit import audit, audit_images, combined_ok, replica_note
+    from lensnet.data.audit import audit, audit_images, combined_ok, image_separation_note
 
     info = report.info
     labels = report.all_labels()
@@ -282,7 +282,7 @@ def run_audit(report: CheckReport) -> dict:
     if report.image_summary:
         result["params_ok"] = result["ok"]
         result["images"] = audit_images(np.concatenate(report.image_summary), labels, info.class_names,
-                                        expected=replica_note(info.manifest.get("config")))
+                                        expected=image_separation_note(info.manifest))
         result["ok"] = combined_ok(result)
     return result
 

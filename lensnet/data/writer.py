@@ -384,12 +384,12 @@ def finalize(
         }
         result = (audit or default_audit)(params, labels, class_names, exclude=source.class_specific_params)
         if all("image_summary" in m for m in metas):
-            from lensnet.data.audit import audit_images, combined_ok, replica_note
+            from lensnet.data.audit import audit_images, combined_ok, image_separation_note
 
             summary = np.concatenate([np.asarray(m["image_summary"], dtype=np.float64) for m in metas])
             result["params_ok"] = result["ok"]
             result["images"] = audit_images(summary, labels, class_names,
-                                            expected=replica_note(manifest_base.get("config")))
+                                            expected=image_separation_note(manifest_base))
             result["ok"] = combined_ok(result)
         manifest["audit"] = result
     path = out / MANIFEST_NAME
