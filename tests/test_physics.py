@@ -535,3 +535,42 @@ def test_bad_population_parameters_are_one_line_errors(overrides: dict, field: s
     with pytest.raises(LensnetError, match=field.replace(".", r"\.")) as info:
         resolve_dataset_config("model_ii", {"substructure": overrides})
     assert "\n" not in str(info.value)
+
+
+# ---- the augmentation a fixed macro model keeps -----------------------------------------------------------
+
+
+def test_replica_macro_model_keeps_flips_but_not_quarter_turns() -> None:
+    from lenstronomy.LensModel.lens_model import LensModel
+
+    kwargs = build_simulator(resolve_dataset_config("deeplense_model_ii", {"image": {"size": 16}})) \
+        ._draw_scene(0, rng(0)).kwargs_lens[:2]
+    lens = LensModel(["SIE", "SHEAR"])
+    x, y = rng(1).uniform(-2, 2, (2, 200))
+    psi = lens.potential(x, y, kwargs)
+    for fx, fy in ((-x, y), (x, -y), (-x, -y)):  # flip x, flip y, rotation by 180 degrees
+        np.testing.assert_allclose(lens.potential(fx, fy, kwargs), psi, rtol=1e-9, atol=1e-12)
+    assert np.max(np.abs(lens.potential(-y, x, kwargs) - psi)) > 1e-2  # a quarter turn changes the lens
+
+
+def test_flips_augmentation_is_the_four_element_group_and_none_is_accepted() -> None:
+    import tensorflow as tf
+
+    from lensnet.data.augment import augment_batch, check_augment, flips_transforms, normalise_augment
+    from lensnet.training.config import resolve_fit_config
+
+    image = rng(0).standard_normal((12, 12, 1)).astype(np.float32)
+    batch = tf.constant(np.repeat(image[None], 64, axis=0))
+    out = augment_batch({"image": batch}, "flips", tf.constant([5, 6], tf.int64))["image"].numpy()
+    again = augment_batch({"image": batch}, "flips", tf.constant([5, 6], tf.int64))["image"].numpy()
+    np.testing.assert_array_equal(out, again)  # stateless: the seed decides
+    views = flips_transforms(image)
+    used = {next(k for k, v in enumerate(views) if np.array_equal(v, o)) for o in out}  # never a transpose
+    assert used == {0, 1, 2, 3}
+    assert check_augment("flips", {"image": (16, 12, 1)}) == "flips"  # no square needed
+    assert check_augment("none", {"image": (16, 16, 1)}) is None and normalise_augment(None) is None
+    with pytest.raises(LensnetError, match="data.augment"):
+        normalise_augment("rot90")
+    for value in ("none", None):
+        assert resolve_fit_config("substructure", overrides={"data": {"augment": value}})["data"]["augment"] is None
+    assert resolve_fit_config("substructure", overrides={"data": {"augment": "flips"}})["data"]["augment"] == "flips"
