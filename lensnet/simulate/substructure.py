@@ -8,7 +8,8 @@ CDM subhaloes
                convergence of an isothermal lens at its Einstein radius. f_sub is drawn per image from the
                `f_sub` prior; the expected mass is M = f_sub Σ_crit π (b² - a²) / 2 and the count
                n ~ Poisson(M / <m>), <m> the mean of the mass function. This is the quantity SLACS-style
-               analyses quote (Dalal & Kochanek 2002; Vegetti et al. 2014).
+               analyses quote (Dalal & Kochanek 2002; Vegetti et al. 2014). The masses are the drawn ones
+               (point masses; M200c for TNFW, whose truncated lensing mass is smaller), in [m_min, m_max].
     count      (normalisation: count) n ~ Poisson(n_mean), or exactly round(n_mean) with count: fixed
                (DeepLense draws a Poisson count and ignores it)
     masses     dN/dm ∝ m^slope on [m_min, m_max], drawn by inverse CDF
