@@ -34,8 +34,8 @@ def normalise_augment(augment: str | None, field: str = "data.augment") -> str |
     if augment is None or augment == "none":
         return None
     if augment not in AUGMENTATIONS:
-        raise LensnetError(f"{field}: unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)} "
-                           "or none")
+        raise LensnetError(f"{field} must be one of {', '.join(AUGMENTATIONS)}, none; unknown augmentation "
+                           f"{augment!r}")
     return augment
 
 
