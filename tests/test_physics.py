@@ -574,3 +574,15 @@ def test_flips_augmentation_is_the_four_element_group_and_none_is_accepted() -> 
     for value in ("none", None):
         assert resolve_fit_config("substructure", overrides={"data": {"augment": value}})["data"]["augment"] is None
     assert resolve_fit_config("substructure", overrides={"data": {"augment": "flips"}})["data"]["augment"] == "flips"
+
+
+def test_replica_signal_is_far_stronger_than_the_physical_preset() -> None:
+    from lensnet.errors import run_cli
+    from lensnet.simulate.strength import main, measure
+
+    tiny = {"image": {"size": 32}}
+    replica = measure("deeplense_model_ii", 12, 0, tiny)
+    physical = measure("model_ii", 12, 0, {"image": {"size": 32, "supersampling": 1}})
+    assert "chi2" not in replica["no_sub"] and replica["cdm"]["images_per_s"] > 0
+    assert replica["cdm"]["chi2"][1] > 5 * physical["cdm"]["chi2"][1] > 0
+    assert run_cli(main, ["--dataset", "model_ii", "--num", "0"]) == 2

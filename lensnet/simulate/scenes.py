@@ -591,7 +591,12 @@ class SubstructureSimulator(Simulator):
 
     def noiseless(self, label: int, rng: np.random.Generator) -> np.ndarray:
         """The model image `simulate` adds noise to, for the same rng state (for tests and checks)."""
-        return np.stack(self._render(self._renderers, self._draw_scene(label, rng)), axis=-1)
+        return self.noiseless_with_exposures(label, rng)[0]
+
+    def noiseless_with_exposures(self, label: int, rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
+        """(noiseless (H, W, bands) model in e-/s, exposure time per band) for the same rng state."""
+        drawn = self._draw_scene(label, rng)
+        return np.stack(self._render(self._renderers, drawn), axis=-1), list(drawn.exposures)
 
 
 class SuperResolutionSimulator(SubstructureSimulator):
