@@ -1,7 +1,12 @@
 """`python -m lensnet.convert FORMAT SRC --out DIR`: import image folders into sharded TFRecords + manifest.json.
 
 Formats:
-  deeplense-npy  one subfolder per class of .npy images, (H,W), (1,H,W), (H,W,C) or (C,H,W)
+  deeplense-npy  one subfolder per class of .npy images, (H,W), (1,H,W), (H,W,C) or (C,H,W); or the layout
+                 DeepLense distributes, split folders each holding one folder per class
+                 (SRC/train/<class>/*.npy, SRC/val/<class>/*.npy): membership is kept, train/ -> train,
+                 val/ -> test (DeepLense's held-out set; val/ -> val when a test/ folder exists), and
+                 --val-fraction of train/ becomes the val split; --split-map val=val changes the mapping,
+                 --resplit pools every file and splits by --splits
   fits           FITS cutouts, labelled by subfolder, or unlabelled when directly in SRC
 
 The conversion is resumable (a rerun keeps complete shards) and deterministic
@@ -34,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, default=0, help="decides the split assignment and record order")
     common.add_argument("--layout", choices=("auto", "hwc", "chw"), default="auto",
                         help="axis order of 3-D images (auto: the small axis is the channel axis)")
+    common.add_argument("--split-map", metavar="FOLDER=SPLIT,...",
+                        help="with split folders: which split each folder becomes (default train=train, "
+                             "val=test, or val=val when a test/ folder exists)")
+    common.add_argument("--val-fraction", type=float, default=0.1,
+                        help="with split folders and no folder mapped to val: fraction of train/ (stratified, "
+                             "seeded) used as the val split (default 0.1; 0 for none)")
+    common.add_argument("--resplit", action="store_true",
+                        help="ignore split folders: pool every file and split by --splits")
     common.add_argument("--records-per-shard", type=int, default=1000)
     common.add_argument("--workers", type=int, default=1, help="reader processes")
     common.add_argument("--overwrite", action="store_true", help="replace a different dataset already in --out")
@@ -61,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits=args.splits, seed=args.seed, layout=args.layout, hdu=getattr(args, "hdu", None),
         trust_pickle=getattr(args, "trust_pickle", False), records_per_shard=args.records_per_shard,
         name=args.name, workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress,
+        split_map=args.split_map, val_fraction=args.val_fraction, resplit=args.resplit,
     )
     print_summary(summary)
     if summary.manifest is not None:

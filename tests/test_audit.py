@@ -78,3 +78,43 @@ def test_fabricated_arrays() -> None:
     assert report["params"]["same"]["separates"] is False
     assert report["skipped"] == {"constant": "constant", "partial": "not finite in every class"}
     assert report["threshold"] == pytest.approx(1e-3 / 6)
+
+
+def test_image_statistics_of_known_images() -> None:
+    from lensnet.data.audit import IMAGE_STATISTICS, image_statistics
+
+    h = w = 41
+    y, x = np.mgrid[:h, :w] - 20.0
+    r = np.hypot(x, y)
+    ring = np.exp(-0.5 * ((r - 10.0) / 0.5) ** 2)
+    ellipse = np.exp(-0.5 * ((x / 5.0) ** 2 + (y / 2.0) ** 2))
+    stats = image_statistics(np.stack([ring, 2 * ring, ellipse])[..., None])
+    col = {name: stats[:, i] for i, name in enumerate(IMAGE_STATISTICS)}
+    assert col["ring_radius"][0] == pytest.approx(10.0, abs=0.1) and col["ring_radius"][1] == col["ring_radius"][0]
+    assert col["total_flux"][1] == pytest.approx(2 * col["total_flux"][0])
+    assert col["q_xx"][0] == pytest.approx(col["q_yy"][0]) and abs(col["q_xy"][0]) < 1e-9
+    assert col["q_xx"][2] == pytest.approx(25.0, rel=0.02) and col["q_yy"][2] == pytest.approx(4.0, rel=0.02)
+
+
+def test_image_audit_flags_a_ring_shortcut_and_replicas_report_it() -> None:
+    from lensnet.data.audit import audit_images, combined_ok, image_separation_note
+
+    rng = np.random.default_rng(0)
+    n = 300
+    labels = np.arange(n) % 2
+    stats = rng.normal(size=(n, 5))
+    stats[:, 1] += 0.8 * labels  # class 1's ring is larger
+    simulated = {"generator": "lensnet.simulate", "config": {"kind": "substructure", "replica": None}}
+    replica = {"generator": "lensnet.simulate", "config": {"kind": "substructure", "replica": "deeplense_model_ii"}}
+    assert image_separation_note(simulated) is None
+    assert "deeplense_model_ii" in image_separation_note(replica)
+    assert "reported" in image_separation_note({"generator": "lensnet.convert", "config": {}})
+
+    failed = audit_images(stats, labels, ["no_sub", "cdm"], expected=image_separation_note(simulated))
+    assert failed["separating"] == ["ring_radius"] and "expected" not in failed
+    assert failed["medians"]["ring_radius"]["cdm"] > failed["medians"]["ring_radius"]["no_sub"]
+    assert not combined_ok({"ok": True, "params_ok": True, "images": failed})
+    reported = audit_images(stats, labels, ["no_sub", "cdm"], expected=image_separation_note(replica))
+    assert reported["separating"] == ["ring_radius"] and "DeepLenseSim" in reported["expected"]
+    assert combined_ok({"ok": True, "params_ok": True, "images": reported})
+    assert not combined_ok({"ok": False, "params_ok": False, "images": reported})  # parameters still gate

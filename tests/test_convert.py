@@ -287,8 +287,84 @@ def test_workers_write_identical_shards(deeplense, tmp_path, capsys):
     assert digests[0] == digests[1]
 
 
+def deeplense_split_tree(root: Path, per_class: dict[str, int]) -> Path:
+    """SRC/train/<class>/*.npy and SRC/val/<class>/*.npy as DeepLense distributes them."""
+    images = {}
+    for folder, n in per_class.items():
+        for c in ("axion", "cdm", "no_sub"):
+            for i, im in enumerate(rng_images(len(folder) + len(c), n, (SIZE, SIZE))):
+                images[f"{folder}/{c}/{c}_{i:02d}.npy"] = im
+    return save_tree(root, images)
+
+
+def test_deeplense_split_folders_keep_membership(tmp_path, capsys):
+    root = deeplense_split_tree(tmp_path / "src", {"train": 10, "val": 4})
+    out = tmp_path / "ds"
+    code, _, err = convert(["deeplense-npy", str(root), "--out", str(out), "--records-per-shard", "8"], capsys)
+    assert code == 0, err
+    ids = split_ids(out)
+    # val/ is DeepLense's held-out set: it becomes test, whole; 10% of train/ (stratified) becomes val
+    assert ids["test"] == sorted(f"val/{c}/{c}_{i:02d}.npy" for c in ("axion", "cdm", "no_sub") for i in range(4))
+    assert all(i.startswith("train/") for i in ids["train"] + ids["val"])
+    manifest = open_dataset(out).manifest
+    assert manifest["class_names"] == ["axion", "cdm", "no_sub"]
+    assert manifest["splits"]["val"]["per_class"] == {"axion": 1, "cdm": 1, "no_sub": 1}
+    assert manifest["splits"]["train"]["per_class"] == {"axion": 9, "cdm": 9, "no_sub": 9}
+    assert manifest["config"]["split_folders"] == {"train": "train", "val": "test"}
+    assert check_dataset(out).problems == []
+
+
+def test_split_map_val_and_resplit(tmp_path, capsys):
+    root = deeplense_split_tree(tmp_path / "src", {"train": 6, "val": 3})
+    out = tmp_path / "mapped"
+    code, _, err = convert(["deeplense-npy", str(root), "--out", str(out), "--split-map", "val=val"], capsys)
+    assert code == 0, err
+    ids = split_ids(out)
+    assert ids["test"] == [] and len(ids["val"]) == 9 and all(i.startswith("val/") for i in ids["val"])
+    assert len(ids["train"]) == 18 and all(i.startswith("train/") for i in ids["train"])
+
+    out = tmp_path / "resplit"
+    code, _, err = convert(["deeplense-npy", str(root), "--out", str(out), "--resplit", "--splits", "0.5,0.25,0.25",
+                            "--seed", "3"], capsys)
+    assert code == 0, err
+    ids = split_ids(out)
+    assert {len(v) for v in ids.values()} != {0} and sum(len(v) for v in ids.values()) == 27
+    assert any(i.startswith("val/") for i in ids["train"])  # folders pooled
+    # a test/ folder present: val/ stays val
+    root = deeplense_split_tree(tmp_path / "three", {"train": 4, "val": 2, "test": 2})
+    out = tmp_path / "three_ds"
+    assert convert(["deeplense-npy", str(root), "--out", str(out)], capsys)[0] == 0
+    ids = split_ids(out)
+    assert all(i.startswith("val/") for i in ids["val"]) and all(i.startswith("test/") for i in ids["test"])
+
+
+@pytest.mark.parametrize("layout,argv,expected", [
+    ("split_and_class", [], "mixes split folders"),
+    ("loose_in_split", [], "holds files directly"),
+    ("classes_differ", [], "disagree on the classes"),
+    ("good", ["--split-map", "dev=test"], "not a split folder"),
+    ("good", ["--split-map", "val=holdout"], "one of train"),
+    ("good", ["--split-map", "train=val"], "no folder maps to train"),
+    ("good", ["--val-fraction", "1.5"], "--val-fraction"),
+    ("flat", ["--split-map", "val=val"], "needs split folders"),
+])
+def test_split_folder_problems_are_one_line(tmp_path, capsys, layout, argv, expected):
+    root = tmp_path / "src"
+    image = np.zeros((SIZE, SIZE), np.float32)
+    trees = {
+        "split_and_class": {"train/a/0.npy": image, "cdm/0.npy": image},
+        "loose_in_split": {"train/a/0.npy": image, "val/0.npy": image},
+        "classes_differ": {"train/a/0.npy": image, "train/b/0.npy": image, "val/a/0.npy": image},
+        "good": {"train/a/0.npy": image, "train/a/1.npy": image, "val/a/0.npy": image},
+        "flat": {"a/0.npy": image, "b/0.npy": image},
+    }
+    save_tree(root, trees[layout])
+    code, _, err = convert(["deeplense-npy", str(root), "--out", str(tmp_path / "ds"), *argv], capsys)
+    assert code == 2 and expected in one_line_error(err)
+    assert not (tmp_path / "ds").exists()
+
+
 @pytest.mark.parametrize("layout,expected", [
-    ("splits", "look like splits"),
     ("mixed", "both files"),
     ("empty_class", "holds no .npy files"),
     ("nothing", "holds no .npy files"),
@@ -297,9 +373,7 @@ def test_workers_write_identical_shards(deeplense, tmp_path, capsys):
 def test_layout_problems(tmp_path, capsys, layout, expected):
     root = tmp_path / "src"
     image = np.zeros((SIZE, SIZE), np.float32)
-    if layout == "splits":
-        save_tree(root, {"train/a/0.npy": image, "val/a/0.npy": image})
-    elif layout == "mixed":
+    if layout == "mixed":
         save_tree(root, {"a/0.npy": image, "loose.npy": image})
     elif layout == "empty_class":
         save_tree(root, {"a/0.npy": image})

@@ -12,7 +12,8 @@ from lensnet.errors import LensnetError
 from lensnet.simulate.presets import DATASET_DEFAULTS, list_presets, resolve_dataset_config
 from lensnet.simulate.scenes import CONFUSER_TYPES, build_simulator
 
-PRESETS = ["model_i", "model_ii", "model_iii", "lens_finding", "super_resolution"]
+PRESETS = ["model_i", "model_ii", "model_iii", "lens_finding", "super_resolution", "deeplense_model_i",
+           "deeplense_model_ii", "deeplense_model_iii"]
 SMALL = {"image": {"size": 24, "supersampling": 1}}
 QUIET = {"noise": {"poisson": False, "background": False}}
 
@@ -83,7 +84,7 @@ def test_not_applicable_params_are_nan_and_applicable_ones_are_not() -> None:
         assert all(math.isnan(no_sub[n]) and math.isnan(cdm[n]) for n in axion)
         assert all(math.isfinite(ax[n]) for n in axion)
         assert cdm["n_subhalo"] >= 0 and math.isfinite(cdm["f_sub"])
-    assert {"n_subhalo", "m_sub_total", "f_sub", *axion} == sim.class_specific_params
+    assert {"n_subhalo", "m_sub_total", "f_sub", "theta_E_smooth", *axion} == sim.class_specific_params
 
     finder = build_simulator(small("lens_finding"))
     lens_only = ["theta_E", "e1", "source_mag", "source_mag_g", "source_R_sersic"]
@@ -132,7 +133,7 @@ def test_classes_share_the_macro_draw_for_one_seed() -> None:
 
 
 def test_poisson_subhalo_count_is_drawn_and_rendered() -> None:
-    config = small("model_ii", substructure={"profile": "POINT_MASS", "n_mean": 6.0})
+    config = small("model_ii", substructure={"profile": "POINT_MASS", "normalisation": "count", "n_mean": 6.0})
     sim = build_simulator(config)
     counts = []
     for seed in range(200):
@@ -147,7 +148,8 @@ def test_poisson_subhalo_count_is_drawn_and_rendered() -> None:
 @pytest.mark.parametrize("profile", ["POINT_MASS", "TNFW"])
 def test_substructure_perturbation_grows_with_subhalo_mass(profile: str) -> None:
     def mean_difference(m_min: float) -> float:
-        sub = {"profile": profile, "n_mean": 8.0, "m_min": m_min, "m_max": 1.01 * m_min}
+        sub = {"profile": profile, "normalisation": "count", "n_mean": 8.0, "m_min": m_min, "m_max": 1.01 * m_min,
+               "subtract_from_macro": False}
         sim = build_simulator(small("model_ii", substructure=sub, **QUIET))
         total = 0.0
         for seed in range(6):
@@ -162,14 +164,16 @@ def test_substructure_perturbation_grows_with_subhalo_mass(profile: str) -> None
     assert all(b > 1.5 * a for a, b in zip(diffs, diffs[1:])), diffs
 
 
-def test_f_sub_is_subhalo_mass_over_mass_inside_theta_e() -> None:
+def test_realised_f_sub_is_mean_subhalo_convergence_over_one_half() -> None:
     from astropy.cosmology import FlatLambdaCDM
     from lenstronomy.Cosmo.lens_cosmo import LensCosmo
 
-    sim = build_simulator(small("model_ii"))
+    sim = build_simulator(small("model_ii", substructure={"normalisation": "count"}))
     lens_cosmo = LensCosmo(0.5, 1.0, cosmo=FlatLambdaCDM(H0=70, Om0=0.3))
     _, p = sim.simulate(1, rng(4))
-    assert p["f_sub"] == pytest.approx(p["m_sub_total"] / lens_cosmo.mass_in_theta_E(p["theta_E"]), rel=1e-6)
+    area = math.pi * (2.0**2 - 0.25**2)
+    kappa = p["m_sub_total"] / (lens_cosmo.sigma_crit_angle * area)
+    assert p["f_sub"] == pytest.approx(kappa / 0.5, rel=1e-6)
 
 
 def test_nfw_units_match_lenscosmo_and_truncation_is_positive() -> None:
@@ -186,7 +190,7 @@ def test_nfw_units_match_lenscosmo_and_truncation_is_positive() -> None:
     np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-10)
     np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-10)
     for seed in range(20):
-        kwargs, _ = pop.draw(rng(seed), 0.0, 0.0, 1.3)
+        kwargs, _, _ = pop.draw(rng(seed), 0.0, 0.0, 1.3)
         assert all(k["r_trunc"] > 0 and k["Rs"] > 0 and k["alpha_Rs"] > 0 for k in kwargs)
 
 
@@ -335,3 +339,250 @@ def test_bytes_are_identical_in_another_process() -> None:
     for label in range(3):
         digest.update(sim.simulate(label, np.random.default_rng([9, label]))[0]["image"].tobytes())
     assert out.stdout.strip() == digest.hexdigest()
+
+
+# ---- DeepLense replicas ---------------------------------------------------------------------------------
+REPLICAS = ["deeplense_model_i", "deeplense_model_ii", "deeplense_model_iii"]
+
+
+def deeplense_theta(mass: float) -> float:
+    """DeepLenseSim's mass_to_radius, written out independently: LUMINOSITY distances, D_LS = D_S - D_L."""
+    from astropy import units as u
+    from astropy.constants import G, M_sun, c
+    from astropy.cosmology import FlatLambdaCDM
+
+    cosmo = FlatLambdaCDM(H0=70, Om0=0.3, Ob0=0.05)
+    d_l = cosmo.luminosity_distance(0.5).to(u.m)
+    d_s = cosmo.luminosity_distance(1.0).to(u.m)
+    return float(np.sqrt(4 * G * mass * M_sun / c**2 * (d_s - d_l) / (d_l * d_s)).decompose().value * 206265)
+
+
+def test_replicas_listed_and_fixed_macro_model() -> None:
+    presets = dict(list_presets())
+    for name in REPLICAS:
+        assert "REPLICA" in presets[name]
+        config = resolve_dataset_config(name)
+        assert config["symmetry"] == "flips" and config["replica"] == name
+        sim = build_simulator(resolve_dataset_config(name, {"image": {"size": 16}}))
+        drawn = sim._draw_scene(0, rng(0))
+        assert drawn.kwargs_lens[0] == {"theta_E": pytest.approx(deeplense_theta(1e12)), "e1": 0.1, "e2": 0.0,
+                                        "center_x": 0.0, "center_y": 0.0}
+        assert drawn.kwargs_lens[1] == {"gamma1": 0.05, "gamma2": 0.0}
+        assert sim.class_names == ["no_sub", "cdm", "axion"]
+    assert deeplense_theta(1e12) == pytest.approx(1.2815, abs=1e-4)
+
+
+def test_replica_subhalo_recipe_is_the_code_not_the_docstring() -> None:
+    """25 point masses, p(m) ~ m^-0.9 on [1e6, 1e10], luminosity-distance angles, uniform in radius 0.25-2"."""
+    from scipy.stats import kstest
+
+    sim = build_simulator(resolve_dataset_config("deeplense_model_ii", {"image": {"size": 16}}))
+    unit = deeplense_theta(1.0) ** 2  # theta^2 per solar mass
+    masses, radii, totals = [], [], []
+    for seed in range(240):
+        drawn = sim._draw_scene(1, rng(seed))
+        subs = drawn.kwargs_lens[2:]
+        assert len(subs) == 25 and drawn.params["n_subhalo"] == 25  # never the Poisson draw
+        m = np.array([k["theta_E"] ** 2 / unit for k in subs])
+        assert drawn.params["m_sub_total"] == pytest.approx(m.sum(), rel=1e-9)
+        masses.append(m)
+        radii += [math.hypot(k["center_x"], k["center_y"]) for k in subs]
+        totals.append(m.sum())
+    m = np.concatenate(masses)
+    assert m.min() >= 1e6 * (1 - 1e-9) and m.max() <= 1e10 * (1 + 1e-9)
+
+    def cdf(slope: float):
+        p = slope + 1
+        return lambda x: (np.asarray(x) ** p - 1e6**p) / (1e10**p - 1e6**p)
+
+    assert kstest(m, cdf(-0.9)).pvalue > 1e-3
+    assert kstest(m, cdf(-1.9)).pvalue < 1e-12  # the docstring's slope is not what runs
+    # E[sum] = 25 <m> with <m> = (0.1 / 1.1) (1e10^1.1 - 1e6^1.1) / (1e10^0.1 - 1e6^0.1) = 1.51e9
+    mean_mass = (0.1 / 1.1) * (1e10**1.1 - 1e6**1.1) / (1e10**0.1 - 1e6**0.1)
+    assert np.mean(totals) == pytest.approx(25 * mean_mass, rel=0.1)
+    assert np.mean(m > 1e9) * 25 == pytest.approx(8.5, abs=0.7)
+    assert kstest(radii, "uniform", args=(0.25, 1.75)).pvalue > 1e-3  # uniform in RADIUS
+
+
+def test_replica_vortex_is_100_point_masses_over_plus_minus_3e_24_over_m_a() -> None:
+    sim = build_simulator(resolve_dataset_config("deeplense_model_i", {"image": {"size": 16}}))
+    theta_point = deeplense_theta(3e10 / 100)
+    angles, log_m = [], []
+    for seed in range(50):
+        drawn = sim._draw_scene(2, rng(seed))
+        p = drawn.params
+        points = drawn.kwargs_lens[2:]
+        assert len(points) == 100
+        assert all(k["theta_E"] == pytest.approx(theta_point, rel=1e-9) for k in points)
+        half = 3e-24 / 10 ** p["log10_m_axion"]
+        assert p["vortex_half_length"] == pytest.approx(half, rel=1e-9)
+        ends = [(points[i]["center_x"], points[i]["center_y"]) for i in (0, -1)]
+        assert math.hypot(*ends[0]) == pytest.approx(half, rel=1e-9)
+        assert ends[0] == pytest.approx((-ends[1][0], -ends[1][1]), abs=1e-12)  # through the lens centre
+        angles.append(p["vortex_angle"])
+        log_m.append(p["log10_m_axion"])
+    assert max(angles) > math.pi  # angle U(0, 2 pi)
+    assert -24 <= min(log_m) < -23.5 and -22.5 < max(log_m) <= -22
+
+
+def test_replicas_ii_iii_render_noiseless_doubled_and_i_noisy_counts() -> None:
+    for name in ("deeplense_model_ii", "deeplense_model_iii"):
+        sim = build_simulator(resolve_dataset_config(name, {"image": {"size": 24}}))
+        for label in range(3):
+            image = sim.simulate(label, rng(5))[0]["image"]
+            np.testing.assert_array_equal(image, (2.0 * sim.noiseless(label, rng(5))).astype(np.float32))
+        noisy = build_simulator(resolve_dataset_config(name, {"image": {"size": 24}, "noise": {"enabled": True}}))
+        assert not np.allclose(noisy.simulate(0, rng(5))[0]["image"], 2.0 * noisy.noiseless(0, rng(5)))
+
+    sim = build_simulator(resolve_dataset_config("deeplense_model_i", {"image": {"size": 40}}))
+    ratios = []
+    for seed in range(30):
+        images, p = sim.simulate(0, rng(seed))
+        counts = images["image"][..., 0].astype(np.float64)
+        model = sim.noiseless(0, rng(seed))[..., 0]
+        t = p["exposure_time"]
+        assert np.all(counts == np.round(counts)) and counts.min() >= 0  # Poisson counts
+        bright = model > 0.05
+        # shot noise applied twice: Var = 2 t model + (t sigma_bkg)^2, not t model + ...
+        var = 2 * t * model[bright] + (t * 0.01) ** 2
+        ratios.append(np.mean((counts[bright] - t * model[bright]) ** 2 / var))
+    assert np.mean(ratios) == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"lens": {"theta_E": 1.5}}, "lens.theta_E"),
+        ({"substructure": {"slope": -1.9}}, "substructure.slope"),
+        ({"substructure": {"count": "poisson"}}, "substructure.count"),
+        ({"cosmology": {"mass_to_angle": "angular_diameter"}}, "cosmology.mass_to_angle"),
+        ({"axion": {"n_points": 50}}, "axion.n_points"),
+        ({"symmetry": "d4"}, "symmetry"),
+        ({"classes": ["no_sub", "wdm"]}, "classes"),
+    ],
+)
+def test_replica_refuses_what_it_cannot_honour(overrides: dict, field: str) -> None:
+    with pytest.raises(LensnetError, match=field.replace(".", r"\.")) as info:
+        resolve_dataset_config("deeplense_model_ii", overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_replica_accepts_its_free_options() -> None:
+    config = resolve_dataset_config("deeplense_model_ii", {"noise": {"enabled": True}, "image": {"size": 32},
+                                                           "classes": ["no_sub", "cdm"], "num": 10})
+    assert config["noise"]["enabled"] and config["image"]["size"] == 32
+
+
+# ---- physical presets: substructure by mass fraction ------------------------------------------------------
+
+
+def test_subhalo_count_follows_f_sub() -> None:
+    from astropy.cosmology import FlatLambdaCDM
+    from lenstronomy.Cosmo.lens_cosmo import LensCosmo
+
+    sigma_crit = LensCosmo(0.5, 1.0, cosmo=FlatLambdaCDM(H0=70, Om0=0.3)).sigma_crit_angle
+    mean_mass = (0.9 / -0.1) * (1e10**0.1 - 1e8**0.1) / (1e10**-0.9 - 1e8**-0.9)  # slope -1.9 on [1e8, 1e10]
+    for f_sub in (0.01, 0.04):
+        sim = build_simulator(small("model_ii", substructure={"f_sub": f_sub}))
+        expected = f_sub * 0.5 * sigma_crit * math.pi * (2.0**2 - 0.25**2) / mean_mass
+        counts = [sim._draw_scene(1, rng(seed)).params["n_subhalo"] for seed in range(300)]
+        assert np.mean(counts) == pytest.approx(expected, rel=0.08)
+        assert np.var(counts) == pytest.approx(expected, rel=0.35)  # Poisson
+    drawn = [sim._draw_scene(1, rng(seed)).params for seed in range(5)]
+    assert all(p["f_sub"] == 0.04 for p in drawn)
+
+
+def test_physical_preset_effective_einstein_radius_does_not_separate_classes() -> None:
+    """Mass taken out of the smooth lens: ring size and flux look alike in every class (KS, small sample)."""
+    from scipy.stats import ks_2samp
+
+    from lensnet.data.audit import IMAGE_STATISTICS, image_statistics
+
+    def stats(config: dict) -> list[np.ndarray]:
+        sim = build_simulator(config)
+        # the same 60 macro scenes per class (paired seeds) make the comparison sharp
+        return [image_statistics(np.stack([sim.simulate(label, rng(seed))[0]["image"] for seed in range(60)]))
+                for label in range(3)]
+
+    lumpy = {"f_sub": 0.05, "m_min": 1e9}  # the strongest substructure of the prior, heaviest haloes
+    physical = stats(small("model_ii", image={"size": 32, "supersampling": 1}, substructure=lumpy, **QUIET))
+    added = stats(small("model_ii", image={"size": 32, "supersampling": 1},
+                        substructure={**lumpy, "subtract_from_macro": False}, **QUIET))
+    ring = IMAGE_STATISTICS.index("ring_radius")
+    for label in (1, 2):
+        for k in range(len(IMAGE_STATISTICS)):
+            assert ks_2samp(physical[0][:, k], physical[label][:, k]).pvalue > 1e-3
+        # paired: with the mass added, the ring of the same scene grows; with it subtracted, it does not
+        grow_added = np.median(added[label][:, ring] - added[0][:, ring])
+        grow_physical = np.median(physical[label][:, ring] - physical[0][:, ring])
+        assert grow_added > 3 * abs(grow_physical) and grow_added > 0.05
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"m_min": 1e10, "m_max": 1e10}, "substructure.m_min"),
+        ({"f_sub": {"uniform": [0.5, 1.2]}}, "substructure.f_sub"),
+        ({"f_sub": -0.01}, "substructure.f_sub"),
+        ({"f_sub": 1.0}, "substructure.f_sub"),
+        ({"m_min": -5.0}, "substructure.m_min"),
+        ({"normalisation": "mass"}, "substructure.normalisation"),
+        ({"placement": "ring"}, "substructure.placement"),
+        ({"radius": {"normal": [1.0, 0.3]}}, "substructure.radius"),
+    ],
+)
+def test_bad_population_parameters_are_one_line_errors(overrides: dict, field: str) -> None:
+    with pytest.raises(LensnetError, match=field.replace(".", r"\.")) as info:
+        resolve_dataset_config("model_ii", {"substructure": overrides})
+    assert "\n" not in str(info.value)
+
+
+# ---- the augmentation a fixed macro model keeps -----------------------------------------------------------
+
+
+def test_replica_macro_model_keeps_flips_but_not_quarter_turns() -> None:
+    from lenstronomy.LensModel.lens_model import LensModel
+
+    kwargs = build_simulator(resolve_dataset_config("deeplense_model_ii", {"image": {"size": 16}})) \
+        ._draw_scene(0, rng(0)).kwargs_lens[:2]
+    lens = LensModel(["SIE", "SHEAR"])
+    x, y = rng(1).uniform(-2, 2, (2, 200))
+    psi = lens.potential(x, y, kwargs)
+    for fx, fy in ((-x, y), (x, -y), (-x, -y)):  # flip x, flip y, rotation by 180 degrees
+        np.testing.assert_allclose(lens.potential(fx, fy, kwargs), psi, rtol=1e-9, atol=1e-12)
+    assert np.max(np.abs(lens.potential(-y, x, kwargs) - psi)) > 1e-2  # a quarter turn changes the lens
+
+
+def test_flips_augmentation_is_the_four_element_group_and_none_is_accepted() -> None:
+    import tensorflow as tf
+
+    from lensnet.data.augment import augment_batch, check_augment, flips_transforms, normalise_augment
+    from lensnet.training.config import resolve_fit_config
+
+    image = rng(0).standard_normal((12, 12, 1)).astype(np.float32)
+    batch = tf.constant(np.repeat(image[None], 64, axis=0))
+    out = augment_batch({"image": batch}, "flips", tf.constant([5, 6], tf.int64))["image"].numpy()
+    again = augment_batch({"image": batch}, "flips", tf.constant([5, 6], tf.int64))["image"].numpy()
+    np.testing.assert_array_equal(out, again)  # stateless: the seed decides
+    views = flips_transforms(image)
+    used = {next(k for k, v in enumerate(views) if np.array_equal(v, o)) for o in out}  # never a transpose
+    assert used == {0, 1, 2, 3}
+    assert check_augment("flips", {"image": (16, 12, 1)}) == "flips"  # no square needed
+    assert check_augment("none", {"image": (16, 16, 1)}) is None and normalise_augment(None) is None
+    with pytest.raises(LensnetError, match="data.augment"):
+        normalise_augment("rot90")
+    for value in ("none", None):
+        assert resolve_fit_config("substructure", overrides={"data": {"augment": value}})["data"]["augment"] is None
+    assert resolve_fit_config("substructure", overrides={"data": {"augment": "flips"}})["data"]["augment"] == "flips"
+
+
+def test_replica_signal_is_far_stronger_than_the_physical_preset() -> None:
+    from lensnet.errors import run_cli
+    from lensnet.simulate.strength import main, measure
+
+    tiny = {"image": {"size": 32}}
+    replica = measure("deeplense_model_ii", 12, 0, tiny)
+    physical = measure("model_ii", 12, 0, {"image": {"size": 32, "supersampling": 1}})
+    assert "chi2" not in replica["no_sub"] and replica["cdm"]["images_per_s"] > 0
+    assert replica["cdm"]["chi2"][1] > 5 * physical["cdm"]["chi2"][1] > 0
+    assert run_cli(main, ["--dataset", "model_ii", "--num", "0"]) == 2

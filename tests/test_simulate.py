@@ -40,7 +40,14 @@ def test_cli_writes_balanced_splits_and_manifest(tmp_path: Path, capsys) -> None
     assert manifest["seed"] == 3 and manifest["config"]["image"]["size"] == 16
     assert manifest["class_names"] == ["no_sub", "cdm", "axion"]
     assert [f["name"] for f in manifest["features"]][:5] == ["id", "seed", "label", "class_name", "image"]
-    assert manifest["audit"]["ok"] in (True, False) and "log10_m_axion" in manifest["class_specific_params"]
+    assert "log10_m_axion" in manifest["class_specific_params"]
+    audit = manifest["audit"]
+    # parameters and image statistics are drawn alike in every class: nothing separates them
+    assert audit["ok"] is True and audit["params_ok"] is True and audit["separating"] == []
+    assert "theta_E" in audit["params"] and "log10_m_axion" in audit["skipped"]
+    assert audit["images"]["statistics"] == ["total_flux", "ring_radius", "q_xx", "q_yy", "q_xy"]
+    assert audit["images"]["ok"] is True
+    assert set(audit["images"]["medians"]["ring_radius"]) == {"no_sub", "cdm", "axion"}
     for shard in manifest["splits"]["train"]["shards"]:
         path = out / shard["file"]
         assert sha256_file(path) == shard["sha256"]
@@ -122,6 +129,10 @@ def test_killed_run_leaves_no_partial_shard_and_rerun_finishes(tmp_path: Path) -
         (["--dataset", "model_ii", "--shard-index", "3", "--num-shards", "2"], "--shard-index"),
         (["--config", "/nonexistent/dataset.yaml"], "not found"),
         ([], "--dataset"),
+        (["--dataset", "deeplense_model_ii", "--set", "lens.theta_E=1.5"], "replica deeplense_model_ii"),
+        (["--dataset", "deeplense_model_i", "--set", "substructure.n_mean=40"], "substructure.n_mean"),
+        (["--dataset", "deeplense_model_iii", "--set", "instrument.name=Euclid"], "instrument.name"),
+        (["--dataset", "model_ii", "--set", "substructure.f_sub=1.5"], "substructure.f_sub"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
@@ -129,6 +140,23 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys, argv: list[str], message:
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert message in err
+    assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_replica_records_pass_check_audit_and_report_image_statistics(tmp_path: Path, capsys) -> None:
+    from lensnet.data.__main__ import main as data_main
+
+    out = tmp_path / "replica"
+    code = run_cli(main, ["--dataset", "deeplense_model_ii", "--num", "60", "--out", str(out), "--workers", "1",
+                          "--set", "image.size=32", "--set", "records_per_shard=30", "--no-progress"])
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["symmetry"] == "flips" and manifest["config"]["replica"] == "deeplense_model_ii"
+    assert manifest["audit"]["ok"] is True and manifest["audit"]["separating"] == []
+    capsys.readouterr()
+    assert run_cli(data_main, ["check", str(out), "--audit", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "image statistics per class" in text and "ring_radius" in text
 
 
 def test_list_shows_presets(capsys) -> None:
@@ -136,6 +164,9 @@ def test_list_shows_presets(capsys) -> None:
     out = capsys.readouterr().out
     for name in ("model_i", "model_ii", "model_iii", "lens_finding", "super_resolution"):
         assert name in out
+    for name in ("deeplense_model_i", "deeplense_model_ii", "deeplense_model_iii"):
+        line = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert "REPLICA" in line
 
 
 def test_writer_refuses_non_finite_images() -> None:

@@ -8,6 +8,14 @@ combinations are exactly the eight elements of D4. Every image field of a record
 (e.g. the low- and high-resolution pair of a super-resolution set) gets the same
 element, so pairs stay aligned.
 
+Mode `flips` is the subgroup {identity, flip x, flip y, rotation by 180 degrees}
+(two bits, no transpose): the symmetries that a FIXED macro model with e2 = 0 and
+gamma2 = 0 keeps (DeepLense's SIE e1 = 0.1 and shear gamma1 = 0.05; a quadrupole
+aligned with the axes), whereas a 90-degree rotation turns it into e1 = -0.1, an
+orientation that never occurs at test time. A dataset's manifest names the mode
+that keeps its symmetry in config.symmetry (replicas and model_i: flips; randomly
+oriented presets: d4). `flip` is the former name of `flips`.
+
 Physical parameters are not transformed: targets that depend on orientation
 (ellipticity and shear components, source position) change under these maps.
 """
@@ -18,27 +26,36 @@ from collections.abc import Mapping, Sequence
 
 from lensnet.errors import LensnetError
 
-AUGMENTATIONS = ("d4", "flip")
+AUGMENTATIONS = ("d4", "flips", "flip")  # flip: the former name of flips
+
+
+def normalise_augment(augment: str | None, field: str = "data.augment") -> str | None:
+    """A valid augmentation name, or None for none (YAML null or the string `none`)."""
+    if augment is None or augment == "none":
+        return None
+    if augment not in AUGMENTATIONS:
+        raise LensnetError(f"{field} must be one of {', '.join(AUGMENTATIONS)}, none; unknown augmentation "
+                           f"{augment!r}")
+    return augment
 
 
 def check_augment(augment: str | None, image_shapes: Mapping[str, Sequence[int]]) -> str | None:
     """Validate `augment` against the image fields it will touch; returns it (None = no augmentation)."""
-    if augment in (None, "none"):
+    augment = normalise_augment(augment)
+    if augment is None:
         return None
-    if augment not in AUGMENTATIONS:
-        raise LensnetError(f"unknown augmentation '{augment}'; choose one of {', '.join(AUGMENTATIONS)} or none")
     if augment == "d4":
         for name, shape in image_shapes.items():
             if shape[0] != shape[1]:
                 raise LensnetError(
                     f"augmentation 'd4' needs square images but field '{name}' is {shape[0]}x{shape[1]}; "
-                    "use 'flip'"
+                    "use 'flips'"
                 )
     return augment
 
 
 def augment_batch(images: Mapping, method: str, seed):
-    """Apply one random D4 (or flip-only) element per record to every image field of a batch.
+    """Apply one random D4 (or `flips` group) element per record to every image field of a batch.
 
     `images` maps field name -> (N, H, W, C) tensor; `seed` is a stateless seed of shape [2].
     """
@@ -57,6 +74,11 @@ def augment_batch(images: Mapping, method: str, seed):
         x = tf.where(masks[2], tf.reverse(x, [1]), x)
         out[name] = x
     return out
+
+
+def flips_transforms(image):
+    """The four images of the `flips` group of one (H, W, C) numpy array: id, flip x, flip y, rot 180."""
+    return [image, image[:, ::-1], image[::-1], image[::-1, ::-1]]
 
 
 def d4_transforms(image):

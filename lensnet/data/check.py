@@ -34,6 +34,7 @@ class CheckReport:
     per_class: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class name -> count
     labels: list[np.ndarray] = field(default_factory=list)
     params: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    image_summary: list[np.ndarray] = field(default_factory=list)  # audit.image_statistics per batch
     problems: list[str] = field(default_factory=list)
     unlisted: list[str] = field(default_factory=list)  # .tfrecord files the manifest does not name
 
@@ -108,6 +109,10 @@ def _check_batch(info: DatasetInfo, shard: str, first_index: int, batch: list[by
             return f"shard {shard}: record {first_index + bad} ({ident}) has NaN or Inf in field '{name}'"
         if stats is not None:
             stats[name].add(parsed[name])
+    if schema.image_names and "label" in parsed:
+        from lensnet.data.audit import image_statistics
+
+        report.image_summary.append(image_statistics(parsed[schema.image_names[0]]))
     for name in schema.param_names:
         if np.isinf(parsed[name]).any():
             bad = int(np.argmax(np.isinf(parsed[name])))
@@ -268,11 +273,18 @@ def format_summary(info: DatasetInfo, report: CheckReport | None = None) -> str:
 
 def run_audit(report: CheckReport) -> dict:
     """Recompute the class audit from the records' parameters (all splits, as the writer does)."""
-    from lensnet.data.audit import audit
+    from lensnet.data.audit import audit, audit_images, combined_ok, image_separation_note
 
     info = report.info
-    return audit(report.all_params(), report.all_labels(), info.class_names,
-                 exclude=info.manifest.get("class_specific_params", []))
+    labels = report.all_labels()
+    result = audit(report.all_params(), labels, info.class_names,
+                   exclude=info.manifest.get("class_specific_params", []))
+    if report.image_summary:
+        result["params_ok"] = result["ok"]
+        result["images"] = audit_images(np.concatenate(report.image_summary), labels, info.class_names,
+                                        expected=image_separation_note(info.manifest))
+        result["ok"] = combined_ok(result)
+    return result
 
 
 def format_audit(result: dict) -> str:
@@ -289,6 +301,18 @@ def format_audit(result: dict) -> str:
     skipped = result.get("skipped", {})
     if skipped:
         lines.append("skipped: " + ", ".join(f"{n} ({why})" for n, why in sorted(skipped.items())))
+    images = result.get("images")
+    if images:
+        medians = images.get("medians", {})
+        rows = [
+            {"statistic": name, **{c: v for c, v in medians.get(name, {}).items()}, "min_p": r["min_p"],
+             "separates": "YES" if r["separates"] else "no"}
+            for name, r in images.get("params", {}).items()
+        ]
+        lines += ["", f"image statistics per class (median; KS threshold {images.get('threshold', 0):.3g})"]
+        lines.append(format_table(rows) if rows else "(nothing to test)")
+        if images.get("expected"):
+            lines.append(f"reported: {images['expected']}")
     return "\n".join(lines)
 
 
@@ -312,5 +336,8 @@ def main_check(directory: Path, *, audit: bool, progress: bool) -> int:
         print(text)
         if result is not None and not result.get("ok", False):
             names = ", ".join(result.get("separating", []))
-            raise LensnetError(f"{report.info.path}: audit failed: parameter(s) {names} separate the classes")
+            if names:
+                raise LensnetError(f"{report.info.path}: audit failed: parameter(s) {names} separate the classes")
+            names = ", ".join(result.get("images", {}).get("separating", []))
+            raise LensnetError(f"{report.info.path}: audit failed: image statistic(s) {names} separate the classes")
     return 0

@@ -8,6 +8,16 @@ folder, so predictions and users can always find the original file.
 Files are assigned to train/val/test per class (stratified) by a permutation drawn
 from `seed` and the class name, so a class's assignment does not depend on the
 other classes; each split is then permuted so shards mix the classes.
+
+Split folders (the layout DeepLense distributes: SRC/train/<class>/*.npy and
+SRC/val/<class>/*.npy) keep their membership, so a published held-out set stays held
+out. Each folder maps to one split (`split_map`, default train -> train, test -> test,
+val -> test when there is no test folder and val -> val when there is: DeepLense's
+val/ is the set its papers report on). When no folder maps to val, `val_fraction` of
+the train folder (stratified, seeded) becomes the val split for model selection.
+`resplit` pools every file and splits by the fractions as for a plain class layout.
+Refused as ambiguous, in one line: split folders beside class folders, files directly
+in a split folder, and split folders whose class subfolders differ.
 """
 
 from __future__ import annotations
@@ -38,7 +48,8 @@ from lensnet.errors import LensnetError
 
 FORMATS = {"deeplense-npy": NPY_SUFFIXES, "fits": FITS_SUFFIXES}
 # Folder names that mean "this is a split, not a class" (the DeepLense test sets ship as train/ and val/).
-_SPLIT_FOLDERS = {"train", "val", "valid", "validation", "test"}
+SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test")
+_VAL_FOLDERS = ("val", "valid", "validation")
 # DeepLense axion files store [image, axion mass]; the mass is kept as a parameter.
 AXION_PARAMS = ("m_axion", "log10_m_axion")
 
@@ -47,6 +58,7 @@ AXION_PARAMS = ("m_axion", "log10_m_axion")
 class SourceFile:
     relpath: str  # POSIX path relative to the source folder: the record id
     label: int  # -1 when unlabelled
+    folder: str = ""  # the split folder (train, val, ...) it came from, "" without split folders
 
 
 def _visible(path: Path, root: Path) -> bool:
@@ -84,17 +96,100 @@ def discover(root: str | os.PathLike, fmt: str) -> tuple[list[str], list[SourceF
     if empty:
         raise LensnetError(f"class folder {root / empty[0]} holds no {pattern} files")
     class_names = sorted(classes)
-    if set(class_names) <= _SPLIT_FOLDERS:
+    splits_found = [name for name in class_names if name.lower() in SPLIT_FOLDERS]
+    if splits_found and len(splits_found) < len(class_names):
+        other = next(name for name in class_names if name not in splits_found)
         raise LensnetError(
-            f"the subfolders of {root} ({', '.join(class_names)}) look like splits, not classes: convert "
-            f"{root / class_names[0]} (whose subfolders are the classes) instead"
+            f"{root} mixes split folders ({', '.join(splits_found)}) with other folders ({other}/): give one "
+            "folder per class, or split folders (train/, val/, test/) that each hold one folder per class"
         )
+    if splits_found:
+        return _discover_split_folders(root, splits_found, suffixes)
     files = [
         SourceFile(p.relative_to(root).as_posix(), label)
         for label, name in enumerate(class_names)
         for p in classes[name]
     ]
     return class_names, files
+
+
+def _discover_split_folders(
+    root: Path, folders: list[str], suffixes: Sequence[str]
+) -> tuple[list[str], list[SourceFile]]:
+    """SRC/<split>/<class>/...: the same classes in every split folder."""
+    per_folder: dict[str, dict[str, list[Path]]] = {}
+    for folder in folders:
+        path = root / folder
+        loose = sorted(p for p in path.iterdir() if _matches(p, suffixes) and _visible(p, root))
+        if loose:
+            raise LensnetError(
+                f"{path} holds files directly ({loose[0].name}): a split folder must hold one folder per class"
+            )
+        classes = {}
+        for sub in sorted(p for p in path.iterdir() if p.is_dir() and _visible(p, root)):
+            found = sorted(p for p in sub.rglob("*") if _matches(p, suffixes) and _visible(p, root))
+            if found:
+                classes[sub.name] = found
+        if not classes:
+            raise LensnetError(f"split folder {path} holds no class folder with {'/'.join(suffixes)} files")
+        per_folder[folder] = classes
+    class_names = sorted(per_folder[folders[0]])
+    for folder, classes in per_folder.items():
+        if sorted(classes) != class_names:
+            raise LensnetError(
+                f"split folders disagree on the classes: {folders[0]}/ has {', '.join(class_names)} but "
+                f"{folder}/ has {', '.join(sorted(classes))}"
+            )
+    files = [
+        SourceFile(p.relative_to(root).as_posix(), label, folder)
+        for folder, classes in per_folder.items()
+        for label, name in enumerate(class_names)
+        for p in classes[name]
+    ]
+    return class_names, files
+
+
+def parse_split_map(text: str | Mapping[str, str] | None, folders: Sequence[str]) -> dict[str, str]:
+    """Folder -> split for the split folders present: defaults, then `val=test,train=train` overrides."""
+    has_test = any(f.lower() == "test" for f in folders)
+    mapping = {}
+    for folder in folders:
+        low = folder.lower()
+        mapping[folder] = ("val" if has_test else "test") if low in _VAL_FOLDERS else low
+    if text:
+        items = text.items() if isinstance(text, Mapping) else (
+            p.split("=", 1) if "=" in p else (p, "") for p in str(text).split(",") if p.strip())
+        for folder, split in items:
+            folder, split = folder.strip(), split.strip()
+            if folder not in mapping:
+                raise LensnetError(f"--split-map: {folder!r} is not a split folder of the source "
+                                   f"({', '.join(folders)})")
+            if split not in SPLITS:
+                raise LensnetError(f"--split-map: {folder}={split!r}; a folder maps to one of {', '.join(SPLITS)}")
+            mapping[folder] = split
+    if "train" not in mapping.values():
+        raise LensnetError(f"--split-map: no folder maps to train ({mapping})")
+    return mapping
+
+
+def assign_folder_splits(
+    files: Sequence[SourceFile], class_names: Sequence[str], split_map: Mapping[str, str], val_fraction: float,
+    seed: int,
+) -> dict[str, list[SourceFile]]:
+    """Splits from split folders (membership kept); val_fraction of train becomes val when no folder is val."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise LensnetError(f"--val-fraction must be in [0, 1), got {val_fraction!r}")
+    grouped: dict[str, list[SourceFile]] = {}
+    for entry in files:
+        grouped.setdefault(split_map[entry.folder], []).append(entry)
+    out: dict[str, list[SourceFile]] = {}
+    for split, members in grouped.items():
+        fractions = {split: 1.0}
+        if split == "train" and "val" not in grouped and val_fraction > 0:
+            fractions = {"train": 1.0 - val_fraction, "val": val_fraction}
+        for name, part in assign_splits(members, class_names, fractions, seed).items():
+            out.setdefault(name, []).extend(part)
+    return {s: out[s] for s in SPLITS if s in out}
 
 
 def parse_splits(text: str | Mapping[str, float]) -> dict[str, float]:
@@ -251,8 +346,15 @@ def convert_dataset(
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    split_map: str | Mapping[str, str] | None = None,
+    val_fraction: float = 0.1,
+    resplit: bool = False,
 ) -> WriteSummary:
-    """Import a folder of `.npy` (fmt "deeplense-npy") or FITS (fmt "fits") images into sharded TFRecords."""
+    """Import a folder of `.npy` (fmt "deeplense-npy") or FITS (fmt "fits") images into sharded TFRecords.
+
+    With split folders (SRC/train/<class>/, SRC/val/<class>/...), `split_map`, `val_fraction` and `resplit`
+    decide the splits (see the module doc); `splits` applies only with resplit or without split folders.
+    """
     from lensnet import __version__
 
     if fmt not in FORMATS:
@@ -268,7 +370,16 @@ def convert_dataset(
     root = Path(source)
     class_names, files = discover(root, fmt)
     fractions = parse_splits(splits)
-    by_split = assign_splits(files, class_names, fractions, seed)
+    folders = list(dict.fromkeys(entry.folder for entry in files if entry.folder))
+    mapping = None
+    if folders and not resplit:
+        mapping = parse_split_map(split_map, folders)
+        by_split = assign_folder_splits(files, class_names, mapping, val_fraction, seed)
+        fractions = {s: len(m) / len(files) for s, m in by_split.items()}
+    else:
+        if split_map:
+            raise LensnetError("--split-map needs split folders (train/, val/...) and no --resplit")
+        by_split = assign_splits(files, class_names, fractions, seed)
     ordered = [entry for split in SPLITS for entry in by_split.get(split, [])]
     counts = {split: len(members) for split, members in by_split.items()}
 
@@ -300,6 +411,8 @@ def convert_dataset(
         "format": fmt,
         "source": str(root.resolve()),
         "splits": fractions,
+        "split_folders": mapping,  # folder -> split when the source had split folders (membership kept)
+        "val_fraction": float(val_fraction) if mapping and "val" not in mapping.values() else None,
         "records_per_shard": int(records_per_shard),
         "layout": layout,
         "hdu": hdu,

@@ -52,6 +52,7 @@ class RecordBatch:
     labels: np.ndarray  # int64, -1 when unlabelled
     params: np.ndarray  # float64 (n, len(schema.param_names)), NaN where not applicable
     image_stats: dict[str, np.ndarray]  # per image field: (4, C) rows sum, sum of squares, min, max
+    image_summary: np.ndarray | None = None  # (n, k) lensnet.data.audit.image_statistics of the records
 
 
 class RecordSource(Protocol):
@@ -273,7 +274,7 @@ def write_dataset(
 def _write_shard(
     out: Path, plan: ShardPlan, results: Iterable[RecordBatch], print_: str, source: RecordSource, bar
 ) -> str:
-    labels, params, stats = [], [], {}
+    labels, params, stats, summaries = [], [], {}, []
     needed = plan.stop - plan.start
     with ShardWriter(out / plan.file) as writer:
         while writer.count < needed:
@@ -282,6 +283,7 @@ def _write_shard(
                 writer.write(record)
             labels.append(batch.labels)
             params.append(batch.params)
+            summaries.append(batch.image_summary)
             for name, value in batch.image_stats.items():
                 if name in stats:
                     s = stats[name]
@@ -292,9 +294,13 @@ def _write_shard(
             bar.update(len(batch.serialized))
     labels_all = np.concatenate(labels)
     params_all = np.concatenate(params)
+    extra = {}
+    if summaries and all(v is not None for v in summaries):
+        extra["image_summary"] = np.concatenate(summaries).tolist()
     write_json(
         _sidecar_path(out, plan),
         {
+            **extra,
             "fingerprint": print_,
             "file": plan.file,
             "split": plan.split,
@@ -376,9 +382,16 @@ def finalize(
         params = {
             n: np.concatenate([np.asarray(m["params"][n], dtype=np.float64) for m in metas]) for n in param_names
         }
-        manifest["audit"] = (audit or default_audit)(
-            params, labels, class_names, exclude=source.class_specific_params
-        )
+        result = (audit or default_audit)(params, labels, class_names, exclude=source.class_specific_params)
+        if all("image_summary" in m for m in metas):
+            from lensnet.data.audit import audit_images, combined_ok, image_separation_note
+
+            summary = np.concatenate([np.asarray(m["image_summary"], dtype=np.float64) for m in metas])
+            result["params_ok"] = result["ok"]
+            result["images"] = audit_images(summary, labels, class_names,
+                                            expected=image_separation_note(manifest_base))
+            result["ok"] = combined_ok(result)
+        manifest["audit"] = result
     path = out / MANIFEST_NAME
     write_json(path, manifest)
     return path

@@ -106,6 +106,9 @@ def _custom_band(band: str, custom: dict) -> Band:
     fwhm = parse_prior(custom["psf_fwhm"], f"{where}.psf_fwhm", POSITIVE)
     rms = parse_prior(custom["background_rms"], f"{where}.background_rms", (0.0, float("inf")))
     zero_point = parse_prior(custom["magnitude_zero_point"], f"{where}.magnitude_zero_point")
+    truncation = custom["psf_truncation"]
+    if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not truncation > 0:
+        raise LensnetError(f"{where}.psf_truncation: expected a number of sigmas > 0, got {truncation!r}")
     for field, prior in (("pixel_scale", pixel_scale), ("psf_fwhm", fwhm), ("background_rms", rms),
                          ("magnitude_zero_point", zero_point)):
         if not prior.is_constant:
@@ -113,7 +116,7 @@ def _custom_band(band: str, custom: dict) -> Band:
     return Band(
         name=band,
         pixel_scale=pixel_scale.args[0],
-        psf_kwargs={"psf_type": "GAUSSIAN", "fwhm": fwhm.args[0], "truncation": 5},
+        psf_kwargs={"psf_type": "GAUSSIAN", "fwhm": fwhm.args[0], "truncation": truncation},
         psf_fwhm=fwhm.args[0],
         magnitude_zero_point=zero_point.args[0],
         background_rms=rms.args[0],

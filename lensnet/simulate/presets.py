@@ -23,8 +23,12 @@ DATASET_DEFAULTS: dict = {
     "splits": {"train": 0.8, "val": 0.1, "test": 0.1},
     "records_per_shard": 1000,
     "kind": "substructure",  # substructure | lens_finding | super_resolution
+    "replica": None,  # a replica preset's name: its physics is fixed (see REPLICA_FREE)
+    # the augmentation that keeps the data's symmetry (recorded in the manifest's config for trainers):
+    # d4 when lenses are randomly oriented, flips ({id, flip x, flip y, rot 180}) for a fixed macro model
+    "symmetry": "d4",
     "classes": ["no_sub", "cdm", "axion"],  # substructure: any of these; lens_finding: [lens, non_lens]
-    "image": {"size": 64, "supersampling": 2},
+    "image": {"size": 64, "supersampling": 2, "flux_scale": 1.0},
     "instrument": {
         "name": "Euclid",  # an ObservationConfig preset (Euclid, HST, LSST, Roman, DES, JWST, ZTF) or custom
         "bands": ["VIS"],  # one image channel per band
@@ -38,10 +42,12 @@ DATASET_DEFAULTS: dict = {
             "background_rms": 0.01,
             "exposure_time": 1000.0,
             "magnitude_zero_point": 25.0,
+            "psf_truncation": 5,  # Gaussian PSF kernel half-width in sigmas
         },
     },
-    "noise": {"poisson": True, "background": True},
-    "cosmology": {"H0": 70.0, "Om0": 0.3, "z_lens": 0.5, "z_source": 1.0},
+    "noise": {"enabled": True, "poisson": True, "background": True, "scheme": "lensnet"},
+    # mass_to_angle: angular_diameter (lenstronomy's LensCosmo) | deeplense_luminosity (DeepLenseSim's quirk)
+    "cosmology": {"H0": 70.0, "Om0": 0.3, "z_lens": 0.5, "z_source": 1.0, "mass_to_angle": "angular_diameter"},
     "lens": {
         "theta_E": {"uniform": [1.0, 1.6]},
         "e1": {"uniform": [-0.2, 0.2]},
@@ -70,14 +76,19 @@ DATASET_DEFAULTS: dict = {
         "e2": {"uniform": [-0.2, 0.2]},
         "colors": {},
     },
-    "substructure": {
+    "substructure": {  # see lensnet/simulate/substructure.py for the definitions and sources
         "engine": "native",
         "profile": "TNFW",  # TNFW | POINT_MASS
-        "n_mean": 25.0,
-        "m_min": 1.0e6,
+        "normalisation": "f_sub",  # f_sub (projected mass fraction near theta_E) | count (n_mean)
+        "f_sub": {"log_uniform": [0.005, 0.05]},
+        "n_mean": 25.0,  # normalisation: count only
+        "count": "poisson",  # poisson | fixed (normalisation: count only)
+        "m_min": 1.0e8,
         "m_max": 1.0e10,
         "slope": -1.9,
-        "radius": {"uniform": [0.25, 2.0]},
+        "radius": {"uniform": [0.25, 2.0]},  # the annulus the subhaloes populate, arcsec from the lens centre
+        "placement": "area",  # area (uniform surface density) | radius (uniform in radius, as DeepLense)
+        "subtract_from_macro": True,  # substructure (and vortex) mass is taken out of the smooth lens
         "concentration": {"model": "duffy08", "scatter_dex": 0.1},
         "truncation": "tidal",  # tidal | tau = r_trunc / r_s
     },
@@ -113,6 +124,7 @@ DATASET_DEFAULTS: dict = {
     },
 }
 
+SYMMETRIES = ("d4", "flips", "none")
 OPEN_KEYS = ("source.colors", "lens_light.colors")
 
 
@@ -178,6 +190,12 @@ def _load(preset_or_path: str, seen: tuple[str, ...]) -> dict:
     return merged
 
 
+# What a replica preset lets a user change; everything else is its fixed recipe. image.size crops the
+# same scene (same pixel scale) around the lens, for tests and quick looks.
+REPLICA_FREE = ("name", "description", "num", "splits", "records_per_shard", "classes", "image.size",
+                "noise.enabled", "noise.poisson", "noise.background")
+
+
 def resolve_dataset_config(preset_or_path: str | None, overrides: dict | None = None) -> dict:
     """Preset name or YAML path (None: the defaults) + overrides -> fully resolved, validated config."""
     config = _load(preset_or_path, ()) if preset_or_path else copy.deepcopy(DATASET_DEFAULTS)
@@ -185,6 +203,43 @@ def resolve_dataset_config(preset_or_path: str | None, overrides: dict | None = 
         config = _merge(config, overrides, where="dataset")
     validate(config)
     return config
+
+
+def _first_difference(ours: Any, theirs: Any, where: str) -> str | None:
+    """Dotted path of the first leaf where two config trees differ, skipping REPLICA_FREE."""
+    if where in REPLICA_FREE:
+        return None
+    if isinstance(ours, Mapping) and isinstance(theirs, Mapping):
+        for key in dict.fromkeys([*theirs, *ours]):
+            found = _first_difference(ours.get(key), theirs.get(key), f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+        return None
+    return None if ours == theirs else where
+
+
+def check_replica(config: dict) -> None:
+    """A replica preset copies a published recipe: refuse any change it could not honour."""
+    name = config["replica"]
+    if name is None:
+        return
+    if not isinstance(name, str) or not (PRESET_DIR / f"{name}.yaml").is_file():
+        raise LensnetError(f"replica: unknown replica preset {name!r}")
+    reference = _load(name, ())
+    if reference.get("replica") != name:
+        raise LensnetError(f"replica: preset {name!r} is not a replica preset")
+    classes = config["classes"]
+    if not isinstance(classes, list) or not set(classes) <= set(reference["classes"]):
+        raise LensnetError(f"classes: replica {name} has classes {reference['classes']}, got {classes!r}")
+    found = _first_difference(config, reference, "")
+    if found:
+        expected = reference
+        for part in found.split("."):
+            expected = expected.get(part) if isinstance(expected, Mapping) else None
+        raise LensnetError(
+            f"{found}: replica {name} copies DeepLenseSim and fixes it to {expected!r}; it can change only "
+            f"{', '.join(REPLICA_FREE)} (use a physical preset such as {name.replace('deeplense_', '')} instead)"
+        )
 
 
 def _check_int(value: Any, field: str, minimum: int) -> None:
@@ -200,6 +255,8 @@ def validate(config: dict) -> None:
         raise LensnetError(f"name: expected a non-empty string, got {config['name']!r}")
     if "/" in config["name"] or config["name"] in (".", ".."):
         raise LensnetError(f"name: '{config['name']}' cannot be a directory name")
+    if config["symmetry"] not in SYMMETRIES:
+        raise LensnetError(f"symmetry: expected one of {', '.join(SYMMETRIES)}, got {config['symmetry']!r}")
     if not isinstance(config["description"], str):
         raise LensnetError("description: expected a string")
     _check_int(config["num"], "num", 1)
@@ -212,4 +269,5 @@ def validate(config: dict) -> None:
         raise LensnetError(f"splits: fractions must sum to 1, got {sum(splits.values()):g}")
     if splits["train"] <= 0:
         raise LensnetError("splits.train: must be > 0")
+    check_replica(config)  # first: a replica's refusal says more than the physics error it would cause
     parse_scene(config)

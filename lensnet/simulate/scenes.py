@@ -14,7 +14,9 @@ and noise realization whatever the class (paired simulations).
 Noise is added exactly once: image = model + z sqrt(σ_bkg² + max(model, 0) / t),
 z ~ N(0, 1) per pixel: Gaussian background plus the Gaussian approximation of
 Poisson noise (as lenstronomy's own noise functions), drawn from the record's rng.
-Images are in e-/s per pixel.
+Images are in e-/s per pixel. Replicas of DeepLenseSim may choose its noise instead
+(noise.scheme: deeplense_model_i, see `_add_noise`), and image.flux_scale multiplies the
+stored image (DeepLense Models II/III save `image_model + image_model`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from lensnet.simulate.substructure import (
     AxionVortex,
     SubhaloPopulation,
     SubhaloSpec,
+    deeplense_mass_factor,
     parse_axion_config,
     parse_subhalo_config,
 )
@@ -63,6 +66,8 @@ LIGHT_DOMAINS = {
     "center_x": (-10.0, 10.0),
     "center_y": (-10.0, 10.0),
 }
+NOISE_SCHEMES = ("lensnet", "deeplense_model_i")
+MASS_TO_ANGLE = ("angular_diameter", "deeplense_luminosity")
 SOURCE_SHAPE = ("R_sersic", "n_sersic", "e1", "e2", "center_x", "center_y")
 LENS_LIGHT_SHAPE = ("R_sersic", "n_sersic", "e1", "e2")
 
@@ -124,6 +129,10 @@ class SceneSpec:
     axion: AxionSpec | None
     lens_finding: LensFindingSpec | None
     super_resolution: SuperResolutionSpec | None
+    noise_enabled: bool = True
+    noise_scheme: str = "lensnet"
+    flux_scale: float = 1.0
+    mass_to_angle: str = "angular_diameter"
 
 
 def _int(value: Any, field: str, minimum: int) -> int:
@@ -220,6 +229,12 @@ def _super_resolution(section: dict, bands: tuple[Band, ...]) -> SuperResolution
     )
 
 
+def _noise_scheme(scheme: str, kind: str) -> str:
+    if scheme != "lensnet" and kind != "substructure":
+        raise LensnetError(f"noise.scheme: {scheme} applies to substructure datasets only")
+    return scheme
+
+
 def parse_scene(config: dict) -> SceneSpec:
     """Validate the physics sections of a resolved config (errors name the field) and return the scene."""
     kind = config["kind"]
@@ -245,7 +260,15 @@ def parse_scene(config: dict) -> SceneSpec:
     if ref not in [b.name for b in bands]:
         raise LensnetError(f"instrument.reference_band: '{ref}' is not one of the bands {[b.name for b in bands]}")
     noise = config["noise"]
+    if noise["scheme"] not in NOISE_SCHEMES:
+        raise LensnetError(
+            f"noise.scheme: unknown scheme {noise['scheme']!r}; choose one of {', '.join(NOISE_SCHEMES)}"
+        )
     cosmo = config["cosmology"]
+    if cosmo["mass_to_angle"] not in MASS_TO_ANGLE:
+        raise LensnetError(
+            f"cosmology.mass_to_angle: unknown {cosmo['mass_to_angle']!r}; choose one of {', '.join(MASS_TO_ANGLE)}"
+        )
     z_lens = _number(cosmo["z_lens"], "cosmology.z_lens", 1e-4, 20.0)
     z_source = _number(cosmo["z_source"], "cosmology.z_source", 1e-4, 20.0)
     if not z_source > z_lens:
@@ -269,6 +292,10 @@ def parse_scene(config: dict) -> SceneSpec:
         bands=bands,
         poisson=_bool(noise["poisson"], "noise.poisson"),
         background=_bool(noise["background"], "noise.background"),
+        noise_enabled=_bool(noise["enabled"], "noise.enabled"),
+        noise_scheme=_noise_scheme(noise["scheme"], kind),
+        flux_scale=_number(image["flux_scale"], "image.flux_scale", 1e-12),
+        mass_to_angle=cosmo["mass_to_angle"],
         z_lens=z_lens,
         z_source=z_source,
         H0=_number(cosmo["H0"], "cosmology.H0", 1.0, 1000.0),
@@ -405,8 +432,35 @@ class Simulator:
         for band in self._band_order:
             params[f"{prefix}_mag_{self.spec.bands[band].name}"] = mags[band]
 
-    def _add_noise(self, model: np.ndarray, z: np.ndarray, band: int, exposure: float) -> np.ndarray:
-        """The one place noise enters an image (z ~ N(0, 1) drawn before any class-specific draw)."""
+    def _add_noise(
+        self, model: np.ndarray, z: np.ndarray, band: int, exposure: float, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """The one place noise enters an image (z ~ N(0, 1) drawn before any class-specific draw).
+
+        Scheme deeplense_model_i copies DeepLenseSim's simple_sim as it runs: lenstronomy's Gaussian Poisson
+        and background realisations are added in e-/s, the sum is multiplied by the exposure time and then
+        drawn AGAIN as a Poisson count (`np.random.poisson(exp_time * (model + poisson + bkg))`): the stored
+        image is in counts and its shot noise is applied twice. z then holds two normals per pixel.
+        """
+        spec = self.spec
+        if spec.noise_scheme == "deeplense_model_i":
+            if not spec.noise_enabled:
+                return model * exposure * spec.flux_scale
+            image = model
+            if spec.poisson:
+                image = image + z[0] * np.sqrt(np.abs(model) / exposure)
+            if spec.background:
+                image = image + z[1] * math.sqrt(self._bkg2[band])
+            if spec.poisson:
+                image = rng.poisson(np.clip(exposure * image, 0.0, None)).astype(np.float64)
+            else:
+                image = exposure * image
+            return image * spec.flux_scale
+        if not spec.noise_enabled:
+            return model * spec.flux_scale
+        return self._gaussian_noise(model, z, band, exposure) * spec.flux_scale
+
+    def _gaussian_noise(self, model: np.ndarray, z: np.ndarray, band: int, exposure: float) -> np.ndarray:
         variance = self._bkg2[band]
         if self.spec.poisson:
             variance = variance + np.maximum(model, 0.0) / exposure
@@ -427,8 +481,16 @@ class SubstructureSimulator(Simulator):
         lens_cosmo = LensCosmo(spec.z_lens, spec.z_source, cosmo=FlatLambdaCDM(H0=spec.H0, Om0=spec.Om0))
         self._populations = list(populations or spec.class_names)
         h = spec.H0 / 100.0
-        self._cdm = SubhaloPopulation(spec.subhalos, lens_cosmo, spec.z_lens, h) if spec.subhalos else None
-        self._axion = AxionVortex(spec.axion, lens_cosmo) if spec.axion else None
+        factor = 1.0
+        if spec.mass_to_angle == "deeplense_luminosity":
+            factor = deeplense_mass_factor(spec.H0, spec.Om0, spec.z_lens, spec.z_source, lens_cosmo)
+        self.mass_factor = factor
+        self._sigma_crit = float(lens_cosmo.sigma_crit_angle)
+        self._cdm = SubhaloPopulation(spec.subhalos, lens_cosmo, spec.z_lens, h, factor) if spec.subhalos else None
+        self._axion = AxionVortex(spec.axion, lens_cosmo, factor) if spec.axion else None
+        # substructure is part of the lens mass: the smooth SIE gives up what the subhaloes or vortex add
+        self._subtract = bool(spec.subhalos and spec.subhalos.subtract_from_macro) or bool(
+            config["substructure"]["subtract_from_macro"] and spec.axion)
         self._renderers = [_Renderer(spec.size, b.pixel_scale, b.psf_kwargs, spec.supersampling) for b in bands]
         self._n_light = 1 if spec.lens_light else 0
 
@@ -455,6 +517,8 @@ class SubstructureSimulator(Simulator):
             specific += CDM_PARAMS
         if "axion" in self._populations:
             specific += AXION_PARAMS
+        if self._subtract:
+            specific.append("theta_E_smooth")
         self.param_names = stored + specific
         self.class_specific_params = set(specific)
         self._template = dict.fromkeys(self.param_names, math.nan)
@@ -462,7 +526,8 @@ class SubstructureSimulator(Simulator):
         self._keep_names = [names[k] for k in self._keep]
         self._zero_cdm = dict.fromkeys(CDM_PARAMS, 0.0) if "cdm" in self._populations else {}
         self.image_shapes = {"image": (spec.size, spec.size, len(bands))}
-        self._noise_shape = (len(bands), spec.size, spec.size)
+        two = (2,) if spec.noise_scheme == "deeplense_model_i" else ()
+        self._noise_shape = (len(bands), *two, spec.size, spec.size)
 
     def _draw_scene(self, label: int, rng: np.random.Generator) -> _Drawn:
         """Macro/source/lens light (+exposure), noise normals, then the class's substructure."""
@@ -492,16 +557,22 @@ class SubstructureSimulator(Simulator):
         exposures = [params["exposure_time"]] if self._exposure_drawn else self._exposures
 
         population = self._populations[label]
-        profile, extra = "POINT_MASS", []
+        profile, extra, enclosed = "POINT_MASS", [], 0.0
         if population == "cdm":
-            extra, summary = self._cdm.draw(rng, cx, cy, theta_e)
+            extra, summary, enclosed = self._cdm.draw(rng, cx, cy, theta_e)
             profile = self._cdm.profile
             params.update(zip(CDM_PARAMS, summary))
         else:
             params.update(self._zero_cdm)
             if population == "axion":
-                extra, summary = self._axion.draw(rng, cx, cy)
+                extra, summary, enclosed = self._axion.draw(rng, cx, cy, theta_e)
                 params.update(zip(AXION_PARAMS, summary))
+        if self._subtract:
+            # mean convergence inside the drawn theta_E stays 1: an SIS of Einstein radius t holds
+            # pi Sigma_crit t theta inside theta, so t = theta_E - M_x(<theta_E) / (pi Sigma_crit theta_E)
+            smooth = max(theta_e - enclosed / (math.pi * self._sigma_crit * theta_e), 0.05 * theta_e)
+            kwargs_lens[0]["theta_E"] = smooth
+            params["theta_E_smooth"] = smooth
         return _Drawn(params, kwargs_lens + extra, kwargs_source, kwargs_light, z, exposures, (profile, len(extra)))
 
     def _render(self, renderers: list, d: _Drawn) -> list[np.ndarray]:
@@ -515,12 +586,17 @@ class SubstructureSimulator(Simulator):
     def simulate(self, label: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         d = self._draw_scene(label, rng)
         models = self._render(self._renderers, d)
-        channels = [self._add_noise(m, d.z[b], b, d.exposures[b]) for b, m in enumerate(models)]
+        channels = [self._add_noise(m, d.z[b], b, d.exposures[b], rng) for b, m in enumerate(models)]
         return {"image": np.stack(channels, axis=-1).astype(np.float32)}, d.params
 
     def noiseless(self, label: int, rng: np.random.Generator) -> np.ndarray:
         """The model image `simulate` adds noise to, for the same rng state (for tests and checks)."""
-        return np.stack(self._render(self._renderers, self._draw_scene(label, rng)), axis=-1)
+        return self.noiseless_with_exposures(label, rng)[0]
+
+    def noiseless_with_exposures(self, label: int, rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
+        """(noiseless (H, W, bands) model in e-/s, exposure time per band) for the same rng state."""
+        drawn = self._draw_scene(label, rng)
+        return np.stack(self._render(self._renderers, drawn), axis=-1), list(drawn.exposures)
 
 
 class SuperResolutionSimulator(SubstructureSimulator):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lensnet.data.audit import image_statistics
 from lensnet.data.schema import Schema
 from lensnet.data.writer import RecordBatch, ShardPlan, image_stats
 
@@ -69,5 +70,7 @@ class SimulationSource:
             params[row] = [values[p] for p in param_names]
             for n in images:
                 images[n].append(arrays[n])
-        stats = {n: image_stats(np.stack(v)) for n, v in images.items()}
-        return RecordBatch(serialized, np.asarray(labels, dtype=np.int64), params, stats)
+        stacked = {n: np.stack(v) for n, v in images.items()}
+        stats = {n: image_stats(v) for n, v in stacked.items()}
+        summary = image_statistics(stacked[schema.image_names[0]]) if schema.image_names else None
+        return RecordBatch(serialized, np.asarray(labels, dtype=np.int64), params, stats, summary)

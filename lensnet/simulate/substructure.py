@@ -1,10 +1,24 @@
 """Native dark-matter substructure on lenstronomy's own profiles (no pyHalo).
 
 CDM subhaloes
-    count      n ~ Poisson(n_mean), and exactly n haloes are rendered
+    f_sub      (normalisation: f_sub, the physical presets) the projected substructure mass fraction near
+               the Einstein radius: f_sub = κ_sub / κ_macro(θ_E), where κ_sub = Σ_sub / Σ_crit is the mean
+               convergence of the subhaloes (mass in [m_min, m_max] per unit area) over the annulus
+               a <= R <= b they populate ([a, b] = the `radius` prior, uniform), and κ_macro(θ_E) = 1/2 is the
+               convergence of an isothermal lens at its Einstein radius. f_sub is drawn per image from the
+               `f_sub` prior; the expected mass is M = f_sub Σ_crit π (b² - a²) / 2 and the count
+               n ~ Poisson(M / <m>), <m> the mean of the mass function. This is the quantity SLACS-style
+               analyses quote (Dalal & Kochanek 2002; Vegetti et al. 2014). The masses are the drawn ones
+               (point masses; M200c for TNFW, whose truncated lensing mass is smaller), in [m_min, m_max].
+    count      (normalisation: count) n ~ Poisson(n_mean), or exactly round(n_mean) with count: fixed
+               (DeepLense draws a Poisson count and ignores it)
     masses     dN/dm ∝ m^slope on [m_min, m_max], drawn by inverse CDF
-    positions  projected radius from the lens centre from the `radius` prior, angle U(0, 2π)
+    positions  placement: area -> uniform surface density over the annulus (r = sqrt(U(a², b²)));
+               placement: radius -> r from the `radius` prior (DeepLense: uniform in radius); angle U(0, 2π)
     profile    TNFW (default) or POINT_MASS (cheap)
+    lensing    a mass m lenses as m (angular-diameter distances, lenstronomy's LensCosmo), or as
+               `mass_factor` m when the config copies DeepLense's luminosity-distance conversion
+               (cosmology.mass_to_angle: deeplense_luminosity, factor 0.593 at z 0.5 / 1.0)
     TNFW       M200c with the Duffy et al. (2008) full-sample relation
                c200 = 5.71 (M / 2e12 h^-1 Msun)^-0.084 (1 + z)^-0.47 (log-normal scatter in dex),
                extrapolated below its calibrated range as is usual for subhalo studies;
@@ -13,9 +27,18 @@ CDM subhaloes
                evaluated at the projected radius R; R > 0 and m > 0 keep r_t > 0 (a zero r_trunc,
                which pyHalo can produce, crashes lenstronomy), and a 1e-4" floor guards round-off.
 
-Stored: n_subhalo, m_sub_total (sum of the drawn masses, M200c for TNFW), and
-f_sub = m_sub_total / M(<θ_E) with M(<θ_E) = π θ_E² Σ_crit the projected mass
-inside the Einstein radius of the macro model.
+Stored: n_subhalo, m_sub_total (sum of the drawn masses, M200c for TNFW), and f_sub: the drawn f_sub
+(normalisation: f_sub) or the realised one, κ_sub / (1/2) with the lensing masses of the realisation
+spread over the annulus (normalisation: count).
+
+Substructure is part of the lens mass (subtract_from_macro: true): the subhaloes' (and the vortex's)
+mass is taken out of the smooth SIE by lowering its normalisation so that the mean convergence inside
+the drawn Einstein radius stays 1 (the mass-sheet correction pyHalo applies, done through θ_E):
+θ_E,smooth = θ_E - M_x(<θ_E) / (π Σ_crit θ_E), M_x(<θ) the mean enclosed mass of the subhaloes (their
+lensing mass spread over the annulus as the placement distributes it) or the vortex points inside θ.
+The stored theta_E is then the effective Einstein radius, drawn the same way in every class;
+theta_E_smooth is stored as a class-specific parameter. For TNFW the lensing mass is the truncated
+total mass (Baltz, Marshall & Oguri 2009), less than M200c.
 
 Axion vortex (DeepLense): a mass `vortex_mass` spread evenly over `n_points`
 point masses on a segment through the lens centre at a random angle, half-length
@@ -45,6 +68,10 @@ ENGINES = ("native",)
 TRUNCATION_FLOOR = 1e-4  # arcsec
 
 CDM_PARAMS = ("n_subhalo", "m_sub_total", "f_sub")
+NORMALISATIONS = ("f_sub", "count")
+COUNTS = ("poisson", "fixed")
+PLACEMENTS = ("area", "radius")
+KAPPA_AT_THETA_E = 0.5  # convergence of an isothermal lens at its Einstein radius
 AXION_PARAMS = ("log10_m_axion", "vortex_mass", "vortex_angle", "vortex_half_length")
 
 # Duffy et al. 2008, Table 1, NFW, M200c, full sample 0 < z < 2
@@ -69,6 +96,11 @@ class SubhaloSpec:
     radius: Prior
     concentration_scatter_dex: float
     truncation_tau: float | None  # None: tidal radius
+    normalisation: str = "count"
+    f_sub: Prior | None = None
+    count: str = "poisson"
+    placement: str = "radius"
+    subtract_from_macro: bool = False
 
 
 def parse_subhalo_config(section: dict) -> SubhaloSpec:
@@ -93,6 +125,28 @@ def parse_subhalo_config(section: dict) -> SubhaloSpec:
     if not slope.is_constant or slope.args[0] == -1.0:
         raise LensnetError(f"{where}.slope: expected a number other than -1 (dN/dm ∝ m^slope)")
     radius = parse_prior(section["radius"], f"{where}.radius", (1e-3, 1e3))
+    normalisation = _choice(section["normalisation"], f"{where}.normalisation", NORMALISATIONS)
+    count = _choice(section["count"], f"{where}.count", COUNTS)
+    placement = _choice(section["placement"], f"{where}.placement", PLACEMENTS)
+    subtract = section["subtract_from_macro"]
+    if not isinstance(subtract, bool):
+        raise LensnetError(f"{where}.subtract_from_macro: expected true or false, got {subtract!r}")
+    f_sub = None
+    if normalisation == "f_sub":
+        f_sub = parse_prior(section["f_sub"], f"{where}.f_sub")
+        lo, hi = f_sub.support()
+        if lo < 0 or hi >= 1:
+            raise LensnetError(
+                f"{where}.f_sub: a substructure mass fraction lies in [0, 1), but {f_sub.to_yaml()!r} allows "
+                f"[{lo:g}, {hi:g}]"
+            )
+        if count == "fixed":
+            raise LensnetError(f"{where}.count: fixed needs normalisation: count (f_sub sets a Poisson count)")
+    if (placement == "area" or subtract or normalisation == "f_sub") and radius.kind != "uniform":
+        raise LensnetError(
+            f"{where}.radius: placement area, f_sub normalisation and subtract_from_macro need the annulus "
+            f"as {{uniform: [a, b]}}, got {radius.to_yaml()!r}"
+        )
     conc = section["concentration"]
     if not isinstance(conc, dict) or conc.get("model") not in CONCENTRATION_MODELS:
         raise LensnetError(
@@ -102,7 +156,14 @@ def parse_subhalo_config(section: dict) -> SubhaloSpec:
     scatter = _positive(conc["scatter_dex"], f"{where}.concentration.scatter_dex", allow_zero=True)
     trunc = section["truncation"]
     tau = None if trunc == "tidal" else _positive(trunc, f"{where}.truncation (tidal or tau = r_trunc/r_s)")
-    return SubhaloSpec(profile, n_mean, m_min, m_max, slope.args[0], radius, scatter, tau)
+    return SubhaloSpec(profile, n_mean, m_min, m_max, slope.args[0], radius, scatter, tau,
+                       normalisation, f_sub, count, placement, subtract)
+
+
+def _choice(value: Any, field: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise LensnetError(f"{field}: unknown value {value!r}; choose one of {', '.join(choices)}")
+    return value
 
 
 def _positive(value: Any, field: str, allow_zero: bool = False) -> float:
@@ -120,6 +181,39 @@ def power_law_masses(u: np.ndarray, m_min: float, m_max: float, slope: float) ->
     return (lo + (hi - lo) * u) ** (1.0 / p)
 
 
+def power_law_mean(m_min: float, m_max: float, slope: float) -> float:
+    """Mean mass of dN/dm ∝ m^slope on [m_min, m_max] (slope != -1, -2)."""
+    a, b = slope + 1.0, slope + 2.0
+    if abs(b) < 1e-12:
+        return (math.log(m_max) - math.log(m_min)) * a / (m_max**a - m_min**a)
+    return (a / b) * (m_max**b - m_min**b) / (m_max**a - m_min**a)
+
+
+def tnfw_mass_fraction(c200: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """Total mass of a truncated NFW over M200c (Baltz, Marshall & Oguri 2009, eq. A.3; tau = r_t / r_s)."""
+    mu = np.log1p(c200) - c200 / (1.0 + c200)
+    t2 = tau * tau
+    m_t = t2 / (t2 + 1.0) ** 2 * ((t2 - 1.0) * np.log(tau) + tau * math.pi - (t2 + 1.0))
+    return m_t / mu
+
+
+def deeplense_mass_factor(H0: float, Om0: float, z_lens: float, z_source: float, lens_cosmo: Any) -> float:
+    """How strongly a mass lenses in DeepLenseSim relative to lenstronomy (0.593 at z 0.5 / 1.0).
+
+    DeepLenseSim's mass_to_radius is θ = sqrt(4 G M / c² · D_LS / (D_L D_S)) with LUMINOSITY distances
+    and D_LS = D_S - D_L (and 206265 arcsec per radian). A point mass of θ_E lenses as π θ_E² Σ_crit.
+    """
+    from astropy import units as u
+    from astropy.constants import G, M_sun, c
+    from astropy.cosmology import FlatLambdaCDM
+
+    cosmo = FlatLambdaCDM(H0=H0, Om0=Om0)
+    d_l = cosmo.luminosity_distance(z_lens).to(u.m)
+    d_s = cosmo.luminosity_distance(z_source).to(u.m)
+    theta = np.sqrt(4 * G * M_sun / c**2 * (d_s - d_l) / (d_l * d_s)).decompose().value * 206265
+    return float(theta**2 * math.pi * float(lens_cosmo.sigma_crit_angle))
+
+
 def duffy08_concentration(m200: np.ndarray, z: float, h: float) -> np.ndarray:
     a, b, c, pivot = _DUFFY
     return a * (m200 / (pivot / h)) ** b * (1.0 + z) ** c
@@ -128,10 +222,15 @@ def duffy08_concentration(m200: np.ndarray, z: float, h: float) -> np.ndarray:
 class SubhaloPopulation:
     """Draws one CDM realization: lenstronomy kwargs for `n` haloes of `profile`, plus its summary."""
 
-    def __init__(self, spec: SubhaloSpec, lens_cosmo: Any, z_lens: float, h: float) -> None:
+    def __init__(self, spec: SubhaloSpec, lens_cosmo: Any, z_lens: float, h: float, mass_factor: float = 1.0) -> None:
         self.profile = spec.profile
         self.spec = spec
+        self.mass_factor = mass_factor
         self._sigma_crit = float(lens_cosmo.sigma_crit_angle)  # Msun / arcsec^2
+        self._annulus = spec.radius.support()
+        a, b = self._annulus
+        self._area = math.pi * (b * b - a * a)
+        self._mean_mass = power_law_mean(spec.m_min, spec.m_max, spec.slope)
         self._k_rs, self._k_alpha = _mass_conversions(lens_cosmo)
         self._c_norm = _DUFFY[0] * (1.0 + z_lens) ** _DUFFY[2] * (_DUFFY[3] / h) ** (-_DUFFY[1])
         self._c_slope = _DUFFY[1]
@@ -144,26 +243,51 @@ class SubhaloPopulation:
         mu = np.log1p(c200) - c200 / (1.0 + c200)
         return self._k_rs * np.cbrt(m200) / c200, self._k_alpha * np.cbrt(m200) ** 2 * c200 / mu
 
+    def expected_count(self, f_sub: float) -> float:
+        """Mean subhalo count for a mass fraction f_sub (normalisation: f_sub)."""
+        return f_sub * KAPPA_AT_THETA_E * self._sigma_crit * self._area / self._mean_mass
+
+    def enclosed_mass(self, lensing_mass: float, theta: float) -> float:
+        """Mean lensing mass inside radius theta of the population's distribution over the annulus."""
+        a, b = self._annulus
+        t = min(max(theta, a), b)
+        if self.spec.placement == "area":
+            return lensing_mass * (t * t - a * a) / (b * b - a * a)
+        return lensing_mass * (t - a) / (b - a)
+
     def draw(
         self, rng: np.random.Generator, center_x: float, center_y: float, theta_e: float
-    ) -> tuple[list[dict], tuple[float, float, float]]:
+    ) -> tuple[list[dict], tuple[float, float, float], float]:
+        """(lenstronomy kwargs, (n_subhalo, m_sub_total, f_sub), lensing mass inside theta_e)."""
         spec = self.spec
-        n = int(rng.poisson(spec.n_mean))
+        f_drawn = math.nan
+        if spec.normalisation == "f_sub":
+            f_drawn = float(inverse_cdf(spec.f_sub, rng.random()))
+            n = int(rng.poisson(self.expected_count(f_drawn)))
+        elif spec.count == "fixed":
+            n = int(round(spec.n_mean))
+        else:
+            n = int(rng.poisson(spec.n_mean))
         u = rng.random((3, n))
         m = power_law_masses(u[0], spec.m_min, spec.m_max, spec.slope)
-        r = inverse_cdf(spec.radius, u[1])
+        if spec.placement == "area":
+            a, b = self._annulus
+            r = np.sqrt(a * a + (b * b - a * a) * u[1])
+        else:
+            r = inverse_cdf(spec.radius, u[1])
         phi = 2.0 * math.pi * u[2]
         x = center_x + r * np.cos(phi)
         y = center_y + r * np.sin(phi)
         m_total = float(m.sum())
-        summary = (float(n), m_total, m_total / self.mass_in_theta_e(theta_e))
+        m_lens = m * self.mass_factor
         if self.profile == "POINT_MASS":
-            theta = np.sqrt(m / (math.pi * self._sigma_crit))
+            theta = np.sqrt(m_lens / (math.pi * self._sigma_crit))
             kwargs = [
                 {"theta_E": t, "center_x": cx, "center_y": cy}
                 for t, cx, cy in zip(theta.tolist(), x.tolist(), y.tolist())
             ]
-            return kwargs, summary
+            return kwargs, *self._summary(n, m_total, float(m_lens.sum()), f_drawn, theta_e)
+        m = m_lens
         c = self._c_norm * m**self._c_slope
         if spec.concentration_scatter_dex > 0:
             c = c * 10.0 ** (spec.concentration_scatter_dex * rng.standard_normal(n))
@@ -178,7 +302,16 @@ class SubhaloPopulation:
             {"Rs": a, "alpha_Rs": b, "r_trunc": t, "center_x": cx, "center_y": cy}
             for a, b, t, cx, cy in zip(rs.tolist(), alpha.tolist(), r_trunc.tolist(), x.tolist(), y.tolist())
         ]
-        return kwargs, summary
+        truncated = float((m * tnfw_mass_fraction(c, r_trunc / rs)).sum()) if n else 0.0
+        return kwargs, *self._summary(n, m_total, truncated, f_drawn, theta_e)
+
+    def _summary(
+        self, n: int, m_total: float, lensing_mass: float, f_drawn: float, theta_e: float
+    ) -> tuple[tuple[float, float, float], float]:
+        f_sub = f_drawn
+        if math.isnan(f_sub) and self._area > 0:  # count normalisation: the realised fraction
+            f_sub = lensing_mass / (self._sigma_crit * self._area) / KAPPA_AT_THETA_E
+        return (float(n), m_total, f_sub), self.enclosed_mass(lensing_mass, theta_e)
 
 
 @dataclass(frozen=True)
@@ -207,21 +340,24 @@ def parse_axion_config(section: dict) -> AxionSpec:
 class AxionVortex:
     """A line of point masses through the lens centre (DeepLense's vortex)."""
 
-    def __init__(self, spec: AxionSpec, lens_cosmo: Any) -> None:
+    def __init__(self, spec: AxionSpec, lens_cosmo: Any, mass_factor: float = 1.0) -> None:
         self.spec = spec
+        self.mass_factor = mass_factor
         self._block = PriorBlock([("vortex_mass", spec.vortex_mass), ("log10_m_axion", spec.log10_m_axion),
                                   ("vortex_angle", spec.angle)])
         self._unit = np.linspace(-1.0, 1.0, spec.n_points)
         self._theta_per_sqrt_mass = 1.0 / math.sqrt(math.pi * float(lens_cosmo.sigma_crit_angle) * spec.n_points)
 
     def draw(
-        self, rng: np.random.Generator, center_x: float, center_y: float
-    ) -> tuple[list[dict], tuple[float, float, float, float]]:
+        self, rng: np.random.Generator, center_x: float, center_y: float, theta_e: float = 0.0
+    ) -> tuple[list[dict], tuple[float, float, float, float], float]:
+        """(kwargs, (log10_m_axion, vortex_mass, vortex_angle, vortex_half_length), lensing mass inside theta_e)."""
         mass, log10_m, angle = self._block.sample(rng).tolist()
         half_length = self.spec.half_length_ref * 10.0 ** (-22.0 - log10_m)
-        theta = self._theta_per_sqrt_mass * math.sqrt(mass)
+        theta = self._theta_per_sqrt_mass * math.sqrt(mass * self.mass_factor)
         s = self._unit * half_length
         xs = (center_x + s * math.cos(angle)).tolist()
         ys = (center_y + s * math.sin(angle)).tolist()
         kwargs = [{"theta_E": theta, "center_x": x, "center_y": y} for x, y in zip(xs, ys)]
-        return kwargs, (log10_m, mass, angle, half_length)
+        inside = float(np.count_nonzero(np.abs(s) < theta_e)) / self.spec.n_points
+        return kwargs, (log10_m, mass, angle, half_length), inside * mass * self.mass_factor

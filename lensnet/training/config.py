@@ -21,7 +21,7 @@ FIT_DEFAULTS: dict[str, Any] = {
         "test_split": "test",
         "batch_size": 64,
         "normalise": "standard",  # standard | minmax | dataset | none
-        "augment": "d4",  # d4 | flip | null
+        "augment": "d4",  # d4 | flips (fixed macro orientation) | none
         "shuffle_buffer": None,
         "cache": "auto",  # true | false | auto (cache splits smaller than cache_limit_mb)
         "cache_limit_mb": 2048,
@@ -124,9 +124,11 @@ def validate(config: dict) -> None:
         ("train", "optimizer"): ("adamw", "adam", "lamb", "sgd"),
         ("train", "schedule"): ("cosine", "constant", "plateau"),
         ("data", "normalise"): ("standard", "minmax", "dataset", "none"),
-        ("data", "augment"): ("d4", "flip", None),
         ("distribute", "strategy"): ("auto", "default", "mirrored", "multiworker"),
     }
+    from lensnet.data.augment import normalise_augment
+
+    data["augment"] = normalise_augment(data["augment"])  # `none` (string) and null both mean none
     for (section, key), valid in choices.items():
         if config[section][key] not in valid:
             raise LensnetError(f"{section}.{key} must be one of {', '.join(map(str, valid))}; "
