@@ -122,6 +122,7 @@ def parse_set(items: Iterable[str] | None) -> dict:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        value = _yaml11_float(value)
         node = tree
         parts = key.split(".")
         for part in parts[:-1]:
@@ -130,6 +131,20 @@ def parse_set(items: Iterable[str] | None) -> dict:
                 raise LensnetError(f"--set '{item}' conflicts with an earlier --set of '{part}'")
         node[parts[-1]] = value
     return tree
+
+
+def _yaml11_float(value: Any) -> Any:
+    """YAML 1.1 reads `1e6` (no dot) as a string; on the command line a user means the number."""
+    if isinstance(value, list):
+        return [_yaml11_float(v) for v in value]
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if any(c.isdigit() for c in value) and value.strip().lower() not in ("nan", "inf", "-inf", "+inf"):
+            return number
+    return value
 
 
 def get_dotted(config: Mapping, key: str) -> Any:
