@@ -234,6 +234,22 @@ def test_euclid_noise_uses_lenstronomy_background_and_exposure() -> None:
     assert band.pixel_scale == 0.101 and band.psf_fwhm == 0.16
 
 
+def test_preset_exposure_time_override_sets_the_noise_through_lenstronomy() -> None:
+    from lenstronomy.SimulationAPI.observation_api import SingleBand
+    from lenstronomy.SimulationAPI.ObservationConfig.Euclid import Euclid
+
+    kwargs = Euclid(band="VIS", psf_type="GAUSSIAN").kwargs_single_band()
+    kwargs["exposure_time"] = 200.0 / kwargs["num_exposures"]
+    reference = SingleBand(**kwargs)
+    band = build_simulator(small("model_ii", instrument={"exposure_time": 200.0})).spec.bands[0]
+    assert band.exposure_time.args[0] == pytest.approx(200.0)
+    assert band.background_rms == pytest.approx(reference.background_noise)
+    default = build_simulator(small("model_ii")).spec.bands[0]
+    assert band.background_rms > 2 * default.background_rms  # a shorter exposure is noisier per e-/s
+    with pytest.raises(LensnetError, match="instrument.exposure_time must be a positive number"):
+        build_simulator(small("model_ii", instrument={"exposure_time": 0}))
+
+
 def test_hst_preset_does_not_depend_on_module_state() -> None:
     from lenstronomy.SimulationAPI.ObservationConfig import HST
 

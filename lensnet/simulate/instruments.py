@@ -73,10 +73,12 @@ def observation_kwargs(name: str, band: str, psf_type: str = "GAUSSIAN", **optio
     return kwargs
 
 
-def _preset_band(name: str, band: str, psf_type: str, options: dict) -> Band:
+def _preset_band(name: str, band: str, psf_type: str, options: dict, exposure_time: float | None = None) -> Band:
     from lenstronomy.SimulationAPI.observation_api import SingleBand
 
     kwargs = observation_kwargs(name, band, psf_type, **options)
+    if exposure_time is not None:  # the same number of exposures, each scaled to the requested total
+        kwargs["exposure_time"] = float(exposure_time) / int(kwargs.get("num_exposures") or 1)
     if psf_type == "PIXEL" and kwargs.get("kernel_point_source") is None:
         raise LensnetError(f"instrument.psf_type: {name} {band} has no pixelated PSF in lenstronomy; use GAUSSIAN")
     try:
@@ -142,4 +144,8 @@ def resolve_bands(instrument: dict) -> list[Band]:
     options = {"coadd_years": instrument.get("coadd_years"), "survey_mode": instrument.get("survey_mode")}
     if options["survey_mode"] is not None and name != "Roman":
         raise LensnetError("instrument.survey_mode: only the Roman preset has survey modes")
-    return [_preset_band(name, band, psf_type, options) for band in bands]
+    exposure_time = instrument.get("exposure_time")
+    if exposure_time is not None and (isinstance(exposure_time, bool) or not isinstance(exposure_time, (int, float))
+                                      or not 0 < float(exposure_time) < float("inf")):
+        raise LensnetError(f"instrument.exposure_time must be a positive number of seconds, got {exposure_time!r}")
+    return [_preset_band(name, band, psf_type, options, exposure_time) for band in bands]

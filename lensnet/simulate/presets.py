@@ -36,6 +36,9 @@ DATASET_DEFAULTS: dict = {
         "psf_type": "GAUSSIAN",
         "coadd_years": None,  # passed to the preset when set (Euclid, LSST, DES)
         "survey_mode": None,  # Roman only
+        # total exposure time in seconds, replacing the preset's (lenstronomy recomputes the background rms
+        # from it): the noise-level knob of a preset instrument; custom instruments set custom.exposure_time
+        "exposure_time": None,
         "custom": {
             "pixel_scale": 0.05,
             "psf_fwhm": 0.087,

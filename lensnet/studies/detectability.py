@@ -52,7 +52,7 @@ KNOBS: dict[str, Knob] = {
     "m_min": Knob("substructure.m_min", "lowest subhalo mass, Msun", needs=("substructure.m_min",)),
     "vortex_mass": Knob("axion.vortex_mass", "total mass of the axion vortex, Msun", needs=("axion.vortex_mass",)),
     "exposure_time": Knob("instrument.exposure_time", "total exposure time, s (sets the noise level)",
-                          needs=("instrument",)),
+                          needs=("instrument.exposure_time",)),
 }
 
 
@@ -115,7 +115,10 @@ def dataset_config(spec: StudySpec, value: float) -> dict:
     if "no_sub" not in classes or len(classes) < 2:
         raise LensnetError(f"dataset {spec.dataset!r} has classes {classes}; a detectability study needs no_sub "
                            "and at least one substructure class")
-    put_dotted(overrides, knob.key, float(value))
+    key = knob.key
+    if key == "instrument.exposure_time" and base["instrument"]["name"] == "custom":
+        key = "instrument.custom.exposure_time"
+    put_dotted(overrides, key, float(value))
     return resolve_dataset_config(spec.dataset, overrides)
 
 
