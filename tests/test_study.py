@@ -77,7 +77,8 @@ def test_study_runs_and_resumes(tmp_path: Path) -> None:
     (["--knob", "mass_of_everything", "--grid", "1,2"], "unknown knob 'mass_of_everything'"),
     (["--knob", "m_min", "--grid", ","], "--grid is empty"),
     (["--knob", "m_min", "--grid", "1e6,abc"], "--grid must be comma-separated numbers"),
-    (["--knob", "f_sub", "--grid", "0.01", "--dataset", "lens_finding"], "needs substructure.f_sub"),
+    (["--knob", "f_sub", "--grid", "0.01", "--dataset", "lens_finding"], "needs no_sub"),
+    (["--knob", "exposure_time", "--grid", "100", "--dataset", "deeplense_model_ii"], "replica"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                   args: list[str], message: str) -> None:
