@@ -40,14 +40,14 @@ def make_run(
     metrics: dict | None = None,
 ) -> Path:
     """A run directory as lensnet.fit leaves it: checkpoints/best.keras + run.json (+ metrics.json)."""
-    from lensnet.models import create_model
+    from lensnet.models import create_model, pool_features
 
     keras.utils.set_random_seed(seed)
     keras.mixed_precision.set_global_policy(policy)
     try:
         backbone = create_model(model, shape, **TINY.get(model, {}))
         inputs = keras.Input(shape, name="images")
-        features = backbone(inputs)
+        features = pool_features(backbone, backbone(inputs))
         if kind == "binary":
             outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="head")(features)
         elif kind == "multiclass":
