@@ -243,3 +243,68 @@ def test_mirrored_two_logical_cpus_every_replica_gets_the_same_exact_statistics(
     variance = next(v for p, v in result["replicas"].items() if "bn_in" in p and p.endswith("moving_variance"))
     np.testing.assert_allclose(mean[0], result["expected"]["mean"], rtol=1e-5)
     np.testing.assert_allclose(variance[0], result["expected"]["variance"], rtol=1e-4)
+
+
+MULTIWORKER = textwrap.dedent(
+    """
+    import hashlib
+    import numpy as np
+    import keras, tensorflow as tf
+    from lensnet.training.precise_bn import batch_norm_layers, recalibrate_batch_norm
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    rng = np.random.default_rng(0)
+    images = (3.0 + 2.0 * rng.normal(size=(48, 8, 8, 2))).astype("float32")
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        inputs = keras.Input((8, 8, 2))
+        x = keras.layers.BatchNormalization(name="bn_in")(inputs)
+        x = keras.layers.Conv2D(4, 3, padding="same")(x)
+        x = keras.layers.BatchNormalization(name="bn_conv")(x)
+        model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(x)))
+    # every worker reads the same global batches, as lensnet's workers do
+    used = recalibrate_batch_norm(model, tf.data.Dataset.from_tensor_slices(images).batch(16), 3)
+    digest = hashlib.sha256()
+    for layer in batch_norm_layers(model):
+        for v in (layer.moving_mean, layer.moving_variance):
+            for replica in strategy.experimental_local_results(v.value):
+                digest.update(np.asarray(replica).tobytes())
+    b = images.astype(np.float64).reshape(3, 16, 8, 8, 2)
+    exact = np.allclose(model.get_layer("bn_in").moving_mean.numpy(), b.mean(axis=(1, 2, 3)).mean(0), rtol=1e-5)
+    print("RESULT", used, exact, digest.hexdigest(), flush=True)
+    """
+)
+
+
+def test_multiworker_two_processes_compute_the_same_statistics(tmp_path):
+    import socket
+
+    sockets = [socket.socket() for _ in range(2)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs, logs = [], []
+    for index in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO),
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        logs.append(open(tmp_path / f"worker{index}.log", "w+"))  # files: a full pipe cannot block a collective
+        procs.append(subprocess.Popen([sys.executable, "-c", MULTIWORKER], cwd=REPO, env=env, stdout=logs[-1],
+                                      stderr=subprocess.STDOUT))
+    try:
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    outputs = []
+    for log in logs:
+        log.seek(0)
+        outputs.append(log.read())
+        log.close()
+    assert codes == [0, 0], outputs
+    results = [next(x for x in out.splitlines() if x.startswith("RESULT ")).split() for out in outputs]
+    assert results[0] == results[1]  # the same statistics, bit for bit, on both workers
+    assert results[0][1:3] == ["3", "True"]
