@@ -358,7 +358,7 @@ def test_feature_metadata(name):
 def test_pyramid_outputs_give_every_stage(name):
     model = _tiny(name)
     assert list(model.pyramid_outputs) == ["stage0", "stage1"]
-    extractor = keras.Model(model.inputs, model.pyramid_outputs)
+    extractor = keras.Model(model.input, model.pyramid_outputs)
     stages = extractor(_images(2, 1))
     assert stages["stage1"].shape[1:3] == model.patch_grid
     assert stages["stage0"].shape[1] == 2 * stages["stage1"].shape[1]
