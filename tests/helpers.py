@@ -17,7 +17,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A copy of test_models.TINY (that file is the model tests' own).
 _EFF_TINY = {
     "width_coefficient": 0.25,
     "depth_coefficient": 0.5,
@@ -61,15 +60,6 @@ def output_spec(kind: str, classes: int = 3):
     return OutputSpec("values", "value", columns=("radius",), units=("arcsec",))
 
 
-def _pooled(features):
-    """A backbone's output as a vector: feature maps and token sequences are averaged."""
-    if len(features.shape) == 4:
-        return keras.layers.GlobalAveragePooling2D()(features)
-    if len(features.shape) == 3:
-        return keras.layers.GlobalAveragePooling1D()(features)
-    return features
-
-
 def write_run_dir(run_dir: Path, net, *, task: str, model: str, shape, normalisation: dict, output: dict,
                   seed: int = 0, metrics: dict | None = None) -> Path:
     """checkpoints/best.keras + run.json (+ metrics.json), as lensnet.fit leaves them."""
@@ -108,14 +98,14 @@ def make_run(
     metrics: dict | None = None,
 ) -> Path:
     """A run directory with a tiny registry backbone + a head of `kind` (binary | multiclass | regression)."""
-    from lensnet.models import create_model
+    from lensnet.models import create_model, pool_features
 
     keras.utils.set_random_seed(seed)
     keras.mixed_precision.set_global_policy(policy)
     try:
         backbone = create_model(model, shape, **TINY.get(model, {}))
         inputs = keras.Input(shape, name="images")
-        features = _pooled(backbone(inputs))
+        features = pool_features(backbone, backbone(inputs))
         if kind == "binary":
             outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="head")(features)
         elif kind == "multiclass":

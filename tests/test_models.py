@@ -1,4 +1,5 @@
-"""Model registry: every backbone builds tiny, round-trips, traces with batch None,
+"""Model registry: every backbone builds tiny, returns features (a map or tokens) with the
+metadata a task needs, pools through the shared head, round-trips, traces with batch None,
 and bad names, options and shapes fail as one-line LensnetErrors."""
 
 from __future__ import annotations
@@ -10,39 +11,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import TINY
 
 from lensnet.errors import LensnetError
-from lensnet.models import create_model, list_models, model_info, register_model
+from lensnet.models import create_model, list_models, model_info, pool_features, register_model
 from lensnet.models import registry as registry_module
 
-_EFF_TINY = {
-    "width_coefficient": 0.25,
-    "depth_coefficient": 0.5,
-    "num_features": 32,
-    "stackwise_kernel_sizes": [3, 3],
-    "stackwise_num_repeats": [1, 2],
-    "stackwise_input_filters": [32, 16],
-    "stackwise_output_filters": [16, 32],
-    "stackwise_expansion_ratios": [1, 4],
-    "stackwise_squeeze_and_excite_ratios": [0.0, 0.25],
-    "stackwise_strides": [1, 2],
-    "stackwise_block_types": ["cba", "unfused"],
-}
-_VIT_TINY = {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32, "patch_size": 4}
-_RESNET_TINY = {"stem_filters": 4, "stage_filters": [4, 8], "stage_blocks": [1, 1]}
-
-# Overrides that make each registered model build and run in well under a second.
-TINY: dict[str, dict] = {
-    "cnn_small": {"filters": [4, 8]},
-    "resnet18": _RESNET_TINY,
-    "resnet34": _RESNET_TINY,
-    "effnetv2_b0": _EFF_TINY,
-    "effnetv2_s": _EFF_TINY,
-    "vit_tiny": _VIT_TINY,
-    "vit_small": _VIT_TINY,
-    "deit_tiny": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "intermediate_dim": 32, "patch_size": 4},
-    "swin_tiny": {"embed_dim": 8, "depths": [2, 2], "num_heads": [2, 2], "window_size": 4, "patch_size": 2},
-}
 TINY_SHAPE = (16, 16)
 NAMES = [entry["name"] for entry in list_models()]
 EXPECTED = {
@@ -128,11 +102,14 @@ def test_builds_tiny_and_outputs_finite_features(name, channels):
     x = _images(3, channels)
     y = model(x, training=False)
     assert y.dtype == "float32"
-    assert tuple(y.shape) == (3, model.output_shape[-1])
+    assert tuple(y.shape) == (3, *model.output_shape[1:])
+    assert len(y.shape) == (4 if model.feature_kind == "map" else 3)
     assert model.input_shape == (None, *TINY_SHAPE, channels)
     assert np.all(np.isfinite(np.asarray(y)))
+    pooled = pool_features(model, y)
+    assert tuple(pooled.shape) == (3, model.feature_dim) and pooled.dtype == "float32"
     # The batch dimension stays free: a different batch size works on the same model.
-    assert tuple(model(x[:1], training=False).shape) == (1, model.output_shape[-1])
+    assert tuple(model(x[:1], training=False).shape) == (1, *model.output_shape[1:])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -162,7 +139,7 @@ def test_backbone_inside_a_task_model_round_trips(tmp_path):
     # What the trainer does: backbone + head in one functional model, saved and reloaded.
     backbone = _tiny("vit_tiny", 3)
     inputs = keras.Input((*TINY_SHAPE, 3))
-    outputs = keras.layers.Dense(2, name="head")(backbone(inputs))
+    outputs = keras.layers.Dense(2, name="head")(pool_features(backbone, backbone(inputs)))
     model = keras.Model(inputs, outputs)
     x = _images(2, 3)
     path = os.fspath(tmp_path / "task.keras")
@@ -186,7 +163,7 @@ def test_builds_and_trains_under_mirrored_strategy(name):
     with strategy.scope():
         backbone = _tiny(name, 1)
         inputs = keras.Input((*TINY_SHAPE, 1))
-        model = keras.Model(inputs, keras.layers.Dense(1)(backbone(inputs)))
+        model = keras.Model(inputs, keras.layers.Dense(1)(pool_features(backbone, backbone(inputs))))
         model.compile(optimizer="adam", loss="mse")
     history = model.fit(_images(4, 1), np.zeros((4, 1), "float32"), batch_size=2, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
@@ -259,7 +236,10 @@ def test_malformed_input_shape(shape):
     "name, overrides, fragment",
     [
         ("vit_tiny", {"hidden_dim": 100}, "divisible by num_heads"),
-        ("vit_tiny", {"pooling": "max"}, "pooling"),
+        ("vit_tiny", {"pooling": "mean"}, "pooling"),
+        ("vit_tiny", {"pooling": "cls", "use_class_token": False}, "pooling"),
+        ("cnn_small", {"pooling": "cls"}, "pooling"),
+        ("cnn_small", {"bn_momentum": 1.5}, "bn_momentum"),
         ("resnet18", {"stage_filters": [64, 128]}, "same non-zero length"),
         ("swin_tiny", {"num_heads": [5, 6, 12, 24]}, "divisible"),
         ("effnetv2_b0", {"stackwise_block_types": ["cba"] + ["fused"] * 2 + ["unfused"] * 2 + ["mystery"]}, "mystery"),
@@ -291,14 +271,8 @@ def test_swin_auto_patch_size(size, patch):
 
 def test_vit_builds_at_150px_with_automatic_patch():
     model = create_model("vit_tiny", (150, 150, 1), num_layers=1)
-    assert model.patch_size == (10, 10)
-    assert model(_images(1, 1, size=(150, 150))).shape == (1, 192)
-
-
-def test_vit_token_pooling_uses_class_token():
-    model = create_model("vit_tiny", (*TINY_SHAPE, 1), **{**TINY["vit_tiny"], "pooling": "token"})
-    assert model(_images(2, 1)).shape == (2, 16)
-    assert model.get_config()["pooling"] == "token"
+    assert model.patch_size == (10, 10) and model.patch_grid == (15, 15)
+    assert model(_images(1, 1, size=(150, 150))).shape == (1, 1 + 15 * 15, 192)
 
 
 # --- default sizes: build only, one forward pass ----------------------------
@@ -312,9 +286,127 @@ def test_default_size_builds_at_64px(name, record_property):
     params = int(model.count_params())
     record_property("params", params)
     record_property("seconds", round(time.perf_counter() - start, 2))
-    assert y.shape == (1, model.output_shape[-1])
+    assert tuple(y.shape) == (1, *model.output_shape[1:])
     assert np.all(np.isfinite(np.asarray(y)))
     if name == "cnn_small":
         assert 100_000 <= params <= 500_000
     else:
         assert 1_000_000 < params < 40_000_000
+
+
+# --- features, metadata and the shared pooling head ---------------------------
+
+# (feature_kind, num_prefix_tokens, patch_grid, feature_dim, default_pooling) of each TINY model at 16 px.
+FEATURES = {
+    "cnn_small": ("map", 0, (8, 8), 8, "avg"),
+    "resnet18": ("map", 0, (2, 2), 8, "avg"),
+    "resnet34": ("map", 0, (2, 2), 8, "avg"),
+    "effnetv2_b0": ("map", 0, (4, 4), 8, "avg"),
+    "effnetv2_s": ("map", 0, (4, 4), 8, "avg"),
+    "vit_tiny": ("tokens", 1, (4, 4), 16, "cls"),
+    "vit_small": ("tokens", 1, (4, 4), 16, "cls"),
+    "deit_tiny": ("tokens", 2, (4, 4), 16, "cls"),
+    "swin_tiny": ("map", 0, (4, 4), 16, "avg"),
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_feature_metadata(name):
+    model = _tiny(name)
+    kind, prefix, grid, dim, pooling = FEATURES[name]
+    assert (model.feature_kind, model.num_prefix_tokens, model.patch_grid) == (kind, prefix, grid)
+    assert (model.feature_dim, model.default_pooling) == (dim, pooling)
+    if kind == "map":
+        assert model.output_shape == (None, *grid, dim)
+    else:  # prefix tokens first, then one token per patch
+        assert model.output_shape == (None, prefix + grid[0] * grid[1], dim)
+    info = model.feature_info()
+    assert info["feature_kind"] == kind and info["patch_grid"] == list(grid)
+    # The metadata survives a rebuild from the config (as after loading a saved model).
+    clone = type(model).from_config(model.get_config())
+    assert clone.feature_info() == info
+
+
+@pytest.mark.parametrize("name", ["cnn_small", "resnet18"])
+def test_pyramid_outputs_give_every_stage(name):
+    model = _tiny(name)
+    assert list(model.pyramid_outputs) == ["stage0", "stage1"]
+    extractor = keras.Model(model.input, model.pyramid_outputs)
+    stages = extractor(_images(2, 1))
+    assert stages["stage1"].shape[1:3] == model.patch_grid
+    assert stages["stage0"].shape[1] == 2 * stages["stage1"].shape[1]
+
+
+def test_deit_keeps_class_and_distillation_tokens():
+    model = _tiny("deit_tiny")
+    y = np.asarray(model(_images(2, 1), training=False))
+    assert y.shape == (2, 2 + 16, 16)
+    assert not np.allclose(y[:, 0], y[:, 1])  # two different tokens, no longer averaged away
+    np.testing.assert_allclose(np.asarray(pool_features(model, y)), y[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(pool_features(model, y, "prefix_mean")), y[:, :2].mean(1), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_pool_features_modes_compute_what_they_say():
+    tokens_model = _tiny("vit_tiny")
+    t = np.asarray(tokens_model(_images(3, 1), training=False))
+    expected = {"cls": t[:, 0], "prefix_mean": t[:, :1].mean(1), "tokens_avg": t[:, 1:].mean(1),
+                "avg": t[:, 1:].mean(1), "max": t[:, 1:].max(1)}
+    for mode, want in expected.items():
+        np.testing.assert_allclose(np.asarray(pool_features(tokens_model, t, mode)), want, rtol=1e-5, atol=1e-6)
+    map_model = _tiny("cnn_small")
+    m = np.asarray(map_model(_images(3, 1), training=False))
+    np.testing.assert_allclose(np.asarray(pool_features(map_model, m)), m.mean((1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pool_features(map_model, m, "max")), m.max((1, 2)), rtol=1e-6)
+
+
+def test_cnn_pooling_argument_sets_the_default_pooling():
+    # `--set model.args.pooling=max` keeps doing what it did: max-pooled features.
+    model = create_model("cnn_small", (*TINY_SHAPE, 1), **{**TINY["cnn_small"], "pooling": "max"})
+    assert model.default_pooling == "max" and model.get_config()["pooling"] == "max"
+    m = np.asarray(model(_images(2, 1), training=False))
+    np.testing.assert_allclose(np.asarray(pool_features(model, m)), m.max((1, 2)), rtol=1e-6)
+
+
+def test_vit_without_class_token():
+    model = create_model("vit_tiny", (*TINY_SHAPE, 1), **{**TINY["vit_tiny"], "use_class_token": False,
+                                                        "pooling": "tokens_avg"})
+    assert model.num_prefix_tokens == 0 and model.output_shape == (None, 16, 16)
+    assert pool_features(model, model(_images(2, 1))).shape == (2, 16)
+
+
+@pytest.mark.parametrize("name, mode", [("cnn_small", "cls"), ("vit_tiny", "median"), ("swin_tiny", "prefix_mean")])
+def test_pool_features_rejects_a_mode_that_does_not_apply(name, mode):
+    model = _tiny(name)
+    with pytest.raises(LensnetError, match=f"pooling '{mode}'.*{name}"):
+        pool_features(model, model.output, mode)
+
+
+def test_pool_features_passes_a_plain_vector_through():
+    inputs = keras.Input((4,))
+    plain = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    assert pool_features(plain, plain.output) is plain.output
+
+
+def test_task_model_with_pooling_head_round_trips_in_safe_mode(tmp_path, mixed_precision):
+    backbone = _tiny("deit_tiny", 1)
+    inputs = keras.Input((*TINY_SHAPE, 1))
+    features = backbone(inputs)
+    pooled = pool_features(backbone, features)
+    assert pooled.dtype == "float32"  # float32 under mixed precision too
+    distill = pool_features(backbone, features, "prefix_mean")  # two pooling heads in one model
+    model = keras.Model(inputs, keras.layers.Concatenate()([pooled, distill]))
+    x = _images(2, 1)
+    path = os.fspath(tmp_path / "pooled.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(np.asarray(reloaded(x)), np.asarray(model(x)))
+
+
+@pytest.mark.parametrize("name", ["cnn_small", "resnet18"])
+def test_bn_momentum_reaches_every_batch_norm(name):
+    assert model_info(name)["defaults"]["bn_momentum"] == 0.9
+    model = create_model(name, (*TINY_SHAPE, 1), **{**TINY[name], "bn_momentum": 0.8})
+    layers = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert layers and all(la.momentum == 0.8 for la in layers)
+    assert model.get_config()["bn_momentum"] == 0.8

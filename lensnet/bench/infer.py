@@ -34,13 +34,16 @@ def scratch_run(run_dir: Path, model: str, shape: tuple[int, int, int], seed: in
     """A run directory with a randomly initialised registry model + softmax head (no training)."""
     import keras
 
-    from lensnet.models import create_model
+    from lensnet.models import create_model, pool_features
     from lensnet.runs import BEST, RunInfo, write_run
     from lensnet.tasks.outputs import OutputSpec
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape, name="images")
-    outputs = keras.layers.Dense(classes, activation="softmax", dtype="float32")(create_model(model, shape)(inputs))
+    backbone = create_model(model, shape)
+    outputs = keras.layers.Dense(classes, activation="softmax", dtype="float32")(
+        pool_features(backbone, backbone(inputs))
+    )
     path = run_dir / BEST
     path.parent.mkdir(parents=True, exist_ok=True)
     keras.Model(inputs, outputs).save(path)

@@ -37,11 +37,11 @@ def _train_rate(shape: tuple[int, int, int], num_classes: int, images: int, seed
     """Images/s of plain model.fit of cnn_small + Dense head on in-memory arrays (batch 64, after warm-up)."""
     import keras
 
-    from lensnet.models import create_model
+    from lensnet.models import create_model, pool_features
 
     keras.utils.set_random_seed(seed)
     backbone = create_model("cnn_small", shape)
-    outputs = keras.layers.Dense(num_classes)(backbone.output)
+    outputs = keras.layers.Dense(num_classes)(pool_features(backbone, backbone.output))
     model = keras.Model(backbone.input, outputs)
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(seed)

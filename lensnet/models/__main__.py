@@ -1,7 +1,7 @@
 """`python -m lensnet.models [--input-shape H W C] [--json]`: list the registered models.
 
 With `--input-shape` every model is built (random weights, no download) to
-report its parameter count and feature size for that image shape.
+report its parameter count and the features it returns for that image shape.
 """
 
 from __future__ import annotations
@@ -32,14 +32,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 entry["error"] = str(exc)
                 continue
             entry["params"] = int(model.count_params())
-            entry["feature_dim"] = int(model.output.shape[-1])
+            entry.update(model.feature_info())
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
     for entry in entries:
         extra = ""
         if "params" in entry:
-            extra = f"  {entry['params'] / 1e6:6.2f}M params, D={entry['feature_dim']}"
+            shape = "x".join(str(d) for d in entry["feature_shape"][1:])
+            extra = f"  {entry['params'] / 1e6:6.2f}M params, {entry['feature_kind']} {shape}"
         elif "error" in entry:
             extra = f"  (cannot build: {entry['error']})"
         print(f"{entry['name']:14s} {entry['family']:13s} {entry['description']}{extra}")

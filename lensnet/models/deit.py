@@ -1,8 +1,10 @@
 """DeiT on keras-hub's DeiTBackbone.
 
-DeiT is ViT with a second, distillation token; without a teacher its token is
-simply trained by the same loss, and the pooled feature averages the class and
-distillation tokens, as DeiT does at inference. Its MLP uses exact GELU.
+DeiT is ViT with a second, distillation token. The backbone returns every token,
+class and distillation tokens first, so a task can give the distillation token
+its own head (trained against a teacher); by default a task pools the class
+token ("cls"), and "prefix_mean" averages both, as DeiT does at inference.
+Its MLP uses exact GELU.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ import keras
 import keras_hub
 
 from lensnet.models.backbone import Backbone, float32_features, image_input
-from lensnet.models.layers import POOLING_MODES, TokenPooling, check_heads
+from lensnet.models.layers import check_heads
+from lensnet.models.pooling import valid_modes
 from lensnet.models.registry import register_model
 from lensnet.models.vit import resolve_patch_size
 
 
 @keras.saving.register_keras_serializable(package="lensnet")
 class DeiTBackbone(Backbone):
-    """DeiT feature extractor: keras-hub DeiTBackbone + token pooling.
+    """DeiT feature extractor: keras-hub DeiTBackbone's tokens (batch, 2 + h*w, D):
+    class token, distillation token, then the patch tokens row by row.
 
     Args:
         image_shape: (height, width, channels) of the input images.
@@ -33,8 +37,9 @@ class DeiTBackbone(Backbone):
         dropout_rate: dropout in the blocks.
         attention_dropout: dropout on attention weights.
         layer_norm_epsilon: of every LayerNormalization.
-        pooling: `"token"` (mean of class and distillation tokens) or `"mean"`
-            (mean of the patch tokens).
+        pooling: the default pooling (see `lensnet.models.pooling`): `"cls"`
+            (the class token), `"prefix_mean"` (mean of class and distillation
+            tokens), `"tokens_avg"`/`"avg"` or `"max"` (over the patch tokens).
         name: model name.
         dtype: dtype policy.
     """
@@ -50,7 +55,7 @@ class DeiTBackbone(Backbone):
         dropout_rate: float = 0.0,
         attention_dropout: float = 0.0,
         layer_norm_epsilon: float = 1e-6,
-        pooling: str = "token",
+        pooling: str = "cls",
         name: str = "deit",
         dtype: Any = None,
         **kwargs: Any,
@@ -58,8 +63,8 @@ class DeiTBackbone(Backbone):
         image_shape = tuple(int(d) for d in image_shape)
         patch = resolve_patch_size(image_shape, patch_size, name)
         check_heads(name, hidden_dim, num_heads)
-        if pooling not in POOLING_MODES:
-            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+        if pooling not in valid_modes("tokens", 2):
+            raise ValueError(f"pooling must be one of {valid_modes('tokens', 2)}, got {pooling!r}")
 
         # === Functional model ===
         inputs = image_input(image_shape)
@@ -76,10 +81,18 @@ class DeiTBackbone(Backbone):
             dtype=dtype,
             name="deit",
         )(inputs)
-        # Two prefix tokens: class and distillation.
-        x = TokenPooling(pooling, num_prefix_tokens=2, dtype=dtype, name="pool")(tokens)
-        outputs = float32_features(x)
-        super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=dtype, **kwargs)
+        outputs = float32_features(tokens)
+        super().__init__(
+            inputs=inputs,
+            outputs=outputs,
+            name=name,
+            dtype=dtype,
+            feature_kind="tokens",
+            num_prefix_tokens=2,  # class and distillation
+            patch_grid=(image_shape[0] // patch[0], image_shape[1] // patch[1]),
+            default_pooling=pooling,
+            **kwargs,
+        )
 
         # === Config ===
         self.image_shape = image_shape
@@ -125,7 +138,7 @@ class DeiTBackbone(Backbone):
         "dropout_rate": 0.0,
         "attention_dropout": 0.0,
         "layer_norm_epsilon": 1e-6,
-        "pooling": "token",
+        "pooling": "cls",
     },
 )
 def deit_tiny(input_shape: tuple[int, int, int], **kwargs: Any) -> keras.Model:

@@ -30,7 +30,8 @@ def _ratio(value: float) -> int:
 
 @keras.saving.register_keras_serializable(package="lensnet")
 class EfficientNetV2Backbone(Backbone):
-    """EfficientNetV2 feature extractor: keras-hub EfficientNetBackbone + global average pooling.
+    """EfficientNetV2 feature extractor: keras-hub EfficientNetBackbone's final feature map
+    (batch, h, w, num_features x width), pooled by `"avg"` by default.
 
     No rescaling or ImageNet normalisation inside: the data pipeline normalises.
     Any channel count works since weights are never pretrained here.
@@ -47,7 +48,8 @@ class EfficientNetV2Backbone(Backbone):
         drop_connect_rate: stochastic-depth rate, growing linearly to this value
             over the blocks (keras-hub calls it `dropout`).
         activation: activation of every block.
-        batch_norm_momentum, batch_norm_epsilon: of every BatchNormalization.
+        batch_norm_momentum, batch_norm_epsilon: of every BatchNormalization
+            (keras-hub's names; this family's counterpart of the others' `bn_momentum`).
         name: model name.
         dtype: dtype policy.
     """
@@ -114,10 +116,11 @@ class EfficientNetV2Backbone(Backbone):
             dtype=dtype,
             name="efficientnet",
         )
-        x = features(inputs)
-        x = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="pool")(x)
-        outputs = float32_features(x)
-        super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=dtype, **kwargs)
+        # keras-hub's own pyramid outputs live inside its nested graph, not this one: not exposed.
+        outputs = float32_features(features(inputs))
+        super().__init__(
+            inputs=inputs, outputs=outputs, name=name, dtype=dtype, feature_kind="map", default_pooling="avg", **kwargs
+        )
 
         # === Config ===
         self.image_shape = image_shape

@@ -7,48 +7,8 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
 
 from lensnet.errors import LensnetError
-
-
-@keras.saving.register_keras_serializable(package="lensnet")
-class TokenPooling(keras.layers.Layer):
-    """Pools a token sequence (batch, N, D) into (batch, D).
-
-    Args:
-        mode: `"token"` averages the first `num_prefix_tokens` tokens (the class
-            token for ViT; class and distillation tokens for DeiT, as DeiT does at
-            inference); `"mean"` averages the patch tokens that follow them.
-        num_prefix_tokens: int. Number of non-patch tokens at the start.
-    """
-
-    def __init__(self, mode: str = "token", num_prefix_tokens: int = 1, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if mode not in POOLING_MODES:
-            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
-        if mode == "token" and num_prefix_tokens < 1:
-            raise ValueError("pooling 'token' needs at least one prefix (class) token")
-        self.mode = mode
-        self.num_prefix_tokens = int(num_prefix_tokens)
-
-    def call(self, inputs: Any) -> Any:
-        # Static slices only: no Python logic on the batch dimension, so the
-        # layer traces with batch None and exports to ONNX as Slice + ReduceMean.
-        if self.mode == "token":
-            return ops.mean(inputs[:, : self.num_prefix_tokens, :], axis=1)
-        return ops.mean(inputs[:, self.num_prefix_tokens :, :], axis=1)
-
-    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
-        return (input_shape[0], input_shape[-1])
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update({"mode": self.mode, "num_prefix_tokens": self.num_prefix_tokens})
-        return config
-
-
-POOLING_MODES = ("token", "mean")
 
 
 def as_pair(value: int | Sequence[int], what: str) -> tuple[int, int]:

@@ -4,9 +4,18 @@ The idea is timm's `create_model(name, **overrides)`: the trainer, the tuner
 and the exporter only ever call `create_model`, so adding a model is one
 `@register_model` builder in a family module and nothing else changes.
 
-Every registered model is a *backbone*: it maps float32 images (H, W, C), already
-normalised by the data pipeline, to a pooled feature vector (batch, D). Tasks add
-their own heads.
+Every registered model is a *backbone* (`lensnet.models.backbone.Backbone`): it
+maps float32 images (H, W, C), already normalised by the data pipeline, to float32
+*features*, not a pooled vector:
+
+- a feature map (batch, h, w, C) for the CNN families and Swin (its last stage);
+- tokens (batch, N, D) for ViT and DeiT: `num_prefix_tokens` class/distillation
+  tokens first, then the `patch_grid` patch tokens row by row.
+
+Its metadata (`feature_kind`, `num_prefix_tokens`, `patch_grid`, `feature_dim`,
+`pyramid_outputs`, `default_pooling`) tells a task what it got. Tasks own what
+follows: `lensnet.models.pooling.pool_features(backbone, backbone(images))` gives
+(batch, D) with the backbone's default pooling, then their heads.
 """
 
 from __future__ import annotations
@@ -79,7 +88,11 @@ def _spec(name: str) -> ModelSpec:
 
 
 def list_models() -> list[dict[str, Any]]:
-    """Every registered model as {"name", "family", "description", "defaults"}, sorted by name."""
+    """Every registered model as {"name", "family", "description", "defaults"}, sorted by name.
+
+    Each is a backbone returning features (a map or tokens, see the module doc); build
+    one to read its `feature_info()`.
+    """
     return [_REGISTRY[n].info() for n in sorted(_REGISTRY)]
 
 
@@ -108,8 +121,11 @@ def _check_input_shape(name: str, input_shape: Sequence[int]) -> tuple[int, int,
 def create_model(name: str, input_shape: tuple[int, int, int], **overrides: Any) -> keras.Model:
     """Build the backbone `name` for images of `input_shape` (H, W, C).
 
-    Returns a `keras.Model` mapping (batch, H, W, C) float32 images to (batch, D)
-    float32 features. `overrides` replace entries of the model's defaults (see
+    Returns a `Backbone` mapping (batch, H, W, C) float32 images to float32 features:
+    a map (batch, h, w, C) or tokens (batch, N, D), described by its `feature_kind`,
+    `num_prefix_tokens`, `patch_grid`, `feature_dim`, `pyramid_outputs` and
+    `default_pooling`; `pool_features(backbone, backbone(images))` pools them to
+    (batch, D). `overrides` replace entries of the model's defaults (see
     `model_info(name)["defaults"]`). `weights` may name a local `.weights.h5` file
     saved from the same architecture; nothing is ever downloaded.
     """

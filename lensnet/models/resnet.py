@@ -19,7 +19,9 @@ from lensnet.models.registry import register_model
 STEMS = ("imagenet", "cifar")
 
 
-def _conv_bn(x: Any, filters: int, kernel: int, stride: int, name: str, dtype: Any, relu: bool = True) -> Any:
+def _conv_bn(
+    x: Any, filters: int, kernel: int, stride: int, name: str, dtype: Any, momentum: float, relu: bool = True
+) -> Any:
     x = keras.layers.Conv2D(
         filters,
         kernel,
@@ -30,25 +32,27 @@ def _conv_bn(x: Any, filters: int, kernel: int, stride: int, name: str, dtype: A
         dtype=dtype,
         name=f"{name}_conv",
     )(x)
-    x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, dtype=dtype, name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=momentum, dtype=dtype, name=f"{name}_bn")(x)
     if relu:
         x = keras.layers.Activation("relu", dtype=dtype, name=f"{name}_relu")(x)
     return x
 
 
-def _basic_block(x: Any, filters: int, stride: int, name: str, dtype: Any) -> Any:
+def _basic_block(x: Any, filters: int, stride: int, name: str, dtype: Any, momentum: float) -> Any:
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, stride, f"{name}_0", dtype, relu=False)
-    x = _conv_bn(x, filters, 3, stride, f"{name}_1", dtype)
-    x = _conv_bn(x, filters, 3, 1, f"{name}_2", dtype, relu=False)
+        shortcut = _conv_bn(x, filters, 1, stride, f"{name}_0", dtype, momentum, relu=False)
+    x = _conv_bn(x, filters, 3, stride, f"{name}_1", dtype, momentum)
+    x = _conv_bn(x, filters, 3, 1, f"{name}_2", dtype, momentum, relu=False)
     x = keras.layers.Add(dtype=dtype, name=f"{name}_add")([shortcut, x])
     return keras.layers.Activation("relu", dtype=dtype, name=f"{name}_out")(x)
 
 
 @keras.saving.register_keras_serializable(package="lensnet")
 class ResNetBackbone(Backbone):
-    """ResNet v1 with basic blocks and global average pooling.
+    """ResNet v1 with basic blocks; returns the last stage's feature map
+    (batch, h, w, stage_filters[-1]), every stage's output in `pyramid_outputs`
+    ("stage0", ...), and pools by `"avg"` by default.
 
     Args:
         image_shape: (height, width, channels) of the input images.
@@ -60,6 +64,8 @@ class ResNetBackbone(Backbone):
             torchvision and the DeepLense baseline) or `"cifar"` (one 3x3 stride-1
             conv, no pool: 16x more compute, keeps detail on small cutouts).
         stem_filters: filters of the stem convolution.
+        bn_momentum: momentum of every BatchNormalization's moving statistics
+            (0.9, as PyTorch's 0.1: see lensnet issue 8).
         name: model name.
         dtype: dtype policy of the layers.
     """
@@ -71,6 +77,7 @@ class ResNetBackbone(Backbone):
         stage_blocks: Sequence[int] = (2, 2, 2, 2),
         stem: str = "imagenet",
         stem_filters: int = 64,
+        bn_momentum: float = 0.9,
         name: str = "resnet",
         dtype: Any = None,
         **kwargs: Any,
@@ -83,23 +90,35 @@ class ResNetBackbone(Backbone):
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if min(stage_filters) < 1 or min(stage_blocks) < 1 or stem_filters < 1:
             raise ValueError("stage_filters, stage_blocks and stem_filters must be positive")
+        if not 0.0 <= bn_momentum < 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum!r}")
         stem_stride = 4 if stem == "imagenet" else 1
         check_min_size(image_shape, stem_stride * 2 ** (num_stages - 1), name)
 
         # === Functional model ===
         inputs = image_input(image_shape)
         if stem == "imagenet":
-            x = _conv_bn(inputs, stem_filters, 7, 2, "stem", dtype)
+            x = _conv_bn(inputs, stem_filters, 7, 2, "stem", dtype, bn_momentum)
             x = keras.layers.MaxPooling2D(3, strides=2, padding="same", dtype=dtype, name="stem_pool")(x)
         else:
-            x = _conv_bn(inputs, stem_filters, 3, 1, "stem", dtype)
+            x = _conv_bn(inputs, stem_filters, 3, 1, "stem", dtype, bn_momentum)
+        pyramid = {}
         for s, (filters, blocks) in enumerate(zip(stage_filters, stage_blocks)):
             for b in range(blocks):
                 stride = 2 if (s > 0 and b == 0) else 1
-                x = _basic_block(x, filters, stride, f"stage{s}_block{b}", dtype)
-        x = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="pool")(x)
+                x = _basic_block(x, filters, stride, f"stage{s}_block{b}", dtype, bn_momentum)
+            pyramid[f"stage{s}"] = x
         outputs = float32_features(x)
-        super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=dtype, **kwargs)
+        super().__init__(
+            inputs=inputs,
+            outputs=outputs,
+            name=name,
+            dtype=dtype,
+            feature_kind="map",
+            default_pooling="avg",
+            pyramid_outputs=pyramid,
+            **kwargs,
+        )
 
         # === Config ===
         self.image_shape = image_shape
@@ -107,6 +126,7 @@ class ResNetBackbone(Backbone):
         self.stage_blocks = stage_blocks
         self.stem = stem
         self.stem_filters = stem_filters
+        self.bn_momentum = bn_momentum
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -117,12 +137,18 @@ class ResNetBackbone(Backbone):
                 "stage_blocks": list(self.stage_blocks),
                 "stem": self.stem,
                 "stem_filters": self.stem_filters,
+                "bn_momentum": self.bn_momentum,
             }
         )
         return config
 
 
-_RESNET_DEFAULTS = {"stage_filters": [64, 128, 256, 512], "stem": "imagenet", "stem_filters": 64}
+_RESNET_DEFAULTS = {
+    "stage_filters": [64, 128, 256, 512],
+    "stem": "imagenet",
+    "stem_filters": 64,
+    "bn_momentum": 0.9,
+}
 
 
 @register_model(

@@ -83,7 +83,9 @@ def _search_patch(h: int, w: int, window_size: int, num_stages: int) -> int | No
 
 @keras.saving.register_keras_serializable(package="lensnet")
 class SwinBackbone(Backbone):
-    """Swin feature extractor: keras-hub SwinTransformerBackbone + mean over tokens.
+    """Swin feature extractor: the last stage of keras-hub's SwinTransformerBackbone
+    (after its final LayerNorm) as a feature map (batch, h, w, embed_dim * 2^(stages-1)),
+    pooled by `"avg"` by default.
 
     Args:
         image_shape: (height, width, channels) of the input images.
@@ -155,9 +157,15 @@ class SwinBackbone(Backbone):
                 name="swin",
             )
         )(inputs)
-        x = keras.layers.GlobalAveragePooling1D(dtype=dtype, name="pool")(tokens)
+        # keras-hub returns the last stage's tokens row by row; as a map they line up with
+        # the CNN families for decoders and Grad-CAM.
+        side = patch * 2 ** (num_stages - 1)
+        grid = (image_shape[0] // side, image_shape[1] // side)
+        x = keras.layers.Reshape((*grid, tokens.shape[-1]), dtype=dtype, name="to_map")(tokens)
         outputs = float32_features(x)
-        super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=dtype, **kwargs)
+        super().__init__(
+            inputs=inputs, outputs=outputs, name=name, dtype=dtype, feature_kind="map", default_pooling="avg", **kwargs
+        )
 
         # === Config ===
         self.image_shape = image_shape

@@ -16,14 +16,13 @@ import keras_hub
 
 from lensnet.models.backbone import Backbone, float32_features, image_input
 from lensnet.models.layers import (
-    POOLING_MODES,
-    TokenPooling,
     as_pair,
     auto_patch_size,
     check_heads,
     check_patch_size,
     freeze_index_tensors,
 )
+from lensnet.models.pooling import valid_modes
 from lensnet.models.registry import register_model
 
 DEFAULT_PATCH = 8
@@ -44,7 +43,8 @@ def resolve_patch_size(
 
 @keras.saving.register_keras_serializable(package="lensnet")
 class ViTBackbone(Backbone):
-    """ViT feature extractor: keras-hub ViTBackbone + token pooling.
+    """ViT feature extractor: keras-hub ViTBackbone's tokens (batch, 1 + h*w, D),
+    the class token first (with `use_class_token`), then the patch tokens row by row.
 
     Args:
         image_shape: (height, width, channels) of the input images.
@@ -56,9 +56,11 @@ class ViTBackbone(Backbone):
         dropout_rate: dropout in the blocks.
         attention_dropout: dropout on attention weights.
         layer_norm_epsilon: of every LayerNormalization.
-        pooling: `"mean"` averages the patch tokens (no class token is built;
-            trains better from scratch, Beyer et al. 2022, "Better plain ViT
-            baselines"); `"token"` uses a class token, as the original ViT.
+        use_class_token: prepend a learned class token, as the original ViT.
+            Without it (with pooling `"tokens_avg"`), the plain-ViT recipe of
+            Beyer et al. 2022, "Better plain ViT baselines".
+        pooling: the default pooling of the tokens (see `lensnet.models.pooling`):
+            `"cls"` (the class token), `"tokens_avg"`/`"avg"`, `"max"`, `"prefix_mean"`.
         name: model name.
         dtype: dtype policy.
     """
@@ -74,7 +76,8 @@ class ViTBackbone(Backbone):
         dropout_rate: float = 0.0,
         attention_dropout: float = 0.0,
         layer_norm_epsilon: float = 1e-6,
-        pooling: str = "mean",
+        use_class_token: bool = True,
+        pooling: str = "cls",
         name: str = "vit",
         dtype: Any = None,
         **kwargs: Any,
@@ -82,9 +85,10 @@ class ViTBackbone(Backbone):
         image_shape = tuple(int(d) for d in image_shape)
         patch = resolve_patch_size(image_shape, patch_size, name)
         check_heads(name, hidden_dim, num_heads)
-        if pooling not in POOLING_MODES:
-            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
-        use_class_token = pooling == "token"
+        use_class_token = bool(use_class_token)
+        allowed = valid_modes("tokens", int(use_class_token))
+        if pooling not in allowed:
+            raise ValueError(f"pooling must be one of {allowed} (use_class_token={use_class_token}), got {pooling!r}")
 
         # === Functional model ===
         inputs = image_input(image_shape)
@@ -104,9 +108,18 @@ class ViTBackbone(Backbone):
                 name="vit",
             )
         )(inputs)
-        x = TokenPooling(pooling, num_prefix_tokens=int(use_class_token), dtype=dtype, name="pool")(tokens)
-        outputs = float32_features(x)
-        super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=dtype, **kwargs)
+        outputs = float32_features(tokens)
+        super().__init__(
+            inputs=inputs,
+            outputs=outputs,
+            name=name,
+            dtype=dtype,
+            feature_kind="tokens",
+            num_prefix_tokens=int(use_class_token),
+            patch_grid=(image_shape[0] // patch[0], image_shape[1] // patch[1]),
+            default_pooling=pooling,
+            **kwargs,
+        )
 
         # === Config ===
         self.image_shape = image_shape
@@ -118,6 +131,7 @@ class ViTBackbone(Backbone):
         self.dropout_rate = dropout_rate
         self.attention_dropout = attention_dropout
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.use_class_token = use_class_token
         self.pooling = pooling
 
     def get_config(self) -> dict[str, Any]:
@@ -134,6 +148,7 @@ class ViTBackbone(Backbone):
                 "dropout_rate": self.dropout_rate,
                 "attention_dropout": self.attention_dropout,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "use_class_token": self.use_class_token,
                 "pooling": self.pooling,
             }
         )
@@ -146,7 +161,8 @@ _VIT_COMMON = {
     "dropout_rate": 0.0,
     "attention_dropout": 0.0,
     "layer_norm_epsilon": 1e-6,
-    "pooling": "mean",
+    "use_class_token": True,
+    "pooling": "cls",
 }
 
 
