@@ -3,70 +3,16 @@
     python -m lensnet.evaluate --run runs/NAME --data tfrecords/model_iii --split test
 
 Writes runs/NAME/eval/<dataset>-<split>/metrics.json and plots, and TensorBoard images.
-Classes are matched by name, so a dataset imported with another class order still scores right.
+Classes are matched by name, so a dataset imported with another class order still scores right;
+only the named split is read (a dataset holding just a test split is fine).
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
-
-from lensnet.errors import LensnetError, cli_exit
-
-
-def check_compatible(run, info) -> None:
-    """The dataset must fit the model: image shape and channels, classes or target."""
-    if list(info.image_shape) != list(run.input_shape):
-        raise LensnetError(
-            f"dataset {info.path} has images of shape {tuple(info.image_shape)}, but the model of this run takes "
-            f"{tuple(run.input_shape)}"
-        )
-    if run.output_kind == "binary" and run.positive_class not in info.class_names:
-        raise LensnetError(f"dataset {info.path} has no class '{run.positive_class}'; classes: "
-                           f"{', '.join(info.class_names) or 'none'}")
-    if run.output_kind == "multiclass":
-        missing = [c for c in run.class_names if c not in info.class_names]
-        extra = [c for c in info.class_names if c not in run.class_names]
-        if missing or extra:
-            raise LensnetError(
-                f"dataset {info.path} classes ({', '.join(info.class_names)}) differ from the run's "
-                f"({', '.join(run.class_names)})"
-            )
-
-
-def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
-                 out: str | Path | None = None, batch_size: int = 64, n_images: int = 16) -> tuple[dict, Path]:
-    from lensnet.config import load_yaml
-    from lensnet.data import open_dataset
-    from lensnet.runs import load_model, read_run
-    from lensnet.tasks import get_task_class
-    from lensnet.training.evaluation import report
-
-    run_dir = Path(run_dir)
-    run = read_run(run_dir)
-    config = load_yaml(run_dir / "config.yaml", "run config")
-    info = open_dataset(data or run.dataset["path"])
-    check_compatible(run, info)
-    task_config = dict(config["task"])
-    if run.output_kind == "binary":
-        task_config["positive_class"] = run.positive_class
-    task = get_task_class(run.task)(task_config, info, {})
-    if run.output_kind == "multiclass" and list(info.class_names) != list(run.class_names):
-        remap = np.array([run.class_names.index(c) for c in info.class_names])
-        dataset_targets = task.targets
-        task.targets = lambda batch: remap[dataset_targets(batch)]
-        task.class_names = list(run.class_names)
-    if split not in info.counts or not info.counts[split]:
-        raise LensnetError(f"dataset {info.path}: split '{split}' is empty or missing")
-    out_dir = Path(out) if out else run_dir / "eval" / f"{info.name}-{split}"
-    model = load_model(run_dir)
-    metrics = report(model, task, info, split, run.normalisation, out_dir, batch_size=batch_size,
-                     extra={"run": str(run_dir), "model": run.model},
-                     tensorboard_dir=run_dir / "logs" / f"eval_{info.name}_{split}", n_images=n_images)
-    return metrics, out_dir
+from lensnet.errors import cli_exit
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,10 +28,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lensnet.tfboot import quiet_import
 
     quiet_import()
+    from lensnet.training.evaluation import evaluate_run
+
     metrics, out_dir = evaluate_run(args.run, args.data, args.split, args.out, args.batch_size)
     shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    print(f"{args.split} of {metrics['dataset']}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
-    print(f"  metrics  {out_dir / 'metrics.json'}\n  plots    {out_dir / 'plots'}")
+    print(f"{args.split} of {metrics['dataset']}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()),
+          flush=True)
+    print(f"  metrics  {out_dir / 'metrics.json'}\n  plots    {out_dir / 'plots'}", flush=True)
     return 0
 
 

@@ -47,6 +47,7 @@ class RunInfo:
     epochs_done: int = 0
     best_epoch: int | None = None
     output: dict = field(default_factory=dict)  # the task's OutputSpec.to_json()
+    task_state: dict = field(default_factory=dict)  # Task.state(): what the task learned from the training data
 
     def output_names(self) -> list[str]:
         """Column names of the model's output."""

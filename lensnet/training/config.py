@@ -8,10 +8,9 @@ from typing import Any
 
 from lensnet.config import CONFIG_DIR, load_yaml, merge
 from lensnet.errors import LensnetError
-from lensnet.tasks.base import TASK_DEFAULTS
 
 FIT_DEFAULTS: dict[str, Any] = {
-    "task": dict(TASK_DEFAULTS),
+    "task": {"name": None},  # + the chosen task's own section (its Config dataclass), filled by resolve_fit_config
     "data": {
         "path": None,  # dataset directory; None = tfrecords/<default_dataset>, simulated if missing
         "default_dataset": None,  # preset simulated when `path` is not given and does not exist yet
@@ -87,8 +86,9 @@ def resolve_fit_config(
     )
     if not name:
         raise LensnetError("no task given: use --task NAME (see --list-tasks)")
-    get_task_class(name)
+    task_class = get_task_class(name)
     config = copy.deepcopy(FIT_DEFAULTS)
+    config["task"] = {"name": name, **task_class.config_defaults()}
     preset = TASK_DIR / f"{name}.yaml"
     if preset.is_file():
         config = merge(config, load_yaml(preset, "task preset"), open_keys=OPEN_KEYS)
@@ -100,7 +100,10 @@ def resolve_fit_config(
 
 
 def validate(config: dict) -> None:
+    from lensnet.tasks import get_task_class
+
     train, data, run = config["train"], config["data"], config["run"]
+    get_task_class(config["task"]["name"]).from_config(config["task"], train)  # the task checks its own section
 
     def positive(section: dict, key: str, where: str, kind: type = int, allow_zero: bool = False) -> None:
         value = section[key]

@@ -60,22 +60,13 @@ def report(model: keras.Model, task: Task, info: Any, split: str, normalise: dic
         if fig is not None:
             figures["learning_curves"] = plots.save(fig, out_dir / "plots" / "learning_curves.png")
     if len(result["images"]):
-        titles = [f"{_truth(task, t)}\n{task.describe(p)}"
+        titles = [f"{task.truth(t)}\n{task.describe(p)}"
                   for t, p in zip(result["y_true"][:n_images], result["y_pred"][:n_images])]
         figures["samples"] = plots.save(plots.samples_figure(result["images"], titles),
                                         out_dir / "plots" / "samples.png")
     if tensorboard_dir is not None:
         write_tensorboard(tensorboard_dir, figures, metrics, split)
     return metrics
-
-
-def _truth(task: Task, value: Any) -> str:
-    names = getattr(task, "class_names", None)
-    if task.output_kind == "binary":
-        return f"true {'lens' if int(value) == 1 else 'non-lens'}"
-    if names:
-        return f"true {names[int(value)]}"
-    return f"true {float(value):.3g}" if np.isfinite(value) else "true n/a"
 
 
 def write_tensorboard(log_dir: Path, figures: dict[str, Path], metrics: dict, split: str) -> None:
@@ -88,3 +79,36 @@ def write_tensorboard(log_dir: Path, figures: dict[str, Path], metrics: dict, sp
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
                 tf.summary.scalar(f"{split}/{key}", float(value), step=0)
     writer.flush()
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
+                 out: str | Path | None = None, batch_size: int = 64, n_images: int = 16) -> tuple[dict, Path]:
+    """Score a finished run on `split` of any compatible dataset (default: the run's own).
+
+    The task is rebuilt from the run (config.yaml's task section + run.json's task_state), so its
+    classes, positive class or target standardisation are the trained model's; the task itself
+    checks that the dataset fits and maps its labels by class name. Only `split` is read.
+    """
+    from lensnet.config import load_yaml
+    from lensnet.data import open_dataset
+    from lensnet.errors import LensnetError
+    from lensnet.runs import load_model, read_run
+    from lensnet.tasks.base import require_splits, task_from_config
+
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    config = load_yaml(run_dir / "config.yaml", "run config")
+    info = open_dataset(data or run.dataset["path"])
+    if list(info.image_shape) != list(run.input_shape):
+        raise LensnetError(f"dataset {info.path} has images of shape {tuple(info.image_shape)}, but the model of "
+                           f"this run takes {tuple(run.input_shape)}")
+    if not run.task_state:
+        raise LensnetError(f"{run_dir}/run.json has no task_state (written by an older lensnet); retrain the run")
+    task = task_from_config(config, info, state=run.task_state)
+    require_splits(info, (split,))
+    out_dir = Path(out) if out else run_dir / "eval" / f"{info.name}-{split}"
+    model = load_model(run_dir)
+    metrics = report(model, task, info, split, run.normalisation, out_dir, batch_size=batch_size,
+                     extra={"run": str(run_dir), "model": run.model},
+                     tensorboard_dir=run_dir / "logs" / f"eval_{info.name}_{split}", n_images=n_images)
+    return metrics, out_dir
