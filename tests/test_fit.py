@@ -104,11 +104,15 @@ def test_regression_masks_nan_targets(capsys, three_class: Path, tmp_path: Path)
         (["--task", "lens_finding", "--set", "train.no_such_key=1"], "unknown config key 'train.no_such_key'"),
         (["--task", "lens_finding", "--model", "vit_tiny", "--set", "model.args.patch_size=5"], "patch"),
         (["--task", "lens_finding", "--set", "train.optimizer=adagrad"], "train.optimizer"),
+        # each task has its own config section: another task's option is an unknown key
+        (["--task", "substructure", "--set", "task.target=radius"], "unknown config key 'task.target'"),
+        (["--task", "regression", "--target", "radius", "--set", "task.loss=l7"], "task.loss 'l7'"),
     ],
 )
 def test_bad_input_is_one_line_before_training(capsys, synthetic_dataset: Path, tmp_path: Path, argv, message) -> None:
+    positive = ["--set", "task.positive_class=class1"] if "lens_finding" in argv else []
     code, out, err = fit(capsys, *argv, "--data", str(synthetic_dataset), "--runs", str(tmp_path),
-                         "--run-name", "bad", "--set", "task.positive_class=class1")
+                         "--run-name", "bad", *positive)
     assert code == 2
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert message in err
