@@ -258,3 +258,23 @@ def test_evaluate_refuses_a_dataset_the_model_cannot_take(capsys, synthetic_data
     code = run_cli(evaluate_main, ["--run", str(tmp_path / "one"), "--data", str(three)])
     err = capsys.readouterr().err
     assert code == 2 and "needs exactly 2 classes" in err
+
+
+def test_evaluate_reads_only_the_split_it_scores(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
+    """A held-out set imported with only a test split (`lensnet.convert ... --splits test=1.0`) scores."""
+    from lensnet.data.synthetic import write_synthetic
+    from lensnet.evaluate import main as evaluate_main
+
+    code, _, err = fit(capsys, "--task", "lens_finding", "--data", str(synthetic_dataset), "--epochs", "1",
+                       "--runs", str(tmp_path), "--run-name", "one", "--set", "task.positive_class=class1", *TINY)
+    assert code == 0, err
+    held_out = tmp_path / "held_out"
+    write_synthetic(held_out, 24, splits={"test": 1.0}, seed=5)
+    code = run_cli(evaluate_main, ["--run", str(tmp_path / "one"), "--data", str(held_out), "--split", "test"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    scored = json.loads((tmp_path / "one" / "eval" / "synthetic-test" / "metrics.json").read_text())
+    assert scored["n"] == 24 and scored["roc_auc"] is not None
+    code = run_cli(evaluate_main, ["--run", str(tmp_path / "one"), "--data", str(held_out), "--split", "val"])
+    err = capsys.readouterr().err
+    assert code == 2 and "split 'val' is empty or missing" in err

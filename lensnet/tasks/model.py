@@ -62,6 +62,7 @@ class TaskModel(keras.Model):
         self.output_key = output
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.task_metrics = list(metrics_list)
+        self.built = network.built  # every weight lives in the (functional, built) network
 
     # ---- inference ------------------------------------------------------------------------
     def call(self, inputs: Any, training: bool = False) -> Any:
