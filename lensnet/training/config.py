@@ -6,7 +6,7 @@ import copy
 import os
 from typing import Any
 
-from lensnet.config import CONFIG_DIR, load_yaml, merge
+from lensnet.config import CONFIG_DIR, deep_update, load_yaml, merge, parse_set, put_dotted
 from lensnet.errors import LensnetError
 
 FIT_DEFAULTS: dict[str, Any] = {
@@ -139,3 +139,26 @@ def validate(config: dict) -> None:
     if not isinstance(config["model"]["args"], dict):
         raise LensnetError("model.args must be a mapping of builder arguments")
     positive(config["distribute"], "cpu_devices", "distribute")
+
+
+def cli_overrides(args: Any) -> dict:
+    """The command-line flags as a config tree (the --set items come last and win)."""
+    tree: dict = {}
+
+    def put(path: str, value: object) -> None:
+        if value is not None:
+            put_dotted(tree, path, value)
+
+    put("task.name", args.task)
+    put("task.target", args.target)
+    put("model.name", args.model)
+    put("data.path", args.data)
+    put("data.batch_size", args.batch_size)
+    put("train.epochs", args.epochs)
+    put("train.learning_rate", args.lr)
+    put("run.seed", args.seed)
+    put("run.name", args.run_name)
+    put("run.dir", args.runs)
+    put("distribute.strategy", args.strategy)
+    put("distribute.cpu_devices", args.cpu_devices)
+    return deep_update(tree, parse_set(args.set))

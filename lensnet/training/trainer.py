@@ -304,3 +304,19 @@ def load_run_config(run_dir: Path) -> dict:
     return load_yaml(path, "run config")
 
 
+
+
+def print_result(result: FitResult) -> None:
+    """The closing lines of `lensnet.fit`: where the run went and its test figures."""
+    run_dir, metrics, info = result.run_dir, result.metrics, result.info
+    if not is_chief():
+        print(f"\nworker done in {result.seconds:.0f} s; the chief writes the run directory {run_dir}")
+        return
+    print(f"\nrun {run_dir} finished in {result.seconds:.0f} s (best epoch {info.best_epoch} of {info.epochs_done})")
+    shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    if shown:
+        print(f"{metrics.get('split', 'test')}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+    for what, path in (("config", "config.yaml"), ("best model", "checkpoints/best.keras"),
+                       ("metrics", "metrics.json"), ("plots", "plots/"), ("history", "history.csv")):
+        print(f"  {what:11s} {run_dir / path}")
+    print(f"  tensorboard tensorboard --logdir {run_dir.parent}")
