@@ -278,3 +278,14 @@ def test_evaluate_reads_only_the_split_it_scores(capsys, synthetic_dataset: Path
     code = run_cli(evaluate_main, ["--run", str(tmp_path / "one"), "--data", str(held_out), "--split", "val"])
     err = capsys.readouterr().err
     assert code == 2 and "split 'val' is empty or missing" in err
+
+
+def test_preset_model_arguments_stay_with_the_preset_model() -> None:
+    from lensnet.training.config import resolve_fit_config
+
+    preset = resolve_fit_config("lens_finding")["model"]
+    assert preset["name"] == "cnn_small" and preset["args"] == {"convs_per_stage": 1}
+    other = resolve_fit_config("lens_finding", overrides={"model": {"name": "vit_tiny"}})["model"]
+    assert other["args"] == {}  # cnn_small's arguments would be unknown options of vit_tiny
+    tweaked = resolve_fit_config("lens_finding", overrides={"model": {"args": {"filters": [8]}}})["model"]
+    assert tweaked["args"] == {"convs_per_stage": 1, "filters": [8]}

@@ -92,6 +92,10 @@ def resolve_fit_config(
     preset = TASK_DIR / f"{name}.yaml"
     if preset.is_file():
         config = merge(config, load_yaml(preset, "task preset"), open_keys=OPEN_KEYS)
+        chosen = [(tree.get("model") or {}).get("name") for tree in (user, overrides)]
+        chosen = next((m for m in reversed(chosen) if m), None)
+        if chosen and chosen != config["model"]["name"]:
+            config["model"]["args"] = {}  # the preset's model arguments belong to the preset's model
     config = merge(config, user, open_keys=OPEN_KEYS, where=f"config ({config_file})" if config_file else "config")
     config = merge(config, overrides, open_keys=OPEN_KEYS)
     config["task"]["name"] = name
