@@ -80,7 +80,7 @@ class BatchContext:
 class Task:
     name: ClassVar[str]
     description: ClassVar[str]
-    output_kind: ClassVar[str]  # legacy RunInfo field (binary | multiclass | regression), until serving drops it
+    output_kind: ClassVar[str] = ""  # legacy RunInfo field (binary | multiclass | regression); output_spec() rules
     monitor: ClassVar[str]  # a metric name logged on the validation split, without the "val_" prefix
     monitor_mode: ClassVar[str]  # max | min
     Config: ClassVar[type] = NoOptions  # the task's config section: a dataclass, defaults included
