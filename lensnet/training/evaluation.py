@@ -13,29 +13,35 @@ from lensnet.data import load
 from lensnet.data.pipeline import reader_error
 from lensnet.fileio import write_json
 from lensnet.tasks import plots
-from lensnet.tasks.base import Task
+from lensnet.tasks.base import BatchContext, Task
 
 
 def predict_split(model: keras.Model, task: Task, info: Any, split: str, normalise: dict, batch_size: int = 64,
-                  keep_images: int = 0) -> dict:
+                  keep_images: int = 0, progress: bool = True) -> dict:
     """Run the model over a split in order; returns y_true, y_pred, ids and the first `keep_images` images.
 
     `normalise` is the run's normalisation spec (run.json), so a model scored on another
-    dataset sees its inputs scaled exactly as in training.
+    dataset sees its inputs scaled exactly as in training. The model's inputs are what the
+    task's `prepare` makes of each batch (outside training: no training-time randomness).
     """
-    fields = tuple(dict.fromkeys((*task.fields, "id")))
+    from lensnet.progress import Progress
+
+    fields = tuple(dict.fromkeys((*task.fields, "image", "id")))
     dataset = load(info, split, batch_size=batch_size, fields=fields, shuffle=False, augment=None,
                    normalise=normalise)
     y_true, y_pred, ids, images = [], [], [], []
     predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     try:
-        for batch in dataset:
-            y_pred.append(keras.ops.convert_to_numpy(predict(batch["image"])))
-            numpy_batch = {k: v.numpy() for k, v in batch.items() if k != "image"}
-            y_true.append(task.targets(numpy_batch))
-            ids.extend(x.decode() for x in numpy_batch["id"])
-            if sum(len(i) for i in images) < keep_images:
-                images.append(batch["image"].numpy())
+        with Progress(info.counts[split], f"scoring {split} split", "img", enabled=progress) as bar:
+            for step, batch in enumerate(dataset):
+                x = task.prepare(batch, BatchContext(seed=0, epoch=0, step=step, training=False))[0]
+                y_pred.append(keras.ops.convert_to_numpy(predict(x)))
+                numpy_batch = {k: v.numpy() for k, v in batch.items() if k != "image"}
+                y_true.append(task.targets(numpy_batch))
+                ids.extend(x.decode() for x in numpy_batch["id"])
+                if sum(len(i) for i in images) < keep_images:
+                    images.append(batch["image"].numpy())
+                bar.update(len(numpy_batch["id"]))
     except tf.errors.OpError as exc:
         raise reader_error(exc, info) from None
     result = {"y_true": np.concatenate(y_true), "y_pred": np.concatenate(y_pred).astype(np.float64), "ids": ids}
@@ -46,10 +52,10 @@ def predict_split(model: keras.Model, task: Task, info: Any, split: str, normali
 def report(model: keras.Model, task: Task, info: Any, split: str, normalise: dict, out_dir: Path, *,
            batch_size: int = 64,
            extra: dict | None = None, tensorboard_dir: Path | None = None, history_csv: Path | None = None,
-           n_images: int = 16) -> dict:
+           n_images: int = 16, progress: bool = True) -> dict:
     """Score `model` on `split`, write metrics.json and plots under `out_dir`, images to TensorBoard."""
     out_dir = Path(out_dir)
-    result = predict_split(model, task, info, split, normalise, batch_size, keep_images=n_images)
+    result = predict_split(model, task, info, split, normalise, batch_size, keep_images=n_images, progress=progress)
     metrics = task.score(result["y_true"], result["y_pred"])
     metrics = {"split": split, "dataset": str(info.path), "dataset_checksum": info.checksum, **(extra or {}),
                **metrics}

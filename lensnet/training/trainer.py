@@ -224,7 +224,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
                          batch_size=batch_size,
                          extra={"best_epoch": run_info.best_epoch, "epochs": epochs, "run": str(run_dir)},
                          tensorboard_dir=run_dir / "logs" / "eval", history_csv=run_dir / "history.csv",
-                         n_images=int(run["tensorboard_images"]))
+                         n_images=int(run["tensorboard_images"]), progress=progress)
         write_hparams(run_dir / "logs", config, metrics)
         run_info.status = "finished"
         write_run(run_dir, run_info)
