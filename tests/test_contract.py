@@ -132,3 +132,15 @@ def test_unknown_task_option_is_one_line(capsys, dataset: Path, tmp_path: Path) 
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert "task.aux" in err and "aux_weight" in err
+
+
+def test_resume_replays_the_tasks_own_randomness(dataset: Path, runs: Path, tmp_path: Path) -> None:
+    """`prepare` keys its noise on the BatchContext: one epoch + --resume ends where two straight epochs did."""
+    argv = [*FIT, "--data", str(dataset), "--runs", str(tmp_path), "--run-name", "r"]
+    argv[argv.index("--epochs") + 1] = "1"
+    assert run_cli(fit_main, argv) == 0
+    assert run_cli(fit_main, ["--resume", str(tmp_path / "r"), "--epochs", "2", "--no-progress"]) == 0
+    resumed, straight = load(tmp_path / "r" / "checkpoints" / "last.keras"), load(runs / "one" / "checkpoints" /
+                                                                                   "last.keras")
+    for a, b in zip(resumed.get_weights(), straight.get_weights()):
+        np.testing.assert_array_equal(a, b)
