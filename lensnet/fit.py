@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
-from lensnet.config import merge
 from lensnet.errors import LensnetError, cli_exit
 
 
@@ -55,23 +53,6 @@ def list_tasks() -> None:
         print(f"{name:14s} {description}")
 
 
-def resume_config(run_dir: str, overrides: dict) -> dict:
-    from lensnet.training.config import OPEN_KEYS, validate
-    from lensnet.training.trainer import load_run_config
-
-    allowed = {"train": {"epochs"}}
-    for section, values in overrides.items():
-        extra = set(values) - allowed.get(section, set()) if isinstance(values, dict) else {section}
-        if extra:
-            raise LensnetError(f"with --resume the run's own config.yaml is used; only --epochs may change "
-                               f"(got {section}.{sorted(extra)[0]})")
-    config = merge(load_run_config(Path(run_dir)), overrides, open_keys=OPEN_KEYS)
-    path = Path(run_dir)
-    config["run"]["dir"], config["run"]["name"] = str(path.parent), path.name
-    validate(config)
-    return config
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list_models:
@@ -89,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume:
         if args.config:
             raise LensnetError("--resume takes the run's own config.yaml; drop --config")
+        from lensnet.training.config import resume_config
+
         config = resume_config(args.resume, overrides)
     else:
         from lensnet.training.config import resolve_fit_config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from typing import Any
 
 from lensnet.config import CONFIG_DIR, deep_update, load_yaml, merge, parse_set, put_dotted
@@ -166,3 +167,25 @@ def cli_overrides(args: Any) -> dict:
     put("distribute.strategy", args.strategy)
     put("distribute.cpu_devices", args.cpu_devices)
     return deep_update(tree, parse_set(args.set))
+
+
+def resume_config(run_dir: str, overrides: dict) -> dict:
+    """The run's own config.yaml for --resume; only train.epochs may be overridden."""
+    allowed = {"train": {"epochs"}}
+    for section, values in overrides.items():
+        extra = set(values) - allowed.get(section, set()) if isinstance(values, dict) else {section}
+        if extra:
+            raise LensnetError(f"with --resume the run's own config.yaml is used; only --epochs may change "
+                               f"(got {section}.{sorted(extra)[0]})")
+    config = merge(load_run_config(Path(run_dir)), overrides, open_keys=OPEN_KEYS)
+    path = Path(run_dir)
+    config["run"]["dir"], config["run"]["name"] = str(path.parent), path.name
+    validate(config)
+    return config
+
+
+def load_run_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise LensnetError(f"cannot resume: {run_dir} has no config.yaml")
+    return load_yaml(path, "run config")

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lensnet.config import dump_yaml, load_yaml
+from lensnet.config import dump_yaml
 from lensnet.errors import LensnetError
 from lensnet.fileio import write_json, write_text
 from lensnet.runinfo import package_versions
@@ -295,13 +295,6 @@ def write_hparams(log_dir: Path, config: dict, metrics: dict) -> None:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 tf.summary.scalar(f"test/{key}", float(value), step=0)
     writer.flush()
-
-
-def load_run_config(run_dir: Path) -> dict:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise LensnetError(f"cannot resume: {run_dir} has no config.yaml")
-    return load_yaml(path, "run config")
 
 
 
