@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _model_names(spec: str) -> list[str]:
+def model_names(spec: str) -> list[str]:
     from lensnet.models import list_models
 
     names = [m["name"] for m in list_models()]
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     labels = np.concatenate([b["label"].numpy() for b in arrays])
 
     rows = []
-    for name in _model_names(args.models):
+    for name in model_names(args.models):
         plain, ours = [], []
         for round_ in range(args.rounds):
             config = resolve_fit_config("substructure", overrides={
