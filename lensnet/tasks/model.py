@@ -82,7 +82,12 @@ class TaskModel(keras.Model):
     def compute_step(self, x: Any, y: Any, sample_weight: Any = None, training: bool = False,
                      global_batch_size: Any = None) -> tuple[tf.Tensor, MetricInputs]:
         """(loss, metric inputs) of one batch; the loss is scaled by `average_loss(..., global_batch_size)`
-        and includes the layers' regularization losses (`regularization()`)."""
+        and includes the layers' regularization losses (`regularization()`).
+
+        Always apply `sample_weight` to the per-example losses: besides the task's own weights it
+        zeroes the padding rows the multi-worker loop adds when a short last batch leaves a
+        replica without records.
+        """
         raise NotImplementedError
 
     def regularization(self) -> tf.Tensor | float:
