@@ -24,7 +24,14 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
 
 
 def cli_exit(main: Callable[[Sequence[str] | None], int | None], tensorflow: bool = False) -> None:
-    """`if __name__ == "__main__": cli_exit(main)`; `tensorflow=True` imports it first, without its chatter."""
+    """`if __name__ == "__main__": cli_exit(main)`; `tensorflow=True` imports it first, without its chatter.
+
+    stdout becomes line-buffered: off a terminal (`> log`, CI, a batch job) Python block-buffers it,
+    and per-epoch lines would appear minutes late.
+    """
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if callable(reconfigure):
+        reconfigure(line_buffering=True)
     if tensorflow:
         from lensnet.tfboot import quiet_import
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
-from lensnet.config import deep_update, merge, parse_set, put_dotted
 from lensnet.errors import LensnetError, cli_exit
 
 
@@ -41,29 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cli_overrides(args: argparse.Namespace) -> dict:
-    """The command-line flags as a config tree (the --set items come last and win)."""
-    tree: dict = {}
-
-    def put(path: str, value: object) -> None:
-        if value is not None:
-            put_dotted(tree, path, value)
-
-    put("task.name", args.task)
-    put("task.target", args.target)
-    put("model.name", args.model)
-    put("data.path", args.data)
-    put("data.batch_size", args.batch_size)
-    put("train.epochs", args.epochs)
-    put("train.learning_rate", args.lr)
-    put("run.seed", args.seed)
-    put("run.name", args.run_name)
-    put("run.dir", args.runs)
-    put("distribute.strategy", args.strategy)
-    put("distribute.cpu_devices", args.cpu_devices)
-    return deep_update(tree, parse_set(args.set))
-
-
 def list_models() -> None:
     from lensnet.models import list_models as models
 
@@ -78,23 +53,6 @@ def list_tasks() -> None:
         print(f"{name:14s} {description}")
 
 
-def resume_config(run_dir: str, overrides: dict) -> dict:
-    from lensnet.training.config import OPEN_KEYS, validate
-    from lensnet.training.trainer import load_run_config
-
-    allowed = {"train": {"epochs"}}
-    for section, values in overrides.items():
-        extra = set(values) - allowed.get(section, set()) if isinstance(values, dict) else {section}
-        if extra:
-            raise LensnetError(f"with --resume the run's own config.yaml is used; only --epochs may change "
-                               f"(got {section}.{sorted(extra)[0]})")
-    config = merge(load_run_config(Path(run_dir)), overrides, open_keys=OPEN_KEYS)
-    path = Path(run_dir)
-    config["run"]["dir"], config["run"]["name"] = str(path.parent), path.name
-    validate(config)
-    return config
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list_models:
@@ -106,37 +64,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lensnet.tfboot import quiet_import
 
     quiet_import()
+    from lensnet.training.config import cli_overrides
+
     overrides = cli_overrides(args)
     if args.resume:
         if args.config:
             raise LensnetError("--resume takes the run's own config.yaml; drop --config")
+        from lensnet.training.config import resume_config
+
         config = resume_config(args.resume, overrides)
     else:
         from lensnet.training.config import resolve_fit_config
 
         config = resolve_fit_config(args.task, args.config, overrides)
-    from lensnet.training.trainer import run_fit
+    from lensnet.training.trainer import print_result, run_fit
 
     result = run_fit(config, resume=bool(args.resume), progress=not args.no_progress)
     print_result(result)
     return 0
-
-
-def print_result(result) -> None:
-    run_dir, metrics, info = result.run_dir, result.metrics, result.info
-    from lensnet.training.distribute import is_chief
-
-    if not is_chief():
-        print(f"\nworker done in {result.seconds:.0f} s; the chief writes the run directory {run_dir}")
-        return
-    print(f"\nrun {run_dir} finished in {result.seconds:.0f} s (best epoch {info.best_epoch} of {info.epochs_done})")
-    shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    if shown:
-        print(f"{metrics.get('split', 'test')}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
-    for what, path in (("config", "config.yaml"), ("best model", "checkpoints/best.keras"),
-                       ("metrics", "metrics.json"), ("plots", "plots/"), ("history", "history.csv")):
-        print(f"  {what:11s} {run_dir / path}")
-    print(f"  tensorboard tensorboard --logdir {run_dir.parent}")
 
 
 if __name__ == "__main__":

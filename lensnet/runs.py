@@ -43,6 +43,7 @@ class RunInfo:
     epochs_done: int = 0
     best_epoch: int | None = None
     output: dict = field(default_factory=dict)  # the task's OutputSpec.to_json()
+    task_state: dict = field(default_factory=dict)  # Task.state(): what the task learned from the training data
 
 
 def read_run(run_dir: str | os.PathLike) -> RunInfo:

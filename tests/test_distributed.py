@@ -18,24 +18,19 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from workers import launch, workers
 
-REPO = Path(__file__).resolve().parents[1]
 FIT = [
     sys.executable, "-m", "lensnet.fit", "--task", "substructure", "--model", "cnn_small",
     "--set", "model.args.filters=[8,16]", "--epochs", "2", "--batch-size", "32", "--seed", "0",
     "--set", "train.schedule=constant",  # the resume test needs a schedule that does not depend on --epochs
     "--no-progress", "--set", "run.verbose=2",
 ]
-TIMEOUT = 300  # seconds per launch; a hung collective must fail the test, never hang the suite
 LOSS_RTOL = 0.005
 METRIC_ATOL = 0.03
 CHANCE_AUC = 0.5
@@ -50,54 +45,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("distributed") / "rings4"
     write_synthetic(path, 256, image_shape=(16, 16, 1), num_classes=4, seed=0, records_per_shard=32)
     return path
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def launch(jobs: list[tuple[list[str], dict[str, str]]], logs: Path) -> list[tuple[int, str]]:
-    """Start every (argv, extra env) job at once; wait for all; (exit code, output) of each.
-
-    Output goes to files, not pipes, so a chatty worker cannot block on a full pipe while the
-    other waits for it in a collective.
-    """
-    logs.mkdir(parents=True, exist_ok=True)
-    procs, files = [], []
-    try:
-        for i, (argv, extra) in enumerate(jobs):
-            env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-            env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **extra})
-            handle = open(logs / f"job{i}.log", "w")
-            files.append(handle)
-            procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + TIMEOUT
-        for proc in procs:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"distributed run still running after {TIMEOUT} s; logs in {logs}")
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for handle in files:
-            handle.close()
-    return [(proc.returncode, (logs / f"job{i}.log").read_text()) for i, proc in enumerate(procs)]
-
-
-def workers(argv: list[str], logs: Path, n: int = 2) -> list[tuple[int, str]]:
-    cluster = {"worker": [f"localhost:{port}" for port in free_ports(n)]}
-    jobs = [(argv, {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
-            for i in range(n)]
-    return launch(jobs, logs)
 
 
 def history(run: Path) -> list[dict]:

@@ -104,11 +104,15 @@ def test_regression_masks_nan_targets(capsys, three_class: Path, tmp_path: Path)
         (["--task", "lens_finding", "--set", "train.no_such_key=1"], "unknown config key 'train.no_such_key'"),
         (["--task", "lens_finding", "--model", "vit_tiny", "--set", "model.args.patch_size=5"], "patch"),
         (["--task", "lens_finding", "--set", "train.optimizer=adagrad"], "train.optimizer"),
+        # each task has its own config section: another task's option is an unknown key
+        (["--task", "substructure", "--set", "task.target=radius"], "unknown config key 'task.target'"),
+        (["--task", "regression", "--target", "radius", "--set", "task.loss=l7"], "task.loss 'l7'"),
     ],
 )
 def test_bad_input_is_one_line_before_training(capsys, synthetic_dataset: Path, tmp_path: Path, argv, message) -> None:
+    positive = ["--set", "task.positive_class=class1"] if "lens_finding" in argv else []
     code, out, err = fit(capsys, *argv, "--data", str(synthetic_dataset), "--runs", str(tmp_path),
-                         "--run-name", "bad", "--set", "task.positive_class=class1")
+                         "--run-name", "bad", *positive)
     assert code == 2
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert message in err
@@ -254,3 +258,34 @@ def test_evaluate_refuses_a_dataset_the_model_cannot_take(capsys, synthetic_data
     code = run_cli(evaluate_main, ["--run", str(tmp_path / "one"), "--data", str(three)])
     err = capsys.readouterr().err
     assert code == 2 and "needs exactly 2 classes" in err
+
+
+def test_evaluate_reads_only_the_split_it_scores(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
+    """A held-out set imported with only a test split (`lensnet.convert ... --splits test=1.0`) scores."""
+    from lensnet.data.synthetic import write_synthetic
+    from lensnet.evaluate import main as evaluate_main
+
+    code, _, err = fit(capsys, "--task", "lens_finding", "--data", str(synthetic_dataset), "--epochs", "1",
+                       "--runs", str(tmp_path), "--run-name", "one", "--set", "task.positive_class=class1", *TINY)
+    assert code == 0, err
+    held_out = tmp_path / "held_out"
+    write_synthetic(held_out, 24, splits={"test": 1.0}, seed=5)
+    code = run_cli(evaluate_main, ["--run", str(tmp_path / "one"), "--data", str(held_out), "--split", "test"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    scored = json.loads((tmp_path / "one" / "eval" / "synthetic-test" / "metrics.json").read_text())
+    assert scored["n"] == 24 and scored["roc_auc"] is not None
+    code = run_cli(evaluate_main, ["--run", str(tmp_path / "one"), "--data", str(held_out), "--split", "val"])
+    err = capsys.readouterr().err
+    assert code == 2 and "split 'val' is empty or missing" in err
+
+
+def test_preset_model_arguments_stay_with_the_preset_model() -> None:
+    from lensnet.training.config import resolve_fit_config
+
+    preset = resolve_fit_config("lens_finding")["model"]
+    assert preset["name"] == "cnn_small" and preset["args"] == {"convs_per_stage": 1}
+    other = resolve_fit_config("lens_finding", overrides={"model": {"name": "vit_tiny"}})["model"]
+    assert other["args"] == {}  # cnn_small's arguments would be unknown options of vit_tiny
+    tweaked = resolve_fit_config("lens_finding", overrides={"model": {"args": {"filters": [8]}}})["model"]
+    assert tweaked["args"] == {"convs_per_stage": 1, "filters": [8]}

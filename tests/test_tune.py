@@ -221,14 +221,14 @@ def test_bad_input_is_one_line_before_any_trial(capsys, three_class: Path, tmp_p
 
 def test_default_spaces_fit_every_model_at_64px(synthetic_info) -> None:
     from lensnet.models import list_models
-    from lensnet.tasks import get_task_class
+    from lensnet.tasks import task_from_config
     from lensnet.training.config import resolve_fit_config
     from lensnet.tuning.space import check_space, default_space_path, load_space
 
     for entry in list_models():
         base = resolve_fit_config("lens_finding", None, {"model": {"name": entry["name"]},
                                                         "task": {"positive_class": "class1"}})
-        task = get_task_class("lens_finding")(base["task"], synthetic_info, base["train"])
+        task = task_from_config(base, synthetic_info)
         path = default_space_path(entry["name"], "lens_finding")
         assert path.stem in (entry["family"], "default")
         check_space(load_space(path), base, task, (64, 64, 3))

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     import keras
 
-    from lensnet.bench.train import _model_names
+    from lensnet.bench.train import model_names
     from lensnet.config import deep_update, parse_set
     from lensnet.runs import load_model
     from lensnet.simulate.command import simulate_dataset
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                          progress=False)
     runs = Path(tempfile.mkdtemp(prefix="lensnet-bench-accuracy-"))
     rows = []
-    for name in _model_names(args.models):
+    for name in model_names(args.models):
         overrides = deep_update({
             "model": {"name": name},
             "data": {"path": data, "batch_size": args.batch_size},

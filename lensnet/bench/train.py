@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _model_names(spec: str) -> list[str]:
+def model_names(spec: str) -> list[str]:
     from lensnet.models import list_models
 
     names = [m["name"] for m in list_models()]
@@ -45,17 +45,18 @@ def _plain_rate(config: dict, info, images: np.ndarray, labels: np.ndarray) -> f
     import keras
 
     from lensnet.runinfo import seed_everything
-    from lensnet.tasks import get_task_class
+    from lensnet.tasks import task_from_config
     from lensnet.training.callbacks import ThroughputMeter
-    from lensnet.training.model import build_model
+    from lensnet.training.model import build_task_model
     from lensnet.training.optim import make_optimizer
 
     seed_everything(int(config["run"]["seed"]))
-    task = get_task_class("substructure")(config["task"], info, config["train"])
+    task = task_from_config(config, info)
     batch = int(config["data"]["batch_size"])
-    model = build_model(task, config["model"], info.image_shape)
-    model.compile(optimizer=make_optimizer(config["train"], -(-len(images) // batch)), loss=task.loss(),
-                  metrics=task.metrics())
+    # the plain side: the task's inference network, compiled and fitted the stock Keras way
+    model = build_task_model(task, config, info).inference_model()
+    model.compile(optimizer=make_optimizer(config["train"], -(-len(images) // batch)),
+                  loss=keras.losses.CategoricalCrossentropy(), metrics=task.metrics())
     y = keras.utils.to_categorical(labels, len(info.class_names))
     meter = ThroughputMeter(len(images))
     history = model.fit(images, y, batch_size=batch, epochs=int(config["train"]["epochs"]), verbose=0,
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     labels = np.concatenate([b["label"].numpy() for b in arrays])
 
     rows = []
-    for name in _model_names(args.models):
+    for name in model_names(args.models):
         plain, ours = [], []
         for round_ in range(args.rounds):
             config = resolve_fit_config("substructure", overrides={

@@ -6,6 +6,7 @@ metrics through a zero sample weight, never zero-filled into the fit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from lensnet.errors import LensnetError
 from lensnet.tasks import plots, scores
-from lensnet.tasks.base import Task, register_task, require_splits
+from lensnet.tasks.base import BackboneFactory, BatchContext, Task, pooled_network, register_task
 from lensnet.tasks.outputs import OutputSpec
 
 LOSSES = ("mse", "huber", "mae")
@@ -36,67 +37,83 @@ def parameter_unit(name: str) -> str:
     return ""
 
 
+@dataclass
+class RegressionConfig:
+    target: str | None = None  # any stored parameter, by name (--target)
+    loss: str = "mse"  # mse | huber | mae, on the target standardised by its training mean and std
+
+
 @register_task
 class Regression(Task):
     name = "regression"
     description = "any stored parameter by name (--target); MAE, RMSE, R2; NaN targets masked"
-    output_kind = "regression"
     monitor = "mae"
     monitor_mode = "min"
-    metrics_use_weights = True  # NaN targets carry weight 0: the metrics must skip them too
+    Config = RegressionConfig
 
-    def check_dataset(self, info: Any) -> None:
-        target = self.config.get("target")
+    def check_config(self) -> None:
+        if self.config.loss not in LOSSES:
+            raise LensnetError(f"task.loss {self.config.loss!r} is not one of {', '.join(LOSSES)}")
+
+    def setup(self, info: Any, state: dict | None = None) -> None:
+        target = state["target"] if state else self.config.target
         params = list(info.param_names)
         if not target:
             raise LensnetError(f"task regression needs a target (--target NAME); parameters: {', '.join(params)}")
         if target not in params:
             raise LensnetError(f"unknown target {target!r}; parameters stored in {info.path}: {', '.join(params)}")
-        require_splits(info)
         stats = info.manifest.get("param_stats", {})
-        for split in ("train", "val", "test"):
+        for split in info.counts:  # only the splits the dataset has: the command checks the ones it reads
             entry = stats.get(split, {}).get(target)
             if entry is not None and entry["finite"] == 0:
                 raise LensnetError(f"target {target!r} is NaN in every record of split '{split}' of {info.path}")
-        train = stats.get("train", {}).get(target)
-        if train is None:
-            raise LensnetError(f"{info.path}: manifest has no statistics for {target!r}; re-create the dataset")
-        if not train.get("std"):
-            raise LensnetError(f"target {target!r} is constant ({train.get('mean')}) in the training split")
-        loss = self.config.get("loss") or "mse"
-        if loss not in LOSSES:
-            raise LensnetError(f"task.loss {loss!r} is not one of {', '.join(LOSSES)}")
-        self.target, self.loss_kind = target, loss
-        self.mean, self.std = float(train["mean"]), float(train["std"])
+        if state is not None:  # scoring a trained model: its own standardisation, whatever this dataset holds
+            self.mean, self.std = float(state["mean"]), float(state["std"])
+        else:
+            train = stats.get("train", {}).get(target)
+            if train is None:
+                raise LensnetError(f"{info.path}: manifest has no training statistics for {target!r}; "
+                                   "re-create the dataset")
+            if not train.get("std"):
+                raise LensnetError(f"target {target!r} is constant ({train.get('mean')}) in the training split")
+            self.mean, self.std = float(train["mean"]), float(train["std"])
+        self.target = target
         self.fields = ("image", target)
+
+    def state(self) -> dict:
+        return {"target": self.target, "mean": self.mean, "std": self.std}
 
     def check_data_options(self, data_config: dict) -> None:
         augment = data_config.get("augment")
-        if augment and any(self.target.endswith(suffix) for suffix in ORIENTED):
+        target = self.config.target or ""
+        if augment and any(target.endswith(suffix) for suffix in ORIENTED):
             raise LensnetError(
-                f"target {self.target!r} changes under flips and rotations, but data.augment={augment!r} would "
+                f"target {target!r} changes under flips and rotations, but data.augment={augment!r} would "
                 "leave it unchanged; use --set data.augment=null"
             )
 
-    def prepare(self, batch: dict) -> tuple:
+    def prepare(self, batch: dict, context: BatchContext) -> tuple:
         import tensorflow as tf
 
         y = tf.cast(batch[self.target], tf.float32)[:, None]
         finite = tf.math.is_finite(y)
         return batch["image"], tf.where(finite, y, tf.zeros_like(y)), tf.cast(finite[:, 0], tf.float32)
 
-    def head(self, features: Any) -> Any:
+    def build(self, backbone_factory: BackboneFactory, info: Any, config: dict) -> Any:
         import keras
 
-        from lensnet.tasks.layers import Affine
+        from lensnet.tasks.layers import Affine, ScaledRegressionLoss
+        from lensnet.tasks.model import SupervisedModel
 
-        z = keras.layers.Dense(1, dtype="float32", name="standardised_target")(features)
-        return Affine(self.std, self.mean, dtype="float32", name="target")(z)
+        def head(features: Any) -> Any:
+            z = keras.layers.Dense(1, dtype="float32", name="standardised_target")(features)
+            return Affine(self.std, self.mean, dtype="float32", name="target")(z)
 
-    def loss(self) -> Any:
-        from lensnet.tasks.layers import ScaledRegressionLoss
-
-        return ScaledRegressionLoss(self.loss_kind, self.std)
+        network = pooled_network(backbone_factory, info.image_shape, head, dropout=config["model"].get("dropout"),
+                                 name=f"{self.name}_{config['model']['name']}")
+        # NaN targets carry weight 0: the metrics must skip them too
+        return SupervisedModel(network, ScaledRegressionLoss(self.config.loss, self.std), weighted_metrics=True,
+                               metrics_list=self.metrics(), name=f"{self.name}_model")
 
     def metrics(self) -> list:
         import keras
@@ -106,6 +123,9 @@ class Regression(Task):
 
     def targets(self, batch: dict) -> np.ndarray:
         return np.asarray(batch[self.target], dtype=np.float64)
+
+    def truth(self, y_true_row: Any) -> str:
+        return f"true {float(y_true_row):.3g}" if np.isfinite(y_true_row) else "true n/a"
 
     def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict:
         return scores.regression_scores(y_true, np.asarray(y_pred)[:, 0])
@@ -120,5 +140,3 @@ class Regression(Task):
     def output_spec(self) -> OutputSpec:
         return OutputSpec("values", "value", columns=(self.target,), units=(parameter_unit(self.target),))
 
-    def run_fields(self) -> dict:
-        return {"target": self.target}

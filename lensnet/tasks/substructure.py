@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from lensnet.tasks import plots, scores
-from lensnet.tasks.base import register_task
+from lensnet.tasks.base import BackboneFactory, BatchContext, pooled_network, register_task
 from lensnet.tasks.classification import ClassificationTask
 from lensnet.tasks.outputs import OutputSpec
 
@@ -17,27 +17,28 @@ from lensnet.tasks.outputs import OutputSpec
 class Substructure(ClassificationTask):
     name = "substructure"
     description = "multi-class substructure; accuracy, macro and per-class one-vs-rest ROC AUC, confusion matrix"
-    output_kind = "multiclass"
     monitor = "macro_roc_auc"
     monitor_mode = "max"
 
-    def prepare(self, batch: dict) -> tuple:
+    def prepare(self, batch: dict, context: BatchContext) -> tuple:
         import tensorflow as tf
 
-        labels = batch["label"]
+        labels = self.labels(batch)
         return batch["image"], tf.one_hot(labels, len(self.class_names)), self.weights(labels)
 
-    def head(self, features: Any) -> Any:
+    def build(self, backbone_factory: BackboneFactory, info: Any, config: dict) -> Any:
         import keras
 
-        return keras.layers.Dense(len(self.class_names), activation="softmax", dtype="float32",
-                                  name="class_probabilities")(features)
+        from lensnet.tasks.model import SupervisedModel
 
-    def loss(self) -> Any:
-        import keras
+        def head(features: Any) -> Any:
+            return keras.layers.Dense(len(self.class_names), activation="softmax", dtype="float32",
+                                      name="class_probabilities")(features)
 
-        return keras.losses.CategoricalCrossentropy(
-            label_smoothing=float(self.train_config.get("label_smoothing", 0.0)))
+        network = pooled_network(backbone_factory, info.image_shape, head, dropout=config["model"].get("dropout"),
+                                 name=f"{self.name}_{config['model']['name']}")
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=self.label_smoothing())
+        return SupervisedModel(network, loss, metrics_list=self.metrics(), name=f"{self.name}_model")
 
     def metrics(self) -> list:
         import keras

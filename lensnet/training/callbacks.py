@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -95,6 +94,12 @@ def _plain(value: object) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def inference_model(model: keras.Model) -> keras.Model:
+    """A task model's exported part (`TaskModel.inference_model`), or the model itself."""
+    cut = getattr(model, "inference_model", None)
+    return cut() if callable(cut) else model
+
+
 def save_model_atomically(model: keras.Model, path: Path) -> None:
     """Keras insists on a `.keras` suffix, so the temporary name keeps it."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,11 +147,11 @@ class RunCheckpoint(keras.callbacks.Callback):
         if not self.write:
             return
         checkpoints = self.run_dir / "checkpoints"
+        # last: the whole task model with its optimizer (what --resume needs); best: the plain inference
+        # model (what evaluate, export and predict load: no training-only branch, no task class to import)
         save_model_atomically(self.model, checkpoints / "last.keras")
         if improved or not (checkpoints / "best.keras").exists():
-            tmp = checkpoints / ".best.tmp.keras"
-            shutil.copyfile(checkpoints / "last.keras", tmp)
-            os.replace(tmp, checkpoints / "best.keras")
+            save_model_atomically(inference_model(self.model), checkpoints / "best.keras")
         write_json(self.run_dir / STATE, {
             "epochs_done": epoch + 1,
             "monitor": self.monitor,

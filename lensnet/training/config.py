@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from typing import Any
 
-from lensnet.config import CONFIG_DIR, load_yaml, merge
+from lensnet.config import CONFIG_DIR, deep_update, load_yaml, merge, parse_set, put_dotted
 from lensnet.errors import LensnetError
-from lensnet.tasks.base import TASK_DEFAULTS
 
 FIT_DEFAULTS: dict[str, Any] = {
-    "task": dict(TASK_DEFAULTS),
+    "task": {"name": None},  # + the chosen task's own section (its Config dataclass), filled by resolve_fit_config
     "data": {
         "path": None,  # dataset directory; None = tfrecords/<default_dataset>, simulated if missing
         "default_dataset": None,  # preset simulated when `path` is not given and does not exist yet
@@ -87,11 +87,16 @@ def resolve_fit_config(
     )
     if not name:
         raise LensnetError("no task given: use --task NAME (see --list-tasks)")
-    get_task_class(name)
+    task_class = get_task_class(name)
     config = copy.deepcopy(FIT_DEFAULTS)
+    config["task"] = {"name": name, **task_class.config_defaults()}
     preset = TASK_DIR / f"{name}.yaml"
     if preset.is_file():
         config = merge(config, load_yaml(preset, "task preset"), open_keys=OPEN_KEYS)
+        chosen = [(tree.get("model") or {}).get("name") for tree in (user, overrides)]
+        chosen = next((m for m in reversed(chosen) if m), None)
+        if chosen and chosen != config["model"]["name"]:
+            config["model"]["args"] = {}  # the preset's model arguments belong to the preset's model
     config = merge(config, user, open_keys=OPEN_KEYS, where=f"config ({config_file})" if config_file else "config")
     config = merge(config, overrides, open_keys=OPEN_KEYS)
     config["task"]["name"] = name
@@ -100,7 +105,10 @@ def resolve_fit_config(
 
 
 def validate(config: dict) -> None:
+    from lensnet.tasks import get_task_class
+
     train, data, run = config["train"], config["data"], config["run"]
+    get_task_class(config["task"]["name"]).from_config(config["task"], train)  # the task checks its own section
 
     def positive(section: dict, key: str, where: str, kind: type = int, allow_zero: bool = False) -> None:
         value = section[key]
@@ -138,3 +146,48 @@ def validate(config: dict) -> None:
     if not isinstance(config["model"]["args"], dict):
         raise LensnetError("model.args must be a mapping of builder arguments")
     positive(config["distribute"], "cpu_devices", "distribute")
+
+
+def cli_overrides(args: Any) -> dict:
+    """The command-line flags as a config tree (the --set items come last and win)."""
+    tree: dict = {}
+
+    def put(path: str, value: object) -> None:
+        if value is not None:
+            put_dotted(tree, path, value)
+
+    put("task.name", args.task)
+    put("task.target", args.target)
+    put("model.name", args.model)
+    put("data.path", args.data)
+    put("data.batch_size", args.batch_size)
+    put("train.epochs", args.epochs)
+    put("train.learning_rate", args.lr)
+    put("run.seed", args.seed)
+    put("run.name", args.run_name)
+    put("run.dir", args.runs)
+    put("distribute.strategy", args.strategy)
+    put("distribute.cpu_devices", args.cpu_devices)
+    return deep_update(tree, parse_set(args.set))
+
+
+def resume_config(run_dir: str, overrides: dict) -> dict:
+    """The run's own config.yaml for --resume; only train.epochs may be overridden."""
+    allowed = {"train": {"epochs"}}
+    for section, values in overrides.items():
+        extra = set(values) - allowed.get(section, set()) if isinstance(values, dict) else {section}
+        if extra:
+            raise LensnetError(f"with --resume the run's own config.yaml is used; only --epochs may change "
+                               f"(got {section}.{sorted(extra)[0]})")
+    config = merge(load_run_config(Path(run_dir)), overrides, open_keys=OPEN_KEYS)
+    path = Path(run_dir)
+    config["run"]["dir"], config["run"]["name"] = str(path.parent), path.name
+    validate(config)
+    return config
+
+
+def load_run_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise LensnetError(f"cannot resume: {run_dir} has no config.yaml")
+    return load_yaml(path, "run config")

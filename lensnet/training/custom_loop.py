@@ -6,6 +6,11 @@ trains correctly through a custom step. `fit_distributed` is that step plus an e
 that drives the trainer's callbacks the way `model.fit` does, so checkpoints, stoppers,
 history.csv and TensorBoard see the same log names on both paths.
 
+The step is the task model's own: `model.compute_step(x, y, w, training, global_batch_size)`
+(lensnet.tasks.model.TaskModel), the same method Keras' `train_step` calls on one machine. This
+module holds no loss: it scales by the global batch, applies the gradients, and keeps workers in
+agreement.
+
 Data: each worker reads the same deterministic stream of *global* batches as a one-device
 run (`lensnet.data.load`, keyed by seed and epoch) and keeps only the slices of its own
 replicas. A multi-worker run therefore trains on exactly the batches and augmentations of a
@@ -33,9 +38,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lensnet.data import load
 from lensnet.errors import LensnetError
 from lensnet.tasks.base import Task
+from lensnet.tasks.model import MetricInputs
+from lensnet.training.data import cache_split, eval_batches, train_batches, verbosity
 from lensnet.training.distribute import is_chief
 
 SUM, MEAN = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
@@ -48,16 +54,12 @@ def fit_distributed(model: keras.Model, strategy: tf.distribute.Strategy, task: 
     Call it outside `strategy.scope()`: the metric objects it creates must be plain local
     variables, since validation runs on each worker alone.
     """
-    from lensnet.training.trainer import _cache_split, _verbosity
-
     if tf.distribute.has_strategy():
         raise RuntimeError("fit_distributed must be called outside strategy.scope()")
     data, train, run = config["data"], config["train"], config["run"]
     epochs = int(train["epochs"])
-    batch_size = int(data["batch_size"])
-    verbose = _verbosity(run["verbose"]) > 0
-    cache = _cache_split(config, info, ("train", "val"))
-    weighted = bool(getattr(task, "metrics_use_weights", False))
+    verbose = verbosity(run["verbose"]) > 0
+    cache = cache_split(config, info, (data["train_split"], data["val_split"]))
     optimizer = model.optimizer
     with strategy.scope():  # variables created lazily inside strategy.run would be per-replica
         if not optimizer.built:
@@ -65,14 +67,12 @@ def fit_distributed(model: keras.Model, strategy: tf.distribute.Strategy, task: 
 
     dataset_fn = train_dataset_fn(info, task, config, initial_epoch, cache)
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    val_ds = load(info, data["val_split"], batch_size=batch_size, fields=task.fields, shuffle=False, augment=None,
-                  normalise=data["normalise"], cache=cache).map(task.prepare)
+    val_ds = eval_batches(info, task, config, data["val_split"], cache)
 
-    per_example = per_example_loss(task)
     train_loss, val_loss = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="loss")
-    train_metrics, val_metrics = task.metrics(), task.metrics()
-    train_step = _make_train_step(model, strategy, per_example, train_loss, train_metrics, weighted)
-    val_step = _make_val_step(model, per_example, val_loss, val_metrics, weighted)
+    train_metrics, val_metrics = local_metrics(model), local_metrics(model)
+    train_step = _make_train_step(model, strategy, train_loss, train_metrics)
+    val_step = _make_val_step(model, val_loss, val_metrics)
     moving = [v for v in model.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)]
     average_moving = _make_average(strategy, moving)
     broadcast = _make_broadcast(strategy)
@@ -126,15 +126,12 @@ def train_dataset_fn(info: Any, task: Task, config: dict, initial_epoch: int,
                      cache: bool) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """The `dataset_fn` of `distribute_datasets_from_function`: this input pipeline's replica slices
     of the global batches that a one-device run from `initial_epoch` reads."""
-    data, run = config["data"], config["run"]
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        batches = load(info, data["train_split"], batch_size=int(data["batch_size"]), fields=task.fields,
-                       shuffle=True, augment=data["augment"], normalise=data["normalise"], seed=int(run["seed"]),
-                       first_epoch=initial_epoch, repeat=True, shuffle_buffer=data["shuffle_buffer"], cache=cache)
+        batches = train_batches(info, task, config, initial_epoch, cache)
         local = context.num_replicas_in_sync // context.num_input_pipelines
         first = context.input_pipeline_id * local
-        return (batches.map(task.prepare)
+        return (batches
                 .flat_map(lambda x, y, w: replica_slices(x, y, w, first, local, context.num_replicas_in_sync))
                 .prefetch(tf.data.AUTOTUNE))
 
@@ -166,33 +163,30 @@ def replica_slices(x: Any, y: Any, w: tf.Tensor, first: int, count: int, replica
     return tf.data.Dataset.range(first, first + count).map(piece)
 
 
-def per_example_loss(task: Task) -> keras.losses.Loss:
-    """The task's loss with reduction "none": Keras' own reductions divide by the replica count
-    inside a strategy, and the step averages over the global batch itself."""
-    loss = task.loss()
-    return type(loss).from_config({**loss.get_config(), "reduction": "none"})
+def local_metrics(model: keras.Model) -> list:
+    """Fresh copies of the task model's metrics, as plain local variables (created outside any strategy)."""
+    return [type(m).from_config(m.get_config()) for m in model.task_metrics]
 
 
-def _make_train_step(model: keras.Model, strategy: tf.distribute.Strategy, per_example: keras.losses.Loss,
-                     loss_metric: keras.metrics.Metric, metrics: list, weighted: bool):
+def _make_train_step(model: keras.Model, strategy: tf.distribute.Strategy, loss_metric: keras.metrics.Metric,
+                     metrics: list):
     optimizer = model.optimizer
     trainable = model.trainable_variables
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def replica_step(x, y, w, valid, n):
         with tf.GradientTape() as tape:
-            y_pred = model(x, training=True)
-            loss = tf.nn.compute_average_loss(per_example(y, y_pred, sample_weight=w), global_batch_size=n)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            loss, metric_inputs = model.compute_step(x, y, w, training=True, global_batch_size=n)
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, trainable)
         context = tf.distribute.get_replica_context()
         if loss_scaled:
             grads = _skip_together(grads, context)
         optimizer.apply_gradients(zip(grads, trainable))
-        # every worker gets the whole global batch's predictions, so train metrics are global and identical
-        gathered = _gather_batch(context, (y, y_pred, w, valid), valid, n)
+        # every worker gets the whole global batch's metric inputs, so train metrics are global and identical
+        y_true, y_pred, weight = metric_inputs
+        weight = valid if weight is None else weight * valid
+        gathered = _gather_batch(context, (y_true, y_pred, weight, valid), valid, n)
         return context.all_reduce(SUM, loss), gathered
 
     @tf.function
@@ -201,8 +195,7 @@ def _make_train_step(model: keras.Model, strategy: tf.distribute.Strategy, per_e
         loss, (y, y_pred, w, valid) = tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0],
                                                             result)
         loss_metric.update_state(loss, sample_weight=tf.reduce_sum(valid))
-        for metric in metrics:
-            metric.update_state(y, y_pred, sample_weight=w * valid if weighted else valid)
+        model.update_task_metrics(MetricInputs(y, y_pred, w), metrics)
         return loss_metric.result()
 
     return train_step
@@ -241,17 +234,13 @@ def _skip_together(grads: list, context: tf.distribute.ReplicaContext) -> list:
     return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
 
 
-def _make_val_step(model: keras.Model, per_example: keras.losses.Loss, loss_metric: keras.metrics.Metric,
-                   metrics: list, weighted: bool):
+def _make_val_step(model: keras.Model, loss_metric: keras.metrics.Metric, metrics: list):
     @tf.function(reduce_retracing=True)
     def val_step(x, y, w) -> None:
-        y_pred = model(x, training=False)
-        loss = tf.reduce_mean(per_example(y, y_pred, sample_weight=w))  # what Keras' evaluate logs per batch
-        if model.losses:
-            loss += tf.add_n(model.losses)
+        # outside any strategy: the loss is this batch's mean, what Keras' evaluate logs per batch
+        loss, metric_inputs = model.compute_step(x, y, w, training=False)
         loss_metric.update_state(loss, sample_weight=tf.shape(w)[0])
-        for metric in metrics:
-            metric.update_state(y, y_pred, sample_weight=w if weighted else None)
+        model.update_task_metrics(metric_inputs, metrics)
 
     return val_step
 

@@ -13,29 +13,35 @@ from lensnet.data import load
 from lensnet.data.pipeline import reader_error
 from lensnet.fileio import write_json
 from lensnet.tasks import plots
-from lensnet.tasks.base import Task
+from lensnet.tasks.base import BatchContext, Task
 
 
 def predict_split(model: keras.Model, task: Task, info: Any, split: str, normalise: dict, batch_size: int = 64,
-                  keep_images: int = 0) -> dict:
+                  keep_images: int = 0, progress: bool = True) -> dict:
     """Run the model over a split in order; returns y_true, y_pred, ids and the first `keep_images` images.
 
     `normalise` is the run's normalisation spec (run.json), so a model scored on another
-    dataset sees its inputs scaled exactly as in training.
+    dataset sees its inputs scaled exactly as in training. The model's inputs are what the
+    task's `prepare` makes of each batch (outside training: no training-time randomness).
     """
-    fields = tuple(dict.fromkeys((*task.fields, "id")))
+    from lensnet.progress import Progress
+
+    fields = tuple(dict.fromkeys((*task.fields, "image", "id")))
     dataset = load(info, split, batch_size=batch_size, fields=fields, shuffle=False, augment=None,
                    normalise=normalise)
     y_true, y_pred, ids, images = [], [], [], []
     predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     try:
-        for batch in dataset:
-            y_pred.append(keras.ops.convert_to_numpy(predict(batch["image"])))
-            numpy_batch = {k: v.numpy() for k, v in batch.items() if k != "image"}
-            y_true.append(task.targets(numpy_batch))
-            ids.extend(x.decode() for x in numpy_batch["id"])
-            if sum(len(i) for i in images) < keep_images:
-                images.append(batch["image"].numpy())
+        with Progress(info.counts[split], f"scoring {split} split", "img", enabled=progress) as bar:
+            for step, batch in enumerate(dataset):
+                x = task.prepare(batch, BatchContext(seed=0, epoch=0, step=step, training=False))[0]
+                y_pred.append(keras.ops.convert_to_numpy(predict(x)))
+                numpy_batch = {k: v.numpy() for k, v in batch.items() if k != "image"}
+                y_true.append(task.targets(numpy_batch))
+                ids.extend(x.decode() for x in numpy_batch["id"])
+                if sum(len(i) for i in images) < keep_images:
+                    images.append(batch["image"].numpy())
+                bar.update(len(numpy_batch["id"]))
     except tf.errors.OpError as exc:
         raise reader_error(exc, info) from None
     result = {"y_true": np.concatenate(y_true), "y_pred": np.concatenate(y_pred).astype(np.float64), "ids": ids}
@@ -46,10 +52,10 @@ def predict_split(model: keras.Model, task: Task, info: Any, split: str, normali
 def report(model: keras.Model, task: Task, info: Any, split: str, normalise: dict, out_dir: Path, *,
            batch_size: int = 64,
            extra: dict | None = None, tensorboard_dir: Path | None = None, history_csv: Path | None = None,
-           n_images: int = 16) -> dict:
+           n_images: int = 16, progress: bool = True) -> dict:
     """Score `model` on `split`, write metrics.json and plots under `out_dir`, images to TensorBoard."""
     out_dir = Path(out_dir)
-    result = predict_split(model, task, info, split, normalise, batch_size, keep_images=n_images)
+    result = predict_split(model, task, info, split, normalise, batch_size, keep_images=n_images, progress=progress)
     metrics = task.score(result["y_true"], result["y_pred"])
     metrics = {"split": split, "dataset": str(info.path), "dataset_checksum": info.checksum, **(extra or {}),
                **metrics}
@@ -60,18 +66,13 @@ def report(model: keras.Model, task: Task, info: Any, split: str, normalise: dic
         if fig is not None:
             figures["learning_curves"] = plots.save(fig, out_dir / "plots" / "learning_curves.png")
     if len(result["images"]):
-        titles = [f"{_truth(task, t)}\n{task.describe(p)}"
+        titles = [f"{task.truth(t)}\n{task.describe(p)}"
                   for t, p in zip(result["y_true"][:n_images], result["y_pred"][:n_images])]
         figures["samples"] = plots.save(plots.samples_figure(result["images"], titles),
                                         out_dir / "plots" / "samples.png")
     if tensorboard_dir is not None:
         write_tensorboard(tensorboard_dir, figures, metrics, split)
     return metrics
-
-
-def _truth(task: Task, value: Any) -> str:
-    spec = task.output_spec()
-    return spec.handler.truth_label(spec, value)
 
 
 def write_tensorboard(log_dir: Path, figures: dict[str, Path], metrics: dict, split: str) -> None:
@@ -84,3 +85,36 @@ def write_tensorboard(log_dir: Path, figures: dict[str, Path], metrics: dict, sp
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
                 tf.summary.scalar(f"{split}/{key}", float(value), step=0)
     writer.flush()
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
+                 out: str | Path | None = None, batch_size: int = 64, n_images: int = 16) -> tuple[dict, Path]:
+    """Score a finished run on `split` of any compatible dataset (default: the run's own).
+
+    The task is rebuilt from the run (config.yaml's task section + run.json's task_state), so its
+    classes, positive class or target standardisation are the trained model's; the task itself
+    checks that the dataset fits and maps its labels by class name. Only `split` is read.
+    """
+    from lensnet.config import load_yaml
+    from lensnet.data import open_dataset
+    from lensnet.errors import LensnetError
+    from lensnet.runs import load_model, read_run
+    from lensnet.tasks.base import require_splits, task_from_config
+
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    config = load_yaml(run_dir / "config.yaml", "run config")
+    info = open_dataset(data or run.dataset["path"])
+    if list(info.image_shape) != list(run.input_shape):
+        raise LensnetError(f"dataset {info.path} has images of shape {tuple(info.image_shape)}, but the model of "
+                           f"this run takes {tuple(run.input_shape)}")
+    if not run.task_state:
+        raise LensnetError(f"{run_dir}/run.json has no task_state (written by an older lensnet); retrain the run")
+    task = task_from_config(config, info, state=run.task_state)
+    require_splits(info, (split,))
+    out_dir = Path(out) if out else run_dir / "eval" / f"{info.name}-{split}"
+    model = load_model(run_dir)
+    metrics = report(model, task, info, split, run.normalisation, out_dir, batch_size=batch_size,
+                     extra={"run": str(run_dir), "model": run.model},
+                     tensorboard_dir=run_dir / "logs" / f"eval_{info.name}_{split}", n_images=n_images)
+    return metrics, out_dir

@@ -1,21 +1,24 @@
-"""A task model: backbone from the registry + the task's head, one Keras functional model."""
+"""The bridge from a config to a task model: the backbone factory a task's `build` receives."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import keras
+from typing import Any
 
 from lensnet.models import create_model
-from lensnet.models.pooling import pool_features
-from lensnet.tasks.base import Task
+from lensnet.tasks.base import BackboneFactory, Task
 
 
-def build_model(task: Task, model_config: dict, input_shape: Sequence[int]) -> keras.Model:
-    name = model_config["name"]
-    backbone = create_model(name, tuple(input_shape), **dict(model_config.get("args") or {}))
-    inputs = keras.Input(tuple(input_shape), name="images")
-    features = pool_features(backbone, backbone(inputs))  # backbones return maps or tokens
-    if model_config.get("dropout"):
-        features = keras.layers.Dropout(float(model_config["dropout"]), name="head_dropout")(features)
-    return keras.Model(inputs, task.head(features), name=f"{task.name}_{name}")
+def backbone_factory(model_config: dict) -> BackboneFactory:
+    """input shape -> the configured registry backbone (`model.name` with `model.args`)."""
+    name, args = model_config["name"], dict(model_config.get("args") or {})
+
+    def make(input_shape: Sequence[int]) -> Any:
+        return create_model(name, tuple(input_shape), **args)
+
+    return make
+
+
+def build_task_model(task: Task, config: dict, info: Any) -> Any:
+    """The task's own model for this config and dataset (call inside the strategy's scope)."""
+    return task.build(backbone_factory(config["model"]), info, config)

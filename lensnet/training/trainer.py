@@ -8,12 +8,11 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lensnet.config import dump_yaml, load_yaml
+from lensnet.config import dump_yaml
 from lensnet.errors import LensnetError
 from lensnet.fileio import write_json, write_text
 from lensnet.runinfo import package_versions
@@ -75,20 +74,6 @@ def _run_dir(config: dict) -> Path:
     return Path(run["dir"]) / name
 
 
-def _verbosity(setting: object) -> int:
-    if setting == "auto":
-        return 1 if sys.stdout.isatty() else 2
-    return int(setting)
-
-
-def _cache_split(config: dict, info, splits: tuple[str, ...]) -> bool:
-    setting = config["data"]["cache"]
-    if setting != "auto":
-        return bool(setting)
-    record = 4 * sum(math.prod(info.schema[n].shape) for n in info.image_names) + 512
-    return sum(info.counts.get(s, 0) for s in splits) * record < float(config["data"]["cache_limit_mb"]) * 2**20
-
-
 def prepare_run(config: dict, resume: bool, write: bool = True) -> tuple[Path, dict | None]:
     """Create (or reopen, when resuming) the run directory; returns it and the saved state.
 
@@ -128,35 +113,35 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     import keras
     import tensorflow as tf
 
-    from lensnet.data import load, normalisation_spec
+    from lensnet.data import normalisation_spec
     from lensnet.data.pipeline import reader_error
     from lensnet.runinfo import seed_everything
-    from lensnet.tasks import get_task_class
+    from lensnet.tasks.base import task_from_config
     from lensnet.training import callbacks as cb
+    from lensnet.training.data import cache_split, check_fit_splits, eval_batches, train_batches, verbosity
     from lensnet.training.distribute import make_strategy
     from lensnet.training.evaluation import report
-    from lensnet.training.model import build_model
+    from lensnet.training.model import build_task_model
     from lensnet.training.optim import make_optimizer
 
     strategy, strategy_kind = make_strategy(config["distribute"])  # first: devices are fixed at TF start-up
     info = resolve_dataset(config, progress)
-    task = get_task_class(config["task"]["name"])(config["task"], info, config["train"])
+    check_fit_splits(config, info)
+    task = task_from_config(config, info)
     train, data, run = config["train"], config["data"], config["run"]
     task.check_data_options(data)
     seed = int(run["seed"])
     monitor = train["monitor"] or f"val_{task.monitor}"
     mode = monitor_mode(monitor, task)
     batch_size = int(data["batch_size"])
-    steps_per_epoch = int(train["steps_per_epoch"] or math.ceil(info.counts["train"] / batch_size))
+    steps_per_epoch = int(train["steps_per_epoch"] or math.ceil(info.counts[data["train_split"]] / batch_size))
     epochs = int(train["epochs"])
 
     seed_everything(seed, deterministic_ops=bool(run["deterministic"]))
     keras.mixed_precision.set_global_policy("mixed_float16" if train["mixed_precision"] else "float32")
     with strategy.scope():  # before the run directory exists: a model that cannot take the data fails here
-        model = build_model(task, config["model"], info.image_shape)
-        optimizer = make_optimizer(train, steps_per_epoch)
-        metric_key = "weighted_metrics" if getattr(task, "metrics_use_weights", False) else "metrics"
-        model.compile(optimizer=optimizer, loss=task.loss(), **{metric_key: task.metrics()})
+        model = build_task_model(task, config, info)  # the model owns its loss, metrics and step
+        model.compile(optimizer=make_optimizer(train, steps_per_epoch))
 
     chief = is_chief()
     run_dir, state = prepare_run(config, resume, write=chief)
@@ -169,6 +154,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
         input_shape=list(info.image_shape), normalisation=normalisation_spec(data["normalise"], info),
         dataset={"path": str(info.path), "name": info.name, "checksum": info.checksum}, seed=seed,
         epochs_done=initial_epoch, best_epoch=(state or {}).get("best_epoch"), output=task.output_spec().to_json(),
+        task_state=task.state(),
     )
     if resume and (run_dir / "run.json").is_file():
         previous = read_run(run_dir)
@@ -177,17 +163,12 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     if chief:
         write_run(run_dir, run_info)
 
-    cache = _cache_split(config, info, ("train", "val"))
-    common = {"batch_size": batch_size, "fields": task.fields, "normalise": data["normalise"], "cache": cache}
-    train_ds = load(info, data["train_split"], shuffle=True, augment=data["augment"], seed=seed,
-                    first_epoch=initial_epoch, repeat=True, shuffle_buffer=data["shuffle_buffer"], **common)
-    val_ds = load(info, data["val_split"], shuffle=False, augment=None, **common)
-    # a known length lets Keras end validation without an "input ran out of data" warning
-    val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(math.ceil(info.counts["val"] / batch_size)))
-    train_ds, val_ds = train_ds.map(task.prepare), val_ds.map(task.prepare)
+    cache = cache_split(config, info, (data["train_split"], data["val_split"]))
+    train_ds = train_batches(info, task, config, initial_epoch, cache)
+    val_ds = eval_batches(info, task, config, data["val_split"], cache)
 
     stateful = []
-    images_per_epoch = steps_per_epoch * batch_size if train["steps_per_epoch"] else info.counts["train"]
+    images_per_epoch = steps_per_epoch * batch_size if train["steps_per_epoch"] else info.counts[data["train_split"]]
     callbacks: list = [cb.LearningRateLogger(), cb.ThroughputMeter(images_per_epoch)]
     patience = int(train["early_stopping"]["patience"])
     saved = (state or {}).get("callbacks", {})
@@ -224,7 +205,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
                 fit_distributed(model, strategy, task, info, config, initial_epoch, steps_per_epoch, callbacks)
             else:
                 model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                          validation_data=val_ds, callbacks=callbacks, verbose=_verbosity(run["verbose"]),
+                          validation_data=val_ds, callbacks=callbacks, verbose=verbosity(run["verbose"]),
                           shuffle=False)
         except tf.errors.OpError as exc:
             raise reader_error(exc, info) from None
@@ -243,7 +224,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
                          batch_size=batch_size,
                          extra={"best_epoch": run_info.best_epoch, "epochs": epochs, "run": str(run_dir)},
                          tensorboard_dir=run_dir / "logs" / "eval", history_csv=run_dir / "history.csv",
-                         n_images=int(run["tensorboard_images"]))
+                         n_images=int(run["tensorboard_images"]), progress=progress)
         write_hparams(run_dir / "logs", config, metrics)
         run_info.status = "finished"
         write_run(run_dir, run_info)
@@ -316,10 +297,19 @@ def write_hparams(log_dir: Path, config: dict, metrics: dict) -> None:
     writer.flush()
 
 
-def load_run_config(run_dir: Path) -> dict:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise LensnetError(f"cannot resume: {run_dir} has no config.yaml")
-    return load_yaml(path, "run config")
 
 
+def print_result(result: FitResult) -> None:
+    """The closing lines of `lensnet.fit`: where the run went and its test figures."""
+    run_dir, metrics, info = result.run_dir, result.metrics, result.info
+    if not is_chief():
+        print(f"\nworker done in {result.seconds:.0f} s; the chief writes the run directory {run_dir}")
+        return
+    print(f"\nrun {run_dir} finished in {result.seconds:.0f} s (best epoch {info.best_epoch} of {info.epochs_done})")
+    shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    if shown:
+        print(f"{metrics.get('split', 'test')}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+    for what, path in (("config", "config.yaml"), ("best model", "checkpoints/best.keras"),
+                       ("metrics", "metrics.json"), ("plots", "plots/"), ("history", "history.csv")):
+        print(f"  {what:11s} {run_dir / path}")
+    print(f"  tensorboard tensorboard --logdir {run_dir.parent}")

@@ -1,0 +1,95 @@
+"""What the trainer, the multi-worker loop and evaluation share about data: splits, caching,
+verbosity, and the prepared (inputs, targets, weights) datasets of a task.
+
+One module so that none of them imports another's private helpers (and no import cycle).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lensnet.tasks.base import BatchContext, Task, require_splits
+
+
+def fit_splits(config: dict) -> tuple[str, str, str]:
+    """The train, validation and test splits a training run reads (and so requires)."""
+    data = config["data"]
+    return data["train_split"], data["val_split"], data["test_split"]
+
+
+def check_fit_splits(config: dict, info: Any) -> None:
+    require_splits(info, fit_splits(config))
+
+
+def verbosity(setting: object) -> int:
+    """Keras verbosity: `auto` is a progress bar on a terminal, one line per epoch elsewhere."""
+    if setting == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return int(setting)
+
+
+def cache_split(config: dict, info: Any, splits: Sequence[str]) -> bool:
+    """data.cache, with `auto` = cache when the splits fit in data.cache_limit_mb."""
+    setting = config["data"]["cache"]
+    if setting != "auto":
+        return bool(setting)
+    record = 4 * sum(math.prod(info.schema[n].shape) for n in info.image_names) + 512
+    return sum(info.counts.get(s, 0) for s in splits) * record < float(config["data"]["cache_limit_mb"]) * 2**20
+
+
+def batches_per_epoch(info: Any, split: str, batch_size: int) -> int:
+    """Batches `lensnet.data.load` yields for one epoch of `split` (the last one may be short)."""
+    return math.ceil(info.counts[split] / batch_size)
+
+
+def prepared(batches: Any, task: Task, *, seed: int, training: bool, first_epoch: int = 0,
+             per_epoch: int | None = None) -> Any:
+    """`task.prepare` over a dataset of record batches, each with its BatchContext.
+
+    Training: `batches` is `load(..., first_epoch=k, repeat=True)`, `per_epoch` its batches per
+    epoch; the epoch and step of every batch follow from its position, so a resumed run gives
+    `prepare` the same contexts as an uninterrupted one. Elsewhere epoch is 0 and step the index.
+    """
+    import tensorflow as tf
+
+    start = first_epoch * per_epoch if (training and per_epoch) else 0
+
+    def apply(index: tf.Tensor, batch: dict) -> tuple:
+        if training and per_epoch:
+            epoch, step = index // per_epoch, index % per_epoch
+        else:
+            epoch, step = tf.constant(0, tf.int64), index
+        return task.prepare(batch, BatchContext(seed=int(seed), epoch=epoch, step=step, training=training))
+
+    return batches.enumerate(start=start).map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def train_batches(info: Any, task: Task, config: dict, initial_epoch: int, cache: bool) -> Any:
+    """The prepared training stream from `initial_epoch` on, repeated: the one-device run's global batches."""
+    from lensnet.data import load
+
+    data = config["data"]
+    batch_size, seed = int(data["batch_size"]), int(config["run"]["seed"])
+    batches = load(info, data["train_split"], batch_size=batch_size, fields=task.fields, shuffle=True,
+                   augment=data["augment"], normalise=data["normalise"], seed=seed, first_epoch=initial_epoch,
+                   repeat=True, shuffle_buffer=data["shuffle_buffer"], cache=cache)
+    return prepared(batches, task, seed=seed, training=True, first_epoch=initial_epoch,
+                    per_epoch=batches_per_epoch(info, data["train_split"], batch_size))
+
+
+def eval_batches(info: Any, task: Task, config: dict, split: str, cache: bool = False) -> Any:
+    """The prepared batches of `split`, in order, unaugmented, with a known length."""
+    import tensorflow as tf
+
+    from lensnet.data import load
+
+    data = config["data"]
+    batch_size = int(data["batch_size"])
+    batches = load(info, split, batch_size=batch_size, fields=task.fields, shuffle=False, augment=None,
+                   normalise=data["normalise"], cache=cache)
+    # a known length lets Keras end validation without an "input ran out of data" warning
+    batches = batches.apply(tf.data.experimental.assert_cardinality(batches_per_epoch(info, split, batch_size)))
+    return prepared(batches, task, seed=int(config["run"]["seed"]), training=False)
