@@ -289,3 +289,31 @@ def test_preset_model_arguments_stay_with_the_preset_model() -> None:
     assert other["args"] == {}  # cnn_small's arguments would be unknown options of vit_tiny
     tweaked = resolve_fit_config("lens_finding", overrides={"model": {"args": {"filters": [8]}}})["model"]
     assert tweaked["args"] == {"convs_per_stage": 1, "filters": [8]}
+
+
+@pytest.mark.parametrize("batches", [0, 2])
+def test_checkpoints_hold_precise_batch_norm_statistics(capsys, synthetic_dataset: Path, tmp_path: Path,
+                                                        batches: int) -> None:
+    """With train.precise_bn_batches=N the saved model's BN statistics are the average batch statistics
+    of the first N unaugmented training batches under its own weights (recalibrating it again changes
+    nothing); with 0 they are Keras's lagging moving averages."""
+    from lensnet.data import open_dataset
+    from lensnet.runs import load_model
+    from lensnet.tasks.base import task_from_config
+    from lensnet.training.config import resolve_fit_config
+    from lensnet.training.data import eval_batches
+    from lensnet.training.precise_bn import batch_norm_layers, recalibrate_batch_norm
+
+    code, _, err = fit(capsys, "--task", "lens_finding", "--data", str(synthetic_dataset), "--epochs", "1",
+                       "--runs", str(tmp_path), "--run-name", "bn", "--set", "task.positive_class=class1",
+                       "--set", f"train.precise_bn_batches={batches}", "--set", "data.batch_size=8", *TINY)
+    assert code == 0, err
+    model = load_model(tmp_path / "bn")
+    saved = [np.array(v) for layer in batch_norm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
+    assert saved
+    config = resolve_fit_config("lens_finding", tmp_path / "bn" / "config.yaml")
+    info = open_dataset(synthetic_dataset)
+    recalibrate_batch_norm(model, eval_batches(info, task_from_config(config, info), config, "train"), 2)
+    again = [np.array(v) for layer in batch_norm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
+    close = all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(saved, again))
+    assert close == bool(batches)

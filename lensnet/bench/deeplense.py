@@ -127,7 +127,7 @@ def _cross(args: argparse.Namespace, runs: Path, classifiers: dict, datasets: di
         if train_on not in classifiers:
             classifiers[train_on] = _fit("substructure", datasets[train_on], runs, f"{train_on}-cls",
                                          args.epochs, args).run_dir
-        m = evaluate_run(classifiers[train_on], datasets[test_on], "test", out_dir=runs / f"{train_on}-on-{test_on}")
+        m, _ = evaluate_run(classifiers[train_on], datasets[test_on], "test", out=runs / f"{train_on}-on-{test_on}")
         rows.append({"preset": f"{train_on} -> {test_on}", "task": "cross-domain classification",
                      "model": args.model, "epochs": args.epochs, "accuracy": m.get("accuracy"),
                      "macro_auc": m.get("macro_roc_auc"),

@@ -159,32 +159,21 @@ def pair_auc(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], 
 
 
 def test_predictions(run_dir: Path, data_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Labels and class probabilities of the run's best model on the test split of `data_dir`."""
-    import keras
+    """Labels (in the run's class order) and class probabilities of the run's best model on the test split."""
+    from lensnet.training.evaluation import open_run_on, predict_split
 
-    from lensnet.data import load, open_dataset
-    from lensnet.runs import load_model, read_run
-
-    run = read_run(run_dir)
-    info = open_dataset(data_dir)
-    model = load_model(run_dir)
-    labels, probs = [], []
-    for batch in load(info, "test", batch_size=128, fields=("image", "label"), shuffle=False, augment=None,
-                      normalise=run.normalisation):
-        probs.append(keras.ops.convert_to_numpy(model(batch["image"], training=False)))
-        labels.append(batch["label"].numpy())
-    class_names = list(run.output.get("class_names") or info.class_names)
-    return np.concatenate(labels), np.concatenate(probs).astype(np.float64), class_names
+    run, task, info, model = open_run_on(run_dir, data_dir, "test")
+    result = predict_split(model, task, info, "test", run.normalisation, batch_size=128, progress=False)
+    return np.asarray(result["y_true"]).astype(int), result["y_pred"], list(run.output["class_names"])
 
 
 def _train(config: dict, run_dir: Path, log: Callable[[str], None]) -> None:
-    from lensnet.training.trainer import load_run_config, run_fit
+    from lensnet.training.config import resume_config
+    from lensnet.training.trainer import run_fit
 
     if (run_dir / "checkpoints" / "state.json").is_file():
-        resumed = load_run_config(run_dir)
-        resumed["run"]["dir"], resumed["run"]["name"] = str(run_dir.parent), run_dir.name
         log(f"  resuming training in {run_dir}")
-        run_fit(resumed, resume=True, progress=False)
+        run_fit(resume_config(str(run_dir), {}), resume=True, progress=False)
         return
     if run_dir.exists():  # killed before its first epoch ended: nothing to keep
         import shutil

@@ -47,6 +47,11 @@ FIT_DEFAULTS: dict[str, Any] = {
         "class_weight": None,  # null | balanced | {class_name: weight}
         "mixed_precision": False,
         "clipnorm": None,
+        # Precise BatchNorm: before each validation (so also before each checkpoint), set the BN moving
+        # statistics to the average batch statistics of this many unaugmented training batches; 0 = off.
+        # Keras's moving averages lag fast-changing weights on short epochs (validation collapses to
+        # constant outputs while training accuracy is high): see lensnet.training.precise_bn.
+        "precise_bn_batches": 32,
         "monitor": None,  # default: the task's validation metric
     },
     "run": {
@@ -125,6 +130,7 @@ def validate(config: dict) -> None:
     positive(train, "learning_rate", "train", float)
     positive(train, "weight_decay", "train", float, allow_zero=True)
     positive(train, "warmup_epochs", "train", float, allow_zero=True)
+    positive(train, "precise_bn_batches", "train", allow_zero=True)
     positive(run, "seed", "run", allow_zero=True)
     if train["steps_per_epoch"] is not None:
         positive(train, "steps_per_epoch", "train")

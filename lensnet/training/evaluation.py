@@ -87,13 +87,12 @@ def write_tensorboard(log_dir: Path, figures: dict[str, Path], metrics: dict, sp
     writer.flush()
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
-                 out: str | Path | None = None, batch_size: int = 64, n_images: int = 16) -> tuple[dict, Path]:
-    """Score a finished run on `split` of any compatible dataset (default: the run's own).
+def open_run_on(run_dir: str | Path, data: str | Path | None, split: str) -> tuple[Any, Task, Any, keras.Model]:
+    """A finished run's (RunInfo, task, dataset info, best model) for scoring `split` of `data` (default: its own).
 
     The task is rebuilt from the run (config.yaml's task section + run.json's task_state), so its
     classes, positive class or target standardisation are the trained model's; the task itself
-    checks that the dataset fits and maps its labels by class name. Only `split` is read.
+    checks that the dataset fits and maps its labels by class name. Only `split` is required.
     """
     from lensnet.config import load_yaml
     from lensnet.data import open_dataset
@@ -112,8 +111,15 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
         raise LensnetError(f"{run_dir}/run.json has no task_state (written by an older lensnet); retrain the run")
     task = task_from_config(config, info, state=run.task_state)
     require_splits(info, (split,))
+    return run, task, info, load_model(run_dir)
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
+                 out: str | Path | None = None, batch_size: int = 64, n_images: int = 16) -> tuple[dict, Path]:
+    """Score a finished run on `split` of any compatible dataset (default: the run's own); see `open_run_on`."""
+    run_dir = Path(run_dir)
+    run, task, info, model = open_run_on(run_dir, data, split)
     out_dir = Path(out) if out else run_dir / "eval" / f"{info.name}-{split}"
-    model = load_model(run_dir)
     metrics = report(model, task, info, split, run.normalisation, out_dir, batch_size=batch_size,
                      extra={"run": str(run_dir), "model": run.model},
                      tensorboard_dir=run_dir / "logs" / f"eval_{info.name}_{split}", n_images=n_images)

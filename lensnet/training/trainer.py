@@ -170,6 +170,11 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     stateful = []
     images_per_epoch = steps_per_epoch * batch_size if train["steps_per_epoch"] else info.counts[data["train_split"]]
     callbacks: list = [cb.LearningRateLogger(), cb.ThroughputMeter(images_per_epoch)]
+    if int(train["precise_bn_batches"]):  # before the stoppers and checkpoints; after the throughput clock
+        from lensnet.training.precise_bn import PreciseBatchNorm
+
+        calibration = eval_batches(info, task, config, data["train_split"])  # in order, unaugmented
+        callbacks.append(PreciseBatchNorm(calibration, int(train["precise_bn_batches"])))
     patience = int(train["early_stopping"]["patience"])
     saved = (state or {}).get("callbacks", {})
     if patience:
