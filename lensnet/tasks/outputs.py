@@ -11,12 +11,13 @@ Kinds:
     values         (N, K) physical values named by `columns`, in `units`
     image          (N, H, W, C) an image in the units of the input pixels (`image` holds its shape
                    and how the model's normalised output is mapped back: see `Image`)
+    score          (N, 1) one number per image; `meaning` says what a high score means
 
 Each kind's methods: check_spec, check_shape (export refuses a model that does not fit),
 postprocess (TF ops inside the exported function), tolerance (export verification),
 csv_header / csv_rows (predict; an image kind writes one file per image), json_outputs (serve),
-check_dataset / truth_label (evaluate).
-    score          (N, 1) one number per image; `meaning` says what a high score means
+truth_label (sample-image titles). Whether a dataset can be scored by a run is the task's
+question (`Task.setup` with the run's state), not the output's.
 """
 
 from __future__ import annotations
@@ -115,9 +116,6 @@ class OutputKind:
         """serve's JSON for a batch: nested lists, one entry per image (TF Serving's REST API)."""
         return np.asarray(outputs, dtype=np.float32).tolist()
 
-    def check_dataset(self, spec: OutputSpec, info: Any) -> None:
-        """Raise LensnetError if a dataset (lensnet.data.DatasetInfo) cannot be scored against this output."""
-
     def truth_label(self, spec: OutputSpec, value: Any) -> str:
         """Short text for one ground-truth value (sample-image titles)."""
         value = float(value)
@@ -194,16 +192,6 @@ class Probabilities(OutputKind):
             predicted = [spec.class_names[k] for k in np.argmax(outputs, axis=1)]
             table = outputs
         return [[name, *(format(float(v), ".6g") for v in row)] for name, row in zip(predicted, table)]
-
-    def check_dataset(self, spec: OutputSpec, info: Any) -> None:
-        found = list(info.class_names)
-        if spec.positive_class is not None:
-            if spec.positive_class not in found:
-                raise LensnetError(f"dataset {info.path} has no class '{spec.positive_class}'; classes: "
-                                   f"{', '.join(found) or 'none'}")
-        elif set(found) != set(spec.class_names):
-            raise LensnetError(f"dataset {info.path} classes ({', '.join(found)}) differ from the run's "
-                               f"({', '.join(spec.class_names)})")
 
     def truth_label(self, spec: OutputSpec, value: Any) -> str:
         if spec.positive_class is not None:  # binary targets are 1 for the positive class
