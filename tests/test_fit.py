@@ -317,3 +317,22 @@ def test_checkpoints_hold_precise_batch_norm_statistics(capsys, synthetic_datase
     again = [np.array(v) for layer in batch_norm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
     close = all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(saved, again))
     assert close == bool(batches)
+
+
+def test_auto_augmentation_follows_the_dataset_symmetry(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
+    """data.augment=auto (the substructure default) takes the manifest's symmetry: flips for a DeepLense
+    replica (its fixed macro model is not invariant under quarter turns), d4 when none is recorded."""
+    import yaml
+
+    from lensnet.simulate.command import simulate_dataset
+
+    replica = tmp_path / "replica"
+    simulate_dataset("deeplense_model_ii", replica, num=30, seed=0, overrides={"image": {"size": 16}},
+                     progress=False)
+    for data, name, expected in ((replica, "rep", "flips"), (synthetic_dataset, "syn", "d4")):
+        code, _, err = fit(capsys, "--task", "substructure", "--model", "cnn_small", "--data", str(data),
+                           "--epochs", "1", "--runs", str(tmp_path), "--run-name", name, "--set",
+                           "data.batch_size=8", *TINY)
+        assert code == 0, err
+        config = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+        assert config["data"]["augment"] == expected

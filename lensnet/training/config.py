@@ -21,7 +21,9 @@ FIT_DEFAULTS: dict[str, Any] = {
         "test_split": "test",
         "batch_size": 64,
         "normalise": "standard",  # standard | minmax | dataset | none
-        "augment": "d4",  # d4 | flips (fixed macro orientation) | none
+        # auto: the symmetry the dataset's manifest records (flips for a fixed macro model such as the
+        # DeepLense replicas, d4 for randomly oriented lenses; d4 when it records none) | d4 | flips | none
+        "augment": "auto",
         "shuffle_buffer": None,
         "cache": "auto",  # true | false | auto (cache splits smaller than cache_limit_mb)
         "cache_limit_mb": 2048,
@@ -142,7 +144,8 @@ def validate(config: dict) -> None:
     }
     from lensnet.data.augment import normalise_augment
 
-    data["augment"] = normalise_augment(data["augment"])  # `none` (string) and null both mean none
+    if data["augment"] != "auto":  # resolved by the trainer once the dataset is open
+        data["augment"] = normalise_augment(data["augment"])  # `none` (string) and null both mean none
     for (section, key), valid in choices.items():
         if config[section][key] not in valid:
             raise LensnetError(f"{section}.{key} must be one of {', '.join(map(str, valid))}; "

@@ -55,6 +55,11 @@ def resolve_dataset(config: dict, progress: bool = True):
     return open_dataset(path)
 
 
+def dataset_symmetry(info) -> str:
+    """The augmentation that keeps a dataset's symmetry, as its manifest records it (d4 when it does not)."""
+    return str((info.manifest.get("config") or {}).get("symmetry") or "d4")
+
+
 def _wait_for_chief_dataset(path: Path, timeout: float = 6 * 3600) -> None:
     """Multi-worker: the chief simulates the default dataset; the other workers wait for its manifest."""
     print(f"waiting for the chief to simulate {path}", flush=True)
@@ -127,6 +132,8 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     strategy, strategy_kind = make_strategy(config["distribute"])  # first: devices are fixed at TF start-up
     info = resolve_dataset(config, progress)
     check_fit_splits(config, info)
+    if config["data"]["augment"] == "auto":  # config.yaml records the augmentation actually used
+        config["data"]["augment"] = dataset_symmetry(info)
     task = task_from_config(config, info)
     train, data, run = config["train"], config["data"], config["run"]
     task.check_data_options(data)
