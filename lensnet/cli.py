@@ -44,7 +44,7 @@ def usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch `argv` (default: sys.argv[1:]) to a command; returns its exit status."""
-    from lensnet.errors import run_cli
+    from lensnet.core.errors import run_cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module_name, tensorflow, _ = COMMANDS[name]
     if tensorflow:
-        from lensnet.tfboot import quiet_import
+        from lensnet.core.tfboot import quiet_import
 
         quiet_import()
     module = importlib.import_module(module_name)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from lensnet.errors import cli_exit
+from lensnet.core.errors import cli_exit
 
 
 def _hdu(text: str) -> int | str:

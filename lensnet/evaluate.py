@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from lensnet.errors import cli_exit
+from lensnet.core.errors import cli_exit
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="accepted for symmetry; evaluation is deterministic")
     args = parser.parse_args(argv)
-    from lensnet.tfboot import quiet_import
+    from lensnet.core.tfboot import quiet_import
 
     quiet_import()
     from lensnet.training.evaluation import evaluate_run

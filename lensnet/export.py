@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from lensnet.errors import LensnetError, cli_exit
+from lensnet.core.errors import LensnetError, cli_exit
 from lensnet.serving.layout import CARD, ONNX_FILE
 from lensnet.serving.onnx_convert import DEFAULT_OPSET
 from lensnet.serving.verification import DEFAULT_ATOL
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise LensnetError("--batch must be at least 1")
     if not args.atol > 0:
         raise LensnetError("--atol must be positive")
-    from lensnet.runinfo import seed_everything
+    from lensnet.core.runinfo import seed_everything
 
     seed_everything(args.seed, deterministic_ops=False)
     from lensnet.serving.export import export_run

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from lensnet.errors import LensnetError, cli_exit
+from lensnet.core.errors import LensnetError, cli_exit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list_tasks:
         list_tasks()
         return 0
-    from lensnet.tfboot import quiet_import
+    from lensnet.core.tfboot import quiet_import
 
     quiet_import()
     from lensnet.training.config import cli_overrides

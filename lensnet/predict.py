@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lensnet.core.errors import LensnetError, cli_exit
+from lensnet.core.fileio import atomic_open
 from lensnet.data.imagefiles import WRITE_FORMATS
-from lensnet.errors import LensnetError, cli_exit
-from lensnet.fileio import atomic_open
 from lensnet.serving.runtimes import RUNTIMES
 
 

@@ -18,7 +18,7 @@ import argparse
 import gc
 from collections.abc import Sequence
 
-from lensnet.errors import LensnetError, cli_exit
+from lensnet.core.errors import LensnetError, cli_exit
 from lensnet.serving.runtimes import RUNTIMES
 from lensnet.serving.server import (
     DEFAULT_MAX_BATCH,

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lensnet.errors import cli_exit
+from lensnet.core.errors import cli_exit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from lensnet.core.tfboot import quiet_import
     from lensnet.studies.detectability import StudySpec, parse_grid, run_study
-    from lensnet.tfboot import quiet_import
 
     quiet_import()
     spec = StudySpec(name=args.name or f"{Path(args.dataset).stem}-{args.knob}", knob=args.knob,

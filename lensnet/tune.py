@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from lensnet.errors import LensnetError, cli_exit
+from lensnet.core.errors import LensnetError, cli_exit
 
 
 def build_parser() -> argparse.ArgumentParser:

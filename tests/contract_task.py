@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lensnet.errors import LensnetError, cli_exit
+from lensnet.core.errors import LensnetError, cli_exit
 from lensnet.tasks import BatchContext, MetricInputs, Task, TaskModel, register_task
 from lensnet.tasks.base import pooled_network
 from lensnet.tasks.model import average_loss

@@ -63,7 +63,7 @@ def output_spec(kind: str, classes: int = 3):
 def write_run_dir(run_dir: Path, net, *, task: str, model: str, shape, normalisation: dict, output: dict,
                   seed: int = 0, metrics: dict | None = None) -> Path:
     """checkpoints/best.keras + run.json (+ metrics.json), as lensnet.fit leaves them."""
-    from lensnet.runs import RunInfo, write_run
+    from lensnet.core.runs import RunInfo, write_run
 
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     net.save(run_dir / "checkpoints" / "best.keras")
@@ -154,7 +154,7 @@ def raw_images(n: int, shape: tuple[int, int, int], seed: int = 1, loc: float = 
 
 def keras_outputs(run: Path, images: np.ndarray) -> np.ndarray:
     """What the run's Keras model (float32) returns for raw `images`, post-processed as the export does."""
-    from lensnet.runs import load_model, read_run
+    from lensnet.core.runs import load_model, read_run
     from lensnet.serving.export import float32_model
     from lensnet.serving.verification import keras_reference
     from lensnet.tasks.outputs import OutputSpec

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lensnet.core.errors import run_cli
+from lensnet.core.fileio import sha256_file
 from lensnet.data.__main__ import main
 from lensnet.data.tfrecord import frame, iter_records
-from lensnet.errors import run_cli
-from lensnet.fileio import sha256_file
 
 SHARD = "train-00001-of-00002.tfrecord"
 

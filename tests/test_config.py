@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lensnet.config import parse_set
-from lensnet.errors import LensnetError
+from lensnet.core.config import parse_set
+from lensnet.core.errors import LensnetError
 
 
 def test_set_values_are_yaml_and_exponents_are_numbers() -> None:

@@ -21,7 +21,7 @@ import pytest
 from contract_task import TwoLossModel  # registers the task and its model class
 from workers import REPO, workers
 
-from lensnet.errors import run_cli
+from lensnet.core.errors import run_cli
 from lensnet.fit import main as fit_main
 
 FIT = ["--task", "contract_two_loss", "--model", "cnn_small", "--set", "model.args.filters=[8,16]",

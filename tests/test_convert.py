@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from lensnet.convert import main
+from lensnet.core.errors import run_cli
 from lensnet.data import load, open_dataset
 from lensnet.data.check import check_dataset
-from lensnet.errors import run_cli
 
 SIZE = 16
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, keras_outputs, make_image_run, make_run, raw_images, three_way
 
-from lensnet.errors import LensnetError, run_cli
+from lensnet.core.errors import LensnetError, run_cli
 
 FAMILIES = {"cnn": "cnn_small", "resnet": "resnet18", "efficientnet": "effnetv2_b0", "vit": "vit_tiny",
             "deit": "deit_tiny", "swin": "swin_tiny"}
@@ -69,7 +69,7 @@ def test_every_family_exports_faithfully(tmp_path, family, kind, normalisation, 
 
 
 def read_run(run: Path):
-    from lensnet.runs import read_run as read
+    from lensnet.core.runs import read_run as read
 
     return read(run)
 
@@ -179,7 +179,7 @@ def test_mixed_precision_run_exports_in_float32(tmp_path):
     import onnx
     from onnx import TensorProto
 
-    from lensnet.runs import load_model
+    from lensnet.core.runs import load_model
     from lensnet.serving.export import export_run
 
     run = make_run(tmp_path / "run", "vit_tiny", policy="mixed_float16")
@@ -262,11 +262,11 @@ def test_a_real_fit_run_exports_and_predicts_like_keras(tmp_path):
     dataset reproduces the trained Keras model (with the pipeline's normalisation) record by record."""
     import csv
 
+    from lensnet.core.runs import load_model, read_run
     from lensnet.data.pipeline import load
     from lensnet.data.synthetic import write_synthetic
     from lensnet.fit import main as fit_main
     from lensnet.predict import main as predict_main
-    from lensnet.runs import load_model, read_run
     from lensnet.serving.export import export_run
 
     data = tmp_path / "data"
@@ -328,8 +328,8 @@ def test_image_outputs_export_in_input_units_and_verify_with_onnx(tmp_path, norm
     give pixels in input units out, and SavedModel and ONNX agree with Keras within 1e-4 of the range."""
     import tensorflow as tf
 
+    from lensnet.core.runs import load_model
     from lensnet.data.normalise import apply_normalisation
-    from lensnet.runs import load_model
     from lensnet.serving.export import export_run
 
     shape = (16, 16, 2)

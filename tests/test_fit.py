@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lensnet.errors import run_cli
+from lensnet.core.errors import run_cli
 from lensnet.fit import main as fit_main
 
 TINY = ["--set", "model.args.filters=[8,16]", "--set", "train.warmup_epochs=0"]
@@ -297,8 +297,8 @@ def test_checkpoints_hold_precise_batch_norm_statistics(capsys, synthetic_datase
     """With train.precise_bn_batches=N the saved model's BN statistics are the average batch statistics
     of the first N unaugmented training batches under its own weights (recalibrating it again changes
     nothing); with 0 they are Keras's lagging moving averages."""
+    from lensnet.core.runs import load_model
     from lensnet.data import open_dataset
-    from lensnet.runs import load_model
     from lensnet.tasks.base import task_from_config
     from lensnet.training.config import resolve_fit_config
     from lensnet.training.data import eval_batches

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from helpers import TINY
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 from lensnet.models import create_model, list_models, model_info, pool_features, register_model
 from lensnet.models import registry as registry_module
 

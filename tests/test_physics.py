@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 from lensnet.simulate.presets import DATASET_DEFAULTS, list_presets, resolve_dataset_config
 from lensnet.simulate.scenes import CONFUSER_TYPES, build_simulator
 
@@ -593,7 +593,7 @@ def test_flips_augmentation_is_the_four_element_group_and_none_is_accepted() -> 
 
 
 def test_replica_signal_is_far_stronger_than_the_physical_preset() -> None:
-    from lensnet.errors import run_cli
+    from lensnet.core.errors import run_cli
     from lensnet.simulate.strength import main, measure
 
     tiny = {"image": {"size": 32}}

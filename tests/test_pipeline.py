@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from lensnet.core.errors import LensnetError
 from lensnet.data import apply_normalisation, load, normalisation_spec, open_dataset
 from lensnet.data.augment import augment_batch, check_augment, d4_transforms
 from lensnet.data.pipeline import reader_error
 from lensnet.data.synthetic import write_synthetic
-from lensnet.errors import LensnetError
 
 
 def collect(dataset: tf.data.Dataset, take: int | None = None) -> list[dict]:

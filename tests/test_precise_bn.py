@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 from lensnet.models import create_model, pool_features
 from lensnet.training.precise_bn import PreciseBatchNorm, batch_norm_layers, recalibrate_batch_norm
 

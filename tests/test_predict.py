@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, keras_outputs, make_image_run, make_run
 
-from lensnet.errors import LensnetError, run_cli
+from lensnet.core.errors import LensnetError, run_cli
 from lensnet.predict import main
 
 SHAPE = (16, 16, 1)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lensnet.core.errors import LensnetError, run_cli
+from lensnet.core.fileio import sha256_file
 from lensnet.data.tfrecord import iter_records
-from lensnet.errors import LensnetError, run_cli
-from lensnet.fileio import sha256_file
 from lensnet.simulate.command import main, simulate_dataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lensnet.errors import run_cli
+from lensnet.core.errors import run_cli
 from lensnet.studies.detectability import StudySpec, pair_auc, run_study
 from lensnet.study import main
 

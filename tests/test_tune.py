@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lensnet.errors import run_cli
+from lensnet.core.errors import run_cli
 from lensnet.tune import main as tune_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_random_search_summary_best_hparams_resume_and_retrain(capsys, three_cla
         assert config["status"] == "finished" and config["seed"] == 3
 
     # best.yaml is the best trial's resolved config, taken as is by lensnet.fit --config
-    from lensnet.config import load_yaml
+    from lensnet.core.config import load_yaml
     from lensnet.training.config import resolve_fit_config
 
     best = max(table, key=lambda r: float(r["val_macro_roc_auc"]))

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from lensnet.bench.common import format_table, save_results
-from lensnet.errors import cli_exit
+from lensnet.core.errors import cli_exit
 
 # name -> module under lensnet.bench defining add_arguments(parser) and run(args) -> list[dict]
 BENCHMARKS = {

@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lensnet.fileio import write_json
-from lensnet.runinfo import package_versions
+from lensnet.core.fileio import write_json
+from lensnet.core.runinfo import package_versions
 
 RESULTS_DIR = Path("bench/results")
 

@@ -53,7 +53,7 @@ def _dataset(preset: str, args: argparse.Namespace) -> str:
 
 
 def _fit(task: str, data: str, runs: Path, name: str, epochs: int, args: argparse.Namespace, **task_options):
-    from lensnet.config import deep_update, parse_set
+    from lensnet.core.config import deep_update, parse_set
     from lensnet.training.config import resolve_fit_config
     from lensnet.training.trainer import run_fit
 

@@ -34,8 +34,8 @@ def scratch_run(run_dir: Path, model: str, shape: tuple[int, int, int], seed: in
     """A run directory with a randomly initialised registry model + softmax head (no training)."""
     import keras
 
+    from lensnet.core.runs import BEST, RunInfo, write_run
     from lensnet.models import create_model, pool_features
-    from lensnet.runs import BEST, RunInfo, write_run
     from lensnet.tasks.outputs import OutputSpec
 
     keras.utils.set_random_seed(seed)
@@ -92,8 +92,8 @@ def time_export(
     run: Path, export_dir: Path, batch_sizes: list[int], rounds: int, seconds: float, seed: int
 ) -> list[dict]:
     from lensnet.bench.common import interleaved_rates
+    from lensnet.core.runs import load_model, read_run
     from lensnet.data.normalise import apply_normalisation
-    from lensnet.runs import load_model, read_run
     from lensnet.serving.export import float32_model
     from lensnet.serving.loading import load_export
     from lensnet.serving.runtimes import open_runner

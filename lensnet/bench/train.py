@@ -44,7 +44,7 @@ def _median_rate(history: list[float]) -> float:
 def _plain_rate(config: dict, info, images: np.ndarray, labels: np.ndarray) -> float:
     import keras
 
-    from lensnet.runinfo import seed_everything
+    from lensnet.core.runinfo import seed_everything
     from lensnet.tasks import task_from_config
     from lensnet.training.callbacks import ThroughputMeter
     from lensnet.training.model import build_task_model

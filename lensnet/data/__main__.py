@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from lensnet.errors import cli_exit
+from lensnet.core.errors import cli_exit
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 
 AUGMENTATIONS = ("d4", "flips", "flip")  # flip: the former name of flips
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lensnet.core.errors import LensnetError
+from lensnet.core.fileio import sha256_file
 from lensnet.data.pipeline import DatasetInfo, open_dataset
 from lensnet.data.tfrecord import iter_records
-from lensnet.errors import LensnetError
-from lensnet.fileio import sha256_file
 
 _BATCH = 256  # records parsed per vectorised call
 _MAX_LISTED = 5  # problems spelled out in the final message
@@ -153,7 +153,7 @@ def _stats_problem(info: DatasetInfo, name: str, computed: dict) -> str | None:
 
 def check_dataset(directory: str | os.PathLike | DatasetInfo, *, progress: bool = False) -> CheckReport:
     """Verify every shard of a dataset; raises a one-line LensnetError listing the problems found."""
-    from lensnet.progress import Progress
+    from lensnet.core.progress import Progress
 
     info = open_dataset(directory)
     report = CheckReport(info=info)

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from lensnet.errors import LensnetError
-from lensnet.fileio import atomic_open
+from lensnet.core.errors import LensnetError
+from lensnet.core.fileio import atomic_open
 
 NPY_SUFFIXES = (".npy",)
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lensnet.core.errors import LensnetError
 from lensnet.data.imagefiles import FITS_SUFFIXES, LAYOUTS, NPY_SUFFIXES, read_fits, read_npy, to_hwc
 from lensnet.data.manifest import SPLITS
 from lensnet.data.schema import Schema
@@ -44,7 +45,6 @@ from lensnet.data.writer import (
     split_counts,
     write_dataset,
 )
-from lensnet.errors import LensnetError
 
 FORMATS = {"deeplense-npy": NPY_SUFFIXES, "fits": FITS_SUFFIXES}
 # Folder names that mean "this is a split, not a class" (the DeepLense test sets ship as train/ and val/).

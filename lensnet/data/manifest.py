@@ -6,8 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from lensnet.core.errors import LensnetError
 from lensnet.data.schema import SCHEMA_VERSION, Schema
-from lensnet.errors import LensnetError
 
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val", "test")

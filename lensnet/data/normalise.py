@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from lensnet.core.errors import LensnetError
 from lensnet.data.augment import augment_batch, check_augment
 from lensnet.data.manifest import MANIFEST_NAME, SPLITS, read_manifest, schema_of, shard_files
 from lensnet.data.normalise import apply_normalisation, check_spec, normalisation_spec
 from lensnet.data.schema import Schema
-from lensnet.errors import LensnetError
 
 _CYCLE = 8  # shards read at once when shuffling
 _READ_BUFFER = 4 << 20  # bytes of read-ahead per shard

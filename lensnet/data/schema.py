@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 
 SCHEMA_VERSION = 1
 KINDS = ("image", "float", "int", "bytes")

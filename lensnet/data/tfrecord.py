@@ -10,8 +10,8 @@ from pathlib import Path
 
 import google_crc32c
 
-from lensnet.errors import LensnetError
-from lensnet.fileio import atomic_open
+from lensnet.core.errors import LensnetError
+from lensnet.core.fileio import atomic_open
 
 
 def _masked_crc(data: bytes) -> int:

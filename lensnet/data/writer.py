@@ -21,11 +21,11 @@ from typing import Protocol
 
 import numpy as np
 
+from lensnet.core.errors import LensnetError
+from lensnet.core.fileio import sha256_file, write_json
 from lensnet.data.manifest import MANIFEST_NAME, SPLITS
 from lensnet.data.schema import SCHEMA_VERSION, Schema
 from lensnet.data.tfrecord import ShardWriter
-from lensnet.errors import LensnetError
-from lensnet.fileio import sha256_file, write_json
 
 PARTS_DIR = ".parts"
 
@@ -210,7 +210,7 @@ def write_dataset(
     `manifest_base` holds what the source knows (name, kind, config, seed...);
     its fingerprint together with the schema decides whether existing shards can be kept.
     """
-    from lensnet.progress import Progress
+    from lensnet.core.progress import Progress
 
     if not 0 <= shard_index < num_shards:
         raise LensnetError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")

@@ -10,7 +10,7 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from lensnet.errors import LensnetError, cli_exit
+from lensnet.core.errors import LensnetError, cli_exit
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 
 
 def as_pair(value: int | Sequence[int], what: str) -> tuple[int, int]:

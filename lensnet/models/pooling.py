@@ -24,7 +24,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 
 POOLING_MODES = ("avg", "max", "cls", "prefix_mean", "tokens_avg")
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import keras
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 
 Builder = Callable[..., keras.Model]
 

@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import keras_hub
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 from lensnet.models.backbone import Backbone, float32_features, image_input
 from lensnet.models.layers import check_lengths, freeze_index_tensors
 from lensnet.models.registry import register_model

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from lensnet.errors import LensnetError
-from lensnet.runs import RunInfo, read_run
+from lensnet.core.errors import LensnetError
+from lensnet.core.runs import RunInfo, read_run
 from lensnet.serving.layout import CARD_FORMAT, INPUT_NAME, ONNX_FILE, SIGNATURE, TMP_PREFIX
 from lensnet.serving.verification import (
     DEFAULT_ATOL,
@@ -163,8 +163,8 @@ def export_run(
     seed: int = 0,
 ) -> ExportResult:
     """Export the run's best model to the next version under `out_dir`, verified (see module doc)."""
-    from lensnet.runinfo import package_versions
-    from lensnet.runs import best_model_path, load_model
+    from lensnet.core.runinfo import package_versions
+    from lensnet.core.runs import best_model_path, load_model
     from lensnet.serving.onnx_convert import DEFAULT_OPSET, convert_function
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lensnet.core.errors import LensnetError
 from lensnet.data.imagefiles import as_image_batch, file_format, is_stack, nonfinite_pixels, npy_shape, read_image_file
-from lensnet.errors import LensnetError
 
 
 @dataclass

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 from lensnet.serving.layout import CARD, CARD_FORMAT, ONNX_FILE
 from lensnet.serving.versions import version_dir
 from lensnet.tasks.outputs import OutputKind, OutputSpec

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 
 DEFAULT_OPSET = 17  # onnxruntime >= 1.14 and most other runtimes execute it
 

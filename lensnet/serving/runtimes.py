@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 from lensnet.serving.layout import INPUT_NAME, SIGNATURE
 from lensnet.serving.loading import ExportedModel
 

@@ -23,7 +23,7 @@ def score(
     progress: bool | None = None,
 ) -> int:
     """Score every image of `items`, writing the header and one CSV row per image; returns rows written."""
-    from lensnet.progress import Progress
+    from lensnet.core.progress import Progress
 
     settings = settings or PredictSettings()
     spec = exported.spec

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 from lensnet.serving.layout import INPUT_NAME, SIGNATURE
 from lensnet.serving.loading import ExportedModel, load_export
 from lensnet.serving.runtimes import Runner, open_runner

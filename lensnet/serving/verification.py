@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from lensnet.errors import LensnetError
-from lensnet.runs import RunInfo
+from lensnet.core.errors import LensnetError
+from lensnet.core.runs import RunInfo
 from lensnet.serving.loading import ExportedModel, spec_from_card
 from lensnet.serving.runtimes import OnnxRunner, TFRunner
 from lensnet.tasks.outputs import OutputSpec

@@ -8,8 +8,8 @@ import re
 import shutil
 from pathlib import Path
 
-from lensnet.errors import LensnetError
-from lensnet.fileio import write_json
+from lensnet.core.errors import LensnetError
+from lensnet.core.fileio import write_json
 from lensnet.serving.layout import CARD, TMP_PREFIX
 
 _VERSION = re.compile(r"^[1-9][0-9]*$")

@@ -1,4 +1,4 @@
-from lensnet.errors import cli_exit
+from lensnet.core.errors import cli_exit
 from lensnet.simulate.command import main
 
 cli_exit(main)

@@ -7,10 +7,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from lensnet.config import parse_set
+from lensnet.core.config import parse_set
+from lensnet.core.errors import LensnetError, cli_exit
+from lensnet.core.runinfo import package_versions
 from lensnet.data.writer import WriteSummary, plan_shards, split_counts, write_dataset
-from lensnet.errors import LensnetError, cli_exit
-from lensnet.runinfo import package_versions
 
 
 def simulate_dataset(

@@ -20,7 +20,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 from lensnet.simulate.priors import Prior, parse_prior
 
 OBSERVATION_PRESETS = ("Euclid", "HST", "LSST", "Roman", "DES", "JWST", "ZTF")

@@ -8,13 +8,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lensnet.config import load_yaml, merge
-from lensnet.errors import LensnetError
+from lensnet.core.config import load_yaml, merge
+from lensnet.core.errors import LensnetError
 from lensnet.simulate.priors import is_prior_spec
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
 
-# Every valid key exists here (lensnet.config.merge rejects the others). Priors are a number or a one-key
+# Every valid key exists here (lensnet.core.config.merge rejects the others). Priors are a number or a one-key
 # mapping ({uniform: [a, b]}, ...; see lensnet.simulate.priors). The scene is the DeepLense Model II one.
 DATASET_DEFAULTS: dict = {
     "name": "custom",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 
 NORMAL_REACH = 8.3  # largest |z| a clipped uniform can reach through ndtri (8.22)
 U_CLIP = 1e-16

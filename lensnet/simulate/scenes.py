@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 from lensnet.simulate.instruments import Band, resolve_bands
 from lensnet.simulate.priors import Prior, PriorBlock, inverse_cdf, parse_prior
 from lensnet.simulate.substructure import (

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lensnet.config import parse_set
-from lensnet.errors import LensnetError, cli_exit
+from lensnet.core.config import parse_set
+from lensnet.core.errors import LensnetError, cli_exit
 
 
 def measure(dataset: str, num: int, seed: int, overrides: dict | None = None) -> dict:

@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 from lensnet.simulate.priors import Prior, PriorBlock, inverse_cdf, parse_prior
 
 SUBHALO_PROFILES = ("TNFW", "POINT_MASS")

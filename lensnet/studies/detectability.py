@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from lensnet.config import dump_yaml, get_dotted, put_dotted
-from lensnet.errors import LensnetError
-from lensnet.fileio import write_json, write_text
+from lensnet.core.config import dump_yaml, get_dotted, put_dotted
+from lensnet.core.errors import LensnetError
+from lensnet.core.fileio import write_json, write_text
 
 STUDIES_DIR = Path("runs/studies")
 PAIRS = (("cdm", "no_sub"), ("axion", "no_sub"))
@@ -99,7 +99,7 @@ def parse_grid(text: str) -> list[float]:
 
 def dataset_config(spec: StudySpec, value: float) -> dict:
     """The resolved dataset config of one grid point (the preset, the user's --data-set items, the knob)."""
-    from lensnet.config import parse_set
+    from lensnet.core.config import parse_set
     from lensnet.simulate.presets import resolve_dataset_config
 
     overrides = parse_set(spec.data_set)
@@ -123,7 +123,7 @@ def dataset_config(spec: StudySpec, value: float) -> dict:
 
 
 def _fit_config(spec: StudySpec, data_dir: Path, run_dir: Path) -> dict:
-    from lensnet.config import deep_update, parse_set
+    from lensnet.core.config import deep_update, parse_set
     from lensnet.training.config import resolve_fit_config
 
     overrides: dict = {}
@@ -183,7 +183,7 @@ def _train(config: dict, run_dir: Path, log: Callable[[str], None]) -> None:
 
 
 def run_point(spec: StudySpec, index: int, value: float, root: Path, log: Callable[[str], None]) -> dict:
-    from lensnet.runs import read_run
+    from lensnet.core.runs import read_run
     from lensnet.simulate.command import simulate_dataset
 
     point = root / "points" / f"{index:02d}"

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 from lensnet.tasks.outputs import OutputSpec
 
 _TASKS: dict[str, type[Task]] = {}

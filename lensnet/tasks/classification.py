@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 from lensnet.tasks.base import Task
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 from lensnet.tasks import plots, scores
 from lensnet.tasks.base import BackboneFactory, BatchContext, pooled_network, register_task
 from lensnet.tasks.classification import ClassificationTask

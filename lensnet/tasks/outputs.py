@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 
 
 @dataclass(frozen=True)

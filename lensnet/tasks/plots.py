@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
-from lensnet.fileio import atomic_open  # noqa: E402
+from lensnet.core.fileio import atomic_open  # noqa: E402
 
 
 def save(fig: plt.Figure, path: Path) -> Path:

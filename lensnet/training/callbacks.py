@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from lensnet.fileio import write_json
+from lensnet.core.fileio import write_json
 
 STATE = "checkpoints/state.json"
 

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lensnet.config import CONFIG_DIR, deep_update, load_yaml, merge, parse_set, put_dotted
-from lensnet.errors import LensnetError
+from lensnet.core.config import CONFIG_DIR, deep_update, load_yaml, merge, parse_set, put_dotted
+from lensnet.core.errors import LensnetError
 
 FIT_DEFAULTS: dict[str, Any] = {
     "task": {"name": None},  # + the chosen task's own section (its Config dataclass), filled by resolve_fit_config

@@ -38,7 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 from lensnet.tasks.base import Task
 from lensnet.tasks.model import MetricInputs
 from lensnet.training.data import cache_split, eval_batches, train_batches, verbosity

@@ -7,7 +7,7 @@ import os
 
 import tensorflow as tf
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 
 
 def split_cpu(num_devices: int) -> None:

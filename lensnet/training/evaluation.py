@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lensnet.core.fileio import write_json
 from lensnet.data import load
 from lensnet.data.pipeline import reader_error
-from lensnet.fileio import write_json
 from lensnet.tasks import plots
 from lensnet.tasks.base import BatchContext, Task
 
@@ -24,7 +24,7 @@ def predict_split(model: keras.Model, task: Task, info: Any, split: str, normali
     dataset sees its inputs scaled exactly as in training. The model's inputs are what the
     task's `prepare` makes of each batch (outside training: no training-time randomness).
     """
-    from lensnet.progress import Progress
+    from lensnet.core.progress import Progress
 
     fields = tuple(dict.fromkeys((*task.fields, "image", "id")))
     dataset = load(info, split, batch_size=batch_size, fields=fields, shuffle=False, augment=None,
@@ -94,10 +94,10 @@ def open_run_on(run_dir: str | Path, data: str | Path | None, split: str) -> tup
     classes, positive class or target standardisation are the trained model's; the task itself
     checks that the dataset fits and maps its labels by class name. Only `split` is required.
     """
-    from lensnet.config import load_yaml
+    from lensnet.core.config import load_yaml
+    from lensnet.core.errors import LensnetError
+    from lensnet.core.runs import load_model, read_run
     from lensnet.data import open_dataset
-    from lensnet.errors import LensnetError
-    from lensnet.runs import load_model, read_run
     from lensnet.tasks.base import require_splits, task_from_config
 
     run_dir = Path(run_dir)

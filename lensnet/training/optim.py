@@ -6,7 +6,7 @@ import math
 
 import keras
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 
 
 @keras.saving.register_keras_serializable(package="lensnet")

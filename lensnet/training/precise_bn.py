@@ -37,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 
 
 def batch_norm_layers(model: keras.Layer) -> list[keras.layers.BatchNormalization]:

@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lensnet.config import dump_yaml
-from lensnet.errors import LensnetError
-from lensnet.fileio import write_json, write_text
-from lensnet.runinfo import package_versions
-from lensnet.runs import RunInfo, read_run, write_run
+from lensnet.core.config import dump_yaml
+from lensnet.core.errors import LensnetError
+from lensnet.core.fileio import write_json, write_text
+from lensnet.core.runinfo import package_versions
+from lensnet.core.runs import RunInfo, read_run, write_run
 from lensnet.training.distribute import is_chief
 
 DEFAULT_DATASET_SEED = 0  # the default dataset is the same for every run seed
@@ -118,9 +118,9 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     import keras
     import tensorflow as tf
 
+    from lensnet.core.runinfo import seed_everything
     from lensnet.data import normalisation_spec
     from lensnet.data.pipeline import reader_error
-    from lensnet.runinfo import seed_everything
     from lensnet.tasks.base import task_from_config
     from lensnet.training import callbacks as cb
     from lensnet.training.data import cache_split, check_fit_splits, eval_batches, train_batches, verbosity
@@ -227,7 +227,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
                 "Lower train.learning_rate or set train.clipnorm"
             )
 
-    from lensnet.runs import load_model
+    from lensnet.core.runs import load_model
 
     metrics = {}
     if chief:  # the chief wrote the checkpoints; the other workers have nothing to report

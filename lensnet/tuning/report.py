@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from lensnet.config import dump_yaml, load_yaml
-from lensnet.errors import LensnetError
-from lensnet.fileio import atomic_open, write_json, write_text
+from lensnet.core.config import dump_yaml, load_yaml
+from lensnet.core.errors import LensnetError
+from lensnet.core.fileio import atomic_open, write_json, write_text
 from lensnet.tuning.space import yaml_text
 
 TRIAL_RESULT = "tuning.json"  # in each trial's run directory

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 
 ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 SEARCH_FILE = "search.yaml"
@@ -106,7 +106,7 @@ def check_search_file(directory: Path, settings: dict) -> bool:
     """True if `directory` already holds this search; an error if it holds another one."""
     import yaml
 
-    from lensnet.config import load_yaml
+    from lensnet.core.config import load_yaml
 
     path = directory / SEARCH_FILE
     if not path.is_file():
@@ -176,8 +176,8 @@ def claim_directory(directory: Path, settings: dict, role: str, args: argparse.N
             elif path.exists():
                 path.unlink()
     if not check_search_file(directory, settings):
-        from lensnet.config import dump_yaml
-        from lensnet.fileio import write_text
+        from lensnet.core.config import dump_yaml
+        from lensnet.core.fileio import write_text
 
         write_text(directory / SEARCH_FILE, dump_yaml(settings))
 
@@ -248,7 +248,7 @@ def run_search(args: argparse.Namespace) -> int:
     role, env = resolve_role(args)
     if role == "worker" and (args.overwrite or args.retrain_best):
         raise LensnetError("--overwrite and --retrain-best belong to the chief, not a worker")
-    from lensnet.tfboot import quiet_import
+    from lensnet.core.tfboot import quiet_import
 
     tf = quiet_import()
     tf.get_logger().setLevel("ERROR")  # many models in one process: tf.function retracing notes are expected

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from lensnet.config import CONFIG_DIR, load_yaml, merge, put_dotted
-from lensnet.errors import LensnetError
+from lensnet.core.config import CONFIG_DIR, load_yaml, merge, put_dotted
+from lensnet.core.errors import LensnetError
 
 SPACE_DIR = CONFIG_DIR / "tuning"
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice")

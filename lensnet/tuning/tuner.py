@@ -42,8 +42,8 @@ from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.engine import base_tuner
 from keras_tuner.src.engine.trial import TrialStatus
 
-from lensnet.config import dump_yaml, load_yaml
-from lensnet.errors import LensnetError
+from lensnet.core.config import dump_yaml, load_yaml
+from lensnet.core.errors import LensnetError
 from lensnet.tuning import report
 from lensnet.tuning.space import SearchSpace, trial_config
 
@@ -258,7 +258,7 @@ class LensnetTuner(base_tuner.BaseTuner):
 
     def _prepare(self, run_dir: Path, config: dict, parent: str | None) -> str:
         """done (finished run of this trial: read it) | resume (its checkpoint) | fresh."""
-        from lensnet.runs import read_run
+        from lensnet.core.runs import read_run
         from lensnet.training.callbacks import STATE
 
         saved = run_dir / "config.yaml"

@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
-from lensnet.errors import LensnetError
+from lensnet.core.errors import LensnetError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def load_yaml(path: str | os.PathLike, what: str = "config") -> dict:

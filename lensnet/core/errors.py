@@ -33,7 +33,7 @@ def cli_exit(main: Callable[[Sequence[str] | None], int | None], tensorflow: boo
     if callable(reconfigure):
         reconfigure(line_buffering=True)
     if tensorflow:
-        from lensnet.tfboot import quiet_import
+        from lensnet.core.tfboot import quiet_import
 
         quiet_import()
     sys.exit(run_cli(main))

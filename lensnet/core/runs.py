@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lensnet.errors import LensnetError
-from lensnet.fileio import write_json
+from lensnet.core.errors import LensnetError
+from lensnet.core.fileio import write_json
 
 RUN_INFO = "run.json"
 BEST = "checkpoints/best.keras"
