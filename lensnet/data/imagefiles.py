@@ -96,8 +96,8 @@ def read_npy(path: str | os.PathLike, trust_pickle: bool = False) -> tuple[np.nd
                 f"{path}: holds pickled Python objects (e.g. a DeepLense [image, axion_mass] array); unpickling "
                 "can run arbitrary code, so it is refused: pass --trust-pickle if you trust these files"
             ) from None
-        try:  # reached only with trust_pickle: the user's explicit statement that these files are safe
-            obj = np.load(path, allow_pickle=True)
+        try:
+            obj = np.load(path, allow_pickle=True)  # only with trust_pickle: the user vouches for these files
         except Exception as exc:  # noqa: BLE001  (a corrupt pickle can raise anything)
             raise LensnetError(f"{path}: cannot unpickle ({type(exc).__name__}: {_one_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001  (truncated headers raise EOFError, OSError, ...)
