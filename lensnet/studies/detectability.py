@@ -255,7 +255,7 @@ def plot(rows: list[dict], spec: StudySpec, path: Path) -> Path:
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     if KNOBS[spec.knob].log_scale:
         ax.set_xscale("log")
-    ax.set_xlabel(f"{spec.knob} ({KNOBS[spec.knob].description})")
+    ax.set_xlabel(f"{spec.knob}: {KNOBS[spec.knob].description}")
     ax.set_ylabel("test ROC AUC (95% bootstrap)")
     ax.set_ylim(0.4, 1.02)
     ax.set_title(f"{spec.dataset}, {spec.model}, {spec.num} images, {spec.epochs} epochs", fontsize=9)
