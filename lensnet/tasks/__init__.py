@@ -1,9 +1,15 @@
-"""Tasks: lens finding, substructure classification, regression. Importing registers them
-(and the task-model classes, so that checkpoints load under Keras safe_mode)."""
+"""Tasks: lens finding, substructure classification, regression, and any task or output kind defined in
+a module of this package. Importing registers them all (and the task-model classes, so that checkpoints
+load under Keras safe_mode): a new task or output kind is one file here, nothing else to edit."""
 
-from lensnet.tasks import layers, lens_finding, model, regression, substructure  # noqa: F401  (registration)
+import importlib
+import pkgutil
+
 from lensnet.tasks.base import BatchContext, Task, get_task_class, list_tasks, register_task, task_from_config
 from lensnet.tasks.model import MetricInputs, SupervisedModel, TaskModel
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["BatchContext", "MetricInputs", "SupervisedModel", "Task", "TaskModel", "get_task_class", "list_tasks",
            "register_task", "task_from_config"]
