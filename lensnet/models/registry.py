@@ -36,6 +36,11 @@ Builder = Callable[..., keras.Model]
 # builders only ever create randomly initialised networks.
 GENERIC_DEFAULTS: dict[str, Any] = {"weights": None}
 
+# What a model maps images to. "backbone": features that a task pools (classification, regression...);
+# "super_resolution": an image `scale` times larger (lensnet.models.upsampling). A task names the kind it
+# builds on (`Task.model_kind`) and `create_model(..., kind=...)` refuses the others in one line.
+MODEL_KINDS = ("backbone", "super_resolution")
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -44,11 +49,13 @@ class ModelSpec:
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)
     builder: Builder | None = None
+    kind: str = "backbone"
 
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "family": self.family,
+            "kind": self.kind,
             "description": self.description,
             "defaults": {**copy.deepcopy(self.defaults), **GENERIC_DEFAULTS},
         }
@@ -58,7 +65,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(
-    name: str, family: str, description: str, defaults: Mapping[str, Any] | None = None
+    name: str, family: str, description: str, defaults: Mapping[str, Any] | None = None, kind: str = "backbone"
 ) -> Callable[[Builder], Builder]:
     """Register `builder(input_shape, **kwargs) -> keras.Model` under `name`.
 
@@ -67,6 +74,8 @@ def register_model(
     silently ignored.
     """
     defaults = dict(defaults or {})
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model {name!r}: kind must be one of {MODEL_KINDS}, got {kind!r}")
     clash = set(defaults) & set(GENERIC_DEFAULTS)
     if clash:
         raise ValueError(f"model {name!r}: defaults may not redefine generic keys {sorted(clash)}")
@@ -74,7 +83,7 @@ def register_model(
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelSpec(name, family, description, defaults, builder)
+        _REGISTRY[name] = ModelSpec(name, family, description, defaults, builder, kind)
         return builder
 
     return decorator
@@ -118,7 +127,8 @@ def _check_input_shape(name: str, input_shape: Sequence[int]) -> tuple[int, int,
     return shape  # type: ignore[return-value]
 
 
-def create_model(name: str, input_shape: tuple[int, int, int], **overrides: Any) -> keras.Model:
+def create_model(name: str, input_shape: tuple[int, int, int], *, kind: str | None = None,
+                 **overrides: Any) -> keras.Model:
     """Build the backbone `name` for images of `input_shape` (H, W, C).
 
     Returns a `Backbone` mapping (batch, H, W, C) float32 images to float32 features:
@@ -127,9 +137,13 @@ def create_model(name: str, input_shape: tuple[int, int, int], **overrides: Any)
     `default_pooling`; `pool_features(backbone, backbone(images))` pools them to
     (batch, D). `overrides` replace entries of the model's defaults (see
     `model_info(name)["defaults"]`). `weights` may name a local `.weights.h5` file
-    saved from the same architecture; nothing is ever downloaded.
+    saved from the same architecture; nothing is ever downloaded. `kind`, when given, is the
+    kind of model the caller needs (MODEL_KINDS): another kind is a one-line error.
     """
     spec = _spec(name)
+    if kind is not None and spec.kind != kind:
+        fitting = ", ".join(sorted(n for n, s in _REGISTRY.items() if s.kind == kind))
+        raise LensnetError(f"model {name!r} is a {spec.kind} model, but this task needs a {kind} model: {fitting}")
     shape = _check_input_shape(name, input_shape)
     valid_keys = {**spec.defaults, **GENERIC_DEFAULTS}
     unknown = sorted(set(overrides) - set(valid_keys))

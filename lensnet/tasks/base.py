@@ -29,7 +29,8 @@ from lensnet.tasks.outputs import OutputSpec
 
 _TASKS: dict[str, type[Task]] = {}
 
-BackboneFactory = Callable[[Sequence[int]], Any]  # input shape (H, W, C) -> a backbone (keras.Model)
+# input shape (H, W, C), **defaults from the data (e.g. scale=2) -> a registry model (keras.Model)
+BackboneFactory = Callable[..., Any]
 
 
 def register_task(cls: type[Task]) -> type[Task]:
@@ -84,6 +85,7 @@ class Task:
     monitor_mode: ClassVar[str]  # max | min
     Config: ClassVar[type] = NoOptions  # the task's config section: a dataclass, defaults included
     fields: tuple[str, ...] = ("image",)
+    model_kind: ClassVar[str] = "backbone"  # the registry kind `build` needs (lensnet.models.registry.MODEL_KINDS)
 
     def __init__(self, config: Any = None, train_config: dict | None = None) -> None:
         self.config = config if config is not None else self.Config()
