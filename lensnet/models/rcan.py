@@ -75,7 +75,7 @@ class RCAN(SuperResolutionModel):
             x = keras.layers.Add(dtype=dtype, name=f"group{g}_add")([x, group_in])
         x = conv(x, filters, dtype, "body_conv")
         x = keras.layers.Add(dtype=dtype, name="global_skip")([x, head])
-        x = output_conv(upsampler(x, scale, filters, dtype), image_shape[-1], dtype)
+        x = output_conv(upsampler(x, scale, filters, dtype), image_shape[-1], dtype, residual)
         outputs = add_residual(x, inputs, residual, image_shape, scale, dtype)
         super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=dtype, scale=scale, **kwargs)
 

@@ -105,7 +105,7 @@ class SwinIR(SuperResolutionModel):
         x = keras.layers.Add(dtype=dtype, name="global_skip")([x, shallow])
         x = conv(x, upsample_filters, dtype, "before_upsample")
         x = keras.layers.LeakyReLU(0.01, dtype=dtype, name="before_upsample_act")(x)
-        x = output_conv(upsampler(x, scale, upsample_filters, dtype), channels, dtype)
+        x = output_conv(upsampler(x, scale, upsample_filters, dtype), channels, dtype, residual)
         outputs = add_residual(x, inputs, residual, image_shape, scale, dtype)
         super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=dtype, scale=scale, **kwargs)
 

@@ -118,9 +118,11 @@ class SuperResolutionModel(keras.Model):
         return cls(**config)
 
 
-def output_conv(x: Any, channels: int, dtype: Any, name: str = "output_conv") -> Any:
-    """The last 3x3 convolution back to the image's channels."""
-    return keras.layers.Conv2D(channels, 3, padding="same", dtype=dtype, name=name)(x)
+def output_conv(x: Any, channels: int, dtype: Any, residual: str | None, name: str = "output_conv") -> Any:
+    """The last 3x3 convolution back to the image's channels. On top of a bicubic residual it starts at
+    zero, so an untrained model IS bicubic and training moves it away only where that lowers the loss."""
+    initializer = "zeros" if residual == "bicubic" else "glorot_uniform"
+    return keras.layers.Conv2D(channels, 3, padding="same", kernel_initializer=initializer, dtype=dtype, name=name)(x)
 
 
 def add_residual(x: Any, inputs: Any, residual: str | None, image_shape: Sequence[int], scale: int,

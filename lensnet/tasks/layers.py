@@ -44,3 +44,42 @@ class ScaledRegressionLoss(keras.losses.Loss):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "kind": self.kind, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class PerImageNormalisation(keras.layers.Layer):
+    """Normalise each image by its own statistics (lensnet.data.normalise `standard` or `minmax`), inside a model."""
+
+    def __init__(self, method: str = "standard", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.method = str(method)
+
+    def call(self, images):
+        from lensnet.data.normalise import apply_normalisation
+
+        return apply_normalisation(images, {"method": self.method})
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "method": self.method}
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class InversePerImageNormalisation(keras.layers.Layer):
+    """[normalised output, raw input] -> the output in the raw input's units (the inverse of PerImageNormalisation
+    with the input's statistics): an image-to-image model fed raw pixels returns pixels in the same units."""
+
+    def __init__(self, method: str = "standard", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.method = str(method)
+
+    def call(self, inputs):
+        from lensnet.data.normalise import invert_normalisation
+
+        outputs, images = inputs
+        return invert_normalisation(outputs, {"method": self.method}, images)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "method": self.method}

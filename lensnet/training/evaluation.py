@@ -36,8 +36,8 @@ def predict_split(model: keras.Model, task: Task, info: Any, split: str, normali
             for step, batch in enumerate(dataset):
                 x = task.prepare(batch, BatchContext(seed=0, epoch=0, step=step, training=False))[0]
                 y_pred.append(keras.ops.convert_to_numpy(predict(x)))
-                numpy_batch = {k: v.numpy() for k, v in batch.items() if k != "image"}
-                y_true.append(task.targets(numpy_batch))
+                numpy_batch = {k: v.numpy() for k, v in batch.items()}  # every field: an image task's targets
+                y_true.append(task.targets(numpy_batch))                # may need the input (a baseline)
                 ids.extend(x.decode() for x in numpy_batch["id"])
                 if sum(len(i) for i in images) < keep_images:
                     images.append(batch["image"].numpy())
