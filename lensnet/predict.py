@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--image-dir", default=None, help="image outputs: folder for the output files (default: OUT's name + _images)"
     )
     parser.add_argument("--image-format", choices=WRITE_FORMATS, default="npy",
-                        help="image outputs: one .npy (default) or FITS file per image")
+                        help="image outputs: one .npy (default) or FITS file per image; a FITS input's header is "
+                             "kept, with its pixel scale (CDELT/CD/PIXSCALE, CRPIX) updated for the output's size")
     parser.add_argument(
         "--skip-bad",
         action="store_true",
@@ -75,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = open_runner(exported, args.runtime, args.threads)
     out = Path(args.out)
     image_dir = Path(args.image_dir) if args.image_dir else out.with_name(f"{out.stem}_images")
-    settings = PredictSettings(threshold=args.threshold, image_dir=image_dir, image_format=args.image_format)
+    settings = PredictSettings(threshold=args.threshold, image_dir=image_dir, image_format=args.image_format,
+                               input_hdu=hdu)
     with atomic_open(out, "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         progress = False if args.no_progress else None

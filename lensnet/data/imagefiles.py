@@ -113,6 +113,66 @@ def npy_shape(path: str | os.PathLike) -> tuple[int, ...] | None:
         return None
 
 
+def _image_hdu(hdul: Any, hdu: int | str | None, path: Path) -> Any:
+    """The HDU `hdu` of an open FITS file, or the first one with 2-D or more image data."""
+    if hdu is None:
+        chosen = next((h for h in hdul if h.is_image and h.data is not None and h.data.ndim >= 2), None)
+        if chosen is None:
+            raise LensnetError(f"{path}: no HDU holds image data")
+        return chosen
+    try:
+        chosen = hdul[hdu]
+    except (KeyError, IndexError):
+        names = ", ".join(f"{i}:{h.name}" for i, h in enumerate(hdul))
+        raise LensnetError(f"{path}: no HDU {hdu!r}; HDUs: {names}") from None
+    if not chosen.is_image or chosen.data is None:
+        raise LensnetError(f"{path}: HDU {hdu!r} holds no image data")
+    return chosen
+
+
+def read_fits_header(path: str | os.PathLike, hdu: int | str | None = None) -> Any:
+    """The header (astropy.io.fits.Header) of the HDU `read_fits` reads, or None if the file cannot be read."""
+    from astropy.io import fits
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, memmap=False) as hdul:
+                return _image_hdu(hdul, hdu, Path(path)).header.copy()
+    except Exception:  # noqa: BLE001  (the pixels were read already; a header we cannot get is just not kept)
+        return None
+
+
+# Keys that describe the stored array's encoding or its place in the file, not the sky: never copied
+_ARRAY_KEYS = ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT", "BSCALE", "BZERO", "BLANK")
+_SCALE_KEYS = ("PIXSCALE", "PIXSCAL1", "PIXSCAL2", "SECPIX", "SECPIX1", "SECPIX2")  # arcsec per pixel
+
+
+def rescaled_header(header: Any, factor: float, note: str = "") -> Any:
+    """A copy of a FITS header for an image of the same sky with `factor` times more pixels per side.
+
+    The pixel scale is divided by `factor` (CDELTi, CDi_j, and the PIXSCALE-like keys), and CRPIXi
+    moves so the reference pixel stays on the same sky position (pixel edges at 0.5 map to 0.5);
+    keys that describe the stored array itself are dropped (astropy writes them for the new data).
+    """
+    from astropy.io import fits
+
+    out = fits.Header()
+    for card in header.cards:
+        key = card.keyword
+        if key in _ARRAY_KEYS or key.startswith("NAXIS") or key in ("", "COMMENT", "HISTORY"):
+            continue
+        value = card.value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key.startswith("CDELT") or (key.startswith("CD") and "_" in key) or key in _SCALE_KEYS:
+                value = value / factor
+            elif key.startswith("CRPIX"):
+                value = (value - 0.5) * factor + 0.5
+        out.append((key, value, card.comment))
+    out.add_history(note or f"lensnet: pixel scale divided by {factor:g} (super-resolution)")
+    return out
+
+
 def read_fits(path: str | os.PathLike, hdu: int | str | None = None) -> np.ndarray:
     """The image data of one HDU (default: the first HDU with 2-D or more data), as float64."""
     from astropy.io import fits
@@ -122,19 +182,7 @@ def read_fits(path: str | os.PathLike, hdu: int | str | None = None) -> np.ndarr
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with fits.open(path, memmap=False) as hdul:
-                if hdu is None:
-                    chosen = next((h for h in hdul if h.is_image and h.data is not None and h.data.ndim >= 2), None)
-                    if chosen is None:
-                        raise LensnetError(f"{path}: no HDU holds image data")
-                else:
-                    try:
-                        chosen = hdul[hdu]
-                    except (KeyError, IndexError):
-                        names = ", ".join(f"{i}:{h.name}" for i, h in enumerate(hdul))
-                        raise LensnetError(f"{path}: no HDU {hdu!r}; HDUs: {names}") from None
-                    if not chosen.is_image or chosen.data is None:
-                        raise LensnetError(f"{path}: HDU {hdu!r} holds no image data")
-                data = np.array(chosen.data, dtype=np.float64)  # copied out before the file closes
+                data = np.array(_image_hdu(hdul, hdu, path).data, dtype=np.float64)  # copied before it closes
         for warning in caught:
             text = str(warning.message)
             if "truncated" in text.lower() or "corrupt" in text.lower():
@@ -258,9 +306,9 @@ def as_image_batch(array: Any, expected: tuple[int, int, int], source: str | os.
 # ---- writing -----------------------------------------------------------------------------------------
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray, fmt: str) -> Path:
-    """Write one image (H, W, C) float32 as .npy, or as FITS (a (C, H, W) cube, a 2-D image when C is 1),
-    atomically; returns the path written (the format's suffix is added)."""
+def write_image(path: str | os.PathLike, image: np.ndarray, fmt: str, header: Any = None) -> Path:
+    """Write one image (H, W, C) float32 as .npy, or as FITS (a (C, H, W) cube, a 2-D image when C is 1,
+    with `header`'s cards when given), atomically; returns the path written (the format's suffix is added)."""
     image = np.asarray(image, dtype=np.float32)
     if fmt not in WRITE_FORMATS:
         raise LensnetError(f"unknown image format {fmt!r}; choose one of {', '.join(WRITE_FORMATS)}")
@@ -273,5 +321,5 @@ def write_image(path: str | os.PathLike, image: np.ndarray, fmt: str) -> Path:
 
     cube = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else np.moveaxis(image, -1, 0)
     with atomic_open(path, "wb") as handle:
-        fits.PrimaryHDU(cube).writeto(handle)
+        fits.PrimaryHDU(cube, header=header).writeto(handle)
     return path

@@ -75,6 +75,7 @@ class PredictSettings:
     threshold: float = 0.5  # binary probabilities: p >= threshold is the positive class
     image_dir: Path | None = None  # image outputs: the folder their files go to
     image_format: str = "npy"  # image outputs: npy | fits
+    input_hdu: int | str | None = None  # FITS inputs: the HDU read (its header is kept in FITS image outputs)
     written: list[Path] = field(default_factory=list)  # image outputs: files written so far
 
 
@@ -295,11 +296,29 @@ class Image(OutputKind):
         for source, image in zip(sources, outputs):
             # Numbered in row order so two inputs with one file name never overwrite each other.
             stem = _UNSAFE.sub("_", Path(source.replace("[", "_").replace("]", "")).name).strip("_") or "image"
+            header = _output_header(source, image, settings) if settings.image_format == "fits" else None
             path = write_image(settings.image_dir / f"{len(settings.written):06d}-{stem}", image,
-                               settings.image_format)
+                               settings.image_format, header)
             settings.written.append(path)
             rows.append([str(path)])
         return rows
 
     def truth_label(self, spec: OutputSpec, value: Any) -> str:
         return ""
+
+
+def _output_header(source: str, image: np.ndarray, settings: PredictSettings) -> Any:
+    """For an output image of a FITS input: the input's header, its pixel scale divided by the output's
+    upsampling (output width / input width), so WCS-aware tools place the super-resolved pixels on the sky."""
+    from lensnet.data.imagefiles import file_format, read_fits_header, rescaled_header
+
+    path = Path(re.sub(r"\[\d+\]$", "", source))
+    if file_format(path) != "fits" or not path.is_file():
+        return None
+    header = read_fits_header(path, settings.input_hdu)
+    if header is None or not header.get("NAXIS1"):
+        return None
+    factor = image.shape[1] / float(header["NAXIS1"])
+    note = f"lensnet: {image.shape[1]}x{image.shape[0]} output of a {header['NAXIS1']}-pixel-wide input, " \
+           f"pixel scale divided by {factor:g}"
+    return rescaled_header(header, factor, note)
