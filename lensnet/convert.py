@@ -8,6 +8,9 @@ Formats:
                  --val-fraction of train/ becomes the val split; --split-map val=val changes the mapping,
                  --resplit pools every file and splits by --splits
   fits           FITS cutouts, labelled by subfolder, or unlabelled when directly in SRC
+  degrade        a lensnet dataset of HR images (e.g. imported FITS cutouts) -> super-resolution pairs:
+                 LR `image` = Gaussian blur (--psf-fwhm, HR pixels), block mean (--factor) and noise
+                 (--noise-rms, --gain) of the HR image, kept as `image_hr` (lensnet.data.degrade)
 
 The conversion is resumable (a rerun keeps complete shards) and deterministic
 (split assignment and record order follow --seed).
@@ -60,6 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     fits = sub.add_parser("fits", parents=[common], help="FITS cutouts",
                           description="Import FITS cutouts (class = subfolder; files directly in SRC: unlabelled).")
     fits.add_argument("--hdu", type=_hdu, help="HDU index or name (default: the first HDU with image data)")
+    degrade = sub.add_parser("degrade", help="LR/HR pairs from a dataset of HR images",
+                             description="Make super-resolution pairs from a lensnet dataset of HR images: "
+                                         "LR = blur, block mean and noise of HR (lensnet.data.degrade).")
+    degrade.add_argument("source", metavar="SRC", help="dataset directory (with manifest.json) of HR images")
+    degrade.add_argument("--out", required=True, help="output dataset directory")
+    degrade.add_argument("--name", help="dataset name in the manifest (default: the --out folder name)")
+    degrade.add_argument("--field", default="image", help="the HR image field of SRC (default image)")
+    degrade.add_argument("--factor", type=int, default=2, help="HR pixels per LR pixel per side (default 2)")
+    degrade.add_argument("--psf-fwhm", type=float, default=0.0,
+                         help="Gaussian blur FWHM in HR pixels before downsampling (default 0)")
+    degrade.add_argument("--noise-rms", type=float, default=0.0, help="Gaussian noise rms on LR, HR units")
+    degrade.add_argument("--gain", type=float, default=0.0, help="> 0: Poisson noise with this many counts per unit")
+    degrade.add_argument("--seed", type=int, default=0, help="seeds the noise (record i draws from (seed, i))")
+    degrade.add_argument("--records-per-shard", type=int, default=1000)
+    degrade.add_argument("--workers", type=int, default=1)
+    degrade.add_argument("--overwrite", action="store_true", help="replace a different dataset already in --out")
+    degrade.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -69,6 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lensnet.simulate.command import print_summary
 
     args = build_parser().parse_args(argv)
+    if args.format == "degrade":
+        from lensnet.data.degrade import Degradation, degrade_dataset
+
+        spec = Degradation(args.factor, args.psf_fwhm, args.noise_rms, args.gain)
+        summary = degrade_dataset(args.source, args.out, spec, field=args.field, seed=args.seed,
+                                  records_per_shard=args.records_per_shard, name=args.name, workers=args.workers,
+                                  overwrite=args.overwrite, progress=not args.no_progress)
+        print_summary(summary)
+        return 0
     summary = convert_dataset(
         args.format, args.source, args.out,
         splits=args.splits, seed=args.seed, layout=args.layout, hdu=getattr(args, "hdu", None),
