@@ -110,7 +110,7 @@ def test_bicubic_has_no_weights_and_its_psnr_is_reproduced_independently(runs: P
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model", "edsr", "--set", "model.args.scale=4"], "scale 4) but the dataset's HR images are 32x32 (scale 2)"),
+    (["--model", "edsr", "--set", "model.args.scale=4"], "scale 4) but the dataset's HR images are 32x32x1 (scale 2)"),
     (["--model", "cnn_small"], "'cnn_small' is a backbone model, but this task needs a super_resolution model"),
     (["--model", "swinir", "--set", "model.args.window_size=5"], "window_size 5 does not divide"),
     (["--model", "edsr", "--set", "data.normalise=standard"], "data.normalise must be none"),
@@ -151,7 +151,7 @@ def test_degrade_makes_aligned_pairs_and_d4_keeps_them_aligned(tmp_path: Path) -
         batch = next(iter(load(info, "train", batch_size=16, augment=augment, normalise="none", seed=3)))
         lr, hr = batch["image"].numpy(), batch["image_hr"].numpy()
         np.testing.assert_allclose(lr, hr.reshape(-1, 16, 2, 16, 2, 1).mean(axis=(2, 4)), atol=1e-6)
-    assert run_cli(convert_main, [*argv[:-4], "--out", str(tmp_path / "p3"), "--factor", "3"]) == 2
+    assert run_cli(convert_main, [*argv[:2], "--out", str(tmp_path / "p3"), "--factor", "3"]) == 2
     blurred = tmp_path / "blurred"
     argv_blur = [*argv[:3], str(blurred), "--psf-fwhm", "2", "--noise-rms", "0.1", "--no-progress"]
     assert run_cli(convert_main, argv_blur) == 0
