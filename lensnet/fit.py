@@ -43,7 +43,7 @@ def list_models() -> None:
     from lensnet.models import list_models as models
 
     for entry in models():
-        print(f"{entry['name']:14s} {entry['family']:13s} {entry['description']}")
+        print(f"{entry['name']:14s} {entry['family']:13s} {entry['kind']:17s} {entry['description']}")
 
 
 def list_tasks() -> None:

@@ -18,7 +18,8 @@ from lensnet.models import create_model, list_models, model_info, pool_features,
 from lensnet.models import registry as registry_module
 
 TINY_SHAPE = (16, 16)
-NAMES = [entry["name"] for entry in list_models()]
+# Backbones (features for a task to pool); super-resolution models are tested in test_super_resolution.py.
+NAMES = [entry["name"] for entry in list_models() if entry["kind"] == "backbone"]
 EXPECTED = {
     "cnn_small",
     "resnet18",
@@ -57,13 +58,15 @@ def test_list_models_content():
     assert [e["name"] for e in entries] == sorted(e["name"] for e in entries)
     assert EXPECTED <= set(NAMES)
     for entry in entries:
-        assert set(entry) == {"name", "family", "description", "defaults"}
+        assert set(entry) == {"name", "family", "kind", "description", "defaults"}
+        assert entry["kind"] in ("backbone", "super_resolution")
         assert entry["family"] and entry["description"]
         assert entry["defaults"]["weights"] is None  # never pretrained unless a local file is given
     families = {e["name"]: e["family"] for e in entries}
     assert families["resnet18"] == "resnet" and families["vit_tiny"] == "vit" and families["swin_tiny"] == "swin"
     assert model_info("vit_tiny") == next(e for e in entries if e["name"] == "vit_tiny")
     assert model_info("vit_small")["defaults"]["hidden_dim"] == 384
+    assert {e["name"] for e in entries if e["kind"] == "super_resolution"} == {"bicubic", "edsr", "rcan", "swinir"}
 
 
 def test_every_model_has_tiny_test_overrides():

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def model_names(spec: str) -> list[str]:
     from lensnet.models import list_models
 
-    names = [m["name"] for m in list_models()]
+    names = [m["name"] for m in list_models() if m["kind"] == "backbone"]  # the classifiers it trains
     return names if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
 
 
