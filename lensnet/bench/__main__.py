@@ -20,6 +20,7 @@ BENCHMARKS = {
     "infer": "Inference images/s and latency: Keras vs SavedModel vs onnxruntime",
     "serve": "REST server under load: requests/s, p50/p99 latency, failures",
     "deeplense": "The published DeepLense tables on the replica presets (classification, axion mass, domain shift)",
+    "sr-downstream": "Axion-mass regressor trained on HR, scored on HR / bicubic LR / super-resolved LR",
 }
 
 
@@ -29,10 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="name", required=True, metavar="NAME")
     modules = {}
     for name, help_ in BENCHMARKS.items():
+        module = f"lensnet.bench.{name.replace('-', '_')}"  # sr-downstream lives in sr_downstream.py
         try:
-            modules[name] = importlib.import_module(f"lensnet.bench.{name}")
+            modules[name] = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != f"lensnet.bench.{name}":
+            if exc.name != module:
                 raise
             continue
         sp = sub.add_parser(name, help=help_, description=help_)
