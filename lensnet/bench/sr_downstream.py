@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         err = pred - truth
         row = {"input": name if name != "SR LR" else f"SR LR ({args.sr_model})", "n_test": int(len(truth)),
                f"mse_{args.target}": float(np.mean(err**2)), f"mae_{args.target}": float(np.mean(np.abs(err))),
-               "published_mse": PUBLISHED_MSE[name]}
+               "published_mse": PUBLISHED_MSE[name], "psnr_vs_hr": None, "ssim_vs_hr": None}
         if name != "HR":
             quality = iq.per_image(hr, images, "per_image")
             row["psnr_vs_hr"] = iq.mean_interval(quality["psnr"])["mean"]
