@@ -15,14 +15,7 @@ import keras
 from lensnet.models.backbone import image_input
 from lensnet.models.edsr import conv
 from lensnet.models.registry import register_model
-from lensnet.models.upsampling import (
-    SuperResolutionModel,
-    add_residual,
-    check_residual,
-    check_scale,
-    output_conv,
-    upsampler,
-)
+from lensnet.models.upsampling import SuperResolutionModel, check_residual, check_scale, reconstruct
 
 
 def channel_attention(x: Any, filters: int, reduction: int, dtype: Any, name: str) -> Any:
@@ -75,8 +68,7 @@ class RCAN(SuperResolutionModel):
             x = keras.layers.Add(dtype=dtype, name=f"group{g}_add")([x, group_in])
         x = conv(x, filters, dtype, "body_conv")
         x = keras.layers.Add(dtype=dtype, name="global_skip")([x, head])
-        x = output_conv(upsampler(x, scale, filters, dtype), image_shape[-1], dtype, residual)
-        outputs = add_residual(x, inputs, residual, image_shape, scale, dtype)
+        outputs = reconstruct(x, inputs, image_shape, scale, filters, residual, dtype)
         super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=dtype, scale=scale, **kwargs)
 
         # === Config ===

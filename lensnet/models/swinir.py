@@ -27,14 +27,7 @@ from lensnet.models.backbone import image_input
 from lensnet.models.edsr import conv
 from lensnet.models.layers import check_heads, check_lengths, freeze_index_tensors
 from lensnet.models.registry import register_model
-from lensnet.models.upsampling import (
-    SuperResolutionModel,
-    add_residual,
-    check_residual,
-    check_scale,
-    output_conv,
-    upsampler,
-)
+from lensnet.models.upsampling import SuperResolutionModel, check_residual, check_scale, reconstruct
 
 # keras-hub passes the shifted-window attention mask as `mask=`, which Keras mistakes for a Keras mask.
 warnings.filterwarnings("ignore", message="Layer 'attn' \\(of type WindowAttention\\) was passed an input with a mask")
@@ -105,8 +98,7 @@ class SwinIR(SuperResolutionModel):
         x = keras.layers.Add(dtype=dtype, name="global_skip")([x, shallow])
         x = conv(x, upsample_filters, dtype, "before_upsample")
         x = keras.layers.LeakyReLU(0.01, dtype=dtype, name="before_upsample_act")(x)
-        x = output_conv(upsampler(x, scale, upsample_filters, dtype), channels, dtype, residual)
-        outputs = add_residual(x, inputs, residual, image_shape, scale, dtype)
+        outputs = reconstruct(x, inputs, image_shape, scale, upsample_filters, residual, dtype)
         super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=dtype, scale=scale, **kwargs)
 
         # === Config ===

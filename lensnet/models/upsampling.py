@@ -130,3 +130,10 @@ def add_residual(x: Any, inputs: Any, residual: str | None, image_shape: Sequenc
     if residual == "bicubic":
         x = keras.layers.Add(dtype=dtype, name="plus_bicubic")([x, bicubic(inputs, image_shape, scale, dtype)])
     return keras.layers.Activation("linear", dtype="float32", name="sr_image")(x)
+
+
+def reconstruct(x: Any, inputs: Any, image_shape: Sequence[int], scale: int, filters: int, residual: str | None,
+                dtype: Any) -> Any:
+    """The common tail of every trained family: upsampler -> conv to the image's channels (+ bicubic)."""
+    x = output_conv(upsampler(x, scale, filters, dtype), image_shape[-1], dtype, residual)
+    return add_residual(x, inputs, residual, image_shape, scale, dtype)
