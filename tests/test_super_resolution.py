@@ -82,6 +82,7 @@ def test_every_model_trains_one_epoch_and_round_trips_its_config(runs: Path) -> 
         metrics = json.loads((runs / model / "metrics.json").read_text())
         assert metrics["psnr"] is not None and metrics["bicubic_psnr"] is not None and metrics["scale"] == 2
         assert "per_image" in metrics["data_range"] and (runs / model / "plots" / "sr_panels.png").is_file()
+        assert list((runs / model / "logs" / "sr_panels").glob("events.out.tfevents.*"))  # panels each epoch
         built = create_model(model, (16, 16, 1), scale=2)
         again = type(built).from_config(built.get_config())
         again.set_weights(built.get_weights())

@@ -165,6 +165,11 @@ class Task:
         """What the trained model returns (stored in run.json and the export card)."""
         raise NotImplementedError
 
+    def epoch_callbacks(self, log_dir: Path, val_batches: Any) -> list:
+        """Keras callbacks the chief adds to training (e.g. per-epoch TensorBoard images of fixed validation
+        examples under `log_dir`; `val_batches` are the prepared (x, y, w) validation batches); none by default."""
+        return []
+
     def monitor_value(self, metrics: dict) -> float | None:
         """The monitored quantity as computed by `score` (used to rank tuning trials)."""
         return metrics.get(self.monitor)

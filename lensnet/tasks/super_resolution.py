@@ -242,6 +242,11 @@ class SuperResolution(Task):
     def describe(self, y_pred_row: np.ndarray) -> str:
         return ""
 
+    def epoch_callbacks(self, log_dir: Path, val_batches: Any) -> list:
+        if not self.config.plot_examples:
+            return []
+        return [PanelsEachEpoch(val_batches, self.config.plot_examples, Path(log_dir) / "sr_panels", self.scale)]
+
     def output_spec(self) -> OutputSpec:
         return OutputSpec("image", "sr_image", image={"shape": [int(d) for d in self.hr_shape], "inverse": None})
 
@@ -267,3 +272,28 @@ def panels_figure(bicubic: np.ndarray, prediction: np.ndarray, hr: np.ndarray, s
             ax.set_title(title, fontsize=7)
             ax.axis("off")
     return fig
+
+
+class PanelsEachEpoch(keras.callbacks.Callback):
+    """TensorBoard image "sr_panels" after every epoch: LR (bicubic) / SR / HR / residual of the first
+    validation examples (the same ones every epoch: validation batches are in order, unaugmented)."""
+
+    def __init__(self, val_batches: Any, n: int, log_dir: Path, scale: int) -> None:
+        super().__init__()
+        self.val_batches, self.n, self.log_dir, self.scale = val_batches, int(n), Path(log_dir), int(scale)
+        self.examples: tuple | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from lensnet.tasks import plots
+
+        if self.examples is None:
+            x, y, _ = next(iter(self.val_batches))
+            self.examples = (x[: self.n], y[: self.n].numpy())
+            self.writer = tf.summary.create_file_writer(str(self.log_dir))
+        x, hr = self.examples
+        sr = self.model(x, training=False).numpy()
+        bicubic = tf.image.resize(x, hr.shape[1:3], method="bicubic").numpy()
+        png = plots.png_bytes(panels_figure(bicubic, sr, hr, self.scale))
+        with self.writer.as_default():
+            tf.summary.image("sr_panels", tf.image.decode_png(png, channels=4)[None], step=int(epoch) + 1)
+        self.writer.flush()

@@ -199,6 +199,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), update_freq="epoch",
                                                      write_graph=False))
         callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=initial_epoch > 0))
+        callbacks += task.epoch_callbacks(run_dir / "logs", val_ds)
 
     def on_epoch(done: int, best_epoch: int | None) -> None:
         run_info.epochs_done, run_info.best_epoch = done, best_epoch
