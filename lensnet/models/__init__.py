@@ -7,7 +7,7 @@ Importing this package registers every family, so `keras.models.load_model` can
 rebuild a saved lensnet model (`import lensnet.models` before loading).
 """
 
-from lensnet.models import cnn, deit, efficientnet, resnet, swin, vit  # noqa: F401  (registers the models)
+from lensnet.models import cnn, cvt, deit, efficientnet, resnet, swin, vit  # noqa: F401  (registers the models)
 from lensnet.models.backbone import Backbone
 from lensnet.models.pooling import FeaturePooling, pool_features
 from lensnet.models.registry import create_model, list_models, model_info, register_model
