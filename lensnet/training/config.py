@@ -167,6 +167,7 @@ def cli_overrides(args: Any) -> dict:
 
     put("task.name", args.task)
     put("task.target", args.target)
+    put("task.teacher", getattr(args, "teacher", None))
     put("model.name", args.model)
     put("data.path", args.data)
     put("data.batch_size", args.batch_size)
