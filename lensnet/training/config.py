@@ -32,6 +32,7 @@ FIT_DEFAULTS: dict[str, Any] = {
         "name": "cnn_small",
         "args": {},  # builder overrides, checked by the model registry
         "dropout": 0.0,  # before the task head
+        "weights": None,  # local .weights.h5 or keras-hub preset directory (lensnet.models.transfer)
     },
     "train": {
         "epochs": 10,

@@ -10,8 +10,11 @@ from lensnet.tasks.base import BackboneFactory, Task
 
 
 def backbone_factory(model_config: dict) -> BackboneFactory:
-    """input shape -> the configured registry backbone (`model.name` with `model.args`)."""
+    """input shape -> the configured registry backbone (`model.name` with `model.args`, and
+    `model.weights`: pretrained weights adapted to the input, see lensnet.models.transfer)."""
     name, args = model_config["name"], dict(model_config.get("args") or {})
+    if model_config.get("weights"):
+        args["weights"] = model_config["weights"]
 
     def make(input_shape: Sequence[int]) -> Any:
         return create_model(name, tuple(input_shape), **args)
