@@ -308,7 +308,7 @@ def cvt_13(input_shape: tuple[int, int, int], **kwargs: Any) -> keras.Model:
     "cvt_tiny",
     family="cvt",
     description="CvT for 64 px cutouts (widths 64/128/192, depths 1/1/3, strides 2/2/2: 32, 16, 8 tokens a side, "
-    "~1.6M params)",
+    "~1.9M params)",
     defaults={**_CVT_COMMON, "embed_dims": [64, 128, 192], "depths": [1, 1, 3], "num_heads": [1, 2, 3],
               "patch_sizes": [5, 3, 3], "patch_strides": [2, 2, 2]},
 )
