@@ -101,8 +101,6 @@ class Teacher:
         else:
             p = self.model(x, training=False)
         p = tf.stop_gradient(tf.cast(p, tf.float32))
-        if p.shape[-1] == 1:  # a binary head: p(positive) -> two columns
-            p = tf.concat([1.0 - p, p], axis=-1)
         return tf.gather(p, self.class_order, axis=-1)
 
     def backbone(self) -> Any:
