@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="model name from the registry (see --list-models)")
     parser.add_argument("--data", help="dataset directory (default: the task's default dataset, simulated if absent)")
     parser.add_argument("--target", help="regression target: any stored parameter")
+    parser.add_argument("--teacher", metavar="RUN_OR_EXPORT",
+                        help="distil from this teacher run or export (task.teacher; see task.distill, task.alpha)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="peak learning rate")

@@ -31,6 +31,8 @@ _EFF_TINY = {
     "stackwise_block_types": ["cba", "unfused"],
 }
 _VIT_TINY = {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32, "patch_size": 4}
+_CVT_TINY = {"embed_dims": [8, 8, 16], "depths": [1, 1, 1], "num_heads": [1, 1, 2], "patch_sizes": [3, 3, 3],
+             "patch_strides": [2, 2, 2]}
 _RESNET_TINY = {"stem_filters": 4, "stage_filters": [4, 8], "stage_blocks": [1, 1]}
 TINY: dict[str, dict] = {
     "cnn_small": {"filters": [4, 8]},
@@ -41,6 +43,8 @@ TINY: dict[str, dict] = {
     "vit_tiny": _VIT_TINY,
     "vit_small": _VIT_TINY,
     "deit_tiny": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "intermediate_dim": 32, "patch_size": 4},
+    "cvt_tiny": _CVT_TINY,
+    "cvt_13": _CVT_TINY,
     "swin_tiny": {"embed_dim": 8, "depths": [2, 2], "num_heads": [2, 2], "window_size": 4, "patch_size": 2},
 }
 

@@ -22,7 +22,7 @@ from helpers import ROOT, keras_outputs, make_image_run, make_run, raw_images, t
 from lensnet.core.errors import LensnetError, run_cli
 
 FAMILIES = {"cnn": "cnn_small", "resnet": "resnet18", "efficientnet": "effnetv2_b0", "vit": "vit_tiny",
-            "deit": "deit_tiny", "swin": "swin_tiny"}
+            "deit": "deit_tiny", "swin": "swin_tiny", "cvt": "cvt_tiny"}
 
 
 # One registry family each, spread over output kinds, normalisations and channel counts.
@@ -33,6 +33,7 @@ FAMILY_CASES = [
     ("vit", "multiclass", {"method": "standard"}, 1),
     ("deit", "binary", {"method": "none"}, 1),
     ("swin", "multiclass", {"method": "dataset", "mean": [0.1, 0.2, 0.3], "std": [1.0, 2.0, 3.0]}, 3),
+    ("cvt", "multiclass", {"method": "standard"}, 1),
 ]
 
 

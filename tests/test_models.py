@@ -30,6 +30,8 @@ EXPECTED = {
     "vit_small",
     "deit_tiny",
     "swin_tiny",
+    "cvt_tiny",
+    "cvt_13",
 }
 
 
@@ -160,7 +162,7 @@ def test_mixed_precision_gives_float32_features(name, mixed_precision):
     assert np.all(np.isfinite(np.asarray(y)))
 
 
-@pytest.mark.parametrize("name", ["cnn_small", "swin_tiny"])
+@pytest.mark.parametrize("name", ["cnn_small", "swin_tiny", "cvt_tiny"])
 def test_builds_and_trains_under_mirrored_strategy(name):
     strategy = tf.distribute.MirroredStrategy()
     with strategy.scope():
@@ -310,6 +312,8 @@ FEATURES = {
     "vit_small": ("tokens", 1, (4, 4), 16, "cls"),
     "deit_tiny": ("tokens", 2, (4, 4), 16, "cls"),
     "swin_tiny": ("map", 0, (4, 4), 16, "avg"),
+    "cvt_tiny": ("tokens", 1, (2, 2), 16, "cls"),
+    "cvt_13": ("tokens", 1, (2, 2), 16, "cls"),
 }
 
 
@@ -338,6 +342,22 @@ def test_pyramid_outputs_give_every_stage(name):
     stages = extractor(_images(2, 1))
     assert stages["stage1"].shape[1:3] == model.patch_grid
     assert stages["stage0"].shape[1] == 2 * stages["stage1"].shape[1]
+
+
+def test_cvt_convolutional_attention_and_class_token_in_the_last_stage():
+    from lensnet.models.cvt import ConvAttention
+
+    model = _tiny("cvt_tiny")
+    attentions = [layer for layer in model.layers if isinstance(layer, ConvAttention)]
+    assert len(attentions) == 3 and [a.num_prefix_tokens for a in attentions] == [0, 0, 1]
+    assert not any("position" in w.path for w in model.weights)  # no position embedding
+    # keys and values come from a stride-2 depthwise projection: a quarter of the query positions
+    weights, _ = attentions[0].attention_weights(keras.ops.ones((1, 8 * 8, 8)))
+    assert tuple(weights.shape) == (1, 1, 64, 16)
+    avg = create_model("cvt_tiny", (16, 16, 1), **{**TINY["cvt_tiny"], "use_class_token": False})
+    assert (avg.num_prefix_tokens, avg.default_pooling) == (0, "avg")
+    with pytest.raises(LensnetError, match="divisible"):
+        create_model("cvt_tiny", (16, 16, 1), **{**TINY["cvt_tiny"], "num_heads": [3, 1, 2]})
 
 
 def test_deit_keeps_class_and_distillation_tokens():

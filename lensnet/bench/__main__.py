@@ -21,6 +21,8 @@ BENCHMARKS = {
     "serve": "REST server under load: requests/s, p50/p99 latency, failures",
     "deeplense": "The published DeepLense tables on the replica presets (classification, axion mass, domain shift)",
     "sr-downstream": "Axion-mass regressor trained on HR, scored on HR / bicubic LR / super-resolved LR",
+    "distill": "Teacher, student, student + teacher at one budget: AUC, params, FLOPs, CPU latency",
+    "erasing": "Iterative erasing vs none vs random erasing: AUC clean and with 10% of each test image erased",
 }
 
 

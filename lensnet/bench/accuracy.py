@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", default="cnn_small,resnet18,effnetv2_b0,vit_tiny,swin_tiny",
+    parser.add_argument("--models", default="cnn_small,resnet18,effnetv2_b0,vit_tiny,deit_tiny,swin_tiny,cvt_tiny",
                         help="comma-separated registry names, or 'all'")
     parser.add_argument("--dataset", default="model_ii", help="dataset preset to simulate")
     parser.add_argument("--data", help="use this dataset directory instead of simulating one")

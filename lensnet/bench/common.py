@@ -65,3 +65,18 @@ def interleaved_rates(cases: dict[str, Callable[[], int]], rounds: int = 3) -> d
             items[name] += fn()
             seconds[name] += time.perf_counter() - t0
     return {name: items[name] / seconds[name] for name in cases}
+
+
+def model_flops(model, input_shape: Sequence[int]) -> int | None:
+    """Floating-point operations of one image through `model` (a multiply-add counts 2), as TF's
+    profiler counts them on the traced graph (MatMul, Conv2D, ...); None if it cannot count."""
+    import tensorflow as tf
+
+    try:
+        function = tf.function(lambda x: model(x, training=False))
+        graph = function.get_concrete_function(tf.TensorSpec([1, *input_shape], tf.float32)).graph
+        options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+        options["output"] = "none"
+        return int(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
+    except Exception:  # a profiler without a registered count for some op: leave the column empty
+        return None

@@ -91,7 +91,7 @@ def _calibrated(fn: Callable[[], None], batch: int, seconds: float) -> Callable[
 def time_export(
     run: Path, export_dir: Path, batch_sizes: list[int], rounds: int, seconds: float, seed: int
 ) -> list[dict]:
-    from lensnet.bench.common import interleaved_rates
+    from lensnet.bench.common import interleaved_rates, model_flops
     from lensnet.core.runs import load_model, read_run
     from lensnet.data.normalise import apply_normalisation
     from lensnet.serving.export import float32_model
@@ -104,6 +104,7 @@ def time_export(
     exported = load_export(export_dir)
     spec = exported.spec
     runners = {"savedmodel": open_runner(exported, "tf"), "onnxruntime": open_runner(exported, "onnx")}
+    params, flops = int(model.count_params()), model_flops(model, exported.input_shape)
     rows = []
     for batch in batch_sizes:
         images = np.random.default_rng(seed).standard_normal((batch, *exported.input_shape)).astype(np.float32)
@@ -123,6 +124,8 @@ def time_export(
                 {
                     "model": info.model,
                     "input": "x".join(map(str, exported.input_shape)),
+                    "params": params,
+                    "mflops": None if flops is None else round(flops / 1e6, 1),
                     "batch": batch,
                     "runtime": name,
                     "images_s": round(rate, 1),

@@ -10,6 +10,7 @@ rebuild a saved lensnet model (`import lensnet.models` before loading).
 from lensnet.models import (  # noqa: F401  (registers the models)
     bicubic,
     cnn,
+    cvt,
     deit,
     edsr,
     efficientnet,

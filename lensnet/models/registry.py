@@ -21,7 +21,6 @@ follows: `lensnet.models.pooling.pool_features(backbone, backbone(images))` give
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,8 +135,9 @@ def create_model(name: str, input_shape: tuple[int, int, int], *, kind: str | No
     `num_prefix_tokens`, `patch_grid`, `feature_dim`, `pyramid_outputs` and
     `default_pooling`; `pool_features(backbone, backbone(images))` pools them to
     (batch, D). `overrides` replace entries of the model's defaults (see
-    `model_info(name)["defaults"]`). `weights` may name a local `.weights.h5` file
-    saved from the same architecture; nothing is ever downloaded. `kind`, when given, is the
+    `model_info(name)["defaults"]`). `weights` may name a local `.weights.h5` file or
+    keras-hub preset directory of the same architecture, for any input channels and image
+    size (see `lensnet.models.transfer`); nothing is ever downloaded. `kind`, when given, is the
     kind of model the caller needs (MODEL_KINDS): another kind is a one-line error.
     """
     spec = _spec(name)
@@ -169,13 +169,6 @@ def create_model(name: str, input_shape: tuple[int, int, int], *, kind: str | No
 
 
 def _load_local_weights(model: keras.Model, name: str, weights: Any) -> None:
-    path = os.fspath(weights)
-    if not os.path.isfile(path):
-        raise LensnetError(
-            f"weights for model {name!r} must be a local .weights.h5 file (nothing is downloaded); not found: {path}"
-        )
-    try:
-        model.load_weights(path)
-    except (ValueError, OSError) as exc:
-        message = " ".join(str(exc).split())[:300]
-        raise LensnetError(f"cannot load weights {path} into model {name!r}: {message}") from exc
+    from lensnet.models.transfer import load_pretrained
+
+    load_pretrained(model, name, weights)

@@ -16,7 +16,8 @@ plain inference function; branches used only by the loss are never exported.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import types
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import keras
@@ -63,6 +64,8 @@ class TaskModel(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.task_metrics = list(metrics_list)
         self.built = network.built  # every weight lives in the (functional, built) network
+        # Training-only input transforms (lensnet.training.erasing), untracked: never saved or exported.
+        self.hooks = types.SimpleNamespace(inputs=[])
 
     # ---- inference ------------------------------------------------------------------------
     def call(self, inputs: Any, training: bool = False) -> Any:
@@ -79,6 +82,16 @@ class TaskModel(keras.Model):
         return keras.Model(self.network.inputs, self.network.output[self.output_key], name=self.network.name)
 
     # ---- training -------------------------------------------------------------------------
+    def add_input_hook(self, hook: Callable[[Any, Any], Any]) -> None:
+        """`hook(x, global_step) -> x` transforms every training batch before `compute_step`."""
+        self.hooks.inputs.append(hook)
+
+    def training_inputs(self, x: Any) -> Any:
+        """A training batch's inputs after the input hooks (what the trainers pass to `compute_step`)."""
+        for hook in self.hooks.inputs:
+            x = hook(x, self.optimizer.iterations)
+        return x
+
     def compute_step(self, x: Any, y: Any, sample_weight: Any = None, training: bool = False,
                      global_batch_size: Any = None) -> tuple[tf.Tensor, MetricInputs]:
         """(loss, metric inputs) of one batch; the loss is scaled by `average_loss(..., global_batch_size)`
@@ -107,6 +120,7 @@ class TaskModel(keras.Model):
 
     def train_step(self, data: Any) -> dict:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x = self.training_inputs(x)
         with tf.GradientTape() as tape:
             loss, metric_inputs = self.compute_step(x, y, sample_weight, training=True)
             scaled = self.optimizer.scale_loss(loss)

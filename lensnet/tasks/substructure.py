@@ -10,6 +10,7 @@ import numpy as np
 from lensnet.tasks import plots, scores
 from lensnet.tasks.base import BackboneFactory, BatchContext, pooled_network, register_task
 from lensnet.tasks.classification import ClassificationTask
+from lensnet.tasks.distillation import DistillationOptions, build_student, check_options
 from lensnet.tasks.outputs import OutputSpec
 
 
@@ -19,6 +20,10 @@ class Substructure(ClassificationTask):
     description = "multi-class substructure; accuracy, macro and per-class one-vs-rest ROC AUC, confusion matrix"
     monitor = "macro_roc_auc"
     monitor_mode = "max"
+    Config = DistillationOptions  # `--teacher RUN` (task.teacher) trains with knowledge distillation
+
+    def check_config(self) -> None:
+        check_options(self.config)
 
     def prepare(self, batch: dict, context: BatchContext) -> tuple:
         import tensorflow as tf
@@ -31,6 +36,8 @@ class Substructure(ClassificationTask):
 
         from lensnet.tasks.model import SupervisedModel
 
+        if self.config.teacher:
+            return build_student(self, backbone_factory, info, config)
         def head(features: Any) -> Any:
             return keras.layers.Dense(len(self.class_names), activation="softmax", dtype="float32",
                                       name="class_probabilities")(features)

@@ -32,6 +32,7 @@ FIT_DEFAULTS: dict[str, Any] = {
         "name": "cnn_small",
         "args": {},  # builder overrides, checked by the model registry
         "dropout": 0.0,  # before the task head
+        "weights": None,  # local .weights.h5 or keras-hub preset directory (lensnet.models.transfer)
     },
     "train": {
         "epochs": 10,
@@ -55,6 +56,8 @@ FIT_DEFAULTS: dict[str, Any] = {
         # constant outputs while training accuracy is high): see lensnet.training.precise_bn.
         "precise_bn_batches": 32,
         "monitor": None,  # default: the task's validation metric
+        # iterative erasing (lensnet.training.erasing): none | random | attention (rollout / Grad-CAM)
+        "erasing": {"mode": "none", "every": 1, "fraction": 0.1},
     },
     "run": {
         "dir": "runs",
@@ -70,6 +73,7 @@ FIT_DEFAULTS: dict[str, Any] = {
     },
 }
 OPEN_KEYS = ("model.args", "train.class_weight")
+ERASING_MODES = ("none", "random", "attention")
 TASK_DIR = CONFIG_DIR / "tasks"
 
 
@@ -150,11 +154,29 @@ def validate(config: dict) -> None:
         if config[section][key] not in valid:
             raise LensnetError(f"{section}.{key} must be one of {', '.join(map(str, valid))}; "
                                f"got {config[section][key]!r}")
+    train["erasing"] = check_erasing(train.get("erasing", FIT_DEFAULTS["train"]["erasing"]))
     if not 0 <= float(train["label_smoothing"]) < 1:
         raise LensnetError(f"train.label_smoothing must be in [0, 1), got {train['label_smoothing']!r}")
     if not isinstance(config["model"]["args"], dict):
         raise LensnetError("model.args must be a mapping of builder arguments")
     positive(config["distribute"], "cpu_devices", "distribute")
+
+
+def check_erasing(section: Any) -> dict:
+    """The validated `train.erasing` section (one-line errors name the key)."""
+    if not isinstance(section, dict):
+        raise LensnetError(f"train.erasing must be a mapping (mode, every, fraction), got {section!r}")
+    unknown = sorted(set(section) - {"mode", "every", "fraction"})
+    if unknown:
+        raise LensnetError(f"unknown config key 'train.erasing.{unknown[0]}'; valid keys: every, fraction, mode")
+    mode, every, fraction = section.get("mode", "none"), section.get("every", 1), section.get("fraction", 0.1)
+    if mode not in ERASING_MODES:
+        raise LensnetError(f"train.erasing.mode must be one of {', '.join(ERASING_MODES)}, got {mode!r}")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise LensnetError(f"train.erasing.every must be a positive integer (epochs), got {every!r}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) < 1.0:
+        raise LensnetError(f"train.erasing.fraction must be in [0, 1), got {fraction!r}")
+    return {"mode": mode, "every": int(every), "fraction": float(fraction)}
 
 
 def cli_overrides(args: Any) -> dict:
@@ -167,6 +189,7 @@ def cli_overrides(args: Any) -> dict:
 
     put("task.name", args.task)
     put("task.target", args.target)
+    put("task.teacher", getattr(args, "teacher", None))
     put("model.name", args.model)
     put("data.path", args.data)
     put("data.batch_size", args.batch_size)

@@ -175,6 +175,7 @@ def _make_train_step(model: keras.Model, strategy: tf.distribute.Strategy, loss_
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def replica_step(x, y, w, valid, n):
+        x = model.training_inputs(x)  # input hooks (train.erasing), outside the tape
         with tf.GradientTape() as tape:
             loss, metric_inputs = model.compute_step(x, y, w, training=True, global_batch_size=n)
             scaled = optimizer.scale_loss(loss)

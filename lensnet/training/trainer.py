@@ -205,6 +205,11 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
         run_info.epochs_done, run_info.best_epoch = done, best_epoch
         write_run(run_dir, run_info)
 
+    if train["erasing"]["mode"] != "none":  # before the checkpoint: a snapshot is saved before its epoch runs
+        from lensnet.training.erasing import attach_erasing
+
+        with strategy.scope():
+            callbacks.append(attach_erasing(model, train["erasing"], seed, steps_per_epoch, run_dir, write=chief))
     callbacks.append(cb.RunCheckpoint(run_dir, monitor, mode, stateful, state, on_epoch=on_epoch, write=chief))
 
     if initial_epoch < epochs:

@@ -1,0 +1,102 @@
+"""Distillation at one budget: the teacher, the student alone, the student with the teacher.
+
+Each row is trained through lensnet.fit (task substructure) on the same dataset, seed, epochs and
+schedule, scored on the same test split, then timed: parameters, MFLOPs per image (TF profiler)
+and CPU latency at batch 1 and 64 (Keras predict_on_batch, median of `--repeats`), i.e. what the
+compression buys. The teacher is trained first (or given with --teacher-run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="dataset directory (e.g. a DeepLense replica)")
+    parser.add_argument("--teacher", default="resnet18", help="teacher registry model (default resnet18)")
+    parser.add_argument("--teacher-run", help="use this finished run as the teacher instead of training one")
+    parser.add_argument("--student", default="deit_tiny", help="student registry model (default deit_tiny)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--teacher-epochs", type=int, help="teacher epochs (default --epochs)")
+    parser.add_argument("--distill", default="hard", choices=("hard", "soft"))
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per batch size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
+
+
+def latency_ms(model, shape: tuple, batch: int, repeats: int, seed: int) -> float:
+    """Median ms per call of `model.predict_on_batch` on `batch` random images."""
+    images = np.random.default_rng(seed).standard_normal((batch, *shape)).astype(np.float32)
+    model.predict_on_batch(images)  # trace
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.predict_on_batch(images)
+        times.append(time.perf_counter() - start)
+    return round(1000.0 * float(np.median(times)), 2)
+
+
+def train(name: str, model: str, args: argparse.Namespace, runs: Path, epochs: int, extra: dict):
+    from lensnet.core.config import deep_update, parse_set
+    from lensnet.training.config import resolve_fit_config
+    from lensnet.training.trainer import run_fit
+
+    overrides = deep_update({
+        "model": {"name": model},
+        "data": {"path": args.data, "batch_size": args.batch_size},
+        "train": {"epochs": epochs, "learning_rate": args.lr},
+        "run": {"dir": str(runs), "name": name, "seed": args.seed, "verbose": 2},
+    }, deep_update(parse_set(args.set), extra))
+    return run_fit(resolve_fit_config("substructure", overrides=overrides), progress=False)
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    import keras
+
+    from lensnet.bench.common import model_flops
+    from lensnet.core.runs import load_model, read_run
+
+    runs = Path(tempfile.mkdtemp(prefix="lensnet-bench-distill-"))
+    cases = []
+    if args.teacher_run:
+        teacher_dir = Path(args.teacher_run)
+        cases.append(("teacher", teacher_dir, None))
+    else:
+        result = train("teacher", args.teacher, args, runs, args.teacher_epochs or args.epochs, {})
+        teacher_dir = result.run_dir
+        cases.append(("teacher", teacher_dir, result))
+    cases.append(("student", *_student(args, runs, "student", {})))
+    cases.append(("student+teacher", *_student(args, runs, "distilled", {"task": {
+        "teacher": str(teacher_dir), "distill": args.distill, "alpha": args.alpha}})))
+    rows = []
+    for role, run_dir, result in cases:
+        info = read_run(run_dir)
+        metrics = result.metrics if result is not None else json.loads((run_dir / "metrics.json").read_text())
+        model = load_model(run_dir)
+        shape = tuple(info.input_shape)
+        flops = model_flops(model, shape)
+        rows.append({
+            "role": role, "model": info.model, "params": int(model.count_params()),
+            "mflops": None if flops is None else round(flops / 1e6, 1),
+            "macro_auc": metrics.get("macro_roc_auc"), "accuracy": metrics.get("accuracy"),
+            "ms_batch1": latency_ms(model, shape, 1, args.repeats, args.seed),
+            "ms_batch64": latency_ms(model, shape, 64, args.repeats, args.seed),
+            "epochs": info.epochs_done, "run": str(run_dir),
+        })
+        print(rows[-1], flush=True)
+        keras.backend.clear_session()
+    return rows
+
+
+def _student(args: argparse.Namespace, runs: Path, name: str, extra: dict):
+    result = train(name, args.student, args, runs, args.epochs, extra)
+    return result.run_dir, result

@@ -1,0 +1,104 @@
+"""Inside a plain transformer backbone (ViT, DeiT): the tokens after a chosen block, the attention
+maps of every block, and attention rollout.
+
+keras-hub runs all encoder blocks inside one `ViTEncoder` / `DeiTEncoder` layer, so a block's
+tokens are not a tensor of the functional graph. These functions call the backbone's own layers
+(its weights, no copy) block by block: for feature distillation (match a block's tokens) and for
+attention-guided erasing (which patches does the class token look at).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from lensnet.core.errors import LensnetError
+
+TRANSFORMER_FAMILIES = ("vit", "deit")  # inner keras-hub model names of lensnet's ViT and DeiT backbones
+
+
+def _parts(backbone: Any) -> tuple[str, Any, Any]:
+    """(family, patch embedding layer, encoder layer) of a lensnet ViT or DeiT backbone."""
+    for family in TRANSFORMER_FAMILIES:
+        try:
+            inner = backbone.get_layer(family)
+        except ValueError:
+            continue
+        return family, inner.get_layer(f"{family}_patching_and_embedding"), inner.get_layer(f"{family}_encoder")
+    raise LensnetError(f"model {backbone.name!r} is not a ViT or DeiT backbone: it has no transformer blocks "
+                       "to read tokens or attention from")
+
+
+def num_blocks(backbone: Any) -> int:
+    """Transformer blocks of a ViT or DeiT backbone."""
+    return len(_parts(backbone)[2].encoder_layers)
+
+
+def _run_block(family: str, block: Any, x: Any, scores: bool) -> tuple[Any, Any]:
+    if family == "deit":
+        return block(x, return_attention_scores=scores)
+    if not scores:
+        return block(x), None
+    # keras-hub's ViTEncoderBlock cannot return its attention: the same computation, layer by layer
+    y = block.layer_norm_1(x)
+    y, weights = block.mha(y, y, return_attention_scores=True)
+    x = block.dropout(y) + x
+    return x + block.mlp(block.layer_norm_2(x)), weights
+
+
+def block_tokens(backbone: Any, images: Any, block: int = -1) -> Any:
+    """Tokens (batch, N, D) after transformer block `block` (negative counts from the end; -1 is
+    the last block, before the final LayerNorm)."""
+    family, embed, encoder = _parts(backbone)
+    blocks = encoder.encoder_layers
+    index = block if block >= 0 else len(blocks) + block
+    if not 0 <= index < len(blocks):
+        raise LensnetError(f"model {backbone.name!r} has {len(blocks)} blocks; block {block} does not exist")
+    x = embed(images)
+    for layer in blocks[: index + 1]:
+        x, _ = _run_block(family, layer, x, False)
+    return x
+
+
+def attention_maps(backbone: Any, images: Any) -> list[Any]:
+    """Every block's attention weights (batch, heads, N, N), inference mode."""
+    family, embed, encoder = _parts(backbone)
+    x = embed(images)
+    maps = []
+    for layer in encoder.encoder_layers:
+        x, weights = _run_block(family, layer, x, True)
+        maps.append(weights)
+    return maps
+
+
+def attention_rollout(backbone: Any, images: Any) -> Any:
+    """Attention rollout (Abnar & Zuidema 2020): (batch, h, w) saliency of each patch.
+
+    Per block, heads averaged, plus the identity for the residual path, rows renormalised; the
+    product over blocks gives how much each output token draws on each input token. A patch's
+    saliency is what the prefix (class) tokens draw from it, or, without prefix tokens, what all
+    tokens draw from it on average.
+    """
+    maps = attention_maps(backbone, images)
+    n = int(maps[0].shape[-1])
+    eye = ops.eye(n, dtype="float32")
+    rollout = None
+    for weights in maps:
+        a = ops.mean(ops.cast(weights, "float32"), axis=1) + eye
+        a = a / ops.sum(a, axis=-1, keepdims=True)
+        rollout = a if rollout is None else ops.matmul(a, rollout)
+    prefix = int(backbone.num_prefix_tokens)
+    rows = rollout[:, :prefix, prefix:] if prefix else rollout[:, :, :]
+    saliency = ops.mean(rows, axis=1)
+    h, w = backbone.patch_grid
+    return ops.reshape(saliency, (-1, h, w))
+
+
+def is_plain_transformer(backbone: keras.Model) -> bool:
+    try:
+        _parts(backbone)
+    except LensnetError:
+        return False
+    return True

@@ -1,0 +1,222 @@
+"""Distillation from a teacher run (`lensnet.fit --teacher`): the teacher's pull, hard targets, the
+teacher's own normalisation, separate heads averaged at inference, no teacher in the export, and
+bad teachers as one-line errors with nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from helpers import TINY, write_run_dir
+
+from lensnet.core.errors import LensnetError, run_cli
+from lensnet.fit import main as fit_main
+
+CLASSES = ["class0", "class1", "class2"]
+DEIT = [f"--set=model.args.{k}={json.dumps(v)}" for k, v in TINY["deit_tiny"].items()]
+VIT = [f"--set=model.args.{k}={json.dumps(v)}" for k, v in TINY["vit_tiny"].items()]
+
+
+@pytest.fixture(scope="module")
+def three_class(tmp_path_factory) -> Path:
+    from lensnet.data.synthetic import write_synthetic
+
+    path = tmp_path_factory.mktemp("distil") / "three"
+    write_synthetic(path, 96, image_shape=(16, 16, 1), num_classes=3, seed=1, records_per_shard=32)
+    return path
+
+
+def spec(classes=CLASSES) -> dict:
+    from lensnet.tasks.outputs import OutputSpec
+
+    return OutputSpec("probabilities", "probabilities", columns=tuple(f"p_{c}" for c in classes),
+                      class_names=tuple(classes)).to_json()
+
+
+def constant_teacher(run_dir: Path, favourite: int, classes=CLASSES, task: str = "substructure",
+                     normalisation: dict | None = None) -> Path:
+    """A teacher run whose model predicts class `favourite` for every image."""
+    inputs = keras.Input((16, 16, 1), name="images")
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    head = keras.layers.Dense(len(classes), activation="softmax", name="head")
+    outputs = head(x)
+    net = keras.Model(inputs, outputs)
+    bias = np.full(len(classes), -5.0, "float32")
+    bias[favourite] = 5.0
+    head.set_weights([np.zeros((1, len(classes)), "float32"), bias])
+    return write_run_dir(run_dir, net, task=task, model="constant", shape=(16, 16, 1),
+                         normalisation=normalisation or {"method": "standard"}, output=spec(classes))
+
+
+def flux_teacher(run_dir: Path, normalisation: dict) -> Path:
+    """A teacher whose probabilities depend on the absolute level of its (normalised) input."""
+    inputs = keras.Input((16, 16, 1), name="images")
+    x = keras.layers.Flatten()(inputs)
+    head = keras.layers.Dense(3, activation="softmax", name="head")
+    net = keras.Model(inputs, head(x))
+    rng = np.random.default_rng(0)
+    head.set_weights([rng.normal(0, 0.3, (256, 3)).astype("float32"), np.zeros(3, "float32")])
+    return write_run_dir(run_dir, net, task="substructure", model="flux", shape=(16, 16, 1),
+                         normalisation=normalisation, output=spec())
+
+
+def fit(capsys, *argv: str) -> tuple[int, str, str]:
+    code = run_cli(fit_main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_hard_targets_are_the_teacher_argmax():
+    from lensnet.tasks.distillation import distillation_targets
+
+    p = np.random.default_rng(0).dirichlet(np.ones(4), size=32).astype("float32")
+    hard = np.asarray(distillation_targets(p, "hard"))
+    np.testing.assert_array_equal(hard, np.eye(4)[p.argmax(axis=1)])
+    soft = np.asarray(distillation_targets(p, "soft", temperature=1.0))
+    np.testing.assert_allclose(soft, p, atol=1e-5)  # T = 1 is the teacher's own distribution
+    warm = np.asarray(distillation_targets(p, "soft", temperature=4.0))
+    assert (warm.max(axis=1) <= p.max(axis=1) + 1e-6).all()  # a higher temperature softens
+
+
+@pytest.mark.parametrize("student, teacher", [
+    ({"method": "none"}, {"method": "dataset", "mean": [3.0], "std": [2.0]}),
+    ({"method": "dataset", "mean": [1.0], "std": [4.0]}, {"method": "none"}),
+    ({"method": "standard"}, {"method": "minmax"}),
+    ({"method": "minmax"}, {"method": "standard"}),
+    ({"method": "dataset", "mean": [1.0], "std": [4.0]}, {"method": "standard"}),
+])
+def test_teacher_sees_images_normalised_its_own_way(tmp_path, student, teacher):
+    """The classic bug: the student's normalised images fed to a teacher trained on other units."""
+    import tensorflow as tf
+
+    from lensnet.data.normalise import apply_normalisation
+    from lensnet.tasks.distillation import load_teacher
+
+    run = flux_teacher(tmp_path / "teacher", teacher)
+    loaded = load_teacher(str(run), "substructure", CLASSES, (16, 16, 1), student)
+    raw = (5.0 + 3.0 * np.random.default_rng(1).standard_normal((6, 16, 16, 1))).astype("float32")
+    got = np.asarray(loaded.probabilities(apply_normalisation(raw, student), student))
+    want = np.asarray(loaded.model(apply_normalisation(raw, teacher)))
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    wrong = np.asarray(loaded.model(apply_normalisation(raw, student)))  # fed the student's way
+    if teacher["method"] in ("none", "dataset"):
+        assert np.abs(wrong - want).max() > 1e-2  # the test would see the bug
+    assert tf.reduce_all(tf.math.is_finite(got))
+
+
+def test_teacher_needing_absolute_flux_from_a_per_image_student_is_refused(tmp_path):
+    from lensnet.tasks.distillation import load_teacher
+
+    run = flux_teacher(tmp_path / "teacher", {"method": "dataset", "mean": [3.0], "std": [2.0]})
+    with pytest.raises(LensnetError, match="data.normalise=dataset"):
+        load_teacher(str(run), "substructure", CLASSES, (16, 16, 1), {"method": "standard"})
+
+
+def test_teacher_class_order_is_mapped_by_name(tmp_path):
+    from lensnet.tasks.distillation import load_teacher
+
+    run = constant_teacher(tmp_path / "teacher", 0, classes=["class2", "class0", "class1"])  # predicts class2
+    loaded = load_teacher(str(run), "substructure", CLASSES, (16, 16, 1), {"method": "standard"})
+    p = np.asarray(loaded.probabilities(np.zeros((2, 16, 16, 1), "float32"), {"method": "standard"}))
+    assert (p.argmax(axis=1) == 2).all()
+
+
+def test_a_one_class_teacher_pulls_the_student_there_and_is_not_exported(capsys, three_class, tmp_path):
+    teacher = constant_teacher(tmp_path / "teacher", favourite=1)
+    code, out, err = fit(capsys, "--task", "substructure", "--model", "deit_tiny", "--data", str(three_class),
+                         "--teacher", str(teacher), "--epochs", "3", "--lr", "0.01", "--runs", str(tmp_path),
+                         "--run-name", "student", "--set", "task.alpha=1.0", "--set", "train.warmup_epochs=0",
+                         "--set", "train.precise_bn_batches=0", *DEIT)
+    assert code == 0, err
+    run = tmp_path / "student"
+    from lensnet.core.runs import load_model
+
+    best = load_model(run)
+    images = np.random.default_rng(0).standard_normal((16, 16, 16, 1)).astype("float32")
+    # alpha 1: the labels have no weight, the distillation head learned the teacher's one class
+    distill_head = keras.Model(best.inputs, best.get_layer("distill_logits").output)
+    assert (np.asarray(distill_head(images)).argmax(axis=1) == 1).all()
+    p = np.asarray(best(images))  # the mean of both heads leans there too
+    assert p[:, 1].mean() > 0.5
+    # the exported network is the student alone: class + distillation heads averaged, no teacher layer
+    names = {layer.name for layer in best.layers}
+    assert {"class_logits", "distill_logits", "class_probabilities"} <= names and "head" not in names
+    from lensnet.models import create_model
+
+    backbone = create_model("deit_tiny", (16, 16, 1), **TINY["deit_tiny"])
+    assert best.count_params() == backbone.count_params() + 2 * (16 * 3 + 3)
+    config = json.loads((run / "run.json").read_text())
+    assert config["output"]["class_names"] == CLASSES
+
+    from lensnet.serving.export import export_run
+
+    result = export_run(run, tmp_path / "export")
+    assert result.card["verification"]["max_abs_diff_onnxruntime"] <= 1e-4
+    # the student's export can teach the next student (teacher from an export directory)
+    from lensnet.tasks.distillation import load_teacher
+
+    again = load_teacher(str(tmp_path / "export"), "substructure", CLASSES, (16, 16, 1), {"method": "standard"})
+    from lensnet.data.normalise import apply_normalisation
+
+    q = np.asarray(again.probabilities(apply_normalisation(images, {"method": "standard"}), {"method": "standard"}))
+    np.testing.assert_allclose(q, np.asarray(best(apply_normalisation(images, {"method": "standard"}))), atol=1e-4)
+
+
+def test_soft_distillation_trains(capsys, three_class, tmp_path):
+    teacher = constant_teacher(tmp_path / "teacher", favourite=1)
+    code, _, err = fit(capsys, "--task", "substructure", "--model", "deit_tiny", "--data", str(three_class),
+                       "--teacher", str(teacher), "--epochs", "1", "--runs", str(tmp_path), "--run-name", "s",
+                       "--set", "task.alpha=0.5", "--set", "task.distill=soft", "--set", "train.warmup_epochs=0",
+                       "--set", "train.precise_bn_batches=0", *DEIT)
+    assert code == 0, err
+
+
+def test_feature_distillation_vit_from_vit(capsys, three_class, tmp_path):
+    from lensnet.models import create_model, pool_features
+
+    keras.utils.set_random_seed(0)
+    backbone = create_model("vit_tiny", (16, 16, 1), **{**TINY["vit_tiny"], "num_layers": 2})
+    inputs = keras.Input((16, 16, 1), name="images")
+    net = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="head")(
+        pool_features(backbone, backbone(inputs))))
+    teacher = write_run_dir(tmp_path / "teacher", net, task="substructure", model="vit_tiny", shape=(16, 16, 1),
+                            normalisation={"method": "standard"}, output=spec())
+    code, _, err = fit(capsys, "--task", "substructure", "--model", "vit_tiny", "--data", str(three_class),
+                       "--teacher", str(teacher), "--epochs", "1", "--runs", str(tmp_path), "--run-name", "fd",
+                       "--set", "task.feature_block=0", "--set", "task.feature_weight=2.0",
+                       "--set", "train.precise_bn_batches=0", *VIT)
+    assert code == 0, err
+    history = (tmp_path / "fd" / "history.csv").read_text()
+    assert "nan" not in history.lower()
+
+    from lensnet.tasks.distillation import DistillationModel
+
+    last = keras.models.load_model(tmp_path / "fd" / "checkpoints" / "last.keras", safe_mode=True)
+    assert isinstance(last, DistillationModel) and last.token_projection.kernel.shape == (16, 16)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("task", "trained for task 'lens_finding'"),
+    ("classes", "classes (a, b, c) differ"),
+    ("missing", "not found"),
+    ("option", "task.distill must be one of"),
+])
+def test_bad_teachers_are_one_line_and_write_nothing(capsys, three_class, tmp_path, kind, message):
+    teacher = tmp_path / "teacher"
+    extra = []
+    if kind == "task":
+        constant_teacher(teacher, 0, task="lens_finding")
+    elif kind == "classes":
+        constant_teacher(teacher, 0, classes=["a", "b", "c"])
+    elif kind == "option":
+        constant_teacher(teacher, 0)
+        extra = ["--set", "task.distill=lukewarm"]
+    code, out, err = fit(capsys, "--task", "substructure", "--model", "deit_tiny", "--data", str(three_class),
+                         "--teacher", str(teacher), "--runs", str(tmp_path / "runs"), "--run-name", "bad",
+                         *extra, *DEIT)
+    assert code == 2, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and message in err
+    assert not (tmp_path / "runs" / "bad").exists()
