@@ -177,3 +177,11 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, dataset: Path, odd_dat
     for fragment in fragments:
         assert fragment in err
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_score_export_tolerance_is_relative_to_the_largest_score() -> None:
+    from lensnet.tasks.outputs import OutputSpec
+
+    spec = OutputSpec("score", "anomaly_score", columns=("anomaly_score",))
+    assert spec.handler.tolerance(spec, np.array([[5000.0], [-20.0]]), 1e-4) == pytest.approx(0.5)
+    assert spec.handler.tolerance(spec, np.array([[0.01]]), 1e-4) == pytest.approx(1e-4)
