@@ -137,10 +137,10 @@ def histogram_figure(values: dict[str, np.ndarray], xlabel: str, log_x: bool = T
         bins = np.geomspace(lo, hi, 41) if log_x else np.linspace(lo, hi, 41)
         for name, v in zip(values, finite):
             if v.size:
-                ax.hist(v, bins=bins, histtype="step", density=True, label=f"{name} (n={v.size})")
+                ax.hist(v, bins=bins, histtype="step", label=f"{name} (n={v.size})")
     if log_x:
         ax.set_xscale("log")
-    ax.set(xlabel=xlabel, ylabel="density", title="Scores per class")
+    ax.set(xlabel=xlabel, ylabel="records per bin", title="Scores per class")
     ax.legend(fontsize=8)
     return fig
 
