@@ -145,6 +145,7 @@ def load(
     drop_remainder: bool = False,
     shuffle_buffer: int | None = None,
     cache: bool = False,
+    classes: Sequence[str] | None = None,
 ) -> tf.data.Dataset:
     """A tf.data.Dataset of dicts of batched tensors for one split.
 
@@ -155,6 +156,8 @@ def load(
     repeat: False yields epoch `first_epoch` once; True yields epochs first_epoch, first_epoch+1, ...
     shuffle_buffer: records per shuffle window (default: about 64 MB of records).
     cache: keep the split's serialized records in memory after the first pass.
+    classes: keep only the records whose class name is in it (None = every record); the filter runs on
+    the serialized records before shuffling, so nothing is copied and a batch is full of kept records.
     """
     info = open_dataset(directory_or_info)
     paths = info.shards(split)  # empty split / missing shard: error now, not mid-iteration
@@ -176,7 +179,8 @@ def load(
     specs = _normalisation_specs(normalise, info, image_fields)
     augment = check_augment(augment, {n: schema[n].shape for n in image_fields})
     shuffle = split == "train" if shuffle is None else bool(shuffle)
-    count = info.counts[split]
+    count = split_count(info, split, classes)
+    keep = None if classes is None else tf.constant([info.class_names.index(c) for c in classes], tf.int64)
     if shuffle_buffer is None:
         window = count if cache else max(batch_size, min(8192, _SHUFFLE_BYTES // _record_bytes(schema)))
     else:
@@ -205,8 +209,18 @@ def load(
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
         )
 
+    def kept(records: tf.data.Dataset) -> tf.data.Dataset:
+        # vectorised: parse only the labels of a block of records, drop the others
+        def select(block: tf.Tensor) -> tf.Tensor:
+            labels = tf.io.parse_example(block, schema.parse_spec(["label"]))["label"]
+            return tf.boolean_mask(block, tf.reduce_any(tf.equal(labels[:, None], keep[None, :]), axis=1))
+
+        return records.batch(1024).map(select).unbatch()
+
     def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
         records = read(epoch)
+        if keep is not None:
+            records = kept(records)
         if shuffle:
             shuffle_key = key(epoch, _KEY_SHUFFLE)
             records = (
@@ -231,6 +245,28 @@ def load(
     dataset = tf.data.Dataset.range(first_epoch, last).flat_map(one_epoch)
     dataset = dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def split_count(info: DatasetInfo, split: str, classes: Sequence[str] | None = None) -> int:
+    """Records of `split`, or of its records whose class is in `classes` (the manifest's per-class counts).
+
+    A class the dataset lacks, or a selection with no record in the split, is a one-line LensnetError.
+    """
+    if classes is None:
+        return info.counts[split]
+    if isinstance(classes, str):
+        raise LensnetError(f"classes must be a list of class names, got the string {classes!r}")
+    missing = [c for c in classes if c not in info.class_names]
+    if missing or not classes:
+        raise LensnetError(f"dataset {info.path} has no class '{missing[0] if missing else ''}'; classes: "
+                           f"{', '.join(info.class_names) or 'none (unlabelled)'}")
+    per_class = info.manifest["splits"].get(split, {}).get("per_class")
+    if not isinstance(per_class, dict):
+        raise LensnetError(f"{info.path / MANIFEST_NAME}: split '{split}' has no per_class counts to select classes by")
+    count = sum(int(per_class.get(c, 0)) for c in classes)
+    if count == 0:
+        raise LensnetError(f"dataset {info.path}: split '{split}' holds no record of class {', '.join(classes)}")
+    return count
 
 
 def reader_error(exc: BaseException, info: DatasetInfo | str | os.PathLike) -> LensnetError:

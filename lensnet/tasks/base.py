@@ -126,6 +126,11 @@ class Task:
         """What `setup` learned from the training dataset (JSON-able; run.json "task_state")."""
         return {}
 
+    def train_classes(self) -> list[str] | None:
+        """The classes the training split is restricted to (the reader filters the records; steps per
+        epoch follow their count); None trains on every record. Validation and test read every record."""
+        return None
+
     def prepare(self, batch: dict, context: BatchContext) -> tuple:
         """TF: a batch of records -> (inputs, targets, sample_weight) for the task model's step."""
         raise NotImplementedError
@@ -150,6 +155,11 @@ class Task:
 
     def plot(self, y_true: np.ndarray, y_pred: np.ndarray, out_dir: Path) -> dict[str, Path]:
         """Write this task's PNG plots; return {name: path}."""
+        return {}
+
+    def example_figures(self, model: Any, images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+        """Extra figures drawn from the scored inference `model` and the first test `images`
+        (reconstructions...): {name: matplotlib figure}; saved as plots and TensorBoard images."""
         return {}
 
     def describe(self, y_pred_row: np.ndarray) -> str:

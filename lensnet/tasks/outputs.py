@@ -225,6 +225,12 @@ class Score(OutputKind):
     def check_shape(self, spec: OutputSpec, shape: tuple[int | None, ...]) -> None:
         _check_table_shape(spec, shape, 1)
 
+    def tolerance(self, spec: OutputSpec, reference: np.ndarray, atol: float) -> float:
+        # A score is unbounded (a negative ELBO is in the thousands): float32 rounding grows with it,
+        # so the tolerance is `atol` relative to the largest |score|, and never below `atol`.
+        scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+        return float(atol) * max(1.0, scale)
+
     def csv_header(self, spec: OutputSpec) -> list[str]:
         return ["score"]
 

@@ -122,3 +122,46 @@ def samples_figure(images: np.ndarray, titles: Sequence[str]) -> plt.Figure:
             ax.imshow(image[..., 0], origin="lower", cmap="magma")
         ax.set_title(title, fontsize=7)
     return fig
+
+
+def histogram_figure(values: dict[str, np.ndarray], xlabel: str, log_x: bool = True) -> plt.Figure:
+    """One step histogram per named set of values (e.g. anomaly scores per class), on shared bins."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    finite = [np.asarray(v, dtype=np.float64)[np.isfinite(v)] for v in values.values()]
+    pooled = np.concatenate(finite) if finite else np.zeros(0)
+    if log_x:
+        pooled = pooled[pooled > 0]
+    if pooled.size:
+        lo, hi = float(pooled.min()), float(pooled.max())
+        hi = hi if hi > lo else lo + 1.0
+        bins = np.geomspace(lo, hi, 41) if log_x else np.linspace(lo, hi, 41)
+        for name, v in zip(values, finite):
+            if v.size:
+                ax.hist(v, bins=bins, histtype="step", label=f"{name} (n={v.size})")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel="records per bin", title="Scores per class")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def residual_figure(images: np.ndarray, reconstructions: np.ndarray, titles: Sequence[str]) -> plt.Figure:
+    """Columns of (input, reconstruction, residual = input - reconstruction), first channel, one title each."""
+    n = len(images)
+    fig, axes = plt.subplots(3, n, figsize=(1.6 * n, 5.2), squeeze=False)
+    for j in range(n):
+        image, recon = images[j][..., 0], reconstructions[j][..., 0]
+        lo, hi = np.percentile(image, [1, 99.5])
+        residual = image - recon
+        span = float(np.max(np.abs(residual))) or 1.0
+        axes[0, j].imshow(image, origin="lower", cmap="magma", vmin=lo, vmax=hi)
+        axes[1, j].imshow(recon, origin="lower", cmap="magma", vmin=lo, vmax=hi)
+        axes[2, j].imshow(residual, origin="lower", cmap="RdBu_r", vmin=-span, vmax=span)
+        axes[0, j].set_title(titles[j], fontsize=7)
+        axes[2, j].set_xlabel(f"|r| <= {span:.2g}", fontsize=6)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for row, label in enumerate(("input", "reconstruction", "residual")):
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    return fig

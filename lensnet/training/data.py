@@ -40,9 +40,19 @@ def cache_split(config: dict, info: Any, splits: Sequence[str]) -> bool:
     return sum(info.counts.get(s, 0) for s in splits) * record < float(config["data"]["cache_limit_mb"]) * 2**20
 
 
-def batches_per_epoch(info: Any, split: str, batch_size: int) -> int:
-    """Batches `lensnet.data.load` yields for one epoch of `split` (the last one may be short)."""
-    return math.ceil(info.counts[split] / batch_size)
+def batches_per_epoch(info: Any, split: str, batch_size: int, classes: Sequence[str] | None = None) -> int:
+    """Batches `lensnet.data.load` yields for one epoch of `split` (the last one may be short),
+    restricted to the records of `classes` when given."""
+    from lensnet.data.pipeline import split_count
+
+    return math.ceil(split_count(info, split, classes) / batch_size)
+
+
+def train_records(info: Any, task: Task, config: dict) -> int:
+    """Records in one epoch of the training split: the task's training classes only, when it names them."""
+    from lensnet.data.pipeline import split_count
+
+    return split_count(info, config["data"]["train_split"], task.train_classes())
 
 
 def prepared(batches: Any, task: Task, *, seed: int, training: bool, first_epoch: int = 0,
@@ -75,13 +85,14 @@ def train_batches(info: Any, task: Task, config: dict, initial_epoch: int, cache
     batch_size, seed = int(data["batch_size"]), int(config["run"]["seed"])
     batches = load(info, data["train_split"], batch_size=batch_size, fields=task.fields, shuffle=True,
                    augment=data["augment"], normalise=data["normalise"], seed=seed, first_epoch=initial_epoch,
-                   repeat=True, shuffle_buffer=data["shuffle_buffer"], cache=cache)
+                   repeat=True, shuffle_buffer=data["shuffle_buffer"], cache=cache, classes=task.train_classes())
     return prepared(batches, task, seed=seed, training=True, first_epoch=initial_epoch,
-                    per_epoch=batches_per_epoch(info, data["train_split"], batch_size))
+                    per_epoch=batches_per_epoch(info, data["train_split"], batch_size, task.train_classes()))
 
 
-def eval_batches(info: Any, task: Task, config: dict, split: str, cache: bool = False) -> Any:
-    """The prepared batches of `split`, in order, unaugmented, with a known length."""
+def eval_batches(info: Any, task: Task, config: dict, split: str, cache: bool = False,
+                 classes: Sequence[str] | None = None) -> Any:
+    """The prepared batches of `split` (of `classes` only, when given), in order, unaugmented, with a known length."""
     import tensorflow as tf
 
     from lensnet.data import load
@@ -89,7 +100,8 @@ def eval_batches(info: Any, task: Task, config: dict, split: str, cache: bool = 
     data = config["data"]
     batch_size = int(data["batch_size"])
     batches = load(info, split, batch_size=batch_size, fields=task.fields, shuffle=False, augment=None,
-                   normalise=data["normalise"], cache=cache)
+                   normalise=data["normalise"], cache=cache, classes=classes)
     # a known length lets Keras end validation without an "input ran out of data" warning
-    batches = batches.apply(tf.data.experimental.assert_cardinality(batches_per_epoch(info, split, batch_size)))
+    length = batches_per_epoch(info, split, batch_size, classes)
+    batches = batches.apply(tf.data.experimental.assert_cardinality(length))
     return prepared(batches, task, seed=int(config["run"]["seed"]), training=False)

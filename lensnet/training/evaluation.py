@@ -61,6 +61,11 @@ def report(model: keras.Model, task: Task, info: Any, split: str, normalise: dic
                **metrics}
     write_json(out_dir / "metrics.json", metrics)
     figures = task.plot(result["y_true"], result["y_pred"], out_dir / "plots")
+    if len(result["images"]):
+        n = len(result["images"])
+        extra_figures = task.example_figures(model, result["images"], result["y_true"][:n], result["y_pred"][:n])
+        for name, fig in extra_figures.items():
+            figures[name] = plots.save(fig, out_dir / "plots" / f"{name}.png")
     if history_csv is not None:
         fig = plots.learning_curves_figure(history_csv, task.monitor)
         if fig is not None:

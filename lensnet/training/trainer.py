@@ -123,7 +123,14 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     from lensnet.data.pipeline import reader_error
     from lensnet.tasks.base import task_from_config
     from lensnet.training import callbacks as cb
-    from lensnet.training.data import cache_split, check_fit_splits, eval_batches, train_batches, verbosity
+    from lensnet.training.data import (
+        cache_split,
+        check_fit_splits,
+        eval_batches,
+        train_batches,
+        train_records,
+        verbosity,
+    )
     from lensnet.training.distribute import make_strategy
     from lensnet.training.evaluation import report
     from lensnet.training.model import build_task_model
@@ -141,7 +148,8 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     monitor = train["monitor"] or f"val_{task.monitor}"
     mode = monitor_mode(monitor, task)
     batch_size = int(data["batch_size"])
-    steps_per_epoch = int(train["steps_per_epoch"] or math.ceil(info.counts[data["train_split"]] / batch_size))
+    n_train = train_records(info, task, config)  # the task may train on some classes only (anomaly)
+    steps_per_epoch = int(train["steps_per_epoch"] or math.ceil(n_train / batch_size))
     epochs = int(train["epochs"])
 
     seed_everything(seed, deterministic_ops=bool(run["deterministic"]))
@@ -175,12 +183,13 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     val_ds = eval_batches(info, task, config, data["val_split"], cache)
 
     stateful = []
-    images_per_epoch = steps_per_epoch * batch_size if train["steps_per_epoch"] else info.counts[data["train_split"]]
+    images_per_epoch = steps_per_epoch * batch_size if train["steps_per_epoch"] else n_train
     callbacks: list = [cb.LearningRateLogger(), cb.ThroughputMeter(images_per_epoch)]
     if int(train["precise_bn_batches"]):  # before the stoppers and checkpoints; after the throughput clock
         from lensnet.training.precise_bn import PreciseBatchNorm
 
-        calibration = eval_batches(info, task, config, data["train_split"])  # in order, unaugmented
+        # in order, unaugmented, the records the model trains on
+        calibration = eval_batches(info, task, config, data["train_split"], classes=task.train_classes())
         callbacks.append(PreciseBatchNorm(calibration, int(train["precise_bn_batches"])))
     patience = int(train["early_stopping"]["patience"])
     saved = (state or {}).get("callbacks", {})
