@@ -125,6 +125,8 @@ class AnomalyAUC(keras.metrics.AUC):
     [0, 1] by log10 over `_LOG_RANGE` (2000 thresholds: about 1.4% steps in score).
     """
 
+    validation_only = True  # training reads the normal class alone: no AUC there (not a 0 in the logs)
+
     def __init__(self, num_thresholds: int = 2000, **kwargs: Any) -> None:
         super().__init__(num_thresholds=num_thresholds, **kwargs)
 

@@ -126,20 +126,26 @@ class TaskModel(keras.Model):
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        return self._log(x, loss, metric_inputs)
+        return self._log(x, loss, metric_inputs, training=True)
 
     def test_step(self, data: Any) -> dict:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         loss, metric_inputs = self.compute_step(x, y, sample_weight, training=False)
-        return self._log(x, loss, metric_inputs)
+        return self._log(x, loss, metric_inputs, training=False)
 
-    def _log(self, x: Any, loss: tf.Tensor, metric_inputs: MetricInputs) -> dict:
+    def split_metrics(self, training: bool) -> list:
+        """The task metrics a split reports. A metric with `validation_only = True` (an anomaly AUC,
+        undefined on a one-class training split) is left out of training logs, never logged as 0 or NaN."""
+        return [m for m in self.task_metrics if not (training and getattr(m, "validation_only", False))]
+
+    def _log(self, x: Any, loss: tf.Tensor, metric_inputs: MetricInputs, training: bool) -> dict:
         # as Keras' own step: the tracker sees this replica's mean loss, weighted by its batch size
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
         self.loss_tracker.update_state(loss * replicas, sample_weight=batch)
-        self.update_task_metrics(metric_inputs)
-        return {m.name: m.result() for m in self.metrics}
+        metrics = self.split_metrics(training)
+        self.update_task_metrics(metric_inputs, metrics)
+        return {m.name: m.result() for m in (self.loss_tracker, *metrics)}
 
     @property
     def metrics(self) -> list:

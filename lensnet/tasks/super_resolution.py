@@ -99,7 +99,7 @@ class SuperResolutionTaskModel(TaskModel):
         if not self.trainable_variables:  # bicubic: nothing to learn, the epoch only measures it
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
             loss, metric_inputs = self.compute_step(x, y, sample_weight, training=True)
-            return self._log(x, loss, metric_inputs)
+            return self._log(x, loss, metric_inputs, training=True)
         return super().train_step(data)
 
     def get_config(self) -> dict:

@@ -70,7 +70,7 @@ def fit_distributed(model: keras.Model, strategy: tf.distribute.Strategy, task: 
     val_ds = eval_batches(info, task, config, data["val_split"], cache)
 
     train_loss, val_loss = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="loss")
-    train_metrics, val_metrics = local_metrics(model), local_metrics(model)
+    train_metrics, val_metrics = local_metrics(model, training=True), local_metrics(model, training=False)
     train_step = _make_train_step(model, strategy, train_loss, train_metrics)
     val_step = _make_val_step(model, val_loss, val_metrics)
     moving = [v for v in model.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)]
@@ -163,9 +163,10 @@ def replica_slices(x: Any, y: Any, w: tf.Tensor, first: int, count: int, replica
     return tf.data.Dataset.range(first, first + count).map(piece)
 
 
-def local_metrics(model: keras.Model) -> list:
-    """Fresh copies of the task model's metrics, as plain local variables (created outside any strategy)."""
-    return [type(m).from_config(m.get_config()) for m in model.task_metrics]
+def local_metrics(model: keras.Model, training: bool) -> list:
+    """Fresh copies of the task model's metrics for a split, as plain local variables (created outside any
+    strategy)."""
+    return [type(m).from_config(m.get_config()) for m in model.split_metrics(training)]
 
 
 def _make_train_step(model: keras.Model, strategy: tf.distribute.Strategy, loss_metric: keras.metrics.Metric,
