@@ -1,0 +1,10 @@
+"""The survey library under `python -m lensnet.pipeline` (find -> classify -> interpret) and `lensnet.dashboard`.
+
+    tiles      inputs (cutouts, datasets, large FITS images) -> tiles with pixel boxes and RA/Dec
+    stages     exported models as pipeline stages, their table columns
+    merge      overlapping detections -> one (NMS on boxes)
+    interpret  saliency from an exported model: integrated gradients, Grad-CAM
+    pngs       thumbnails and overlays
+    run        the resumable pipeline into a results folder
+    dashboard  the web app over a results folder (and a training run)
+"""

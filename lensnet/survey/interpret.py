@@ -1,0 +1,179 @@
+"""Why a model scored a cutout: saliency maps computed from an exported model, without retraining or task code.
+
+Differentiable graphs, and which one each method uses:
+- integrated gradients (any model): the export's SavedModel `serving_default` function (raw pixels in,
+  the card's output out, normalisation inside), differentiated with tf.GradientTape. The baseline is the
+  image blurred (Gaussian, sigma = size/8): a constant baseline is useless under per-image standard
+  normalisation, which maps every brightness-scaled copy of an image to the same input.
+- Grad-CAM (CNN families) and token Grad-CAM (transformer families: the tokens laid back on their patch
+  grid): need the model's internal feature map, which a SavedModel signature hides, so they use a Keras
+  model file next to the export (`*.keras` in the version folder or the export folder) or, failing that,
+  the run checkpoint the card names (card.run.path / card.run.checkpoint). Without one they are skipped,
+  and the method list in pipeline.json says so.
+Attention rollout is not computed here (see the README): a transformer gets token Grad-CAM instead.
+
+The target is the output the pipeline reports: a binary probability or a score's only column, the
+predicted class of a multi-class model, the first value of a regressor. Maps are (H, W) float32 in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lensnet.core.errors import LensnetError
+from lensnet.serving.layout import INPUT_NAME, SIGNATURE
+from lensnet.serving.loading import ExportedModel
+
+METHODS = ("integrated_gradients", "gradcam")
+
+
+def keras_model_path(exported: ExportedModel) -> Path | None:
+    """A Keras model file for `exported`: beside the version, beside the export, or the run's checkpoint."""
+    for folder in (exported.path, exported.path.parent):
+        found = sorted(folder.glob("*.keras"))
+        if found:
+            return found[0]
+    run = exported.card.get("run") or {}
+    if run.get("path") and run.get("checkpoint"):
+        candidate = Path(run["path"]) / run["checkpoint"]
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _normalise(values: np.ndarray) -> np.ndarray:
+    values = np.nan_to_num(np.asarray(values, dtype=np.float32))
+    values = np.clip(values, 0, None)
+    top = float(values.max()) if values.size else 0.0
+    return values / top if top > 0 else values
+
+
+class Explainer:
+    """Saliency maps for images (N, H, W, C) raw pixels, from one exported model."""
+
+    def __init__(self, exported: ExportedModel, methods: tuple[str, ...] = METHODS, steps: int = 24) -> None:
+        unknown = sorted(set(methods) - set(METHODS))
+        if unknown:
+            raise LensnetError(f"unknown interpretation method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+        self.exported = exported
+        self.steps = int(steps)
+        self.spec = exported.spec
+        self.notes: dict[str, str] = {}
+        self.methods: list[str] = []
+        self._signature = None
+        self._keras = None
+        self._features = None
+        if "integrated_gradients" in methods:
+            import tensorflow as tf
+
+            try:
+                self._loaded = tf.saved_model.load(os.fspath(exported.path))
+                self._signature = self._loaded.signatures[SIGNATURE]
+            except Exception as exc:  # noqa: BLE001  (a damaged SavedModel is named, not a traceback)
+                raise LensnetError(f"cannot load SavedModel {exported.path} for gradients: {exc}") from None
+            self.methods.append("integrated_gradients")
+            self.notes["integrated_gradients"] = f"SavedModel {SIGNATURE} function of {exported.path}"
+        if "gradcam" in methods:
+            path = keras_model_path(exported)
+            if path is None:
+                self.notes["gradcam"] = "skipped: no Keras model beside the export or at the card's run checkpoint"
+            else:
+                self._open_keras(path)
+
+    def _open_keras(self, path: Path) -> None:
+        import keras
+
+        import lensnet.models  # noqa: F401  (registers custom layers)
+        import lensnet.tasks  # noqa: F401
+
+        try:
+            model = keras.models.load_model(path, compile=False, safe_mode=True)
+        except Exception as exc:  # noqa: BLE001
+            self.notes["gradcam"] = f"skipped: cannot load {path}: {type(exc).__name__}"
+            return
+        layer = None
+        for candidate in reversed(model.layers[1:]):
+            shape = tuple(candidate.output.shape)
+            if len(shape) == 4 and shape[1] and shape[1] > 1 or len(shape) == 3 and shape[1] and shape[1] > 1:
+                layer = candidate
+                break
+        if layer is None:
+            self.notes["gradcam"] = f"skipped: {path} has no spatial feature map or token sequence"
+            return
+        self._keras = keras.Model(model.inputs, [layer.output, model.outputs[0]])
+        self._features = layer.name
+        self.methods.append("gradcam")
+        kind = "token Grad-CAM on" if len(layer.output.shape) == 3 else "Grad-CAM on"
+        self.notes["gradcam"] = f"{kind} layer {layer.name!r} of Keras model {path}"
+
+    def _target(self, outputs: Any) -> Any:
+        import tensorflow as tf
+
+        if self.spec.kind == "probabilities" and self.spec.positive_class is None:
+            index = tf.argmax(outputs, axis=-1)
+            return tf.gather(outputs, index, axis=1, batch_dims=1)
+        return outputs[:, 0]
+
+    def integrated_gradients(self, images: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+        from scipy.ndimage import gaussian_filter
+
+        h, w = images.shape[1:3]
+        sigma = max(h, w) / 8.0
+        maps = []
+        alphas = (np.arange(self.steps, dtype=np.float32) + 0.5) / self.steps  # midpoint rule
+        for image in images:
+            baseline = np.stack([gaussian_filter(image[..., c], sigma) for c in range(image.shape[-1])], -1)
+            path = baseline[None] + alphas[:, None, None, None] * (image - baseline)[None]
+            tensor = tf.constant(path.astype(np.float32))
+            with tf.GradientTape() as tape:
+                tape.watch(tensor)
+                outputs = self._signature(**{INPUT_NAME: tensor})[self.exported.output_name]
+                target = self._target(outputs)
+            grads = tape.gradient(target, tensor).numpy().mean(axis=0)
+            maps.append(_normalise(np.abs(grads * (image - baseline)).sum(axis=-1)))
+        return np.stack(maps)
+
+    def gradcam(self, images: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        from lensnet.data.normalise import apply_normalisation
+
+        normalisation = self.exported.card["normalisation"]
+        tensor = tf.constant(images)
+        with tf.GradientTape() as tape:
+            features, outputs = self._keras(apply_normalisation(tensor, normalisation), training=False)
+            tape.watch(features)
+            target = self._target(tf.cast(outputs, tf.float32))
+        grads = tape.gradient(target, features)
+        features, grads = features.numpy().astype(np.float32), grads.numpy().astype(np.float32)
+        if features.ndim == 3:  # tokens (N, T, D): drop prefix tokens, lay the rest on their square grid
+            side = int(np.sqrt(features.shape[1]))
+            skip = features.shape[1] - side * side
+            features = features[:, skip:].reshape(len(images), side, side, -1)
+            grads = grads[:, skip:].reshape(len(images), side, side, -1)
+        weights = grads.mean(axis=(1, 2), keepdims=True)
+        cams = np.maximum((weights * features).sum(axis=-1), 0)
+        resized = tf.image.resize(cams[..., None], images.shape[1:3], method="bilinear").numpy()[..., 0]
+        return np.stack([_normalise(m) for m in resized])
+
+    def explain(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """{method: maps (N, H, W)} for every method available for this export."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        out = {}
+        if "integrated_gradients" in self.methods:
+            out["integrated_gradients"] = self.integrated_gradients(images)
+        if "gradcam" in self.methods:
+            out["gradcam"] = self.gradcam(images)
+        return out
+
+
+def concentration(maps: np.ndarray, mask: np.ndarray) -> float:
+    """The fraction of the maps' total weight inside `mask` (H, W) bool (1.0 = all of it)."""
+    maps = np.asarray(maps, dtype=np.float64)
+    total = maps.sum()
+    return float(maps[..., mask].sum() / total) if total > 0 else 0.0
