@@ -33,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.5, help="finder score a candidate needs (default 0.5)")
     parser.add_argument("--top-k", type=int, default=None, help="keep at most K candidates (per input and overall)")
     parser.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: a quarter tile)")
-    parser.add_argument("--iou", type=float, default=0.3, help="overlapping detections above this IoU merge")
+    parser.add_argument("--iou", type=float, default=0.0,
+                        help="detections overlapping by more than this IoU merge (default 0: any overlap)")
     parser.add_argument("--fill-nonfinite", choices=FILL_RULES, default="median",
                         help="NaN/Inf pixels: the tile's finite median per channel (default), zero, or error")
     parser.add_argument("--max-blank", type=float, default=0.5,

@@ -95,20 +95,40 @@ class Explainer:
         except Exception as exc:  # noqa: BLE001
             self.notes["gradcam"] = f"skipped: cannot load {path}: {type(exc).__name__}"
             return
-        layer = None
-        for candidate in reversed(model.layers[1:]):
-            shape = tuple(candidate.output.shape)
-            if len(shape) == 4 and shape[1] and shape[1] > 1 or len(shape) == 3 and shape[1] and shape[1] > 1:
-                layer = candidate
+        # The last layer that returns a feature map (B, h, w, C) or tokens (B, T, D): the backbone of a
+        # backbone -> pooling -> head task model. Nested models keep their own graph, so the features are
+        # reached by running the top-level layers as a chain (checked against the model's own output).
+        layers = model.layers[1:]
+        index = None
+        for i in range(len(layers) - 1, -1, -1):
+            shape = tuple(layers[i].output.shape)
+            if len(shape) in (3, 4) and shape[1] and shape[1] > 1:
+                index = i
                 break
-        if layer is None:
+        if index is None:
             self.notes["gradcam"] = f"skipped: {path} has no spatial feature map or token sequence"
             return
-        self._keras = keras.Model(model.inputs, [layer.output, model.outputs[0]])
-        self._features = layer.name
+        probe = np.random.default_rng(0).standard_normal((1, *model.input_shape[1:])).astype(np.float32)
+        _, chained = self._chain(layers, index, probe)
+        if not np.allclose(np.asarray(chained), np.asarray(model(probe, training=False)), atol=1e-4):
+            self.notes["gradcam"] = f"skipped: {path} is not a chain of layers (a graph Grad-CAM cannot follow)"
+            return
+        self._keras = (layers, index)
         self.methods.append("gradcam")
+        layer = layers[index]
         kind = "token Grad-CAM on" if len(layer.output.shape) == 3 else "Grad-CAM on"
-        self.notes["gradcam"] = f"{kind} layer {layer.name!r} of Keras model {path}"
+        self.notes["gradcam"] = f"{kind} the output of layer {layer.name!r} of Keras model {path}"
+
+    @staticmethod
+    def _chain(layers: list, index: int, x: Any, tape: Any = None) -> tuple[Any, Any]:
+        features = None
+        for i, layer in enumerate(layers):
+            x = layer(x, training=False)
+            if i == index:
+                features = x
+                if tape is not None:
+                    tape.watch(features)
+        return features, x
 
     def _target(self, outputs: Any) -> Any:
         import tensorflow as tf
@@ -145,9 +165,9 @@ class Explainer:
 
         normalisation = self.exported.card["normalisation"]
         tensor = tf.constant(images)
+        layers, index = self._keras
         with tf.GradientTape() as tape:
-            features, outputs = self._keras(apply_normalisation(tensor, normalisation), training=False)
-            tape.watch(features)
+            features, outputs = self._chain(layers, index, apply_normalisation(tensor, normalisation), tape)
             target = self._target(tf.cast(outputs, tf.float32))
         grads = tape.gradient(target, features)
         features, grads = features.numpy().astype(np.float32), grads.numpy().astype(np.float32)

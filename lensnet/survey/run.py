@@ -44,7 +44,7 @@ class Settings:
     threshold: float = 0.5
     top_k: int | None = None
     overlap: int = 0
-    iou: float = 0.3
+    iou: float = 0.0
     fill_nonfinite: str = "median"
     max_blank: float = 0.5
     methods: list[str] = field(default_factory=lambda: ["integrated_gradients", "gradcam"])
