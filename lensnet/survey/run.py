@@ -213,8 +213,7 @@ class Pipeline:
     def _row(self, prefix: str, tiles: TileSet, t: int, score: float) -> list:
         box = tiles.boxes[t]
         ra, dec = tiles.radec[t]
-        fmt = (lambda v: "" if not np.isfinite(v) else format(float(v), ".9f"))
-        return [f"{prefix}_{t:05d}", tiles.sources[t], tiles.unit, *map(int, box), fmt(ra), fmt(dec),
+        return [f"{prefix}_{t:05d}", tiles.sources[t], tiles.unit, *map(int, box), _degrees(ra), _degrees(dec),
                 format(score, ".6g")]
 
     def _files(self, rows: list[list], images: np.ndarray) -> None:
@@ -233,6 +232,10 @@ class Pipeline:
                 with atomic_open(self.out / npy, "wb") as handle:
                     np.save(handle, values[index].astype(np.float32), allow_pickle=False)
                 row += [png, npy]
+
+
+def _degrees(value: float) -> str:
+    return format(float(value), ".9f") if np.isfinite(value) else ""  # 1e-9 deg = 4 micro-arcsec
 
 
 def report(totals: dict, out: Path) -> None:
