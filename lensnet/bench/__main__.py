@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from lensnet.bench.common import format_table, save_results
 from lensnet.core.errors import cli_exit
 
-# name -> module under lensnet.bench defining add_arguments(parser) and run(args) -> list[dict]
+# name -> module under lensnet.bench (the name with - as _) defining add_arguments(parser) and run(args) -> list[dict]
 BENCHMARKS = {
     "simulate": "Simulation images/s per core vs a plain lenstronomy loop; 1 vs 2 workers",
     "pipeline": "tf.data reader images/s (parse, normalise, augment, batch)",
@@ -20,6 +20,7 @@ BENCHMARKS = {
     "infer": "Inference images/s and latency: Keras vs SavedModel vs onnxruntime",
     "serve": "REST server under load: requests/s, p50/p99 latency, failures",
     "deeplense": "The published DeepLense tables on the replica presets (classification, axion mass, domain shift)",
+    "pipeline-e2e": "lensnet.pipeline tiles/s on synthetic survey images + recall/precision of injected lenses",
 }
 
 
@@ -30,9 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     modules = {}
     for name, help_ in BENCHMARKS.items():
         try:
-            modules[name] = importlib.import_module(f"lensnet.bench.{name}")
+            modules[name] = importlib.import_module(f"lensnet.bench.{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"lensnet.bench.{name}":
+            if exc.name != f"lensnet.bench.{name.replace('-', '_')}":
                 raise
             continue
         sp = sub.add_parser(name, help=help_, description=help_)
