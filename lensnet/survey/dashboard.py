@@ -28,8 +28,8 @@ from typing import Any
 
 from lensnet.core.errors import LensnetError
 from lensnet.core.fileio import write_json
+from lensnet.survey.layout import CANDIDATES, MARKS, PIPELINE_JSON
 
-MARKS = "marks.json"
 MARK_VALUES = ("lens", "not_lens", "unsure")
 STATIC = Path(__file__).with_name("static")
 STATIC_FILES = {"app.js": "text/javascript", "app.css": "text/css"}
@@ -53,8 +53,6 @@ class Results:
     """A results folder: candidates, pipeline.json, marks (thread-safe updates)."""
 
     def __init__(self, folder: str | Path) -> None:
-        from lensnet.survey.run import CANDIDATES, PIPELINE_JSON
-
         self.root = Path(folder).resolve()
         if not self.root.is_dir():
             raise LensnetError(f"results folder not found: {folder}")

@@ -26,13 +26,12 @@ import numpy as np
 
 from lensnet.core.errors import LensnetError
 from lensnet.core.fileio import atomic_open, write_json, write_text
+from lensnet.survey.layout import CANDIDATES, PARTS, PIPELINE_JSON
 from lensnet.survey.merge import nms
 from lensnet.survey.stages import Stage, detection_scores
 from lensnet.survey.tiles import TileSet, read_tiles
 
 CANDIDATE_COLUMNS = ["id", "source", "unit", "x0", "y0", "x1", "y1", "ra", "dec", "finder_score"]
-PIPELINE_JSON = "pipeline.json"
-CANDIDATES = "candidates.csv"
 FORMAT_VERSION = 1
 
 
@@ -120,7 +119,7 @@ class Pipeline:
                 raise LensnetError(f"{self.out} holds results of other inputs or settings; give another --out "
                                    "or pass --restart")
         elif restart:
-            shutil.rmtree(self.out / "parts", ignore_errors=True)
+            shutil.rmtree(self.out / PARTS, ignore_errors=True)
         from lensnet.core.runinfo import package_versions
 
         write_json(meta, {**self.header(), "status": "running", "versions": package_versions()})
@@ -135,7 +134,7 @@ class Pipeline:
             for i, (kind, path) in enumerate(items):
                 for j, tiles in enumerate(read_tiles(kind, path, expected, self.options, self.settings.overlap,
                                                      self.settings.fill_nonfinite, self.settings.max_blank)):
-                    marker = self.out / "parts" / f"{i:06d}-{j:06d}.json"
+                    marker = self.out / PARTS / f"{i:06d}-{j:06d}.json"
                     if marker.is_file():
                         done = json.loads(marker.read_text())
                         totals["resumed_units"] += 1
@@ -157,7 +156,7 @@ class Pipeline:
     def collect(self) -> list[list[str]]:
         """candidates.csv from the finished parts, in input order (the global top k when asked)."""
         rows: list[list[str]] = []
-        for marker in sorted((self.out / "parts").glob("*.json")):
+        for marker in sorted((self.out / PARTS).glob("*.json")):
             with open(marker.with_suffix(".csv"), newline="") as handle:
                 rows += list(csv.reader(handle))[1:]
         k = self.settings.top_k
