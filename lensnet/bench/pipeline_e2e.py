@@ -14,6 +14,7 @@ of each candidate). Time is the pipeline's run over all images (models already l
 from __future__ import annotations
 
 import argparse
+import csv
 import tempfile
 import time
 from pathlib import Path
@@ -87,25 +88,23 @@ def run(args: argparse.Namespace) -> list[dict]:
             start = time.perf_counter()
             totals = pipeline.run(items)
             seconds = time.perf_counter() - start
-            import csv
-
             with open(out / "candidates.csv", newline="") as handle:
                 found = list(csv.DictReader(handle))
-            recalls, precisions, hits, boxes_total = [], [], 0, 0
+            right, hits, boxes_total = 0.0, 0, 0
             for source, positions in truths.items():
                 boxes = np.array([[int(r[k]) for k in ("x0", "y0", "x1", "y1")] for r in found
                                   if r["unit"] == source]).reshape(-1, 4)
-                recall, precision, hit = recall_precision(boxes, positions)
+                _, precision, hit = recall_precision(boxes, positions)
                 hits += hit
                 boxes_total += len(boxes)
-                precisions.append(precision * len(boxes) if len(boxes) else 0.0)
+                right += precision * len(boxes) if len(boxes) else 0.0
             injected = sum(len(p) for p in truths.values())
             rows.append({
                 "case": name, "images": args.images, "tiles": totals["tiles"], "injected": injected,
                 "candidates": totals["candidates"], "seconds": round(seconds, 2),
                 "tiles_per_s": round(totals["tiles"] / seconds, 1),
                 "recall": round(hits / injected, 3) if injected else None,
-                "precision": round(sum(precisions) / boxes_total, 3) if boxes_total else None,
+                "precision": round(right / boxes_total, 3) if boxes_total else None,
                 "threshold": args.threshold, "runtime": args.runtime,
             })
     return rows
