@@ -15,6 +15,8 @@ async function load() {
   for (const id of ["sort-column", "filter-column", "metric-column"]) {
     $(id).innerHTML = numeric.map((c) => `<option value="${esc(c)}">${esc(c)}</option>`).join("");
   }
+  const preferred = numeric.includes("finder_score") ? "finder_score" : numeric[0];  // the score people sort by
+  for (const id of ["sort-column", "filter-column", "metric-column"]) if (preferred) $(id).value = preferred;
   const methods = (state.data.pipeline.interpretation || {}).methods || [];
   $("overlay-method").innerHTML = methods.map((m) => `<option value="${esc(m)}">${esc(m)}</option>`).join("");
   $("overlay-toggle").disabled = methods.length === 0;
