@@ -107,7 +107,8 @@ def test_dashboard_in_headless_chromium(tmp_path):
             assert "RA 150.015000" in driver.find_element(By.ID, "detail-sky").text
             assert driver.find_elements(By.CSS_SELECTOR, "#detail-images img.detail-map")
             loaded = driver.execute_script(
-                "return [...document.querySelectorAll('#detail-images img')].every(i => i.complete && i.naturalWidth > 0)")
+                "return [...document.querySelectorAll('#detail-images img')]"
+                ".every(i => i.complete && i.naturalWidth > 0)")
             assert loaded
             # Mark it as a lens: saved on disk at once.
             driver.find_element(By.CSS_SELECTOR, '.mark-btn[data-mark="lens"]').click()

@@ -49,7 +49,8 @@ def test_maps_concentrate_on_the_quadrant_the_output_reads(quadrant_export, tmp_
     from lensnet.survey.pngs import overlay, write_png
 
     explainer = Explainer(load_export(quadrant_export))
-    assert explainer.methods == ["integrated_gradients", "gradcam"]
+    assert explainer.methods == ["integrated_gradients", "gradcam"]  # no attention layers: no rollout
+    assert explainer.notes["attention_rollout"].startswith("skipped")
     assert "model.keras" in explainer.notes["gradcam"] and "SavedModel" in explainer.notes["integrated_gradients"]
     images = (5 + np.random.default_rng(1).standard_normal((4, *SHAPE))).astype("float32")
     maps = explainer.explain(images)
@@ -71,8 +72,12 @@ def test_transformer_gets_token_gradcam_and_no_keras_means_no_gradcam(tmp_path):
     export_run(run, tmp_path / "export" / "vit")
     explainer = Explainer(load_export(tmp_path / "export" / "vit"))
     assert "gradcam" in explainer.methods and "token Grad-CAM" in explainer.notes["gradcam"]
+    assert "attention_rollout" in explainer.methods
     maps = explainer.explain(np.random.default_rng(2).standard_normal((2, *SHAPE)).astype("float32"))
-    assert maps["gradcam"].shape == (2, 16, 16) and np.isfinite(maps["gradcam"]).all()
+    for method in ("gradcam", "attention_rollout"):
+        assert maps[method].shape == (2, 16, 16) and np.isfinite(maps[method]).all(), method
+        assert 0 <= maps[method].min() and maps[method].max() <= 1.0, method
+    assert maps["attention_rollout"].max() == pytest.approx(1.0)  # Grad-CAM of random weights may be all 0
     shutil.rmtree(run)  # the card's checkpoint is gone and nothing sits beside the export
     explainer = Explainer(load_export(tmp_path / "export" / "vit"))
     assert explainer.methods == ["integrated_gradients"] and explainer.notes["gradcam"].startswith("skipped")

@@ -10,7 +10,11 @@ Differentiable graphs, and which one each method uses:
   model file next to the export (`*.keras` in the version folder or the export folder) or, failing that,
   the run checkpoint the card names (card.run.path / card.run.checkpoint). Without one they are skipped,
   and the method list in pipeline.json says so.
-Attention rollout is not computed here (see the README): a transformer gets token Grad-CAM instead.
+- attention rollout (transformer families): the same Keras model; every keras MultiHeadAttention layer's
+  weights are recorded during one forward pass (in execution order), averaged over heads, mixed with the
+  identity for the residual path and multiplied through the layers (Abnar & Zuidema 2020); the map is the
+  class token's row, or the mean over tokens without one, laid on the patch grid. Models without attention
+  layers skip it with a note.
 
 The target is the output the pipeline reports: a binary probability or a score's only column, the
 predicted class of a multi-class model, the first value of a regressor. Maps are (H, W) float32 in [0, 1].
@@ -28,7 +32,7 @@ from lensnet.core.errors import LensnetError
 from lensnet.serving.layout import INPUT_NAME, SIGNATURE
 from lensnet.serving.loading import ExportedModel
 
-METHODS = ("integrated_gradients", "gradcam")
+METHODS = ("integrated_gradients", "gradcam", "attention_rollout")
 
 
 def keras_model_path(exported: ExportedModel) -> Path | None:
@@ -66,7 +70,10 @@ class Explainer:
         self.methods: list[str] = []
         self._signature = None
         self._keras = None
-        self._features = None
+        self._model = None
+        self._path: Path | None = None
+        self._load_error = ""
+        self._attention: list = []
         if "integrated_gradients" in methods:
             import tensorflow as tf
 
@@ -83,17 +90,85 @@ class Explainer:
                 self.notes["gradcam"] = "skipped: no Keras model beside the export or at the card's run checkpoint"
             else:
                 self._open_keras(path)
+        if "attention_rollout" in methods:
+            self._open_attention()
 
-    def _open_keras(self, path: Path) -> None:
+    def _open_attention(self) -> None:
+        import keras
+
+        if self._model is None:
+            path = keras_model_path(self.exported)
+            if path is None:
+                self.notes["attention_rollout"] = "skipped: no Keras model beside the export or at the run checkpoint"
+                return
+            self._load(path)
+            if self._model is None:
+                self.notes["attention_rollout"] = f"skipped: cannot load {path}"
+                return
+        # Keras lists nested layers only through this (private) walk; keras_hub blocks hold their attention
+        # as attributes, not as sub-models.
+        layers = [la for la in self._model._flatten_layers() if isinstance(la, keras.layers.MultiHeadAttention)]
+        if not layers:
+            self.notes["attention_rollout"] = "skipped: the model has no MultiHeadAttention layers"
+            return
+        self._attention = layers
+        self.methods.append("attention_rollout")
+        self.notes["attention_rollout"] = f"rollout over {len(layers)} MultiHeadAttention layer(s) of {self._path}"
+
+    def attention_rollout(self, images: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        from lensnet.data.normalise import apply_normalisation
+
+        recorded: list[np.ndarray] = []
+        originals = {}
+        for layer in self._attention:
+            originals[id(layer)] = layer.call
+
+            def recording(*args, _call=layer.call, **kwargs):
+                kwargs["return_attention_scores"] = True
+                output, scores = _call(*args, **kwargs)
+                recorded.append(np.asarray(scores))
+                return output
+
+            layer.call = recording  # this instance only, for one forward pass
+        try:
+            normalised = apply_normalisation(tf.constant(images), self.exported.card["normalisation"])
+            self._model(normalised, training=False)
+        finally:
+            for layer in self._attention:
+                layer.call = originals[id(layer)]
+        tokens = recorded[0].shape[-1]
+        rollout = np.tile(np.eye(tokens, dtype=np.float64), (len(images), 1, 1))
+        for scores in recorded:
+            attention = scores.astype(np.float64).mean(axis=1)  # (N, T, T), heads averaged
+            attention = 0.5 * attention + 0.5 * np.eye(tokens)  # the residual connection
+            attention /= attention.sum(axis=-1, keepdims=True)
+            rollout = attention @ rollout
+        side = int(np.sqrt(tokens))
+        prefix = tokens - side * side
+        weights = rollout[:, 0, prefix:] if prefix else rollout.mean(axis=1)
+        grid = weights.reshape(len(images), side, side).astype(np.float32)
+        resized = tf.image.resize(grid[..., None], images.shape[1:3], method="bilinear").numpy()[..., 0]
+        return np.stack([_normalise(m - m.min()) for m in resized])
+
+    def _load(self, path: Path) -> None:
         import keras
 
         import lensnet.models  # noqa: F401  (registers custom layers)
         import lensnet.tasks  # noqa: F401
 
         try:
-            model = keras.models.load_model(path, compile=False, safe_mode=True)
-        except Exception as exc:  # noqa: BLE001
-            self.notes["gradcam"] = f"skipped: cannot load {path}: {type(exc).__name__}"
+            self._model = keras.models.load_model(path, compile=False, safe_mode=True)
+            self._path = path
+        except Exception as exc:  # noqa: BLE001  (a foreign or damaged file: the methods that need it are skipped)
+            self._load_error = f"{type(exc).__name__}"
+
+    def _open_keras(self, path: Path) -> None:
+        self._load(path)
+        model = self._model
+        if model is None:
+            self.notes["gradcam"] = f"skipped: cannot load {path}: {self._load_error}"
             return
         # The last layer that returns a feature map (B, h, w, C) or tokens (B, T, D): the backbone of a
         # backbone -> pooling -> head task model. Nested models keep their own graph, so the features are
@@ -189,6 +264,8 @@ class Explainer:
             out["integrated_gradients"] = self.integrated_gradients(images)
         if "gradcam" in self.methods:
             out["gradcam"] = self.gradcam(images)
+        if "attention_rollout" in self.methods:
+            out["attention_rollout"] = self.attention_rollout(images)
         return out
 
 
