@@ -165,3 +165,18 @@ def test_nonfinite_rule_and_bad_inputs(tmp_path, exports, capsys):
     assert len(read_rows(tmp_path / "d" / "candidates.csv")) == 1
     meta = json.loads((tmp_path / "d" / "pipeline.json").read_text())
     assert len(meta["totals"]["skipped"]) == 1
+
+
+def test_tfrecord_dataset_rows_carry_record_ids_and_true_classes(tmp_path, synthetic_dataset, synthetic_info):
+    from lensnet.serving.export import export_run
+
+    export_run(peak_finder_run(tmp_path / "run16", 16), tmp_path / "export" / "finder16")
+    out = tmp_path / "results"
+    assert pipeline(synthetic_dataset, "--finder", tmp_path / "export" / "finder16", "--out", out,
+                    "--threshold", "0", "--split", "test", "--methods", "none") == 0
+    rows = read_rows(out / "candidates.csv")
+    assert len(rows) == synthetic_info.counts["test"]
+    assert len({r["source"] for r in rows}) == len(rows)
+    assert {r["true_class"] for r in rows} <= set(synthetic_info.class_names)
+    assert {r["label"] for r in rows} == {"0"}  # no record is of the finder's positive class "lens"
+    assert all(r["ra"] == "" for r in rows)  # records carry no WCS

@@ -85,7 +85,13 @@ class Pipeline:
         self.explained = explained.name
         self.labels = _labels(settings.labels)
         self.columns = [*CANDIDATE_COLUMNS, *(c for s in self.others for c in s.columns)]
-        if self.labels:
+        # Truth: --labels, or the class of dataset records (label 1 when it is the finder's positive class).
+        self.truth_classes = any(item.endswith("manifest.json") or (Path(item) / "manifest.json").is_file()
+                                 for item in settings.inputs)
+        self.positive = self.finder.exported.spec.positive_class or "lens"
+        if self.truth_classes:
+            self.columns.append("true_class")
+        if self.labels or self.truth_classes:
             self.columns.append("label")
         self.columns.append("thumbnail")
         for method in (self.explainer.methods if self.explainer else []):
@@ -196,9 +202,14 @@ class Pipeline:
                 outputs = self._batched(stage, images)
                 for row, cells in zip(rows, stage.cells(outputs, sources, self.settings.threshold)):
                     row += cells
-            if self.labels:
-                for row, source in zip(rows, sources):
-                    row.append(self.labels.get(source, self.labels.get(tiles.unit, "")))
+            truths = [tiles.class_names[t] for t in keep] if tiles.class_names else [""] * len(rows)
+            if self.truth_classes:
+                for row, truth in zip(rows, truths):
+                    row.append(truth)
+            if self.labels or self.truth_classes:
+                for row, source, truth in zip(rows, sources, truths):
+                    given = self.labels.get(source, self.labels.get(tiles.unit, ""))
+                    row.append(given if given or not truth else str(int(truth == self.positive)))
             self._files(rows, images)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

@@ -38,6 +38,7 @@ class TileSet:
     boxes: np.ndarray  # (N, 4) int
     radec: np.ndarray  # (N, 2) float, NaN without a WCS
     full_image: np.ndarray | None = None  # a survey image (H, W, C), for thumbnails with context
+    class_names: list[str] | None = None  # the true class of each tile (dataset records)
     notes: list[str] = field(default_factory=list)
 
 
@@ -144,7 +145,8 @@ def read_tiles(
             return
         boxes = np.tile(np.array([[0, 0, w, h]]), (len(images), 1))
         header = _header_of(kind, path, options) if len(images) == 1 else None
-        yield TileSet(f"{path}#{n}", chunk.sources, images, boxes, sky_positions(header, boxes))
+        yield TileSet(f"{path}#{n}", chunk.sources, images, boxes, sky_positions(header, boxes),
+                      class_names=chunk.class_names)
 
 
 def _header_of(kind: str, path: Path, options: InputOptions) -> Any:
