@@ -16,6 +16,7 @@ from lensnet.core.errors import run_cli
 from lensnet.pipeline import main
 from lensnet.survey.synthetic import (
     lens_positions,
+    lens_stamp,
     peak_finder_run,
     recall_precision,
     survey_header,
@@ -180,3 +181,34 @@ def test_tfrecord_dataset_rows_carry_record_ids_and_true_classes(tmp_path, synth
     assert {r["true_class"] for r in rows} <= set(synthetic_info.class_names)
     assert {r["label"] for r in rows} == {"0"}  # no record is of the finder's positive class "lens"
     assert all(r["ra"] == "" for r in rows)  # records carry no WCS
+
+
+def test_tiles_cover_the_image_and_nms_keeps_the_best_of_overlaps():
+    from lensnet.survey.merge import nms
+    from lensnet.survey.tiles import fill_nonfinite, tile_origins
+
+    assert tile_origins(100, 32, 8) == [0, 24, 48, 68]  # the last tile ends on the edge
+    assert tile_origins(32, 32, 8) == [0] and tile_origins(20, 32, 8) == []
+    boxes = np.array([[0, 0, 32, 32], [24, 0, 56, 32], [100, 100, 132, 132], [48, 0, 80, 32]])
+    scores = np.array([0.7, 0.9, 0.8, 0.6])
+    assert nms(boxes, scores, 0.0).tolist() == [1, 2]  # 0 and 3 overlap the best (1); 2 stands alone
+    assert nms(boxes, scores, 0.5).tolist() == [1, 2, 0, 3]
+    images = np.ones((1, 4, 4, 2), "float32")
+    images[0, 0, 0, 0] = np.nan
+    images[0, :, :, 1] *= 3
+    images[0, 1, 1, 1] = np.inf
+    filled = fill_nonfinite(images, "median", "x")
+    assert filled[0, 0, 0, 0] == 1.0 and filled[0, 1, 1, 1] == 3.0
+    assert fill_nonfinite(images, "zero", "x")[0, 0, 0, 0] == 0.0
+
+
+def test_top_k_keeps_the_best_candidates(tmp_path, exports):
+    folder = tmp_path / "cutouts"
+    folder.mkdir()
+    for i, amplitude in enumerate([5.0, 7.0, 6.0, 8.0]):  # finder scores 0.12, 0.88, 0.5, 0.98 (no noise)
+        np.save(folder / f"cut{i}.npy", lens_stamp(SIZE, amplitude))
+    out = tmp_path / "results"
+    assert pipeline(folder, "--finder", exports["finder"], "--out", out, "--top-k", "2", "--methods", "none",
+                    "--threshold", "0") == 0
+    rows = read_rows(out / "candidates.csv")
+    assert sorted(Path(r["source"]).name for r in rows) == ["cut1.npy", "cut3.npy"]
