@@ -103,7 +103,8 @@ def box_centres(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (boxes[:, 0] + boxes[:, 2] - 1) / 2, (boxes[:, 1] + boxes[:, 3] - 1) / 2
 
 
-def _survey_image(kind: str, path: Path, options: InputOptions) -> tuple[np.ndarray, Any] | None:
+def _survey_image(kind: str, path: Path, expected: tuple[int, int, int],
+                  options: InputOptions) -> tuple[np.ndarray, Any] | None:
     """(image (H, W, C) with NaN kept, header) if the file is one image larger than a cutout, else None."""
     if kind == "fits":
         data, header = read_fits_hdu(path, options.hdu)
@@ -111,8 +112,8 @@ def _survey_image(kind: str, path: Path, options: InputOptions) -> tuple[np.ndar
         data, header = read_npy(path, options.trust_pickle)[0], None
     while data.ndim > 2 and data.shape[0] == 1:
         data = data[0]
-    if data.ndim not in (2, 3):
-        return None
+    if data.ndim not in (2, 3) or (data.ndim == 3 and tuple(data.shape[1:]) == tuple(expected[:2])):
+        return None  # a cube of cutouts (N, H, W): predict's reader takes it
     return to_hwc(data, "auto", path, allow_nonfinite=True), header
 
 
@@ -169,7 +170,7 @@ def _large_image(kind: str, path: Path, expected: tuple[int, int, int], options:
             return None
         if len(shape) == 3 and shape[0] != c and shape[-1] != c:
             return None  # a stack of 2-D cutouts
-    survey = _survey_image(kind, path, options)
+    survey = _survey_image(kind, path, expected, options)
     if survey is None:
         return None
     image, header = survey
