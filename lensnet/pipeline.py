@@ -6,7 +6,8 @@ or a FITS/.npy image larger than the finder's input (a survey tile), cut into ti
 overlapping by --overlap pixels; a FITS header's WCS gives each candidate's RA/Dec. The finder scores every
 tile; tiles at or above --threshold (at most --top-k per input and overall) are merged where they overlap
 (NMS, --iou) and go on to the classifier, regressor and anomaly scorer, then to interpretation (integrated
-gradients from the SavedModel, Grad-CAM from a Keras model beside the export). RESULTS gets candidates.csv,
+gradients from the SavedModel; Grad-CAM and attention rollout from a Keras model beside the export or the
+run checkpoint its card names; see lensnet.survey.interpret). RESULTS gets candidates.csv,
 thumbnails, overlays, maps and pipeline.json (see lensnet.survey.run). A rerun with the same arguments resumes.
 """
 
