@@ -65,10 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from lensnet.serving.inputs import InputOptions, expand_inputs
     from lensnet.survey.run import Pipeline, Settings, report
-    from lensnet.survey.stages import check_inputs, open_stage
+    from lensnet.survey.stages import check_finder, check_inputs, open_stage
 
     stages = [open_stage(name, getattr(args, name), args.runtime, args.threads)
               for name in ("finder", "classifier", "regressor", "anomaly") if getattr(args, name)]
+    check_finder(stages[0])
     size = check_inputs(stages)
     overlap = size[0] // 4 if args.overlap is None else args.overlap
     if not 0 <= overlap < min(size[:2]):

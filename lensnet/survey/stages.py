@@ -53,9 +53,15 @@ def open_stage(name: str, model_dir: str, runtime: str, threads: int | None) -> 
 
 def detection_scores(stage: Stage, outputs: np.ndarray) -> np.ndarray:
     """One number per image from the finder: the positive class's probability, or the score."""
+    check_finder(stage)
+    return np.asarray(outputs, dtype=np.float64)[:, 0]
+
+
+def check_finder(stage: Stage) -> None:
+    """A finder returns one detection score per image; anything else is refused before any work."""
     spec = stage.exported.spec
     if spec.kind == "score" or (spec.kind == "probabilities" and spec.positive_class is not None):
-        return np.asarray(outputs, dtype=np.float64)[:, 0]
+        return
     raise LensnetError(
         f"--finder {stage.source}: a finder returns one detection score per image (a binary probability or a "
         f"score); this export returns {spec.kind} over {', '.join(spec.columns)}"
