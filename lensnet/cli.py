@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, bool, str]] = {
     "export": ("lensnet.export", True, "export a run to a verified SavedModel + ONNX version"),
     "predict": ("lensnet.predict", True, "score image files or datasets with an export, to CSV"),
     "serve": ("lensnet.serve", True, "serve an export over the TF Serving REST API"),
+    "pipeline": ("lensnet.pipeline", True, "find, classify and explain lens candidates in survey images"),
+    "dashboard": ("lensnet.dashboard", True, "browse, mark and export pipeline candidates in a web page"),
     "bench": ("lensnet.bench.__main__", True, "run a benchmark"),
 }
 

@@ -180,3 +180,41 @@ def three_way(version_dir: Path, run_dir: Path, images: np.ndarray) -> dict[str,
     session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     onnx_out = session.run(None, {"images": images})[0]
     return {"savedmodel": float(np.abs(saved - reference).max()), "onnx": float(np.abs(onnx_out - reference).max())}
+
+
+def make_results(folder: Path, n: int = 30, seed: int = 0) -> Path:
+    """A lensnet.pipeline results folder without running models: candidates.csv (finder score, classifier
+    probabilities, RA/Dec, a truth `label`), thumbnails, overlays and pipeline.json. Candidate k has finder
+    score (k + 0.5) / n; labels are 1 for most high scores."""
+    import csv
+
+    from lensnet.survey.pngs import display, overlay, write_png
+
+    rng = np.random.default_rng(seed)
+    columns = ["id", "source", "unit", "x0", "y0", "x1", "y1", "ra", "dec", "finder_score", "classifier_predicted",
+               "classifier_p_c0", "classifier_p_c1", "label", "thumbnail", "overlay_gradcam", "map_gradcam"]
+    rows = []
+    for k in range(n):
+        cid = f"c{k:05d}"
+        image = rng.standard_normal((16, 16, 1)).astype("float32")
+        saliency = np.zeros((16, 16), "float32")
+        saliency[:8, :8] = 1.0
+        (folder / "maps").mkdir(parents=True, exist_ok=True)
+        write_png(folder / "thumbs" / f"{cid}.png", display(image), 4)
+        write_png(folder / "overlays" / f"{cid}.gradcam.png", overlay(image, saliency), 4)
+        np.save(folder / "maps" / f"{cid}.gradcam.npy", saliency)
+        score = (k + 0.5) / n
+        p1 = float(rng.uniform())
+        label = int(score > 0.4) if k % 7 else 1 - int(score > 0.4)
+        rows.append([cid, f"tile.fits[x={k},y=0]", "tile.fits", k, 0, k + 16, 16, f"{150 + k * 1e-3:.9f}",
+                     f"{2.2:.9f}", f"{score:.6g}", "c1" if p1 > 0.5 else "c0", f"{1 - p1:.6g}", f"{p1:.6g}", label,
+                     f"thumbs/{cid}.png", f"overlays/{cid}.gradcam.png", f"maps/{cid}.gradcam.npy"])
+    with open(folder / "candidates.csv", "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+    meta = {"format": "lensnet-pipeline", "status": "done", "columns": columns,
+            "stages": {"finder": {"name": "finder", "version": 1, "card": {"task": "lens_finding", "model": "x"}}},
+            "interpretation": {"model": "finder", "methods": ["gradcam"], "notes": {}}, "totals": {"tiles": n}}
+    (folder / "pipeline.json").write_text(json.dumps(meta))
+    return folder

@@ -39,7 +39,8 @@ def test_every_command_module_has_a_main_and_pyproject_installs_the_script():
 
 # The serving side's commands. (fit/tune/evaluate are the task side's: lensnet/tune.py still imports
 # lensnet.fit helpers today, left to that side's split.)
-SERVING_CLIS = {"lensnet.export", "lensnet.predict", "lensnet.serve", "lensnet.cli"}
+SERVING_CLIS = {"lensnet.export", "lensnet.predict", "lensnet.serve", "lensnet.pipeline", "lensnet.dashboard",
+                "lensnet.cli"}
 
 
 def test_no_module_imports_a_serving_command_or_a_private_name_or_another_test():

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from lensnet.bench.common import format_table, save_results
 from lensnet.core.errors import cli_exit
 
-# name -> module under lensnet.bench defining add_arguments(parser) and run(args) -> list[dict]
+# name -> module under lensnet.bench (the name with - as _) defining add_arguments(parser) and run(args) -> list[dict]
 BENCHMARKS = {
     "simulate": "Simulation images/s per core vs a plain lenstronomy loop; 1 vs 2 workers",
     "pipeline": "tf.data reader images/s (parse, normalise, augment, batch)",
@@ -23,6 +23,7 @@ BENCHMARKS = {
     "sr-downstream": "Axion-mass regressor trained on HR, scored on HR / bicubic LR / super-resolved LR",
     "distill": "Teacher, student, student + teacher at one budget: AUC, params, FLOPs, CPU latency",
     "erasing": "Iterative erasing vs none vs random erasing: AUC clean and with 10% of each test image erased",
+    "pipeline-e2e": "lensnet.pipeline tiles/s on synthetic survey images + recall/precision of injected lenses",
 }
 
 

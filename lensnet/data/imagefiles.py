@@ -132,14 +132,9 @@ def _image_hdu(hdul: Any, hdu: int | str | None, path: Path) -> Any:
 
 def read_fits_header(path: str | os.PathLike, hdu: int | str | None = None) -> Any:
     """The header (astropy.io.fits.Header) of the HDU `read_fits` reads, or None if the file cannot be read."""
-    from astropy.io import fits
-
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with fits.open(path, memmap=False) as hdul:
-                return _image_hdu(hdul, hdu, Path(path)).header.copy()
-    except Exception:  # noqa: BLE001  (the pixels were read already; a header we cannot get is just not kept)
+        return read_fits_hdu(path, hdu)[1]
+    except LensnetError:  # the pixels were read already; a header we cannot get is just not kept
         return None
 
 
@@ -175,6 +170,11 @@ def rescaled_header(header: Any, factor: float, note: str = "") -> Any:
 
 def read_fits(path: str | os.PathLike, hdu: int | str | None = None) -> np.ndarray:
     """The image data of one HDU (default: the first HDU with 2-D or more data), as float64."""
+    return read_fits_hdu(path, hdu)[0]
+
+
+def read_fits_hdu(path: str | os.PathLike, hdu: int | str | None = None) -> tuple[np.ndarray, Any]:
+    """(image data as float64, header) of one HDU, chosen as `read_fits` chooses it (the header carries the WCS)."""
     from astropy.io import fits
 
     path = Path(path)
@@ -182,7 +182,9 @@ def read_fits(path: str | os.PathLike, hdu: int | str | None = None) -> np.ndarr
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with fits.open(path, memmap=False) as hdul:
-                data = np.array(_image_hdu(hdul, hdu, path).data, dtype=np.float64)  # copied before it closes
+                chosen = _image_hdu(hdul, hdu, path)
+                data = np.array(chosen.data, dtype=np.float64)  # copied out before the file closes
+                header = chosen.header.copy()
         for warning in caught:
             text = str(warning.message)
             if "truncated" in text.lower() or "corrupt" in text.lower():
@@ -191,7 +193,7 @@ def read_fits(path: str | os.PathLike, hdu: int | str | None = None) -> np.ndarr
         raise
     except Exception as exc:  # noqa: BLE001  (astropy raises OSError, ValueError, TypeError... on bad files)
         raise LensnetError(f"{path}: cannot read FITS ({type(exc).__name__}: {_one_line(exc)})") from None
-    return data
+    return data, header
 
 
 def read_image_file(
@@ -232,8 +234,10 @@ def check_finite(image: np.ndarray, source: str | os.PathLike) -> None:
         raise LensnetError(f"{source}: image has {bad} NaN or Inf pixel(s)")
 
 
-def to_hwc(array: np.ndarray, layout: str, path: str | os.PathLike) -> np.ndarray:
-    """One image (H, W), (1, H, W), (H, W, C) or (C, H, W) -> finite float32 (H, W, C)."""
+def to_hwc(array: np.ndarray, layout: str, path: str | os.PathLike, allow_nonfinite: bool = False) -> np.ndarray:
+    """One image (H, W), (1, H, W), (H, W, C) or (C, H, W) -> finite float32 (H, W, C).
+
+    `allow_nonfinite`: keep NaN/Inf pixels (survey tiles have blank edges; the caller fills them)."""
     array = _drop_degenerate(np.asarray(array), 3)
     _check_numeric(array, path)
     if array.ndim == 2:
@@ -258,7 +262,8 @@ def to_hwc(array: np.ndarray, layout: str, path: str | os.PathLike) -> np.ndarra
         )
     with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf, refused just below
         image = np.ascontiguousarray(array, dtype=np.float32)
-    check_finite(image, path)
+    if not allow_nonfinite:
+        check_finite(image, path)
     return image
 
 

@@ -20,10 +20,11 @@ from lensnet.data.imagefiles import as_image_batch, file_format, is_stack, nonfi
 
 @dataclass
 class Chunk:
-    """Images (N, H, W, C) float32 and the name of each."""
+    """Images (N, H, W, C) float32 and the name of each (and, from a dataset, each record's class name)."""
 
     sources: list[str]
     images: np.ndarray
+    class_names: list[str] | None = None
 
 
 @dataclass
@@ -111,13 +112,14 @@ def read_dataset(path: Path, expected: tuple[int, int, int], options: InputOptio
             raise LensnetError(f"{path}: no split '{split}'; splits: {', '.join(info.counts)}")
         if not info.counts[split]:
             continue
-        batches = load(
-            info, split, batch_size=options.batch_size, fields=["id", field_name], normalise="none", shuffle=False
-        )
+        fields = ["id", field_name, *(["class_name"] if "class_name" in info.schema else [])]
+        batches = load(info, split, batch_size=options.batch_size, fields=fields, normalise="none", shuffle=False)
         try:
             for batch in batches:
                 ids = [v.decode("utf-8", "replace") for v in batch["id"].numpy()]
-                yield Chunk(ids, batch[field_name].numpy())
+                names = [v.decode("utf-8", "replace") for v in batch["class_name"].numpy()] if (
+                    "class_name" in batch) else None
+                yield Chunk(ids, batch[field_name].numpy(), names)
         except tf.errors.OpError as exc:
             raise reader_error(exc, info) from None
 

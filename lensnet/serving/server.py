@@ -362,10 +362,17 @@ def serve_in_thread(
     server: ModelServer, host: str = "127.0.0.1", poll_seconds: float = DEFAULT_POLL_SECONDS
 ) -> Iterator[str]:
     """Run `server` on a free local port in a background thread; yields its base URL."""
+    with app_in_thread(create_app(server, poll_seconds), host) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def app_in_thread(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run an ASGI `app` under uvicorn on a free local port in a background thread; yields its base URL."""
     import time
 
     sock = bind(host, 0)
-    http = uvicorn_server(create_app(server, poll_seconds))
+    http = uvicorn_server(app)
     thread = threading.Thread(target=http.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

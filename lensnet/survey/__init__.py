@@ -1,0 +1,12 @@
+"""The survey library under `python -m lensnet.pipeline` (find -> classify -> interpret) and `lensnet.dashboard`.
+
+    tiles      inputs (cutouts, datasets, large FITS images) -> tiles with pixel boxes and RA/Dec
+    stages     exported models as pipeline stages, their table columns
+    merge      overlapping detections -> one (NMS on boxes)
+    interpret  saliency from an exported model: integrated gradients, Grad-CAM, attention rollout
+    pngs       thumbnails and overlays
+    layout     the names in a results folder
+    run        the resumable pipeline into a results folder
+    dashboard  the web app over a results folder (and a training run); its client is in static/
+    synthetic  survey images with injected lenses and an untrained peak finder (tests, bench pipeline-e2e)
+"""
