@@ -117,3 +117,18 @@ def image_input(image_shape: tuple[int, int, int]) -> keras.KerasTensor:
 def float32_features(x: keras.KerasTensor) -> keras.KerasTensor:
     """Final identity layer pinned to float32 so features are float32 under mixed precision."""
     return keras.layers.Activation("linear", dtype="float32", name="features")(x)
+
+
+def find_backbone(model: keras.Layer) -> Backbone | None:
+    """The (first) registry backbone inside a task model or an inference network, at any depth."""
+    if isinstance(model, Backbone):
+        return model
+    for attr in ("network", "layers"):
+        children = getattr(model, attr, None)
+        if children is None:
+            continue
+        for child in children if isinstance(children, (list, tuple)) else [children]:
+            found = find_backbone(child)
+            if found is not None:
+                return found
+    return None

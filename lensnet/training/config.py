@@ -32,6 +32,8 @@ FIT_DEFAULTS: dict[str, Any] = {
         "name": "cnn_small",
         "args": {},  # builder overrides, checked by the model registry
         "dropout": 0.0,  # before the task head
+        "init": None,  # a run directory (e.g. a pretraining run): start from its backbone weights
+        "freeze": None,  # null | backbone (linear probe: only the task's head trains)
     },
     "train": {
         "epochs": 10,
@@ -155,6 +157,8 @@ def validate(config: dict) -> None:
     if not isinstance(config["model"]["args"], dict):
         raise LensnetError("model.args must be a mapping of builder arguments")
     positive(config["distribute"], "cpu_devices", "distribute")
+    if config["model"].get("freeze") not in (None, "backbone"):
+        raise LensnetError(f"model.freeze must be backbone or null, got {config['model']['freeze']!r}")
 
 
 def cli_overrides(args: Any) -> dict:
@@ -168,6 +172,8 @@ def cli_overrides(args: Any) -> dict:
     put("task.name", args.task)
     put("task.target", args.target)
     put("model.name", args.model)
+    put("model.init", getattr(args, "init", None))
+    put("model.freeze", getattr(args, "freeze", None))
     put("data.path", args.data)
     put("data.batch_size", args.batch_size)
     put("train.epochs", args.epochs)

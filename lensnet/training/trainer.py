@@ -147,7 +147,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     seed_everything(seed, deterministic_ops=bool(run["deterministic"]))
     keras.mixed_precision.set_global_policy("mixed_float16" if train["mixed_precision"] else "float32")
     with strategy.scope():  # before the run directory exists: a model that cannot take the data fails here
-        model = build_task_model(task, config, info)  # the model owns its loss, metrics and step
+        model = build_task_model(task, config, info, init=not resume)  # the model owns its loss, metrics and step
         model.compile(optimizer=make_optimizer(train, steps_per_epoch))
 
     chief = is_chief()
@@ -205,6 +205,8 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
         write_run(run_dir, run_info)
 
     callbacks.append(cb.RunCheckpoint(run_dir, monitor, mode, stateful, state, on_epoch=on_epoch, write=chief))
+    if chief:
+        callbacks += task.callbacks(run_dir, info, config)
 
     if initial_epoch < epochs:
         print(f"training {config['model']['name']} on {info.path} for task {task.name}: epochs "
