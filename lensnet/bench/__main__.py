@@ -20,6 +20,7 @@ BENCHMARKS = {
     "infer": "Inference images/s and latency: Keras vs SavedModel vs onnxruntime",
     "serve": "REST server under load: requests/s, p50/p99 latency, failures",
     "deeplense": "The published DeepLense tables on the replica presets (classification, axion mass, domain shift)",
+    "label-efficiency": "Scratch vs linear probe vs fine-tune from a pretraining run at 1%, 10%, 100% of the labels",
 }
 
 
@@ -30,9 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     modules = {}
     for name, help_ in BENCHMARKS.items():
         try:
-            modules[name] = importlib.import_module(f"lensnet.bench.{name}")
+            modules[name] = importlib.import_module(f"lensnet.bench.{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"lensnet.bench.{name}":
+            if exc.name != f"lensnet.bench.{name.replace('-', '_')}":
                 raise
             continue
         sp = sub.add_parser(name, help=help_, description=help_)

@@ -145,6 +145,7 @@ def load(
     drop_remainder: bool = False,
     shuffle_buffer: int | None = None,
     cache: bool = False,
+    subset: tuple[float, int] | None = None,
 ) -> tf.data.Dataset:
     """A tf.data.Dataset of dicts of batched tensors for one split.
 
@@ -155,6 +156,8 @@ def load(
     repeat: False yields epoch `first_epoch` once; True yields epochs first_epoch, first_epoch+1, ...
     shuffle_buffer: records per shuffle window (default: about 64 MB of records).
     cache: keep the split's serialized records in memory after the first pass.
+    subset: (fraction, subset_seed): only the records whose id hashes below `fraction` (see
+        `in_subset`): fixed, nested subsets (for one seed, 1% of a split is inside its 10%).
     """
     info = open_dataset(directory_or_info)
     paths = info.shards(split)  # empty split / missing shard: error now, not mid-iteration
@@ -207,6 +210,8 @@ def load(
 
     def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
         records = read(epoch)
+        if subset is not None:
+            records = records.filter(lambda s: in_subset(schema.decode(s[None], ["id"])["id"][0], *subset))
         if shuffle:
             shuffle_key = key(epoch, _KEY_SHUFFLE)
             records = (
@@ -231,6 +236,27 @@ def load(
     dataset = tf.data.Dataset.range(first_epoch, last).flat_map(one_epoch)
     dataset = dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+SUBSET_BUCKETS = 1 << 30
+
+
+def in_subset(record_id: tf.Tensor, fraction: float, subset_seed: int) -> tf.Tensor:
+    """Whether a record belongs to the `fraction` subset of seed `subset_seed`: a fingerprint of
+    "seed:id" below fraction x buckets. It depends on the id alone (not on shards or order), and the
+    subsets of one seed are nested: every record of a smaller fraction is in each larger one."""
+    bucket = tf.strings.to_hash_bucket_fast(tf.strings.join([str(int(subset_seed)), ":", record_id]),
+                                            SUBSET_BUCKETS)
+    return bucket < int(round(float(fraction) * SUBSET_BUCKETS))
+
+
+def subset_ids(info: DatasetInfo, split: str, fraction: float, subset_seed: int) -> list[str]:
+    """The ids of the records of `split` in the (fraction, subset_seed) subset, in file order."""
+    ids = []
+    for batch in load(info, split, batch_size=4096, fields=("id",), shuffle=False, normalise="none",
+                      subset=(fraction, subset_seed)):
+        ids.extend(v.decode() for v in batch["id"].numpy())
+    return ids
 
 
 def reader_error(exc: BaseException, info: DatasetInfo | str | os.PathLike) -> LensnetError:

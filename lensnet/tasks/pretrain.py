@@ -86,7 +86,9 @@ class Pretrain(Task):
         self.views = self.view_options(data_config.get("augment"))
         self.views.check()
         if not self.seen and data_config.get("path"):
-            self.seen = self.record_ids_digest(data_config["train_split"])
+            fraction = float(data_config.get("train_fraction", 1.0))
+            subset = (fraction, int(data_config.get("subset_seed", 0))) if fraction < 1 else None
+            self.seen = self.record_ids_digest(data_config["train_split"], subset)
 
     # ---- data ------------------------------------------------------------------------------------
     def setup(self, info: Any, state: dict | None = None) -> None:
@@ -100,17 +102,16 @@ class Pretrain(Task):
         self.num_patches = state.get("num_patches")
         self.seen = state.get("seen")
 
-    def record_ids_digest(self, split: str) -> dict:
-        """The split, count and sha256 of the sorted ids of the records a run trains on."""
-        from lensnet.data import load
+    def record_ids_digest(self, split: str, subset: tuple[float, int] | None = None) -> dict:
+        """The split (and subset), count and sha256 of the sorted ids of the records a run trains on."""
+        from lensnet.data.pipeline import subset_ids
 
         if not self.info.counts.get(split):
             return {}
-        ids = []
-        for batch in load(self.info, split, batch_size=1024, fields=("id",), shuffle=False, normalise="none"):
-            ids.extend(v.decode() for v in batch["id"].numpy())
+        ids = subset_ids(self.info, split, *(subset or (1.0, 0)))
         digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
-        return {"split": split, "count": len(ids), "ids_sha256": digest}
+        seen = {"split": split, "count": len(ids), "ids_sha256": digest}
+        return {**seen, "train_fraction": subset[0], "subset_seed": subset[1]} if subset else seen
 
     def state(self) -> dict:
         return {"method": self.config.method, "embedding_dim": self.embedding_dim, "num_patches": self.num_patches,

@@ -169,7 +169,7 @@ class MaskTokenFill(keras.layers.Layer):
 
 def mae_decoder(num_patches: int, num_prefix_tokens: int, num_visible: int, encoder_dim: int, patch_pixels: int,
                 dim: int = 128, depth: int = 2, heads: int = 4, name: str = "mae_decoder") -> keras.Model:
-    """[encoded tokens (N, prefix + visible, encoder_dim), ids_restore (N, patches)] -> pixels (N, patches, patch_pixels)."""
+    """[encoded (N, prefix + visible, encoder_dim), ids_restore (N, patches)] -> pixels (N, patches, patch_pixels)."""
     import keras_hub
 
     tokens = keras.Input((num_prefix_tokens + num_visible, encoder_dim), name="encoded")

@@ -40,9 +40,38 @@ def cache_split(config: dict, info: Any, splits: Sequence[str]) -> bool:
     return sum(info.counts.get(s, 0) for s in splits) * record < float(config["data"]["cache_limit_mb"]) * 2**20
 
 
-def batches_per_epoch(info: Any, split: str, batch_size: int) -> int:
-    """Batches `lensnet.data.load` yields for one epoch of `split` (the last one may be short)."""
-    return math.ceil(info.counts[split] / batch_size)
+def batches_per_epoch(info: Any, split: str, batch_size: int, count: int | None = None) -> int:
+    """Batches `lensnet.data.load` yields for one epoch of `split` (or of `count` of its records)."""
+    return math.ceil((info.counts[split] if count is None else count) / batch_size)
+
+
+def train_subset(config: dict) -> tuple[float, int] | None:
+    """(data.train_fraction, data.subset_seed), or None when the whole training split is used."""
+    data = config["data"]
+    fraction = float(data.get("train_fraction", 1.0))
+    return None if fraction >= 1.0 else (fraction, int(data.get("subset_seed", 0)))
+
+
+_SUBSET_IDS: dict = {}
+
+
+def train_ids(config: dict, info: Any) -> list[str] | None:
+    """The ids of the training subset (None: the whole split); read once per dataset and subset."""
+    from lensnet.data.pipeline import subset_ids
+
+    subset = train_subset(config)
+    if subset is None:
+        return None
+    key = (info.checksum, config["data"]["train_split"], subset)
+    if key not in _SUBSET_IDS:
+        _SUBSET_IDS[key] = subset_ids(info, config["data"]["train_split"], *subset)
+    return _SUBSET_IDS[key]
+
+
+def train_count(config: dict, info: Any) -> int:
+    """Records of one training epoch: the split, or its `data.train_fraction` subset."""
+    ids = train_ids(config, info)
+    return info.counts[config["data"]["train_split"]] if ids is None else len(ids)
 
 
 def prepared(batches: Any, task: Task, *, seed: int, training: bool, first_epoch: int = 0,
@@ -75,9 +104,9 @@ def train_batches(info: Any, task: Task, config: dict, initial_epoch: int, cache
     batch_size, seed = int(data["batch_size"]), int(config["run"]["seed"])
     batches = load(info, data["train_split"], batch_size=batch_size, fields=task.fields, shuffle=True,
                    augment=data["augment"], normalise=data["normalise"], seed=seed, first_epoch=initial_epoch,
-                   repeat=True, shuffle_buffer=data["shuffle_buffer"], cache=cache)
+                   repeat=True, shuffle_buffer=data["shuffle_buffer"], cache=cache, subset=train_subset(config))
     return prepared(batches, task, seed=seed, training=True, first_epoch=initial_epoch,
-                    per_epoch=batches_per_epoch(info, data["train_split"], batch_size))
+                    per_epoch=batches_per_epoch(info, data["train_split"], batch_size, train_count(config, info)))
 
 
 def eval_batches(info: Any, task: Task, config: dict, split: str, cache: bool = False) -> Any:

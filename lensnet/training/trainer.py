@@ -123,7 +123,15 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     from lensnet.data.pipeline import reader_error
     from lensnet.tasks.base import task_from_config
     from lensnet.training import callbacks as cb
-    from lensnet.training.data import cache_split, check_fit_splits, eval_batches, train_batches, verbosity
+    from lensnet.training.data import (
+        cache_split,
+        check_fit_splits,
+        eval_batches,
+        train_batches,
+        train_count,
+        train_ids,
+        verbosity,
+    )
     from lensnet.training.distribute import make_strategy
     from lensnet.training.evaluation import report
     from lensnet.training.model import build_task_model
@@ -141,7 +149,11 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     monitor = train["monitor"] or f"val_{task.monitor}"
     mode = monitor_mode(monitor, task)
     batch_size = int(data["batch_size"])
-    steps_per_epoch = int(train["steps_per_epoch"] or math.ceil(info.counts[data["train_split"]] / batch_size))
+    train_records = train_count(config, info)  # the split, or its data.train_fraction subset
+    if not train_records:
+        raise LensnetError(f"data.train_fraction {data['train_fraction']} of split '{data['train_split']}' of "
+                           f"{info.path} holds no record; raise it")
+    steps_per_epoch = int(train["steps_per_epoch"] or math.ceil(train_records / batch_size))
     epochs = int(train["epochs"])
 
     seed_everything(seed, deterministic_ops=bool(run["deterministic"]))
@@ -169,13 +181,15 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
             raise LensnetError(f"cannot resume {run_dir}: its dataset {info.path} changed since the run started")
     if chief:
         write_run(run_dir, run_info)
+        if train_ids(config, info) is not None:  # the labelled records this run saw, by id
+            write_text(run_dir / "train_ids.txt", "".join(f"{i}\n" for i in train_ids(config, info)))
 
     cache = cache_split(config, info, (data["train_split"], data["val_split"]))
     train_ds = train_batches(info, task, config, initial_epoch, cache)
     val_ds = eval_batches(info, task, config, data["val_split"], cache)
 
     stateful = []
-    images_per_epoch = steps_per_epoch * batch_size if train["steps_per_epoch"] else info.counts[data["train_split"]]
+    images_per_epoch = steps_per_epoch * batch_size if train["steps_per_epoch"] else train_records
     callbacks: list = [cb.LearningRateLogger(), cb.ThroughputMeter(images_per_epoch)]
     if int(train["precise_bn_batches"]):  # before the stoppers and checkpoints; after the throughput clock
         from lensnet.training.precise_bn import PreciseBatchNorm
