@@ -81,6 +81,29 @@ class BYOLModel(TaskModel):
         self.encoder_name = encoder_name
         self.built = network.built and target.built
 
+    def _without_target(self, variables: list) -> list:
+        # Never the target's: a reload sets `trainable` on the whole model, and with it on the target.
+        target = {id(v) for v in self.target.variables}
+        return [v for v in variables if id(v) not in target]
+
+    @property
+    def trainable_weights(self) -> list:
+        return self._without_target(super().trainable_weights)
+
+    @property
+    def trainable_variables(self) -> list:
+        return self._without_target(super().trainable_variables)
+
+    @property
+    def non_trainable_weights(self) -> list:
+        trainable = {id(v) for v in self.trainable_weights}
+        return [v for v in self.weights if id(v) not in trainable]
+
+    @property
+    def non_trainable_variables(self) -> list:
+        trainable = {id(v) for v in self.trainable_variables}
+        return [v for v in self.variables if id(v) not in trainable]
+
     def pairs(self) -> list[tuple[Any, Any]]:
         """(target variable, online variable) pairs, trainable and non-trainable (BN statistics) alike."""
         online = self.network.get_layer(self.encoder_name).weights
