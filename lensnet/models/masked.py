@@ -8,8 +8,9 @@ embedding convolution, the position embeddings, the prefix tokens and the encode
 gather of the kept patches in between. Every weight it uses is the backbone's own, so a model
 pretrained this way loads into the registry backbone (`--init`) without any conversion.
 
-Swin has no such path: its shifted windows need the whole patch grid (SimMIM masks with a
-learned token instead), so it is refused here with a one-line error.
+Swin has no such path: its shifted windows need the whole patch grid, so the pretrain task
+trains it SimMIM's way instead (lensnet.tasks.ssl_models.MaskedMapModel); other families are
+refused here with a one-line error.
 """
 
 from __future__ import annotations
@@ -51,8 +52,7 @@ class VisibleTokenEncoder:
             self.encoder = inner.get_layer("deit_encoder")
             self.family = "deit"
         else:
-            raise LensnetError(f"MAE needs a model of the {' or '.join(MASKABLE_FAMILIES)} family (its encoder "
-                               f"runs on the visible patches only); {backbone.name!r} is a {kind}")
+            raise LensnetError(f"MAE needs a model of the vit, deit or swin family; {backbone.name!r} is a {kind}")
         self.num_prefix_tokens = int(backbone.num_prefix_tokens)
         self.patch_grid = tuple(backbone.patch_grid)
         self.patch_size = tuple(backbone.patch_size)

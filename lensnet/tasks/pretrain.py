@@ -188,22 +188,28 @@ class Pretrain(Task):
         import keras
 
         from lensnet.models.masked import VisibleTokenEncoder
-        from lensnet.tasks.ssl_models import MAEModel, mae_decoder
-
-        backbone = backbone_factory(tuple(info.image_shape))
-        encoder = VisibleTokenEncoder(backbone)  # a one-line error for a family it cannot mask
-        images = keras.Input(tuple(info.image_shape), name="images")
         from lensnet.models.pooling import pool_features
+        from lensnet.tasks.ssl_models import MAEModel, MaskedMapModel, mae_decoder, map_decoder
 
+        c = self.config
+        backbone = backbone_factory(tuple(info.image_shape))
+        swin = type(backbone).__name__ == "SwinBackbone"  # shifted windows need the whole grid: SimMIM
+        encoder = None if swin else VisibleTokenEncoder(backbone)  # a one-line error for other families
+        images = keras.Input(tuple(info.image_shape), name="images")
         network = keras.Model(images, {"embedding": pool_features(backbone, backbone(images))},
                               name=f"mae_{name}")
-        self.num_patches = encoder.num_patches
-        visible = int(self.num_patches * (1 - float(self.config.mask_ratio)))
+        grid = tuple(backbone.patch_grid)
+        self.num_patches = grid[0] * grid[1]
+        visible = int(self.num_patches * (1 - float(c.mask_ratio)))
         if not 1 <= visible < self.num_patches:
-            raise LensnetError(f"task.mask_ratio {self.config.mask_ratio} leaves {visible} of {self.num_patches} "
+            raise LensnetError(f"task.mask_ratio {c.mask_ratio} leaves {visible} of {self.num_patches} "
                                "patches visible; it must leave at least one visible and one masked")
-        c = self.config
         channels = int(info.image_shape[-1])
+        if swin:
+            cell = (info.image_shape[0] // grid[0]) * (info.image_shape[1] // grid[1]) * channels
+            decoder = map_decoder(grid, backbone.feature_dim, cell)
+            return MaskedMapModel(network, decoder, backbone_name=backbone.name, num_visible=visible,
+                                  norm_pix_loss=c.norm_pix_loss, metrics_list=self.metrics(), name="mae_model")
         decoder = mae_decoder(self.num_patches, encoder.num_prefix_tokens, visible, encoder.hidden_dim,
                               encoder.patch_size[0] * encoder.patch_size[1] * channels, dim=c.decoder_dim,
                               depth=c.decoder_depth, heads=c.decoder_heads)

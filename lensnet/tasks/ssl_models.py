@@ -230,6 +230,10 @@ class MAEModel(TaskModel):
         self.encoder = VisibleTokenEncoder(network.get_layer(backbone_name))
         self.built = network.built and decoder.built
 
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return tuple(self.encoder.patch_size)
+
     def split(self, noise: Any) -> tuple[Any, Any, Any]:
         """(kept patch indices (N, K), ids_restore (N, P), mask (N, P): 1 = masked) from per-patch noise."""
         ids_shuffle = tf.argsort(noise, axis=1, stable=True)
@@ -242,7 +246,7 @@ class MAEModel(TaskModel):
     def targets(self, images: Any) -> Any:
         from lensnet.models.masked import patchify
 
-        target = patchify(images, self.encoder.patch_size)
+        target = patchify(images, self.patch_size)
         if self.norm_pix_loss:
             mean, var = tf.nn.moments(target, axes=[-1], keepdims=True)
             target = (target - mean) / tf.sqrt(var + 1e-6)
@@ -265,14 +269,14 @@ class MAEModel(TaskModel):
 
         images = tf.convert_to_tensor(images, tf.float32)
         pred, mask = self.predict_patches(images, noise, training=False)
-        patches = patchify(images, self.encoder.patch_size)
+        patches = patchify(images, self.patch_size)
         if self.norm_pix_loss:  # predictions are per-patch normalised: bring back the visible scale
             mean, var = tf.nn.moments(patches, axes=[-1], keepdims=True)
             pred = pred * tf.sqrt(var + 1e-6) + mean
         m = mask[..., None]
         shape = tuple(images.shape[1:])
-        masked = unpatchify(patches * (1 - m), self.encoder.patch_size, shape)
-        return masked, unpatchify(patches * (1 - m) + pred * m, self.encoder.patch_size, shape)
+        masked = unpatchify(patches * (1 - m), self.patch_size, shape)
+        return masked, unpatchify(patches * (1 - m) + pred * m, self.patch_size, shape)
 
     def compute_step(self, x: Any, y: Any, sample_weight: Any = None, training: bool = False,
                      global_batch_size: Any = None) -> tuple[tf.Tensor, MetricInputs]:
@@ -292,3 +296,49 @@ class MAEModel(TaskModel):
         config = dict(config)
         config["decoder"] = keras.saving.deserialize_keras_object(config["decoder"])
         return super().from_config(config)
+
+
+def map_decoder(grid: tuple[int, int], channels: int, cell_pixels: int, name: str = "mim_decoder") -> keras.Model:
+    """Feature map (N, gh, gw, C) -> pixels of each map cell (N, gh*gw, cell_pixels): SimMIM's light
+    one-layer head (a linear map per cell, as its 1x1 convolution + pixel shuffle)."""
+    features = keras.Input((grid[0], grid[1], channels), name="features")
+    x = keras.layers.Dense(cell_pixels, dtype="float32", name="decoder_pixels")(features)
+    x = keras.layers.Reshape((grid[0] * grid[1], cell_pixels), name="decoder_cells")(x)
+    return keras.Model(features, x, name=name)
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class MaskedMapModel(MAEModel):
+    """Masked image modelling for a backbone that needs the whole grid (Swin's shifted windows):
+    SimMIM's recipe. The masked cells of the final feature map's grid are blanked in the input (0 in
+    normalised units, the mean sky), the backbone sees the whole image, a linear head predicts each
+    cell's pixels, and the loss counts the masked cells only. Same step, mask draw and loss as MAEModel."""
+
+    def __init__(self, network: keras.Model, decoder: keras.Model, backbone_name: str, num_visible: int,
+                 norm_pix_loss: bool = False, **kwargs: Any) -> None:
+        TaskModel.__init__(self, network, **{"output": "embedding", **kwargs})
+        self.decoder = decoder
+        self.backbone_name = backbone_name
+        self.num_visible = int(num_visible)
+        self.norm_pix_loss = bool(norm_pix_loss)
+        self.backbone = network.get_layer(backbone_name)
+        grid = tuple(self.backbone.patch_grid)
+        shape = tuple(self.backbone.input_shape[1:])
+        self.grid, self.cell = grid, (shape[0] // grid[0], shape[1] // grid[1])
+        self.built = network.built and decoder.built
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return self.cell
+
+    def blank(self, images: Any, mask: Any) -> Any:
+        """`images` with the masked cells set to 0."""
+        m = tf.reshape(mask, (-1, self.grid[0], 1, self.grid[1], 1, 1))
+        shape = tf.shape(images)
+        cells = tf.reshape(images, (shape[0], self.grid[0], self.cell[0], self.grid[1], self.cell[1], shape[3]))
+        return tf.reshape(cells * (1.0 - m), shape)
+
+    def predict_patches(self, images: Any, noise: Any, training: bool = False) -> tuple[Any, Any]:
+        _, _, mask = self.split(noise)
+        features = self.backbone(self.blank(images, mask), training=training)
+        return self.decoder(features, training=training), mask
