@@ -127,10 +127,11 @@ class Pretrain(Task):
         if self.config.method == "mae":
             y = {"noise": tf.random.stateless_uniform([n, int(self.num_patches or 1)], context.random_seed(1))}
             return images, y, tf.ones([n])
-        # two views of every record, from the batch's stateless seed (rows draw their own numbers)
-        v1 = lens_views(images, context.random_seed(1), self.views)
-        v2 = lens_views(images, context.random_seed(2), self.views)
-        return v1, {"view2": v2}, tf.ones([n])
+        # Two views of every record, from the batch's stateless seed (rows draw their own numbers). The
+        # model's input stays the clean image: what scoring, precise BatchNorm and the exported model see.
+        y = {"view1": lens_views(images, context.random_seed(1), self.views),
+             "view2": lens_views(images, context.random_seed(2), self.views)}
+        return images, y, tf.ones([n])
 
     # ---- model -----------------------------------------------------------------------------------
     def build(self, backbone_factory: BackboneFactory, info: Any, config: dict) -> Any:

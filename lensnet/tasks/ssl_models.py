@@ -56,8 +56,8 @@ class SimCLRModel(TaskModel):
 
     def compute_step(self, x: Any, y: Any, sample_weight: Any = None, training: bool = False,
                      global_batch_size: Any = None) -> tuple[tf.Tensor, MetricInputs]:
-        n = tf.shape(x)[0]
-        z = self.network(tf.concat([x, y["view2"]], 0), training=training)["projection"]
+        n = tf.shape(y["view1"])[0]
+        z = self.network(tf.concat([y["view1"], y["view2"]], 0), training=training)["projection"]
         per_example, hit = self.contrastive_loss(z[:n], z[n:])
         weight = _ones_like_rows(x) if sample_weight is None else sample_weight
         loss = average_loss(per_example * weight, global_batch_size) + self.regularization()
@@ -129,8 +129,8 @@ class BYOLModel(TaskModel):
                      global_batch_size: Any = None) -> tuple[tf.Tensor, MetricInputs]:
         if training:
             self.update_target()  # the EMA of the step before (see the module doc)
-        n = tf.shape(x)[0]
-        views = tf.concat([x, y["view2"]], 0)
+        n = tf.shape(y["view1"])[0]
+        views = tf.concat([y["view1"], y["view2"]], 0)
         p = self.network(views, training=training)["prediction"]
         z = self.target(views, training=training)["projection"]
         # symmetric: view 1's prediction regresses view 2's target projection, and vice versa
