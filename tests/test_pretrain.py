@@ -269,3 +269,12 @@ def test_byol_trains_on_two_workers_like_on_one_device(runs: Path, synthetic_dat
         for row, ref in zip(csv.DictReader(a), csv.DictReader(b)):
             for key in ("loss", "val_loss"):
                 assert float(row[key]) == pytest.approx(float(ref[key]), rel=0.005), key
+
+
+def test_init_without_model_takes_the_init_runs_model(runs: Path) -> None:
+    from lensnet.training.config import resolve_fit_config
+
+    config = resolve_fit_config("substructure", None, {"model": {"init": str(runs / "mae")}})
+    assert config["model"]["name"] == "vit_tiny" and config["model"]["args"]["patch_size"] == 4
+    config = resolve_fit_config("substructure", None, {"model": {"init": str(runs / "mae"), "name": "cnn_small"}})
+    assert config["model"]["name"] == "cnn_small"  # an explicit --model wins (and must then match)

@@ -113,8 +113,19 @@ def resolve_fit_config(
     config = merge(config, user, open_keys=OPEN_KEYS, where=f"config ({config_file})" if config_file else "config")
     config = merge(config, overrides, open_keys=OPEN_KEYS)
     config["task"]["name"] = name
+    if config["model"].get("init") and not any((tree.get("model") or {}).get("name") for tree in (user, overrides)):
+        _model_of_init_run(config["model"])
     validate(config)
     return config
+
+
+def _model_of_init_run(model: dict) -> None:
+    """With --init and no --model, the model is the init run's (name and arguments): the only one that fits."""
+    path = Path(str(model["init"])) / "config.yaml"
+    if path.is_file():
+        theirs = load_yaml(path, "run config").get("model") or {}
+        if theirs.get("name"):
+            model["name"], model["args"] = theirs["name"], copy.deepcopy(theirs.get("args") or {})
 
 
 def validate(config: dict) -> None:
