@@ -159,13 +159,14 @@ def test_lens_views_are_seeded_and_keep_channels() -> None:
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--set", "task.mask_ratio=1.0"], "task.mask_ratio must be in (0, 1)"),
-    (["--set", "task.mask_ratio=0"], "task.mask_ratio must be in (0, 1)"),
-    (["--set", "task.method=mae", "--model", "cnn_small"], "MAE needs a model of the vit, deit or swin family"),
-    (["--set", "task.method=swav"], "task.method must be one of"),
+    (["--set", "task.mask_ratio=1.0", *TINY_VIT], "task.mask_ratio must be in (0, 1)"),
+    (["--set", "task.mask_ratio=0", *TINY_VIT], "task.mask_ratio must be in (0, 1)"),
+    (["--set", "task.mask_ratio=0.99", *TINY_VIT], "leaves 0 of 16 patches visible"),
+    (["--model", "cnn_small"], "MAE needs a model of the vit, deit or swin family"),
+    (["--set", "task.method=swav", *TINY_VIT], "task.method must be one of"),
 ])
 def test_bad_pretrain_options_are_one_line(capsys, synthetic_dataset: Path, tmp_path: Path, extra, message) -> None:
-    argv = ["--task", "pretrain", "--set", "task.method=mae", *TINY_VIT, *COMMON, "--data", str(synthetic_dataset),
+    argv = ["--task", "pretrain", "--set", "task.method=mae", *COMMON, "--data", str(synthetic_dataset),
             "--runs", str(tmp_path), "--run-name", "bad", "--epochs", "1", *extra]
     code = run_cli(fit_main, argv)
     err = capsys.readouterr().err
