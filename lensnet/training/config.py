@@ -151,6 +151,8 @@ def validate(config: dict) -> None:
     positive(train, "warmup_epochs", "train", float, allow_zero=True)
     positive(train, "precise_bn_batches", "train", allow_zero=True)
     positive(run, "seed", "run", allow_zero=True)
+    data.setdefault("train_fraction", 1.0)  # absent from the config.yaml of runs made before it existed
+    data.setdefault("subset_seed", 0)
     positive(data, "subset_seed", "data", allow_zero=True)
     fraction = data["train_fraction"]
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
