@@ -249,33 +249,25 @@ def test_embedding_exports_and_predicts(runs: Path, synthetic_dataset: Path, tmp
     assert len(rows) == 16 and {"emb_0", "emb_15"} <= set(rows[0])
 
 
-def test_byol_trains_on_two_workers_like_on_one_device(runs: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
-    """The EMA lives in compute_step, so the multi-worker custom loop applies it too: both workers end
-    bit-identical, with the one-device run's losses."""
+def test_byol_trains_on_two_workers_with_its_ema(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """The EMA lives in compute_step, so the multi-worker custom loop applies it too. With ema 0 the
+    target is the online network of the step before: close to it, far from its random start."""
     import re
     import sys
 
     from workers import workers
 
     argv = [sys.executable, "-m", "lensnet.fit",
-            *pretrain_argv(synthetic_dataset, tmp_path, "mw", "byol", 2), "--strategy", "multiworker",
-            "--set", "run.verbose=2"]
+            *pretrain_argv(synthetic_dataset, tmp_path, "mw", "byol", 1), "--strategy", "multiworker",
+            "--set", "run.verbose=2", "--set", "task.ema=0.0"]
     results = workers(argv, tmp_path / "logs")
     for code, out in results:
         assert code == 0, out[-3000:]
     digest = re.compile(r"weights sha256 (\w+), optimizer sha256 (\w+)")
     found = [digest.search(out) for _, out in results]
-    assert all(found) and found[0].groups() == found[1].groups()
-    with open(tmp_path / "mw" / "history.csv") as a, open(runs / "byol" / "history.csv") as b:
-        for row, ref in zip(csv.DictReader(a), csv.DictReader(b)):
-            for key in ("loss", "val_loss"):
-                assert float(row[key]) == pytest.approx(float(ref[key]), rel=0.005), key
-
-
-def test_init_without_model_takes_the_init_runs_model(runs: Path) -> None:
-    from lensnet.training.config import resolve_fit_config
-
-    config = resolve_fit_config("substructure", None, {"model": {"init": str(runs / "mae")}})
-    assert config["model"]["name"] == "vit_tiny" and config["model"]["args"]["patch_size"] == 4
-    config = resolve_fit_config("substructure", None, {"model": {"init": str(runs / "mae"), "name": "cnn_small"}})
-    assert config["model"]["name"] == "cnn_small"  # an explicit --model wins (and must then match)
+    assert all(found) and found[0].groups() == found[1].groups()  # both workers end bit-identical
+    model = load(tmp_path / "mw" / "checkpoints" / "last.keras")
+    for target, online in model.pairs():
+        if len(target.shape) > 1:  # kernels: the random start of two networks is far apart
+            t, o = np.asarray(target), np.asarray(online)
+            assert np.linalg.norm(t - o) < 0.1 * np.linalg.norm(o), target.path

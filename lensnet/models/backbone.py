@@ -52,6 +52,8 @@ class Backbone(keras.Model):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if not self.trainable:  # a frozen backbone reloaded from its config: freeze its variables too
+            self.trainable = False
         if dtype is not None:
             self.dtype_policy = keras.dtype_policies.get(dtype)
         if feature_kind not in FEATURE_KINDS:
