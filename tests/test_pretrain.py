@@ -250,24 +250,28 @@ def test_embedding_exports_and_predicts(runs: Path, synthetic_dataset: Path, tmp
 
 
 def test_byol_trains_on_two_workers_with_its_ema(synthetic_dataset: Path, tmp_path: Path) -> None:
-    """The EMA lives in compute_step, so the multi-worker custom loop applies it too. With ema 0 the
-    target is the online network of the step before: close to it, far from its random start."""
+    """The EMA lives in compute_step, so the multi-worker custom loop applies it too. With ema 0 and two
+    steps, the target ends as the online network after step 1: one Adam step (lr x sign of the gradient,
+    the same on one device and on two workers) away from its starting copy, which it would still be
+    without the EMA."""
     import re
     import sys
 
     from workers import workers
 
-    argv = [sys.executable, "-m", "lensnet.fit",
-            *pretrain_argv(synthetic_dataset, tmp_path, "mw", "byol", 1), "--strategy", "multiworker",
-            "--set", "run.verbose=2", "--set", "task.ema=0.0"]
+    one = [*pretrain_argv(synthetic_dataset, tmp_path, "one", "byol", 1), "--set", "task.ema=0.0"]
+    assert run_cli(fit_main, one) == 0
+    argv = [sys.executable, "-m", "lensnet.fit", *pretrain_argv(synthetic_dataset, tmp_path, "mw", "byol", 1),
+            "--strategy", "multiworker", "--set", "run.verbose=2", "--set", "task.ema=0.0"]
     results = workers(argv, tmp_path / "logs")
     for code, out in results:
         assert code == 0, out[-3000:]
     digest = re.compile(r"weights sha256 (\w+), optimizer sha256 (\w+)")
     found = [digest.search(out) for _, out in results]
     assert all(found) and found[0].groups() == found[1].groups()  # both workers end bit-identical
-    model = load(tmp_path / "mw" / "checkpoints" / "last.keras")
-    for target, online in model.pairs():
-        if len(target.shape) > 1:  # kernels: the random start of two networks is far apart
-            t, o = np.asarray(target), np.asarray(online)
-            assert np.linalg.norm(t - o) < 0.1 * np.linalg.norm(o), target.path
+    mw, ref = (load(tmp_path / name / "checkpoints" / "last.keras") for name in ("mw", "one"))
+    lr = 1e-3
+    for (t_mw, _), (t_ref, _) in zip(mw.pairs(), ref.pairs()):
+        if len(t_mw.shape) > 1:  # kernels (BatchNorm statistics differ with the replicas' batch size)
+            gap = np.abs(np.asarray(t_mw) - np.asarray(t_ref))
+            assert np.median(gap) < 0.5 * lr, t_mw.path
