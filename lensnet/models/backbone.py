@@ -51,8 +51,13 @@ class Backbone(keras.Model):
         dtype: Any = None,
         **kwargs: Any,
     ) -> None:
+        # A frozen backbone reloaded from its config: built trainable, then frozen. Keras builds the
+        # layers of a model constructed with trainable=False with variables still flagged trainable,
+        # which a parent model's `trainable_variables` then picks up (a resumed linear probe would
+        # train its backbone, and its optimizer state would not match).
+        trainable = bool(kwargs.pop("trainable", True))
         super().__init__(*args, **kwargs)
-        if not self.trainable:  # a frozen backbone reloaded from its config: freeze its variables too
+        if not trainable:
             self.trainable = False
         if dtype is not None:
             self.dtype_policy = keras.dtype_policies.get(dtype)
