@@ -275,3 +275,16 @@ def test_byol_trains_on_two_workers_with_its_ema(synthetic_dataset: Path, tmp_pa
         if len(t_mw.shape) > 1:  # kernels (BatchNorm statistics differ with the replicas' batch size)
             gap = np.abs(np.asarray(t_mw) - np.asarray(t_ref))
             assert np.median(gap) < 0.5 * lr, t_mw.path
+
+
+def test_init_without_model_takes_the_init_runs_model(tmp_path: Path) -> None:
+    from lensnet.core.config import dump_yaml
+    from lensnet.training.config import resolve_fit_config
+
+    init = tmp_path / "pretrained"
+    init.mkdir()
+    (init / "config.yaml").write_text(dump_yaml({"model": {"name": "vit_tiny", "args": {"patch_size": 4}}}))
+    config = resolve_fit_config("substructure", None, {"model": {"init": str(init)}})
+    assert config["model"]["name"] == "vit_tiny" and config["model"]["args"] == {"patch_size": 4}
+    config = resolve_fit_config("substructure", None, {"model": {"init": str(init), "name": "cnn_small"}})
+    assert config["model"]["name"] == "cnn_small"  # an explicit --model wins (and must then match)
