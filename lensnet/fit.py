@@ -4,6 +4,8 @@
     python -m lensnet.fit --task substructure --model vit_tiny --data tfrecords/model_ii --epochs 30 --seed 0
     python -m lensnet.fit --task regression --target log10_m_axion --data tfrecords/model_ii
     python -m lensnet.fit --resume runs/NAME
+    python -m lensnet.fit --task pretrain --set task.method=byol --data tfrecords/model_ii
+    python -m lensnet.fit --task substructure --init runs/PRETRAIN --freeze backbone
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", help="lens_finding | substructure | regression (see --list-tasks)")
     parser.add_argument("--model", help="model name from the registry (see --list-models)")
+    parser.add_argument("--init", metavar="RUN_DIR",
+                        help="start from the backbone weights of another run (e.g. --task pretrain)")
+    parser.add_argument("--freeze", choices=("backbone",), help="train only the task's head (linear probe)")
     parser.add_argument("--data", help="dataset directory (default: the task's default dataset, simulated if absent)")
     parser.add_argument("--target", help="regression target: any stored parameter")
     parser.add_argument("--teacher", metavar="RUN_OR_EXPORT",

@@ -146,6 +146,7 @@ def load(
     shuffle_buffer: int | None = None,
     cache: bool = False,
     classes: Sequence[str] | None = None,
+    subset: tuple[float, int] | None = None,
 ) -> tf.data.Dataset:
     """A tf.data.Dataset of dicts of batched tensors for one split.
 
@@ -158,6 +159,8 @@ def load(
     cache: keep the split's serialized records in memory after the first pass.
     classes: keep only the records whose class name is in it (None = every record); the filter runs on
     the serialized records before shuffling, so nothing is copied and a batch is full of kept records.
+    subset: (fraction, subset_seed): only the records whose id hashes below `fraction` (see
+        `in_subset`): fixed, nested subsets (for one seed, 1% of a split is inside its 10%).
     """
     info = open_dataset(directory_or_info)
     paths = info.shards(split)  # empty split / missing shard: error now, not mid-iteration
@@ -221,6 +224,8 @@ def load(
         records = read(epoch)
         if keep is not None:
             records = kept(records)
+        if subset is not None:
+            records = records.filter(lambda s: in_subset(schema.decode(s[None], ["id"])["id"][0], *subset))
         if shuffle:
             shuffle_key = key(epoch, _KEY_SHUFFLE)
             records = (
@@ -267,6 +272,27 @@ def split_count(info: DatasetInfo, split: str, classes: Sequence[str] | None = N
     if count == 0:
         raise LensnetError(f"dataset {info.path}: split '{split}' holds no record of class {', '.join(classes)}")
     return count
+SUBSET_BUCKETS = 1 << 30
+
+
+def in_subset(record_id: tf.Tensor, fraction: float, subset_seed: int) -> tf.Tensor:
+    """Whether a record belongs to the `fraction` subset of seed `subset_seed`: a fingerprint of
+    "seed:id" below fraction x buckets. It depends on the id alone (not on shards or order), and the
+    subsets of one seed are nested: every record of a smaller fraction is in each larger one."""
+    bucket = tf.strings.to_hash_bucket_fast(tf.strings.join([str(int(subset_seed)), ":", record_id]),
+                                            SUBSET_BUCKETS)
+    return bucket < int(round(float(fraction) * SUBSET_BUCKETS))
+
+
+def subset_ids(info: DatasetInfo, split: str, fraction: float, subset_seed: int,
+               classes: Sequence[str] | None = None) -> list[str]:
+    """The ids of the records of `split` in the (fraction, subset_seed) subset (of `classes` only, when
+    given), in file order."""
+    ids = []
+    for batch in load(info, split, batch_size=4096, fields=("id",), shuffle=False, normalise="none",
+                      subset=(fraction, subset_seed), classes=classes):
+        ids.extend(v.decode() for v in batch["id"].numpy())
+    return ids
 
 
 def reader_error(exc: BaseException, info: DatasetInfo | str | os.PathLike) -> LensnetError:

@@ -51,7 +51,14 @@ class Backbone(keras.Model):
         dtype: Any = None,
         **kwargs: Any,
     ) -> None:
+        # A frozen backbone reloaded from its config: built trainable, then frozen. Keras builds the
+        # layers of a model constructed with trainable=False with variables still flagged trainable,
+        # which a parent model's `trainable_variables` then picks up (a resumed linear probe would
+        # train its backbone, and its optimizer state would not match).
+        trainable = bool(kwargs.pop("trainable", True))
         super().__init__(*args, **kwargs)
+        if not trainable:
+            self.trainable = False
         if dtype is not None:
             self.dtype_policy = keras.dtype_policies.get(dtype)
         if feature_kind not in FEATURE_KINDS:
@@ -117,3 +124,18 @@ def image_input(image_shape: tuple[int, int, int]) -> keras.KerasTensor:
 def float32_features(x: keras.KerasTensor) -> keras.KerasTensor:
     """Final identity layer pinned to float32 so features are float32 under mixed precision."""
     return keras.layers.Activation("linear", dtype="float32", name="features")(x)
+
+
+def find_backbone(model: keras.Layer) -> Backbone | None:
+    """The (first) registry backbone inside a task model or an inference network, at any depth."""
+    if isinstance(model, Backbone):
+        return model
+    for attr in ("network", "layers"):
+        children = getattr(model, attr, None)
+        if children is None:
+            continue
+        for child in children if isinstance(children, (list, tuple)) else [children]:
+            found = find_backbone(child)
+            if found is not None:
+                return found
+    return None

@@ -144,6 +144,11 @@ class Task:
         """Fresh Keras metrics, updated with the MetricInputs of the task model's `compute_step`."""
         return []
 
+    def callbacks(self, run_dir: Path, info: Any, config: dict) -> list:
+        """Extra Keras callbacks of a training run (the chief's): figures of the training model itself
+        (e.g. reconstructions) that the exported model cannot make. Run by both training paths."""
+        return []
+
     # ---- scoring --------------------------------------------------------------------------
     def targets(self, batch: dict) -> np.ndarray:
         """NumPy: the ground truth of a batch of records, in the form `score` takes."""

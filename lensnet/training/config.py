@@ -27,12 +27,18 @@ FIT_DEFAULTS: dict[str, Any] = {
         "shuffle_buffer": None,
         "cache": "auto",  # true | false | auto (cache splits smaller than cache_limit_mb)
         "cache_limit_mb": 2048,
+        # label efficiency: train on a fixed fraction of the training split, chosen by a seeded hash of the
+        # record ids (nested: for one subset_seed, the 1% subset is inside the 10% one)
+        "train_fraction": 1.0,
+        "subset_seed": 0,
     },
     "model": {
         "name": "cnn_small",
         "args": {},  # builder overrides, checked by the model registry
         "dropout": 0.0,  # before the task head
         "weights": None,  # local .weights.h5 or keras-hub preset directory (lensnet.models.transfer)
+        "init": None,  # a run directory (e.g. a pretraining run): start from its backbone weights
+        "freeze": None,  # null | backbone (linear probe: only the task's head trains)
     },
     "train": {
         "epochs": 10,
@@ -111,8 +117,19 @@ def resolve_fit_config(
     config = merge(config, user, open_keys=OPEN_KEYS, where=f"config ({config_file})" if config_file else "config")
     config = merge(config, overrides, open_keys=OPEN_KEYS)
     config["task"]["name"] = name
+    if config["model"].get("init") and not any((tree.get("model") or {}).get("name") for tree in (user, overrides)):
+        _model_of_init_run(config["model"])
     validate(config)
     return config
+
+
+def _model_of_init_run(model: dict) -> None:
+    """With --init and no --model, the model is the init run's (name and arguments): the only one that fits."""
+    path = Path(str(model["init"])) / "config.yaml"
+    if path.is_file():
+        theirs = load_yaml(path, "run config").get("model") or {}
+        if theirs.get("name"):
+            model["name"], model["args"] = theirs["name"], copy.deepcopy(theirs.get("args") or {})
 
 
 def validate(config: dict) -> None:
@@ -138,6 +155,12 @@ def validate(config: dict) -> None:
     positive(train, "warmup_epochs", "train", float, allow_zero=True)
     positive(train, "precise_bn_batches", "train", allow_zero=True)
     positive(run, "seed", "run", allow_zero=True)
+    data.setdefault("train_fraction", 1.0)  # absent from the config.yaml of runs made before it existed
+    data.setdefault("subset_seed", 0)
+    positive(data, "subset_seed", "data", allow_zero=True)
+    fraction = data["train_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise LensnetError(f"data.train_fraction must be in (0, 1], got {fraction!r}")
     if train["steps_per_epoch"] is not None:
         positive(train, "steps_per_epoch", "train")
     choices = {
@@ -160,6 +183,8 @@ def validate(config: dict) -> None:
     if not isinstance(config["model"]["args"], dict):
         raise LensnetError("model.args must be a mapping of builder arguments")
     positive(config["distribute"], "cpu_devices", "distribute")
+    if config["model"].get("freeze") not in (None, "backbone"):
+        raise LensnetError(f"model.freeze must be backbone or null, got {config['model']['freeze']!r}")
 
 
 def check_erasing(section: Any) -> dict:
@@ -191,6 +216,8 @@ def cli_overrides(args: Any) -> dict:
     put("task.target", args.target)
     put("task.teacher", getattr(args, "teacher", None))
     put("model.name", args.model)
+    put("model.init", getattr(args, "init", None))
+    put("model.freeze", getattr(args, "freeze", None))
     put("data.path", args.data)
     put("data.batch_size", args.batch_size)
     put("train.epochs", args.epochs)

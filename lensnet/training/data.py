@@ -40,19 +40,46 @@ def cache_split(config: dict, info: Any, splits: Sequence[str]) -> bool:
     return sum(info.counts.get(s, 0) for s in splits) * record < float(config["data"]["cache_limit_mb"]) * 2**20
 
 
-def batches_per_epoch(info: Any, split: str, batch_size: int, classes: Sequence[str] | None = None) -> int:
+def batches_per_epoch(info: Any, split: str, batch_size: int, classes: Sequence[str] | None = None,
+                      count: int | None = None) -> int:
     """Batches `lensnet.data.load` yields for one epoch of `split` (the last one may be short),
-    restricted to the records of `classes` when given."""
+    restricted to the records of `classes` when given, or of a known `count` of records."""
     from lensnet.data.pipeline import split_count
 
-    return math.ceil(split_count(info, split, classes) / batch_size)
+    return math.ceil((split_count(info, split, classes) if count is None else count) / batch_size)
+
+
+def train_subset(config: dict) -> tuple[float, int] | None:
+    """(data.train_fraction, data.subset_seed), or None when the whole training split is used."""
+    data = config["data"]
+    fraction = float(data.get("train_fraction", 1.0))
+    return None if fraction >= 1.0 else (fraction, int(data.get("subset_seed", 0)))
+
+
+_SUBSET_IDS: dict = {}
+
+
+def train_ids(config: dict, info: Any, classes: Sequence[str] | None = None) -> list[str] | None:
+    """The ids of the training subset, of `classes` only when given (None: no `data.train_fraction`
+    subset); read once per dataset, subset and classes."""
+    from lensnet.data.pipeline import subset_ids
+
+    subset = train_subset(config)
+    if subset is None:
+        return None
+    key = (info.checksum, config["data"]["train_split"], subset, tuple(classes or ()))
+    if key not in _SUBSET_IDS:
+        _SUBSET_IDS[key] = subset_ids(info, config["data"]["train_split"], *subset, classes=classes)
+    return _SUBSET_IDS[key]
 
 
 def train_records(info: Any, task: Task, config: dict) -> int:
-    """Records in one epoch of the training split: the task's training classes only, when it names them."""
+    """Records in one epoch of the training split: the task's training classes only, when it names
+    them, and the `data.train_fraction` subset, when there is one."""
     from lensnet.data.pipeline import split_count
 
-    return split_count(info, config["data"]["train_split"], task.train_classes())
+    ids = train_ids(config, info, task.train_classes())
+    return split_count(info, config["data"]["train_split"], task.train_classes()) if ids is None else len(ids)
 
 
 def prepared(batches: Any, task: Task, *, seed: int, training: bool, first_epoch: int = 0,
@@ -85,9 +112,11 @@ def train_batches(info: Any, task: Task, config: dict, initial_epoch: int, cache
     batch_size, seed = int(data["batch_size"]), int(config["run"]["seed"])
     batches = load(info, data["train_split"], batch_size=batch_size, fields=task.fields, shuffle=True,
                    augment=data["augment"], normalise=data["normalise"], seed=seed, first_epoch=initial_epoch,
-                   repeat=True, shuffle_buffer=data["shuffle_buffer"], cache=cache, classes=task.train_classes())
+                   repeat=True, shuffle_buffer=data["shuffle_buffer"], cache=cache, classes=task.train_classes(),
+                   subset=train_subset(config))
     return prepared(batches, task, seed=seed, training=True, first_epoch=initial_epoch,
-                    per_epoch=batches_per_epoch(info, data["train_split"], batch_size, task.train_classes()))
+                    per_epoch=batches_per_epoch(info, data["train_split"], batch_size,
+                                                count=train_records(info, task, config)))
 
 
 def eval_batches(info: Any, task: Task, config: dict, split: str, cache: bool = False,

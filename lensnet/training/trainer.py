@@ -128,6 +128,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
         check_fit_splits,
         eval_batches,
         train_batches,
+        train_ids,
         train_records,
         verbosity,
     )
@@ -148,14 +149,17 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     monitor = train["monitor"] or f"val_{task.monitor}"
     mode = monitor_mode(monitor, task)
     batch_size = int(data["batch_size"])
-    n_train = train_records(info, task, config)  # the task may train on some classes only (anomaly)
+    n_train = train_records(info, task, config)  # some classes only (anomaly), or a data.train_fraction subset
+    if not n_train:
+        raise LensnetError(f"data.train_fraction {data['train_fraction']} of split '{data['train_split']}' of "
+                           f"{info.path} holds no record; raise it")
     steps_per_epoch = int(train["steps_per_epoch"] or math.ceil(n_train / batch_size))
     epochs = int(train["epochs"])
 
     seed_everything(seed, deterministic_ops=bool(run["deterministic"]))
     keras.mixed_precision.set_global_policy("mixed_float16" if train["mixed_precision"] else "float32")
     with strategy.scope():  # before the run directory exists: a model that cannot take the data fails here
-        model = build_task_model(task, config, info)  # the model owns its loss, metrics and step
+        model = build_task_model(task, config, info, init=not resume)  # the model owns its loss, metrics and step
         model.compile(optimizer=make_optimizer(train, steps_per_epoch))
 
     chief = is_chief()
@@ -177,6 +181,9 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
             raise LensnetError(f"cannot resume {run_dir}: its dataset {info.path} changed since the run started")
     if chief:
         write_run(run_dir, run_info)
+        seen = train_ids(config, info, task.train_classes())
+        if seen is not None:  # the labelled records this run saw, by id
+            write_text(run_dir / "train_ids.txt", "".join(f"{i}\n" for i in seen))
 
     cache = cache_split(config, info, (data["train_split"], data["val_split"]))
     train_ds = train_batches(info, task, config, initial_epoch, cache)
@@ -220,6 +227,8 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
         with strategy.scope():
             callbacks.append(attach_erasing(model, train["erasing"], seed, steps_per_epoch, run_dir, write=chief))
     callbacks.append(cb.RunCheckpoint(run_dir, monitor, mode, stateful, state, on_epoch=on_epoch, write=chief))
+    if chief:
+        callbacks += task.callbacks(run_dir, info, config)
 
     if initial_epoch < epochs:
         print(f"training {config['model']['name']} on {info.path} for task {task.name}: epochs "
