@@ -59,8 +59,9 @@ def _dataset(preset: str, args: argparse.Namespace, axion_only: bool = False) ->
     return str(path)
 
 
-def _fit(task: str, data: str, runs: Path, name: str, epochs: int, args: argparse.Namespace,
-         model: str | None = None, **task_options):
+def bench_fit(task: str, data: str, runs: Path, name: str, epochs: int, args: argparse.Namespace,
+              model: str | None = None, **task_options):
+    """One lensnet.fit run of a benchmark: its model, batch size, learning rate, seed and --set overrides."""
     from lensnet.core.config import deep_update, parse_set
     from lensnet.training.config import resolve_fit_config
     from lensnet.training.trainer import run_fit
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         published = PUBLISHED.get(preset, {})
         if args.epochs:
             data = datasets[preset] = _dataset(preset, args)
-            result = _fit("substructure", data, runs, f"{preset}-cls", args.epochs, args)
+            result = bench_fit("substructure", data, runs, f"{preset}-cls", args.epochs, args)
             classifiers[preset] = result.run_dir
             m = result.metrics
             auc = m.get("per_class_roc_auc") or {}
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         if args.reg_epochs:
             reg_data = _dataset(preset, args, axion_only=True)
             reg_model = args.reg_model or args.model
-            result = _fit("regression", reg_data, runs, f"{preset}-reg", args.reg_epochs, args, model=reg_model,
+            result = bench_fit("regression", reg_data, runs, f"{preset}-reg", args.reg_epochs, args, model=reg_model,
                           target="log10_m_axion")
             rows.append({
                 "preset": preset, "task": "axion_mass_regression", "model": reg_model,
@@ -137,7 +138,7 @@ def _cross(args: argparse.Namespace, runs: Path, classifiers: dict, datasets: di
             if name not in datasets:
                 datasets[name] = _dataset(name, args)
         if train_on not in classifiers:
-            classifiers[train_on] = _fit("substructure", datasets[train_on], runs, f"{train_on}-cls",
+            classifiers[train_on] = bench_fit("substructure", datasets[train_on], runs, f"{train_on}-cls",
                                          args.epochs, args).run_dir
         m, _ = evaluate_run(classifiers[train_on], datasets[test_on], "test", out=runs / f"{train_on}-on-{test_on}")
         rows.append({"preset": f"{train_on} -> {test_on}", "task": "cross-domain classification",

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     import keras
     import tensorflow as tf
 
-    from lensnet.bench.deeplense import _fit
+    from lensnet.bench.deeplense import bench_fit
     from lensnet.core.runs import load_model
     from lensnet.tasks import image_quality as iq
 
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     runs = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="lensnet-bench-sr-"))
     fit_args = argparse.Namespace(model=args.sr_model, batch_size=args.batch_size, lr=5e-4, seed=args.seed,
                                   set=args.set)
-    sr_run = _fit("super_resolution", str(data), runs, f"sr-{args.sr_model}", args.sr_epochs, fit_args)
+    sr_run = bench_fit("super_resolution", str(data), runs, f"sr-{args.sr_model}", args.sr_epochs, fit_args)
     keras.backend.clear_session()
     sr_model = load_model(sr_run.run_dir)
     train, val, test = (_arrays(data, split, args.target) for split in ("train", "val", "test"))

@@ -9,6 +9,7 @@ attention-guided erasing (which patches does the class token look at).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -74,25 +75,29 @@ def attention_maps(backbone: Any, images: Any) -> list[Any]:
 
 
 def attention_rollout(backbone: Any, images: Any) -> Any:
-    """Attention rollout (Abnar & Zuidema 2020): (batch, h, w) saliency of each patch.
+    """Attention rollout of a lensnet ViT/DeiT backbone on `images`: (batch, h, w) saliency of each patch."""
+    return rollout(attention_maps(backbone, images), int(backbone.num_prefix_tokens), tuple(backbone.patch_grid))
+
+
+def rollout(maps: Sequence[Any], num_prefix_tokens: int, grid: tuple[int, int]) -> Any:
+    """Attention rollout (Abnar & Zuidema 2020) of every block's attention weights (batch, heads, N, N).
 
     Per block, heads averaged, plus the identity for the residual path, rows renormalised; the
     product over blocks gives how much each output token draws on each input token. A patch's
     saliency is what the prefix (class) tokens draw from it, or, without prefix tokens, what all
-    tokens draw from it on average.
+    tokens draw from it on average. Returns (batch, h, w) on the patch `grid`.
     """
-    maps = attention_maps(backbone, images)
     n = int(maps[0].shape[-1])
     eye = ops.eye(n, dtype="float32")
-    rollout = None
+    result = None
     for weights in maps:
         a = ops.mean(ops.cast(weights, "float32"), axis=1) + eye
         a = a / ops.sum(a, axis=-1, keepdims=True)
-        rollout = a if rollout is None else ops.matmul(a, rollout)
-    prefix = int(backbone.num_prefix_tokens)
-    rows = rollout[:, :prefix, prefix:] if prefix else rollout[:, :, :]
+        result = a if result is None else ops.matmul(a, result)
+    prefix = int(num_prefix_tokens)
+    rows = result[:, :prefix, prefix:] if prefix else result[:, :, :]
     saliency = ops.mean(rows, axis=1)
-    h, w = backbone.patch_grid
+    h, w = grid
     return ops.reshape(saliency, (-1, h, w))
 
 

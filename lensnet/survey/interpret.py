@@ -138,17 +138,11 @@ class Explainer:
         finally:
             for layer in self._attention:
                 layer.call = originals[id(layer)]
+        from lensnet.models.tokens import rollout
+
         tokens = recorded[0].shape[-1]
-        rollout = np.tile(np.eye(tokens, dtype=np.float64), (len(images), 1, 1))
-        for scores in recorded:
-            attention = scores.astype(np.float64).mean(axis=1)  # (N, T, T), heads averaged
-            attention = 0.5 * attention + 0.5 * np.eye(tokens)  # the residual connection
-            attention /= attention.sum(axis=-1, keepdims=True)
-            rollout = attention @ rollout
         side = int(np.sqrt(tokens))
-        prefix = tokens - side * side
-        weights = rollout[:, 0, prefix:] if prefix else rollout.mean(axis=1)
-        grid = weights.reshape(len(images), side, side).astype(np.float32)
+        grid = np.asarray(rollout(recorded, tokens - side * side, (side, side)), dtype=np.float32)
         resized = tf.image.resize(grid[..., None], images.shape[1:3], method="bilinear").numpy()[..., 0]
         return np.stack([_normalise(m - m.min()) for m in resized])
 
