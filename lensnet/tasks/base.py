@@ -144,9 +144,11 @@ class Task:
         """Fresh Keras metrics, updated with the MetricInputs of the task model's `compute_step`."""
         return []
 
-    def callbacks(self, run_dir: Path, info: Any, config: dict) -> list:
-        """Extra Keras callbacks of a training run (the chief's): figures of the training model itself
-        (e.g. reconstructions) that the exported model cannot make. Run by both training paths."""
+    def callbacks(self, run_dir: Path, info: Any, config: dict, val_batches: Any) -> list:
+        """Extra Keras callbacks the chief adds to training, in both training paths: figures of the
+        training model itself each epoch (MAE reconstructions, super-resolution panels of fixed
+        validation examples in TensorBoard under run_dir/logs). `val_batches` are the prepared
+        (x, y, w) validation batches. None by default."""
         return []
 
     # ---- scoring --------------------------------------------------------------------------
@@ -179,11 +181,6 @@ class Task:
     def output_spec(self) -> OutputSpec:
         """What the trained model returns (stored in run.json and the export card)."""
         raise NotImplementedError
-
-    def epoch_callbacks(self, log_dir: Path, val_batches: Any) -> list:
-        """Keras callbacks the chief adds to training (e.g. per-epoch TensorBoard images of fixed validation
-        examples under `log_dir`; `val_batches` are the prepared (x, y, w) validation batches); none by default."""
-        return []
 
     def monitor_value(self, metrics: dict) -> float | None:
         """The monitored quantity as computed by `score` (used to rank tuning trials)."""

@@ -224,7 +224,7 @@ class Pretrain(Task):
             return [keras.metrics.Accuracy(name="pair_accuracy")]
         return []
 
-    def callbacks(self, run_dir: Path, info: Any, config: dict) -> list:
+    def callbacks(self, run_dir: Path, info: Any, config: dict, val_batches: Any) -> list:
         """MAE: reconstructions of a few validation images, to plots/ and TensorBoard, every epoch."""
         if self.config.method != "mae":
             return []

@@ -242,10 +242,11 @@ class SuperResolution(Task):
     def describe(self, y_pred_row: np.ndarray) -> str:
         return ""
 
-    def epoch_callbacks(self, log_dir: Path, val_batches: Any) -> list:
+    def callbacks(self, run_dir: Path, info: Any, config: dict, val_batches: Any) -> list:
         if not self.config.plot_examples:
             return []
-        return [PanelsEachEpoch(val_batches, self.config.plot_examples, Path(log_dir) / "sr_panels", self.scale)]
+        return [PanelsEachEpoch(val_batches, self.config.plot_examples, Path(run_dir) / "logs" / "sr_panels",
+                                self.scale)]
 
     def output_spec(self) -> OutputSpec:
         return OutputSpec("image", "sr_image", image={"shape": [int(d) for d in self.hr_shape], "inverse": None})

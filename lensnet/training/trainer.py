@@ -215,7 +215,6 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), update_freq="epoch",
                                                      write_graph=False))
         callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=initial_epoch > 0))
-        callbacks += task.epoch_callbacks(run_dir / "logs", val_ds)
 
     def on_epoch(done: int, best_epoch: int | None) -> None:
         run_info.epochs_done, run_info.best_epoch = done, best_epoch
@@ -228,7 +227,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
             callbacks.append(attach_erasing(model, train["erasing"], seed, steps_per_epoch, run_dir, write=chief))
     callbacks.append(cb.RunCheckpoint(run_dir, monitor, mode, stateful, state, on_epoch=on_epoch, write=chief))
     if chief:
-        callbacks += task.callbacks(run_dir, info, config)
+        callbacks += task.callbacks(run_dir, info, config, val_ds)
 
     if initial_epoch < epochs:
         print(f"training {config['model']['name']} on {info.path} for task {task.name}: epochs "
