@@ -139,7 +139,7 @@ def test_poisson_subhalo_count_is_drawn_and_rendered() -> None:
     for seed in range(200):
         drawn = sim._draw_scene(1, rng(seed))
         counts.append(drawn.params["n_subhalo"])
-        assert len(drawn.kwargs_lens) - 2 == drawn.params["n_subhalo"]  # every drawn subhalo is rendered
+        assert sum(len(h) for h in drawn.haloes) == drawn.params["n_subhalo"]  # every drawn subhalo is rendered
     counts = np.array(counts)
     assert len(set(counts)) > 5
     assert abs(counts.mean() - 6.0) < 0.6 and abs(counts.var() - 6.0) < 2.0  # Poisson: mean == variance
@@ -190,7 +190,7 @@ def test_nfw_units_match_lenscosmo_and_truncation_is_positive() -> None:
     np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-10)
     np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-10)
     for seed in range(20):
-        kwargs, _, _ = pop.draw(rng(seed), 0.0, 0.0, 1.3)
+        kwargs = pop.draw(rng(seed), 0.0, 0.0, 1.3)[0].kwargs()
         assert all(k["r_trunc"] > 0 and k["Rs"] > 0 and k["alpha_Rs"] > 0 for k in kwargs)
 
 
@@ -270,8 +270,8 @@ def test_axion_mass_range_and_vortex_length() -> None:
         p = drawn.params
         masses.append(p["log10_m_axion"])
         assert p["vortex_half_length"] == pytest.approx(0.03 * 10 ** (-22 - p["log10_m_axion"]))
-        xs = [k["center_x"] for k in drawn.kwargs_lens[2:]]
-        ys = [k["center_y"] for k in drawn.kwargs_lens[2:]]
+        xs = [k["center_x"] for k in [k for h in drawn.haloes for k in h.kwargs()]]
+        ys = [k["center_y"] for k in [k for h in drawn.haloes for k in h.kwargs()]]
         extent = math.hypot(xs[-1] - xs[0], ys[-1] - ys[0])
         assert extent == pytest.approx(2 * p["vortex_half_length"], rel=1e-9)
         assert len(xs) == 50
@@ -397,7 +397,7 @@ def test_replica_subhalo_recipe_is_the_code_not_the_docstring() -> None:
     masses, radii, totals = [], [], []
     for seed in range(240):
         drawn = sim._draw_scene(1, rng(seed))
-        subs = drawn.kwargs_lens[2:]
+        subs = [k for h in drawn.haloes for k in h.kwargs()]
         assert len(subs) == 25 and drawn.params["n_subhalo"] == 25  # never the Poisson draw
         m = np.array([k["theta_E"] ** 2 / unit for k in subs])
         assert drawn.params["m_sub_total"] == pytest.approx(m.sum(), rel=1e-9)
@@ -427,7 +427,7 @@ def test_replica_vortex_is_100_point_masses_over_plus_minus_3e_24_over_m_a() -> 
     for seed in range(50):
         drawn = sim._draw_scene(2, rng(seed))
         p = drawn.params
-        points = drawn.kwargs_lens[2:]
+        points = [k for h in drawn.haloes for k in h.kwargs()]
         assert len(points) == 100
         assert all(k["theta_E"] == pytest.approx(theta_point, rel=1e-9) for k in points)
         half = 3e-24 / 10 ** p["log10_m_axion"]

@@ -35,10 +35,12 @@ from lensnet.simulate.substructure import (
     CDM_PARAMS,
     AxionSpec,
     AxionVortex,
+    Haloes,
     SubhaloPopulation,
     SubhaloSpec,
     deeplense_mass_factor,
     parse_axion_config,
+    parse_engine,
     parse_subhalo_config,
 )
 
@@ -133,6 +135,7 @@ class SceneSpec:
     noise_scheme: str = "lensnet"
     flux_scale: float = 1.0
     mass_to_angle: str = "angular_diameter"
+    engine: str = "lenstronomy"  # renderer of the substructure haloes (lensnet.simulate.fast_lensing: fast)
 
 
 def _int(value: Any, field: str, minimum: int) -> int:
@@ -304,6 +307,7 @@ def parse_scene(config: dict) -> SceneSpec:
         source=_light(config["source"], "source", SOURCE_SHAPE, bands, ref),
         lens_light=_light(lens_light_cfg, "lens_light", LENS_LIGHT_SHAPE, bands, ref) if has_lens_light else None,
         subhalos=parse_subhalo_config(config["substructure"]) if "cdm" in uses else None,
+        engine=parse_engine(config["substructure"]),
         axion=parse_axion_config(config["axion"]) if "axion" in uses else None,
         lens_finding=_lens_finding(config["lens_finding"]) if kind == "lens_finding" else None,
         super_resolution=sr,
@@ -314,9 +318,18 @@ def parse_scene(config: dict) -> SceneSpec:
 
 
 class _Renderer:
-    """lenstronomy ImageModels on one pixel grid with one PSF, built once per (lens layout, light count)."""
+    """lenstronomy ImageModels on one pixel grid with one PSF, built once per (lens layout, light count).
 
-    def __init__(self, size: int, pixel_scale: float, psf_kwargs: dict, supersampling: int) -> None:
+    engine lenstronomy: every halo is a profile of the ImageModel's LensModel (one model per layout, the
+    most recent MAX_LAYOUTS kept: realistic populations change their count in every image). engine fast:
+    one macro-only ImageModel; the haloes' deflections on its evaluation grid come from
+    lensnet.simulate.fast_lensing and are subtracted from the macro model's ray-shooting.
+    """
+
+    MAX_LAYOUTS = 16
+
+    def __init__(self, size: int, pixel_scale: float, psf_kwargs: dict, supersampling: int,
+                 engine: str = "lenstronomy") -> None:
         import lenstronomy.Util.simulation_util as sim_util
         from lenstronomy.Data.imaging_data import ImageData
 
@@ -324,26 +337,56 @@ class _Renderer:
         self._psf_kwargs = psf_kwargs
         self._numerics = {"supersampling_factor": supersampling}
         self._models: dict[tuple, Any] = {}
+        self.engine = engine
+        self._grid = None
 
-    def model(self, extra_profile: str, n_extra: int, n_light: int) -> Any:
-        key = (extra_profile, n_extra, n_light)
-        found = self._models.get(key)
+    def model(self, layout: tuple[tuple[str, int], ...], n_light: int) -> Any:
+        key = (layout, n_light)
+        found = self._models.pop(key, None)
         if found is None:
             from lenstronomy.Data.psf import PSF
             from lenstronomy.ImSim.image_model import ImageModel
             from lenstronomy.LensModel.lens_model import LensModel
             from lenstronomy.LightModel.light_model import LightModel
 
+            profiles = [profile for profile, n in layout for _ in range(n)]
             found = ImageModel(
                 self._data,
                 PSF(**self._psf_kwargs),
-                LensModel(["SIE", "SHEAR"] + [extra_profile] * n_extra),
+                LensModel(["SIE", "SHEAR"] + profiles),
                 LightModel(["SERSIC_ELLIPSE"]),
                 LightModel(["SERSIC_ELLIPSE"] * n_light),
                 kwargs_numerics=self._numerics,
             )
-            self._models[key] = found
+            if len(self._models) >= self.MAX_LAYOUTS:
+                self._models.pop(next(iter(self._models)))
+        self._models[key] = found  # most recently used last
         return found
+
+    def image(self, kwargs_macro: list[dict], haloes: tuple[Haloes, ...], kwargs_source: dict,
+              kwargs_light: dict | None) -> np.ndarray:
+        """Noiseless model image (e-/s per pixel) of the macro lens plus `haloes`."""
+        light = [kwargs_light] if kwargs_light is not None else None
+        n_light = 0 if light is None else 1
+        if self.engine != "fast" or not any(len(h) for h in haloes):
+            layout = tuple((h.profile, len(h)) for h in haloes if len(h))
+            kwargs = list(kwargs_macro)
+            for group in haloes:
+                kwargs += group.kwargs()
+            return self.model(layout, n_light).image(kwargs, [kwargs_source], light)
+        model = self.model((), n_light)
+        numerics = model.ImageNumerics
+        x, y = numerics.coordinates_evaluate
+        if self._grid is None:
+            from lensnet.simulate.fast_lensing import DeflectionGrid
+
+            self._grid = DeflectionGrid(x, y)
+        ax, ay = self._grid.deflections(haloes)
+        bx, by = model.LensModel.ray_shooting(x, y, kwargs_macro)
+        flux = model.SourceModel.surface_brightness(bx - ax, by - ay, [kwargs_source])
+        if light is not None:
+            flux = flux + model.LensLightModel.surface_brightness(x, y, light)
+        return numerics.re_size_convolve(flux, unconvolved=False)
 
 
 class _Light:
@@ -384,12 +427,12 @@ def _mag_params(prefix: str, bands: tuple[Band, ...], ref: str) -> list[str]:
 
 class _Drawn(NamedTuple):
     params: dict[str, float]
-    kwargs_lens: list[dict]
+    kwargs_lens: list[dict]  # the macro model: SIE, SHEAR
+    haloes: tuple[Haloes, ...]  # substructure (subhaloes, vortex points), rendered by the scene's engine
     kwargs_source: list[dict]  # one per band
     kwargs_light: list  # one per band (None without lens light)
     z: np.ndarray  # noise normals (bands, H, W)
     exposures: list  # total exposure time per band, seconds
-    layout: tuple[str, int]  # (profile of the extra lens components, how many)
 
 
 class Simulator:
@@ -491,8 +534,8 @@ class SubstructureSimulator(Simulator):
         # substructure is part of the lens mass: the smooth SIE gives up what the subhaloes or vortex add
         self._subtract = bool(spec.subhalos and spec.subhalos.subtract_from_macro) or bool(
             config["substructure"]["subtract_from_macro"] and spec.axion)
-        self._renderers = [_Renderer(spec.size, b.pixel_scale, b.psf_kwargs, spec.supersampling) for b in bands]
-        self._n_light = 1 if spec.lens_light else 0
+        self._renderers = [_Renderer(spec.size, b.pixel_scale, b.psf_kwargs, spec.supersampling, spec.engine)
+                           for b in bands]
 
         items = [(k, p) for k, p in spec.lens.items()] + _light_items(spec.source, bands, self._ref)
         if spec.lens_light:
@@ -557,15 +600,17 @@ class SubstructureSimulator(Simulator):
         exposures = [params["exposure_time"]] if self._exposure_drawn else self._exposures
 
         population = self._populations[label]
-        profile, extra, enclosed = "POINT_MASS", [], 0.0
+        haloes: tuple[Haloes, ...] = ()
+        enclosed = 0.0
         if population == "cdm":
-            extra, summary, enclosed = self._cdm.draw(rng, cx, cy, theta_e)
-            profile = self._cdm.profile
+            group, summary, enclosed = self._cdm.draw(rng, cx, cy, theta_e)
+            haloes = (group,)
             params.update(zip(CDM_PARAMS, summary))
         else:
             params.update(self._zero_cdm)
             if population == "axion":
-                extra, summary, enclosed = self._axion.draw(rng, cx, cy, theta_e)
+                group, summary, enclosed = self._axion.draw(rng, cx, cy, theta_e)
+                haloes = (group,)
                 params.update(zip(AXION_PARAMS, summary))
         if self._subtract:
             # mean convergence inside the drawn theta_E stays 1: an SIS of Einstein radius t holds
@@ -573,15 +618,11 @@ class SubstructureSimulator(Simulator):
             smooth = max(theta_e - enclosed / (math.pi * self._sigma_crit * theta_e), 0.05 * theta_e)
             kwargs_lens[0]["theta_E"] = smooth
             params["theta_E_smooth"] = smooth
-        return _Drawn(params, kwargs_lens + extra, kwargs_source, kwargs_light, z, exposures, (profile, len(extra)))
+        return _Drawn(params, kwargs_lens, haloes, kwargs_source, kwargs_light, z, exposures)
 
     def _render(self, renderers: list, d: _Drawn) -> list[np.ndarray]:
-        out = []
-        for b, renderer in enumerate(renderers):
-            model = renderer.model(d.layout[0], d.layout[1], self._n_light)
-            light = [d.kwargs_light[b]] if self._n_light else None
-            out.append(model.image(d.kwargs_lens, [d.kwargs_source[b]], light))
-        return out
+        return [renderer.image(d.kwargs_lens, d.haloes, d.kwargs_source[b], d.kwargs_light[b])
+                for b, renderer in enumerate(renderers)]
 
     def simulate(self, label: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         d = self._draw_scene(label, rng)
@@ -611,7 +652,8 @@ class SuperResolutionSimulator(SubstructureSimulator):
         super().__init__(config, spec, populations=(sr.population,))
         band = spec.bands[0]
         hr_psf = {"psf_type": "GAUSSIAN", "fwhm": sr.hr_psf_fwhm, "truncation": 5}
-        self._hr = [_Renderer(spec.size * sr.factor, band.pixel_scale / sr.factor, hr_psf, spec.supersampling)]
+        self._hr = [_Renderer(spec.size * sr.factor, band.pixel_scale / sr.factor, hr_psf, spec.supersampling,
+                              spec.engine)]
         self._hr_scale = float(sr.factor**2)
         self._hr_rms = sr.hr_background_rms
         hr = spec.size * sr.factor
@@ -772,7 +814,7 @@ class LensFindingSimulator(Simulator):
 
         channels = []
         for b, renderer in enumerate(self._renderers):
-            model = renderer.model("POINT_MASS", 0, len(lights))
+            model = renderer.model((), len(lights))
             image = model.image(kwargs_lens, [kwargs_source[b]], [light[b] for light in lights], source_add=is_lens)
             channels.append(self._add_noise(image, z[b], b, exposures[b]))
         return {"image": np.stack(channels, axis=-1).astype(np.float32)}, params

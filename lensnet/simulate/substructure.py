@@ -64,7 +64,9 @@ from lensnet.simulate.priors import Prior, PriorBlock, inverse_cdf, parse_prior
 
 SUBHALO_PROFILES = ("TNFW", "POINT_MASS")
 CONCENTRATION_MODELS = ("duffy08",)
-ENGINES = ("native",)
+# lenstronomy: each halo is a lenstronomy profile in the lens model (native is its older name);
+# fast: the same haloes rendered by lensnet.simulate.fast_lensing (vectorised deflections)
+ENGINES = ("lenstronomy", "native", "fast")
 TRUNCATION_FLOOR = 1e-4  # arcsec
 
 CDM_PARAMS = ("n_subhalo", "m_sub_total", "f_sub")
@@ -87,6 +89,36 @@ def _mass_conversions(lens_cosmo: Any) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
+class Haloes:
+    """One group of lensing haloes of a realization, as arrays (one entry per halo, main lens plane).
+
+    TNFW: rs, alpha_rs, r_trunc are lenstronomy's Rs, alpha_Rs, r_trunc (arcsec); POINT_MASS: theta_e.
+    Every engine renders the same arrays, so a seed gives the same haloes whatever the engine.
+    """
+
+    profile: str
+    x: np.ndarray
+    y: np.ndarray
+    rs: np.ndarray | None = None
+    alpha_rs: np.ndarray | None = None
+    r_trunc: np.ndarray | None = None
+    theta_e: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def kwargs(self) -> list[dict]:
+        """lenstronomy kwargs, one dict per halo."""
+        x, y = self.x.tolist(), self.y.tolist()
+        if self.profile == "POINT_MASS":
+            return [{"theta_E": t, "center_x": cx, "center_y": cy} for t, cx, cy in zip(self.theta_e.tolist(), x, y)]
+        return [
+            {"Rs": a, "alpha_Rs": b, "r_trunc": t, "center_x": cx, "center_y": cy}
+            for a, b, t, cx, cy in zip(self.rs.tolist(), self.alpha_rs.tolist(), self.r_trunc.tolist(), x, y)
+        ]
+
+
+@dataclass(frozen=True)
 class SubhaloSpec:
     profile: str
     n_mean: float
@@ -103,16 +135,22 @@ class SubhaloSpec:
     subtract_from_macro: bool = False
 
 
-def parse_subhalo_config(section: dict) -> SubhaloSpec:
-    where = "substructure"
+def parse_engine(section: dict) -> str:
+    """The renderer of the haloes: 'lenstronomy' (also spelled 'native') or 'fast'."""
     engine = section["engine"]
     if engine == "pyhalo":
         raise LensnetError(
-            f"{where}.engine: pyhalo is not available: pyHalo 1.5.x fails to import beside lenstronomy 1.14.2 "
-            "(and about one CDM realization in three crashes lenstronomy with r_trunc = 0); use engine: native"
+            "substructure.engine: pyhalo is not available: pyHalo 1.5.x fails to import beside lenstronomy 1.14.2 "
+            "(and about one CDM realization in three crashes lenstronomy with r_trunc = 0); use engine: fast"
         )
     if engine not in ENGINES:
-        raise LensnetError(f"{where}.engine: unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
+        raise LensnetError(f"substructure.engine: unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
+    return "lenstronomy" if engine == "native" else engine
+
+
+def parse_subhalo_config(section: dict) -> SubhaloSpec:
+    where = "substructure"
+    parse_engine(section)
     profile = section["profile"]
     if profile not in SUBHALO_PROFILES:
         raise LensnetError(f"{where}.profile: unknown profile '{profile}'; choose one of {', '.join(SUBHALO_PROFILES)}")
@@ -257,8 +295,8 @@ class SubhaloPopulation:
 
     def draw(
         self, rng: np.random.Generator, center_x: float, center_y: float, theta_e: float
-    ) -> tuple[list[dict], tuple[float, float, float], float]:
-        """(lenstronomy kwargs, (n_subhalo, m_sub_total, f_sub), lensing mass inside theta_e)."""
+    ) -> tuple[Haloes, tuple[float, float, float], float]:
+        """(haloes, (n_subhalo, m_sub_total, f_sub), lensing mass inside theta_e)."""
         spec = self.spec
         f_drawn = math.nan
         if spec.normalisation == "f_sub":
@@ -282,11 +320,8 @@ class SubhaloPopulation:
         m_lens = m * self.mass_factor
         if self.profile == "POINT_MASS":
             theta = np.sqrt(m_lens / (math.pi * self._sigma_crit))
-            kwargs = [
-                {"theta_E": t, "center_x": cx, "center_y": cy}
-                for t, cx, cy in zip(theta.tolist(), x.tolist(), y.tolist())
-            ]
-            return kwargs, *self._summary(n, m_total, float(m_lens.sum()), f_drawn, theta_e)
+            haloes = Haloes("POINT_MASS", x, y, theta_e=theta)
+            return haloes, *self._summary(n, m_total, float(m_lens.sum()), f_drawn, theta_e)
         m = m_lens
         c = self._c_norm * m**self._c_slope
         if spec.concentration_scatter_dex > 0:
@@ -298,12 +333,9 @@ class SubhaloPopulation:
         else:
             r_trunc = spec.truncation_tau * rs
         r_trunc = np.maximum(r_trunc, TRUNCATION_FLOOR)
-        kwargs = [
-            {"Rs": a, "alpha_Rs": b, "r_trunc": t, "center_x": cx, "center_y": cy}
-            for a, b, t, cx, cy in zip(rs.tolist(), alpha.tolist(), r_trunc.tolist(), x.tolist(), y.tolist())
-        ]
+        haloes = Haloes("TNFW", x, y, rs=rs, alpha_rs=alpha, r_trunc=r_trunc)
         truncated = float((m * tnfw_mass_fraction(c, r_trunc / rs)).sum()) if n else 0.0
-        return kwargs, *self._summary(n, m_total, truncated, f_drawn, theta_e)
+        return haloes, *self._summary(n, m_total, truncated, f_drawn, theta_e)
 
     def _summary(
         self, n: int, m_total: float, lensing_mass: float, f_drawn: float, theta_e: float
@@ -350,14 +382,13 @@ class AxionVortex:
 
     def draw(
         self, rng: np.random.Generator, center_x: float, center_y: float, theta_e: float = 0.0
-    ) -> tuple[list[dict], tuple[float, float, float, float], float]:
-        """(kwargs, (log10_m_axion, vortex_mass, vortex_angle, vortex_half_length), lensing mass inside theta_e)."""
+    ) -> tuple[Haloes, tuple[float, float, float, float], float]:
+        """(haloes, (log10_m_axion, vortex_mass, vortex_angle, vortex_half_length), lensing mass inside theta_e)."""
         mass, log10_m, angle = self._block.sample(rng).tolist()
         half_length = self.spec.half_length_ref * 10.0 ** (-22.0 - log10_m)
         theta = self._theta_per_sqrt_mass * math.sqrt(mass * self.mass_factor)
         s = self._unit * half_length
-        xs = (center_x + s * math.cos(angle)).tolist()
-        ys = (center_y + s * math.sin(angle)).tolist()
-        kwargs = [{"theta_E": theta, "center_x": x, "center_y": y} for x, y in zip(xs, ys)]
+        haloes = Haloes("POINT_MASS", center_x + s * math.cos(angle), center_y + s * math.sin(angle),
+                        theta_e=np.full(len(s), theta))
         inside = float(np.count_nonzero(np.abs(s) < theta_e)) / self.spec.n_points
-        return kwargs, (log10_m, mass, angle, half_length), inside * mass * self.mass_factor
+        return haloes, (log10_m, mass, angle, half_length), inside * mass * self.mass_factor
