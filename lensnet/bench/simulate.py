@@ -21,10 +21,18 @@ CHUNK = 25
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num", type=int, default=300, help="images per case and side (default 300)")
+    parser.add_argument("--num", type=int, default=300,
+                        help="images per case and side (default 300; 0 skips the plain-loop comparison)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-image generators")
     parser.add_argument("--workers-num", type=int, default=3000,
                         help="records written with 1 and with 2 workers (0 skips the writer measurement)")
+    parser.add_argument("--engine-num", type=int, default=40,
+                        help="images per CDM population with the fast engine (0 skips the engine rows)")
+    parser.add_argument("--engine-slow-num", type=int, default=3,
+                        help="images per CDM population with the lenstronomy engine (the same haloes)")
+    parser.add_argument("--log-mlow", default="6,7,8", help="lowest subhalo masses of the engine rows, log10 Msun")
+    parser.add_argument("--memory-num", type=int, default=0,
+                        help="records simulated with the fast engine while resident memory is sampled (0 skips)")
 
 
 class PlainLoop:
@@ -160,6 +168,85 @@ def _workers_rows(num: int, seed: int) -> list[dict]:
              "meets": (rates[w] / rates[1] >= 1.7) if w == 2 else None} for w in (1, 2)]
 
 
+# pyHalo's CDM subhaloes at log_mlow = 6 (~5,700 per image, slope -1.9): the count above m_min scales as m_min^-0.9
+ENGINE_HALOES_AT_1E6 = 5700.0
+ANCHORS = {6: "pyHalo+lenstronomy 0.43 img/s/core, paltas 0.18-0.28", 7: "pyHalo+lenstronomy 1.45 img/s/core"}
+
+
+def engine_config(log_mlow: float, engine: str) -> dict:
+    """model_ii with a TNFW CDM population down to 10^log_mlow Msun, pyHalo-like counts over a 3" radius."""
+    from lensnet.simulate.presets import resolve_dataset_config
+
+    n_mean = ENGINE_HALOES_AT_1E6 * 10.0 ** (-0.9 * (log_mlow - 6.0))
+    config = resolve_dataset_config("model_ii", {"substructure": {
+        "engine": engine, "profile": "TNFW", "normalisation": "count", "n_mean": n_mean, "m_min": 10.0**log_mlow,
+        "radius": {"uniform": [0.05, 3.0]}}})
+    config["classes"] = ["cdm"]
+    return config
+
+
+def _rate(sim: object, num: int, seed: int) -> float:
+    """Images/s of Simulator.simulate (draw, render, noise) over `num` images after one warm-up image."""
+    sim.simulate(0, np.random.default_rng([seed, 10**6]))
+    t0 = time.perf_counter()
+    for i in range(num):
+        sim.simulate(0, np.random.default_rng([seed, i]))
+    return num / (time.perf_counter() - t0)
+
+
+def _engine_rows(log_mlows: list[float], num: int, slow_num: int, seed: int) -> list[dict]:
+    """Fast vs lenstronomy engine on the same haloes (same seeds): speed and agreement."""
+    from lensnet.simulate.engine_check import engine_agreement
+    from lensnet.simulate.scenes import build_simulator
+
+    rows = []
+    for log_mlow in log_mlows:
+        fast = build_simulator(engine_config(log_mlow, "fast"))
+        slow = build_simulator(engine_config(log_mlow, "lenstronomy"))
+        counts = [fast.draw_scene(0, np.random.default_rng([seed, i])).params["n_subhalo"] for i in range(num)]
+        fast_rate = _rate(fast, num, seed)
+        slow_rate = _rate(slow, slow_num, seed) if slow_num else math.nan
+        agreement = engine_agreement(engine_config(log_mlow, "fast"), 0, [seed * 1000 + i for i in range(3)])
+        rows.append({
+            "case": f"cdm TNFW log_mlow={log_mlow:g}", "haloes_mean": round(float(np.mean(counts))),
+            "fast_img_s": round(fast_rate, 2), "lenstronomy_img_s": round(slow_rate, 3),
+            "speedup": round(fast_rate / slow_rate, 1), "deflection_err_rms": round(agreement["deflection_rms_rel"], 5),
+            "image_max_diff_over_noise": round(agreement["image_max_over_noise"], 4),
+            "target": 10.0 if log_mlow == 6 else None,
+            "meets": (fast_rate >= 10.0 and agreement["deflection_rms_rel"] <= 0.01
+                      and agreement["image_max_over_noise"] <= 0.1) if log_mlow == 6 else None,
+            "anchor": ANCHORS.get(int(log_mlow)),
+        })
+    return rows
+
+
+def resident_mb() -> float:
+    """Resident set size of this process, MB (Linux /proc)."""
+    import os
+
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _memory_row(num: int, seed: int, log_mlow: float = 7.0) -> dict:
+    """Resident memory after a warm-up (5% of the records, at least 50) and at the end of `num` records."""
+    from lensnet.simulate.scenes import build_simulator
+
+    sim = build_simulator(engine_config(log_mlow, "fast"))
+    warm = max(50, num // 20)
+    start = math.nan
+    for i in range(num):
+        sim.simulate(0, np.random.default_rng([seed, i]))
+        if i + 1 == warm:
+            start = resident_mb()
+    end = resident_mb()
+    return {"case": f"memory: {num} records, fast engine, log_mlow={log_mlow:g}",
+            "rss_after_warmup_mb": round(start, 1),
+            "rss_end_mb": round(end, 1), "growth": round(end / start - 1.0, 4), "target": 0.05,
+            "meets": end / start - 1.0 <= 0.05}
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     from lensnet.data.writer import ShardPlan
     from lensnet.simulate.presets import resolve_dataset_config
@@ -169,25 +256,31 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     cases = (("model_ii no_sub", 0, {}), ("model_ii cdm (point masses, preset)", 1, {}),
              ("model_ii cdm (TNFW)", 1, {"substructure": {"profile": "TNFW"}}))
-    for case, label, overrides in cases:
-        config = resolve_dataset_config("model_ii", overrides)
-        config["classes"] = [config["classes"][label]]  # every record of this case gets the same class
-        source = SimulationSource(config, seed)
-        source.setup()
-        plan = ShardPlan("train", 0, 1, 0, 10**9, 0)
-        plain = PlainLoop(config, substructure=label == 1)
+    if num:  # 0 skips the comparison with a plain lenstronomy loop
+        for case, label, overrides in cases:
+            config = resolve_dataset_config("model_ii", overrides)
+            config["classes"] = [config["classes"][label]]  # every record of this case gets the same class
+            source = SimulationSource(config, seed)
+            source.setup()
+            plan = ShardPlan("train", 0, 1, 0, 10**9, 0)
+            plain = PlainLoop(config, substructure=label == 1)
 
-        def lensnet_fn(start: int, stop: int, source: SimulationSource = source, plan: ShardPlan = plan) -> None:
-            source.records(plan, start, stop)
+            def lensnet_fn(start: int, stop: int, source: SimulationSource = source, plan: ShardPlan = plan) -> None:
+                source.records(plan, start, stop)
 
-        warm = max(10, num // 10)  # builds lenstronomy caches and the per-count ImageModels of both sides
-        _interleaved(lensnet_fn, plain.simulate, warm, seed + 1)
-        t_lensnet, t_plain = _interleaved(lensnet_fn, plain.simulate, num, seed)
-        ratio = t_plain / t_lensnet
-        rows.append({"case": case, "num": num, "lensnet_img_s": round(num / t_lensnet, 1),
-                     "plain_img_s": round(num / t_plain, 1), "ratio": round(ratio, 3), "target": 0.9,
-                     "meets": ratio >= 0.9})
+            warm = max(10, num // 10)  # builds lenstronomy caches and the per-count ImageModels of both sides
+            _interleaved(lensnet_fn, plain.simulate, warm, seed + 1)
+            t_lensnet, t_plain = _interleaved(lensnet_fn, plain.simulate, num, seed)
+            ratio = t_plain / t_lensnet
+            rows.append({"case": case, "num": num, "lensnet_img_s": round(num / t_lensnet, 1),
+                         "plain_img_s": round(num / t_plain, 1), "ratio": round(ratio, 3), "target": 0.9,
+                         "meets": ratio >= 0.9})
     if args.workers_num:
         rows += _workers_rows(int(args.workers_num), seed)
+    if args.engine_num:
+        log_mlows = [float(v) for v in str(args.log_mlow).split(",") if v.strip()]
+        rows += _engine_rows(log_mlows, int(args.engine_num), int(args.engine_slow_num), seed)
+    if args.memory_num:
+        rows.append(_memory_row(int(args.memory_num), seed))
     return rows
 

@@ -10,7 +10,7 @@ import numpy as np
 
 PACKAGES = (
     "lensnet", "tensorflow", "keras", "keras-hub", "keras-tuner", "lenstronomy", "numpy",
-    "scipy", "astropy", "tf2onnx", "onnx", "onnxruntime", "pyyaml", "google-crc32c",
+    "scipy", "numba", "astropy", "tf2onnx", "onnx", "onnxruntime", "pyyaml", "google-crc32c",
 )
 
 

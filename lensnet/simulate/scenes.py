@@ -363,6 +363,14 @@ class _Renderer:
         self._models[key] = found  # most recently used last
         return found
 
+    def grid(self, x: np.ndarray, y: np.ndarray) -> Any:
+        """The fast engine's DeflectionGrid on this renderer's evaluation points (built once)."""
+        if self._grid is None:
+            from lensnet.simulate.fast_lensing import DeflectionGrid
+
+            self._grid = DeflectionGrid(x, y)
+        return self._grid
+
     def image(self, kwargs_macro: list[dict], haloes: tuple[Haloes, ...], kwargs_source: dict,
               kwargs_light: dict | None) -> np.ndarray:
         """Noiseless model image (e-/s per pixel) of the macro lens plus `haloes`."""
@@ -377,11 +385,7 @@ class _Renderer:
         model = self.model((), n_light)
         numerics = model.ImageNumerics
         x, y = numerics.coordinates_evaluate
-        if self._grid is None:
-            from lensnet.simulate.fast_lensing import DeflectionGrid
-
-            self._grid = DeflectionGrid(x, y)
-        ax, ay = self._grid.deflections(haloes)
+        ax, ay = self.grid(x, y).deflections(haloes)
         bx, by = model.LensModel.ray_shooting(x, y, kwargs_macro)
         flux = model.SourceModel.surface_brightness(bx - ax, by - ay, [kwargs_source])
         if light is not None:
@@ -619,6 +623,15 @@ class SubstructureSimulator(Simulator):
             kwargs_lens[0]["theta_E"] = smooth
             params["theta_E_smooth"] = smooth
         return _Drawn(params, kwargs_lens, haloes, kwargs_source, kwargs_light, z, exposures)
+
+    def draw_scene(self, label: int, rng: np.random.Generator) -> _Drawn:
+        """Everything one record draws (parameters, macro model, haloes, noise normals), without rendering."""
+        return self._draw_scene(label, rng)
+
+    @property
+    def renderers(self) -> list:
+        """One renderer per band."""
+        return self._renderers
 
     def _render(self, renderers: list, d: _Drawn) -> list[np.ndarray]:
         return [renderer.image(d.kwargs_lens, d.haloes, d.kwargs_source[b], d.kwargs_light[b])
