@@ -499,7 +499,7 @@ def test_subhalo_count_follows_f_sub() -> None:
     sigma_crit = LensCosmo(0.5, 1.0, cosmo=FlatLambdaCDM(H0=70, Om0=0.3)).sigma_crit_angle
     mean_mass = (0.9 / -0.1) * (1e10**0.1 - 1e8**0.1) / (1e10**-0.9 - 1e8**-0.9)  # slope -1.9 on [1e8, 1e10]
     for f_sub in (0.01, 0.04):
-        sim = build_simulator(small("model_ii", substructure={"f_sub": f_sub}))
+        sim = build_simulator(small("model_ii", substructure={"f_sub": f_sub, "m_min": 1e8}))
         expected = f_sub * 0.5 * sigma_crit * math.pi * (2.0**2 - 0.25**2) / mean_mass
         counts = [sim._draw_scene(1, rng(seed)).params["n_subhalo"] for seed in range(300)]
         assert np.mean(counts) == pytest.approx(expected, rel=0.08)

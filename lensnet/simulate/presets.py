@@ -80,7 +80,7 @@ DATASET_DEFAULTS: dict = {
         "colors": {},
     },
     "substructure": {  # see lensnet/simulate/substructure.py for the definitions and sources
-        "engine": "native",
+        "engine": "lenstronomy",  # lenstronomy (each halo a lenstronomy profile; alias: native) | fast
         "profile": "TNFW",  # TNFW | POINT_MASS
         "normalisation": "f_sub",  # f_sub (projected mass fraction near theta_E) | count (n_mean)
         "f_sub": {"log_uniform": [0.005, 0.05]},

@@ -320,13 +320,15 @@ def parse_scene(config: dict) -> SceneSpec:
 class _Renderer:
     """lenstronomy ImageModels on one pixel grid with one PSF, built once per (lens layout, light count).
 
-    engine lenstronomy: every halo is a profile of the ImageModel's LensModel (one model per layout, the
-    most recent MAX_LAYOUTS kept: realistic populations change their count in every image). engine fast:
+    engine lenstronomy: every halo is a profile of the ImageModel's LensModel (one model per layout; the
+    most recently used are kept up to MAX_LAYOUTS models and MAX_PROFILES haloes in all, since realistic
+    populations change their count in every image). engine fast:
     one macro-only ImageModel; the haloes' deflections on its evaluation grid come from
     lensnet.simulate.fast_lensing and are subtracted from the macro model's ray-shooting.
     """
 
-    MAX_LAYOUTS = 16
+    MAX_LAYOUTS = 64
+    MAX_PROFILES = 50_000
 
     def __init__(self, size: int, pixel_scale: float, psf_kwargs: dict, supersampling: int,
                  engine: str = "lenstronomy") -> None:
@@ -358,9 +360,10 @@ class _Renderer:
                 LightModel(["SERSIC_ELLIPSE"] * n_light),
                 kwargs_numerics=self._numerics,
             )
-            if len(self._models) >= self.MAX_LAYOUTS:
-                self._models.pop(next(iter(self._models)))
         self._models[key] = found  # most recently used last
+        while len(self._models) > 1 and (len(self._models) > self.MAX_LAYOUTS or sum(
+                n for layout_key, _ in self._models for _, n in layout_key) > self.MAX_PROFILES):
+            self._models.pop(next(iter(self._models)))
         return found
 
     def grid(self, x: np.ndarray, y: np.ndarray) -> Any:
