@@ -66,6 +66,7 @@ def test_fixed_populations_agree_with_lenstronomy_including_edge_and_pixel_centr
     groups = [
         tnfw([centre[0], 0.3, -0.7, edge - 0.01, edge + 0.4, -edge], [centre[1], -0.4, 0.9, 0.2, -0.1, -edge]),
         tnfw([0.5, -0.2], [0.1, -0.9], rs=0.1, alpha_rs=0.05, r_trunc=1.0),  # big haloes: near field over the grid
+        tnfw([edge + 1.0, -edge - 0.3, 3.0 * edge], [0.0, 1.5 * edge, 0.2]),  # on the padded mesh / beyond it
         Haloes("POINT_MASS", np.array([0.11, -1.0, 0.0]), np.array([0.37, 0.5, 1.6]),
                theta_e=np.array([0.05, 0.02, 0.1])),
     ]

@@ -12,8 +12,9 @@ far field   every halo's total lensing mass is deposited on the evaluation grid 
 near field  within R_c of a halo, the mesh's answer for that halo (its four cells' point-mass
             deflections) is replaced by the analytic deflection of its profile: TNFW as lenstronomy
             writes it (Baltz, Marshall & Oguri 2009, same clipping at 0.001 Rs) or a point mass.
-edge        a halo less than one grid step inside the grid (or outside it: line-of-sight haloes)
-            is evaluated analytically at every grid point.
+edge        haloes beyond the grid's edge (line-of-sight haloes in a wider cone) are deposited on a
+            mesh padded around the grid (up to one grid width); further out, a halo is evaluated
+            analytically at every grid point.
 
 What is approximated, only outside R_c: a TNFW is replaced by a point mass of its total mass
 (error ~ w r_t^2 / R^3, its mass beyond R falling as R^-2) and the deposit's quadrupole error is
@@ -183,14 +184,35 @@ class DeflectionGrid:
         self.x00, self.y00 = float(gx[0, 0]), float(gy[0, 0])
         self.x0c, self.y0c = float(gx.mean()), float(gy.mean())
         self.near_pixels, self.truncation_radii, self.tolerance = near_pixels, truncation_radii, tolerance
-        size = 2 * n
-        offsets = np.fft.fftfreq(size, 1.0 / size)  # 0, 1, ..., n-1, -n, ..., -1
-        dr, dc = np.meshgrid(offsets, offsets, indexing="ij")
-        kx, ky = sx * dc, sy * dr
-        r2 = kx * kx + ky * ky
-        r2[0, 0] = 1.0
-        self._fkx = np.fft.rfft2(_zero_origin(kx / r2))
-        self._fky = np.fft.rfft2(_zero_origin(ky / r2))
+        self._kernels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _kernel(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """FFTs of the point-mass kernel (x and y) for an m x m mesh padded to 2m (computed once per m)."""
+        found = self._kernels.get(m)
+        if found is None:
+            offsets = np.fft.fftfreq(2 * m, 1.0 / (2 * m))  # 0, 1, ..., m-1, -m, ..., -1
+            dr, dc = np.meshgrid(offsets, offsets, indexing="ij")
+            kx, ky = self.sx * dc, self.sy * dr
+            r2 = kx * kx + ky * ky
+            r2[0, 0] = 1.0
+            found = np.fft.rfft2(_zero_origin(kx / r2)), np.fft.rfft2(_zero_origin(ky / r2))
+            self._kernels[m] = found
+        return found
+
+    def _pad(self, hx: np.ndarray, hy: np.ndarray) -> int:
+        """Cells of mesh around the grid so that haloes beyond its edge (line of sight) are deposited too.
+
+        0 when every halo is inside; else the overhang rounded up to a quarter of the grid, at most one grid
+        (haloes further out are evaluated exactly at every grid point).
+        """
+        n = self.n
+        u = (hx - self.x00) / self.sx
+        v = (hy - self.y00) / self.sy
+        over = max(float(-u.min()), float(u.max()) - (n - 1), float(-v.min()), float(v.max()) - (n - 1))
+        if over < 0.0:
+            return 0
+        quarter = max(1, n // 4)
+        return min(n, quarter * math.ceil((over + 2.0) / quarter))
 
     def deflections(self, groups: Sequence[Haloes]) -> tuple[np.ndarray, np.ndarray]:
         """(alpha_x, alpha_y) of every halo of every group, flattened like the grid's coordinates."""
@@ -201,15 +223,18 @@ class DeflectionGrid:
         if not arrays:
             return ax.ravel(), ay.ravel()
         kind, hx, hy, w, rs, rho0, tau, r_trunc = (np.concatenate(a) for a in zip(*arrays))
-        mesh = np.zeros((n, n))
-        inside = _deposit(self.x00, self.y00, self.sx, self.sy, n, hx, hy, w, mesh)
+        pad = self._pad(hx, hy)
+        m = n + 2 * pad
+        mesh = np.zeros((m, m))
+        inside = _deposit(self.x00 - pad * self.sx, self.y00 - pad * self.sy, self.sx, self.sy, m, hx, hy, w, mesh)
         if inside.any():
-            f = np.fft.rfft2(mesh, s=(2 * n, 2 * n))
-            ax += np.fft.irfft2(f * self._fkx, s=(2 * n, 2 * n))[:n, :n]
-            ay += np.fft.irfft2(f * self._fky, s=(2 * n, 2 * n))[:n, :n]
+            fkx, fky = self._kernel(m)
+            f = np.fft.rfft2(mesh, s=(2 * m, 2 * m))
+            ax += np.fft.irfft2(f * fkx, s=(2 * m, 2 * m))[pad:pad + n, pad:pad + n]
+            ay += np.fft.irfft2(f * fky, s=(2 * m, 2 * m))[pad:pad + n, pad:pad + n]
         # the far-field error allowed per halo, from the mesh's estimate of the deflections' size
         scale = float(np.sqrt(np.mean(ax * ax + ay * ay)))
-        if scale == 0.0:  # only haloes outside the grid: their deflection at the grid's centre sets the scale
+        if scale == 0.0:  # only haloes outside the mesh: their deflection at the grid's centre sets the scale
             scale = float(np.max(w / np.maximum(np.hypot(hx - self.x0c, hy - self.y0c), abs(self.sx))))
         r_cut = near_radius(w, r_trunc, abs(self.sx), self.near_pixels, self.truncation_radii, self.tolerance * scale)
         _near_fields(self.x00, self.y00, self.sx, self.sy, n, kind, hx, hy, w, rs, rho0, tau, r_cut, inside, ax, ay)
