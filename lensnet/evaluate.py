@@ -24,13 +24,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="output directory (default: RUN/eval/<dataset>-<split>)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="accepted for symmetry; evaluation is deterministic")
+    parser.add_argument("--tta", choices=("flips", "d4"),
+                        help="test-time augmentation: average class probabilities over this symmetry group of "
+                             "each image (use the dataset's own: config.symmetry in its manifest)")
     args = parser.parse_args(argv)
     from lensnet.core.tfboot import quiet_import
 
     quiet_import()
     from lensnet.training.evaluation import evaluate_run
 
-    metrics, out_dir = evaluate_run(args.run, args.data, args.split, args.out, args.batch_size)
+    metrics, out_dir = evaluate_run(args.run, args.data, args.split, args.out, args.batch_size, tta=args.tta)
     shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(f"{args.split} of {metrics['dataset']}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()),
           flush=True)

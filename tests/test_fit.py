@@ -77,6 +77,26 @@ def test_substructure_learns_and_evaluate_on_other_dataset(capsys, three_class: 
     scored = json.loads((tmp_path / "sub" / "eval" / "synthetic-val" / "metrics.json").read_text())
     assert scored["split"] == "val" and scored["n"] == 48
 
+    code = run_cli(evaluate_main, ["--run", str(tmp_path / "sub"), "--data", str(three_class), "--split", "val",
+                                   "--tta", "d4"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    averaged = json.loads((tmp_path / "sub" / "eval" / "synthetic-val-tta-d4" / "metrics.json").read_text())
+    assert averaged["tta"] == "d4" and averaged["n"] == 48 and averaged["macro_roc_auc"] > 0.8
+
+
+def test_tta_views_are_the_symmetry_group() -> None:
+    import tensorflow as tf
+
+    from lensnet.data.augment import d4_transforms, flips_transforms, group_views
+
+    images = np.random.default_rng(0).normal(size=(2, 5, 5, 3)).astype(np.float32)
+    for method, reference in (("flips", flips_transforms), ("d4", d4_transforms)):
+        views = [v.numpy() for v in group_views(tf.constant(images), method)]
+        for k in range(2):
+            expected = sorted(x.tobytes() for x in reference(images[k]))
+            assert sorted(v[k].tobytes() for v in views) == expected
+
 
 def test_regression_masks_nan_targets(capsys, three_class: Path, tmp_path: Path) -> None:
     # `amplitude` is NaN for class0: those records must be masked, not zero-filled
@@ -93,6 +113,13 @@ def test_regression_masks_nan_targets(capsys, three_class: Path, tmp_path: Path)
         values = dict(zip(header, row.split(",")))
         assert np.isfinite(float(values["loss"])) and np.isfinite(float(values["val_mae"]))
     assert (tmp_path / "reg" / "plots" / "scatter.png").is_file()
+
+    from lensnet.evaluate import main as evaluate_main
+
+    capsys.readouterr()
+    code = run_cli(evaluate_main, ["--run", str(tmp_path / "reg"), "--tta", "flips"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--tta averages class probabilities" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

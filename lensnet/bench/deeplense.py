@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--tta", action="store_true",
+                        help="also score the classifier with test-time augmentation over the preset's symmetry group")
     parser.add_argument("--cross", action="store_true", help="also train on one Model II and score the other")
     parser.add_argument("--data-dir", default="tfrecords", help="where the benchmark datasets are simulated")
     parser.add_argument("--seed", type=int, default=0)
@@ -82,6 +84,19 @@ def _train_images(data: str) -> int:
     return int(open_dataset(data).counts["train"])
 
 
+def _tta_scores(run_dir: Path, data: str) -> dict:
+    """Accuracy and macro AUC with the predictions averaged over the dataset's symmetry group (flips or d4)."""
+    from lensnet.data import open_dataset
+    from lensnet.training.evaluation import evaluate_run
+    from lensnet.training.trainer import dataset_symmetry
+
+    group = dataset_symmetry(open_dataset(data))
+    if group not in ("flips", "d4"):
+        return {}
+    metrics, _ = evaluate_run(run_dir, data, "test", tta=group)
+    return {"tta": group, "accuracy_tta": metrics.get("accuracy"), "macro_auc_tta": metrics.get("macro_roc_auc")}
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     import keras
 
@@ -102,6 +117,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "train_images": _train_images(data), "epochs": args.epochs, "wall_s": round(result.seconds, 1),
                 "accuracy": m.get("accuracy"), "macro_auc": m.get("macro_roc_auc"),
                 **{f"auc_{k}": v for k, v in auc.items()},
+                **(_tta_scores(result.run_dir, data) if args.tta else {}),
                 "published_cvt_accuracy": published.get("cvt_accuracy"),
                 "published_resnet18_val_accuracy": published.get("resnet18_val_accuracy"),
                 **{f"published_cvt_auc_{k}": v for k, v in (published.get("cvt_auc") or {}).items()},

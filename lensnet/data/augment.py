@@ -76,6 +76,14 @@ def augment_batch(images: Mapping, method: str, seed):
     return out
 
 
+def group_views(x, method: str) -> list:
+    """Every element of the `flips` (4) or `d4` (8) group applied to a batch tensor (N, H, W, C)."""
+    import tensorflow as tf
+
+    bases = [x, tf.transpose(x, [0, 2, 1, 3])] if method == "d4" else [x]
+    return [v for b in bases for v in (b, tf.reverse(b, [2]), tf.reverse(b, [1]), tf.reverse(b, [1, 2]))]
+
+
 def flips_transforms(image):
     """The four images of the `flips` group of one (H, W, C) numpy array: id, flip x, flip y, rot 180."""
     return [image, image[:, ::-1], image[::-1], image[::-1, ::-1]]

@@ -15,22 +15,49 @@ from lensnet.data.pipeline import reader_error
 from lensnet.tasks import plots
 from lensnet.tasks.base import BatchContext, Task
 
+TTA_GROUPS = ("flips", "d4")
+
+
+def check_tta(tta: str | None, task: Task, image_shape: Any) -> None:
+    """Test-time augmentation averages class probabilities over a symmetry group of the images."""
+    from lensnet.core.errors import LensnetError
+
+    if tta is None:
+        return
+    if tta not in TTA_GROUPS:
+        raise LensnetError(f"--tta: unknown group {tta!r}; choose one of {', '.join(TTA_GROUPS)}")
+    kind = task.output_spec().kind
+    if kind != "probabilities":
+        raise LensnetError(f"--tta averages class probabilities; this run's model returns {kind}")
+    if tta == "d4" and image_shape[0] != image_shape[1]:
+        raise LensnetError(f"--tta d4 needs square images, the dataset's are {image_shape[0]}x{image_shape[1]}")
+
 
 def predict_split(model: keras.Model, task: Task, info: Any, split: str, normalise: dict, batch_size: int = 64,
-                  keep_images: int = 0, progress: bool = True) -> dict:
+                  keep_images: int = 0, progress: bool = True, tta: str | None = None) -> dict:
     """Run the model over a split in order; returns y_true, y_pred, ids and the first `keep_images` images.
 
     `normalise` is the run's normalisation spec (run.json), so a model scored on another
     dataset sees its inputs scaled exactly as in training. The model's inputs are what the
     task's `prepare` makes of each batch (outside training: no training-time randomness).
+    `tta` (flips | d4): the prediction is the mean over the group's views of each image (classification;
+    use the group the dataset is symmetric under, its manifest's config.symmetry).
     """
     from lensnet.core.progress import Progress
+    from lensnet.data.augment import group_views
+
+    check_tta(tta, task, info.image_shape)
 
     fields = tuple(dict.fromkeys((*task.fields, "image", "id")))
     dataset = load(info, split, batch_size=batch_size, fields=fields, shuffle=False, augment=None,
                    normalise=normalise)
     y_true, y_pred, ids, images = [], [], [], []
-    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    if tta:
+        predict = tf.function(lambda x: tf.reduce_mean(tf.stack([model(v, training=False)
+                                                                 for v in group_views(x, tta)]), axis=0),
+                              reduce_retracing=True)
+    else:
+        predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     try:
         with Progress(info.counts[split], f"scoring {split} split", "img", enabled=progress) as bar:
             for step, batch in enumerate(dataset):
@@ -52,13 +79,14 @@ def predict_split(model: keras.Model, task: Task, info: Any, split: str, normali
 def report(model: keras.Model, task: Task, info: Any, split: str, normalise: dict, out_dir: Path, *,
            batch_size: int = 64,
            extra: dict | None = None, tensorboard_dir: Path | None = None, history_csv: Path | None = None,
-           n_images: int = 16, progress: bool = True) -> dict:
+           n_images: int = 16, progress: bool = True, tta: str | None = None) -> dict:
     """Score `model` on `split`, write metrics.json and plots under `out_dir`, images to TensorBoard."""
     out_dir = Path(out_dir)
-    result = predict_split(model, task, info, split, normalise, batch_size, keep_images=n_images, progress=progress)
+    result = predict_split(model, task, info, split, normalise, batch_size, keep_images=n_images, progress=progress,
+                           tta=tta)
     metrics = task.score(result["y_true"], result["y_pred"])
     metrics = {"split": split, "dataset": str(info.path), "dataset_checksum": info.checksum, **(extra or {}),
-               **metrics}
+               **({"tta": tta} if tta else {}), **metrics}
     write_json(out_dir / "metrics.json", metrics)
     figures = task.plot(result["y_true"], result["y_pred"], out_dir / "plots")
     if len(result["images"]):
@@ -120,12 +148,16 @@ def open_run_on(run_dir: str | Path, data: str | Path | None, split: str) -> tup
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
-                 out: str | Path | None = None, batch_size: int = 64, n_images: int = 16) -> tuple[dict, Path]:
+                 out: str | Path | None = None, batch_size: int = 64, n_images: int = 16,
+                 tta: str | None = None) -> tuple[dict, Path]:
     """Score a finished run on `split` of any compatible dataset (default: the run's own); see `open_run_on`."""
     run_dir = Path(run_dir)
     run, task, info, model = open_run_on(run_dir, data, split)
-    out_dir = Path(out) if out else run_dir / "eval" / f"{info.name}-{split}"
+    check_tta(tta, task, info.image_shape)
+    suffix = f"-tta-{tta}" if tta else ""
+    out_dir = Path(out) if out else run_dir / "eval" / f"{info.name}-{split}{suffix}"
     metrics = report(model, task, info, split, run.normalisation, out_dir, batch_size=batch_size,
                      extra={"run": str(run_dir), "model": run.model},
-                     tensorboard_dir=run_dir / "logs" / f"eval_{info.name}_{split}", n_images=n_images)
+                     tensorboard_dir=run_dir / "logs" / f"eval_{info.name}_{split}{suffix}", n_images=n_images,
+                     tta=tta)
     return metrics, out_dir
