@@ -46,8 +46,8 @@ WDM_MASS_FUNCTIONS = {
 WDM_CONCENTRATIONS = {"bose2016": (60.0, 1.0, -0.17)}  # (c_scale, c_power_inner, c_power)
 CONCENTRATION_FLOOR = 1.2  # pyHalo's universal minimum concentration
 LOG10_M_HM_RANGE = (4.0, 12.0)  # half-mode masses lensing can probe, Msun; outside is a config error
-TABLE_PER_DEX = 20
-HALO_MODEL_DEFAULTS = {"Ob0": 0.049, "sigma8": 0.81, "ns": 0.965}  # Planck 2018, as pyHalo's CosmoDefaults  # log-log interpolation nodes per decade of mass (< 1e-3 relative error)
+TABLE_PER_DEX = 20  # log-log interpolation nodes per decade of mass (< 1e-3 relative error)
+HALO_MODEL_DEFAULTS = {"Ob0": 0.049, "sigma8": 0.81, "ns": 0.965}  # Planck 2018, as pyHalo's CosmoDefaults
 
 
 def use_colossus(H0: float, Om0: float, halo_model: dict) -> Any:

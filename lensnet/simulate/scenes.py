@@ -34,11 +34,11 @@ from lensnet.simulate.priors import Prior, PriorBlock, inverse_cdf, parse_prior
 from lensnet.simulate.substructure import (
     AXION_PARAMS,
     CDM_PARAMS,
+    WDM_PARAMS,
     AxionSpec,
     AxionVortex,
     Haloes,
     SubhaloPopulation,
-    WDM_PARAMS,
     SubhaloSpec,
     WdmSpec,
     deeplense_mass_factor,
