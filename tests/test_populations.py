@@ -260,3 +260,18 @@ def test_bad_population_parameter_through_python_m(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: substructure.f_sub") and len(done.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_detectability_knob_m_hm() -> None:
+    from lensnet.core.errors import LensnetError
+    from lensnet.studies.detectability import StudySpec, dataset_config
+
+    spec = StudySpec(name="hm", knob="m_hm", grid=[7.0, 9.0], dataset="model_ii", num=30, model="cnn_small",
+                     epochs=1, data_set=["classes=[no_sub,cdm,wdm]"])
+    config = dataset_config(spec, 7.0)
+    assert config["wdm"]["log10_m_hm"] == 7.0 and config["classes"] == ["no_sub", "cdm", "wdm"]
+    with pytest.raises(LensnetError, match="wdm.log10_m_hm"):
+        dataset_config(spec, 20.0)
+    spec.data_set = []
+    with pytest.raises(LensnetError, match="knob m_hm changes the wdm class"):
+        dataset_config(spec, 7.0)
