@@ -296,6 +296,8 @@ def parse_scene(config: dict) -> SceneSpec:
     has_lens_light = _bool(lens_light_cfg["enabled"], "lens_light.enabled")
     if kind == "lens_finding" and not has_lens_light:
         raise LensnetError("lens_light.enabled: lens_finding needs the lens galaxy light (confusers are made of it)")
+    if kind == "lens_finding" and config["line_of_sight"]["enabled"] is True:
+        raise LensnetError("line_of_sight.enabled: field haloes apply to substructure and super_resolution datasets")
     uses = set(classes or [])
     if kind == "super_resolution":
         sr = _super_resolution(config["super_resolution"], bands)
@@ -593,8 +595,11 @@ class SubstructureSimulator(Simulator):
             specific += AXION_PARAMS
         if self._subtract:
             specific.append("theta_E_smooth")
-        if self._los is not None:  # the same distribution in every class: not class-specific
-            stored += LOS_PARAMS
+        if self._los is not None:  # one distribution in every class, unless wdm thins its field haloes too
+            if "wdm" in self._populations:
+                specific += LOS_PARAMS
+            else:
+                stored += LOS_PARAMS
         self.param_names = stored + specific
         self.class_specific_params = set(specific)
         self._template = dict.fromkeys(self.param_names, math.nan)
