@@ -33,7 +33,6 @@ from lensnet.simulate.los import LOS_PARAMS, LineOfSight, LosSpec, parse_los_con
 from lensnet.simulate.priors import Prior, PriorBlock, inverse_cdf, parse_prior
 from lensnet.simulate.substructure import (
     AXION_PARAMS,
-    CDM_PARAMS,
     WDM_PARAMS,
     AxionSpec,
     AxionVortex,
@@ -605,7 +604,8 @@ class SubstructureSimulator(Simulator):
         self._template = dict.fromkeys(self.param_names, math.nan)
         self._keep = [k for k, name in enumerate(names) if name in self._template]
         self._keep_names = [names[k] for k in self._keep]
-        self._zero_cdm = dict.fromkeys(CDM_PARAMS, 0.0) if self._cdm is not None else {}
+        # no subhaloes: zero counts, masses and amplitudes (f_sub, sigma_sub), not "not applicable"
+        self._zero_cdm = dict.fromkeys(self._cdm.param_names, 0.0) if self._cdm is not None else {}
         self.image_shapes = {"image": (spec.size, spec.size, len(bands))}
         two = (2,) if spec.noise_scheme == "deeplense_model_i" else ()
         self._noise_shape = (len(bands), *two, spec.size, spec.size)

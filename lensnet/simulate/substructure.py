@@ -26,7 +26,8 @@ CDM subhaloes
                truncation and negative convergence sheets; here the same surface density fills the
                annulus uniformly, concentrations are evaluated at z_lens, truncation is `truncation`, and
                the mass goes out of the smooth lens through θ_E (subtract_from_macro). sigma_sub may be a
-               prior (drawn per image, stored as `sigma_sub`); f_sub is then the realised fraction.
+               prior (drawn per image, stored as `sigma_sub`, 0 in classes without subhaloes); f_sub is then
+               the realised fraction.
     masses     dN/dm ∝ m^slope on [m_min, m_max], drawn by inverse CDF
     positions  placement: area -> uniform surface density over the annulus (r = sqrt(U(a², b²)));
                placement: radius -> r from the `radius` prior (DeepLense: uniform in radius); angle U(0, 2π)
