@@ -24,13 +24,16 @@ MassFunctions/density_peaks.py, Cosmology/geometry.py, utilities.generate_lens_p
 Approximation (stated): every halo lenses on the MAIN lens plane with its own Σ_crit(z_k, z_s):
 lenstronomy's Rs and alpha_Rs of LensCosmo(z_k, z_s) (angles through D_k), at its angular position.
 This is the Born approximation on the unlensed ray with no multi-plane recursion: the deflection a ray
-picks up at plane k is evaluated at the angle it is observed at, not at the position the foreground
-planes and the main lens have deflected it to. It neglects (i) the main lens's deflection of rays before
-they reach haloes behind the lens (~θ_E: a background halo's effect is shifted and sheared), (ii) the
-haloes' deflections of each other, and (iii) the partial cancellation of foreground haloes' deflections
-by the lens's (foreground haloes' convergence is boosted by the lensing efficiency rescaling of
-multi-plane lensing). Field haloes are weak (κ << 1), so (ii) is second order; (i) matters most for
-haloes just behind the lens.
+picks up at plane k is evaluated at the angle it is observed at, not at the position the other planes
+have deflected it to. It neglects (i) the main lens's deflection of rays before they reach haloes behind
+the lens (~θ_E: a background halo acts at a shifted position and is sheared by the lens), (ii) the
+foreground haloes' deflection of rays before they reach the main lens (the SIE is evaluated at shifted
+positions), and (iii) the haloes' deflections of each other (second order: field haloes have κ << 1).
+Measured against lenstronomy's multi-plane ray tracing of the same haloes (bench/los_born_check.py,
+model_ii, m_min 1e7, ~500 field haloes): median max |Born - multi-plane| / noise rms 0.85 over 4 scenes
+(0.58 with the foreground haloes alone, 0.53 with those at and behind the lens alone), against a
+field-halo signal of max 1.1-3.6 noise rms: the approximation keeps the population's statistics, not
+each image's pixel values.
 
 Mass sheet (`mass_sheet: true`): pyHalo adds a negative convergence sheet per plane for the mean LOS
 mass. Here the mean convergence of the drawn haloes (their truncated lensing mass, in main-plane
@@ -213,6 +216,12 @@ class LineOfSight:
     def draw(self, rng: np.random.Generator, theta_e: float, wdm: WdmModel | None = None,
              log10_m_hm: float = math.nan) -> tuple[Haloes, tuple[float, float], float]:
         """(haloes, (n_los, m_los_total), main-plane lensing mass inside theta_e, mean over each cone)."""
+        haloes, summary, enclosed, _ = self.draw_with_redshifts(rng, theta_e, wdm, log10_m_hm)
+        return haloes, summary, enclosed
+
+    def draw_with_redshifts(self, rng: np.random.Generator, theta_e: float, wdm: WdmModel | None = None,
+                            log10_m_hm: float = math.nan) -> tuple[Haloes, tuple[float, float], float, np.ndarray]:
+        """As draw, plus each halo's plane redshift (to check the Born approximation against multi-plane)."""
         counts = rng.poisson(self.n_mean)
         plane = np.repeat(np.arange(len(self.z)), counts)
         n = len(plane)
@@ -245,4 +254,4 @@ class LineOfSight:
         haloes = Haloes("TNFW", x, y, rs=rs, alpha_rs=alpha, r_trunc=r_trunc)
         main_mass = m_lens * tnfw_mass_fraction(c, tau) * self._to_main[plane]
         inside = np.minimum(1.0, (theta_e / self.radius[plane]) ** 2)
-        return haloes, (float(len(m)), float(m.sum())), float((main_mass * inside).sum())
+        return haloes, (float(len(m)), float(m.sum())), float((main_mass * inside).sum()), self.z[plane]
