@@ -90,7 +90,13 @@ class ConcentrationTable:
         self.log_m = np.linspace(lo, hi, n)
         self.redshifts = np.atleast_1d(np.asarray(redshifts, dtype=float))
         masses = 10.0 ** self.log_m
-        self.log_c = np.stack([np.log10(colossus_concentration(masses, z, model, h)) for z in self.redshifts])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.log_c = np.stack([np.log10(colossus_concentration(masses, z, model, h)) for z in self.redshifts])
+        if not np.all(np.isfinite(self.log_c)):
+            raise LensnetError(
+                f"substructure.concentration.model: colossus {model} gives no concentration for some masses in "
+                f"[{m_min:.3g}, {m_max:.3g}] Msun at z in [{self.redshifts.min():g}, {self.redshifts.max():g}]; "
+                "choose another model or mass range")
         self._step = self.log_m[1] - self.log_m[0]
 
     def __call__(self, m: np.ndarray, row: np.ndarray | int = 0) -> np.ndarray:
