@@ -276,3 +276,17 @@ def test_detectability_knob_m_hm() -> None:
     spec.data_set = []
     with pytest.raises(LensnetError, match="knob m_hm changes the wdm class"):
         dataset_config(spec, 7.0)
+
+
+def test_line_of_sight_mass_sheet_alone_leaves_subhalo_mass_in_the_lens() -> None:
+    config = small_config(classes=["no_sub", "cdm"], substructure={"profile": "POINT_MASS", "m_min": 1e8,
+                                                                   "subtract_from_macro": False})
+    sim = build_simulator(config)
+    no_sub = sim._draw_scene(0, np.random.default_rng(2)).params
+    cdm = sim._draw_scene(1, np.random.default_rng(2)).params
+    assert cdm["n_subhalo"] > 0 and no_sub["n_los"] == cdm["n_los"] > 0
+    # the same line of sight leaves the smooth lens in both classes; the subhaloes (subtract_from_macro
+    # false) do not
+    assert cdm["theta_E_smooth"] == no_sub["theta_E_smooth"] < cdm["theta_E"]
+    config["line_of_sight"]["mass_sheet"] = False
+    assert "theta_E_smooth" not in build_simulator(config).param_names

@@ -561,9 +561,9 @@ class SubstructureSimulator(Simulator):
                                     sub["concentration"]["model"], float(sub["concentration"]["scatter_dex"]),
                                     halo_model, factor)
         # substructure is part of the lens mass: the smooth SIE gives up what the subhaloes or vortex add
-        self._subtract = bool(spec.subhalos and spec.subhalos.subtract_from_macro) or bool(
-            config["substructure"]["subtract_from_macro"] and spec.axion) or bool(
-            self._los and self._los.spec.mass_sheet)
+        self._subtract_sub = bool(spec.subhalos and spec.subhalos.subtract_from_macro) or bool(
+            config["substructure"]["subtract_from_macro"] and spec.axion)
+        self._subtract = self._subtract_sub or bool(self._los and self._los.spec.mass_sheet)
         self._renderers = [_Renderer(spec.size, b.pixel_scale, b.psf_kwargs, spec.supersampling, spec.engine)
                            for b in bands]
 
@@ -657,6 +657,8 @@ class SubstructureSimulator(Simulator):
                 group, summary, enclosed = self._axion.draw(rng, cx, cy, theta_e)
                 haloes = (group,)
                 params.update(zip(AXION_PARAMS, summary))
+        if not self._subtract_sub:
+            enclosed = 0.0
         if self._los is not None:
             wdm_model = self._wdm.model if population == "wdm" else None
             group, summary, los_enclosed = self._los.draw(los_rng, theta_e, wdm_model, log10_m_hm)
