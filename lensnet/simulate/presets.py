@@ -10,6 +10,7 @@ from typing import Any
 
 from lensnet.core.config import load_yaml, merge
 from lensnet.core.errors import LensnetError
+from lensnet.simulate.halo_models import HALO_MODEL_DEFAULTS
 from lensnet.simulate.priors import is_prior_spec
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
@@ -52,7 +53,7 @@ DATASET_DEFAULTS: dict = {
     # mass_to_angle: angular_diameter (lenstronomy's LensCosmo) | deeplense_luminosity (DeepLenseSim's quirk)
     "cosmology": {"H0": 70.0, "Om0": 0.3, "z_lens": 0.5, "z_source": 1.0, "mass_to_angle": "angular_diameter",
                   # read only by the colossus halo-model relations (concentrations, Sheth-Tormen): Planck 2018
-                  "halo_model": {"Ob0": 0.049, "sigma8": 0.81, "ns": 0.965}},
+                  "halo_model": dict(HALO_MODEL_DEFAULTS)},
     "lens": {
         "theta_E": {"uniform": [1.0, 1.6]},
         "e1": {"uniform": [-0.2, 0.2]},
