@@ -3,7 +3,7 @@
     python -m lensnet.study detectability --dataset model_ii --knob f_sub --grid 0.0025,0.005,0.01,0.02,0.05 \
         --num 3000 --model cnn_small --epochs 10 --name fsub_model_ii --seed 0
 
-detectability: sweep one physics knob (f_sub, m_min, vortex_mass, exposure_time), simulate a dataset and
+detectability: sweep one physics knob (f_sub, m_min, m_hm, vortex_mass, exposure_time), simulate a dataset and
 train the same model for the same budget at every value, and write test ROC AUC (CDM vs no_sub, axion
 vs no_sub, 95% bootstrap intervals) as a table and a plot under runs/studies/<name>/. A killed study
 continues where it stopped when the same command is run again.

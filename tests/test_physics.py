@@ -310,7 +310,7 @@ def test_prior_overrides_replace_distributions_and_presets_chain(tmp_path) -> No
         ({"instrument": {"name": "Hubble"}}, "instrument.name"),
         ({"instrument": {"bands": ["Q"]}}, "band 'Q'"),
         ({"splits": {"train": 0.9}}, "splits"),
-        ({"classes": ["no_sub", "wdm"]}, "classes"),
+        ({"classes": ["no_sub", "sidm"]}, "classes"),
         ({"substructure": {"engine": "pyhalo"}}, "substructure.engine"),
         ({"substructure": {"profile": "NFW_X"}}, "substructure.profile"),
         ({"substructure": {"m_min": 1e10, "m_max": 1e6}}, "substructure.m_min"),
@@ -474,7 +474,7 @@ def test_replicas_ii_iii_render_noiseless_doubled_and_i_noisy_counts() -> None:
         ({"cosmology": {"mass_to_angle": "angular_diameter"}}, "cosmology.mass_to_angle"),
         ({"axion": {"n_points": 50}}, "axion.n_points"),
         ({"symmetry": "d4"}, "symmetry"),
-        ({"classes": ["no_sub", "wdm"]}, "classes"),
+        ({"classes": ["no_sub", "sidm"]}, "classes"),
     ],
 )
 def test_replica_refuses_what_it_cannot_honour(overrides: dict, field: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from lensnet.core.config import load_yaml, merge
 from lensnet.core.errors import LensnetError
+from lensnet.simulate.halo_models import HALO_MODEL_DEFAULTS
 from lensnet.simulate.priors import is_prior_spec
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
@@ -50,7 +51,9 @@ DATASET_DEFAULTS: dict = {
     },
     "noise": {"enabled": True, "poisson": True, "background": True, "scheme": "lensnet"},
     # mass_to_angle: angular_diameter (lenstronomy's LensCosmo) | deeplense_luminosity (DeepLenseSim's quirk)
-    "cosmology": {"H0": 70.0, "Om0": 0.3, "z_lens": 0.5, "z_source": 1.0, "mass_to_angle": "angular_diameter"},
+    "cosmology": {"H0": 70.0, "Om0": 0.3, "z_lens": 0.5, "z_source": 1.0, "mass_to_angle": "angular_diameter",
+                  # read only by the colossus halo-model relations (concentrations, Sheth-Tormen): Planck 2018
+                  "halo_model": dict(HALO_MODEL_DEFAULTS)},
     "lens": {
         "theta_E": {"uniform": [1.0, 1.6]},
         "e1": {"uniform": [-0.2, 0.2]},
@@ -82,8 +85,13 @@ DATASET_DEFAULTS: dict = {
     "substructure": {  # see lensnet/simulate/substructure.py for the definitions and sources
         "engine": "lenstronomy",  # lenstronomy (each halo a lenstronomy profile; alias: native) | fast
         "profile": "TNFW",  # TNFW | POINT_MASS
-        "normalisation": "f_sub",  # f_sub (projected mass fraction near theta_E) | count (n_mean)
+        # f_sub (projected mass fraction near theta_E) | count (n_mean) | sigma_sub (pyHalo's, kpc^-2)
+        "normalisation": "f_sub",
         "f_sub": {"log_uniform": [0.005, 0.05]},
+        "sigma_sub": 0.025,  # normalisation: sigma_sub only (pyHalo's CDM default); a prior is allowed
+        # normalisation: sigma_sub only: pyHalo's host scaling 10^(mass_scaling log10(M/1e13) + redshift_scaling
+        # log10(z_lens + 0.5)) with its CDM/WDM preset values
+        "host": {"log10_m200": 13.3, "mass_scaling": 0.55, "redshift_scaling": 0.37},
         "n_mean": 25.0,  # normalisation: count only
         "count": "poisson",  # poisson | fixed (normalisation: count only)
         "m_min": 1.0e8,
@@ -92,8 +100,24 @@ DATASET_DEFAULTS: dict = {
         "radius": {"uniform": [0.25, 2.0]},  # the annulus the subhaloes populate, arcsec from the lens centre
         "placement": "area",  # area (uniform surface density) | radius (uniform in radius, as DeepLense)
         "subtract_from_macro": True,  # substructure (and vortex) mass is taken out of the smooth lens
-        "concentration": {"model": "duffy08", "scatter_dex": 0.1},
+        "concentration": {"model": "diemer19", "scatter_dex": 0.1},  # diemer19 | ludlow16 (colossus) | duffy08
         "truncation": "tidal",  # tidal | tau = r_trunc / r_s
+    },
+    "wdm": {  # the wdm class: the cdm population thinned by a half-mode mass (lensnet/simulate/halo_models.py)
+        "log10_m_hm": {"uniform": [6.0, 10.0]},  # log10 half-mode mass, Msun, within [4, 12]
+        "mass_function": "lovell2020",  # lovell2020 (pyHalo's WDM default) | shmf_lovell2020 | lovell2014
+        "concentration": "bose2016",
+    },
+    "line_of_sight": {  # field haloes between observer and source, every class (lensnet/simulate/los.py)
+        "enabled": False,
+        "m_min": 1.0e7,
+        "m_max": 1.0e10,
+        "dz": 0.02,  # lens-plane spacing (pyHalo's default)
+        "z_start": 0.01,  # first plane (pyHalo's default)
+        "normalisation": 1.0,  # pyHalo's LOS_normalization
+        "cone_margin": 0.5,  # arcsec beyond the image half-diagonal
+        "truncation_overdensity": 50.0,  # r_trunc = r_N with N x rho_crit(z): pyHalo's TRUNCATION_R50
+        "mass_sheet": True,  # take the haloes' mean convergence out of the smooth lens through theta_E
     },
     "axion": {
         "vortex_mass": 3.0e10,

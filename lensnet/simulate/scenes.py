@@ -29,23 +29,26 @@ import numpy as np
 
 from lensnet.core.errors import LensnetError
 from lensnet.simulate.instruments import Band, resolve_bands
+from lensnet.simulate.los import LOS_PARAMS, LineOfSight, LosSpec, parse_los_config
 from lensnet.simulate.priors import Prior, PriorBlock, inverse_cdf, parse_prior
 from lensnet.simulate.substructure import (
     AXION_PARAMS,
-    CDM_PARAMS,
+    WDM_PARAMS,
     AxionSpec,
     AxionVortex,
     Haloes,
     SubhaloPopulation,
     SubhaloSpec,
+    WdmSpec,
     deeplense_mass_factor,
     parse_axion_config,
     parse_engine,
     parse_subhalo_config,
+    parse_wdm_config,
 )
 
 KINDS = ("substructure", "lens_finding", "super_resolution")
-SUBSTRUCTURE_CLASSES = ("no_sub", "cdm", "axion")
+SUBSTRUCTURE_CLASSES = ("no_sub", "cdm", "axion", "wdm")
 LENS_FINDING_CLASSES = ("lens", "non_lens")
 CONFUSER_TYPES = ("galaxy_only", "neighbours", "arc_like", "ring")  # confuser_type stores the index
 
@@ -136,6 +139,9 @@ class SceneSpec:
     flux_scale: float = 1.0
     mass_to_angle: str = "angular_diameter"
     engine: str = "lenstronomy"  # renderer of the substructure haloes (lensnet.simulate.fast_lensing: fast)
+    wdm: WdmSpec | None = None  # the wdm class: CDM subhaloes thinned by a half-mode mass
+    line_of_sight: LosSpec | None = None  # field haloes along the ray, every class (None: disabled)
+    halo_model: dict | None = None  # cosmology.halo_model: colossus's Ob0, sigma8, ns
 
 
 def _int(value: Any, field: str, minimum: int) -> int:
@@ -238,6 +244,14 @@ def _noise_scheme(scheme: str, kind: str) -> str:
     return scheme
 
 
+def _halo_model(section: dict, om0: float) -> dict:
+    """cosmology.halo_model: the parameters only the colossus relations read (lensnet.simulate.halo_models)."""
+    out = {k: _number(section[k], f"cosmology.halo_model.{k}", 1e-6, 10.0) for k in ("Ob0", "sigma8", "ns")}
+    if isinstance(om0, (int, float)) and not out["Ob0"] < om0:
+        raise LensnetError(f"cosmology.halo_model.Ob0: must be below Om0 ({om0:g}), got {out['Ob0']:g}")
+    return out
+
+
 def parse_scene(config: dict) -> SceneSpec:
     """Validate the physics sections of a resolved config (errors name the field) and return the scene."""
     kind = config["kind"]
@@ -281,6 +295,8 @@ def parse_scene(config: dict) -> SceneSpec:
     has_lens_light = _bool(lens_light_cfg["enabled"], "lens_light.enabled")
     if kind == "lens_finding" and not has_lens_light:
         raise LensnetError("lens_light.enabled: lens_finding needs the lens galaxy light (confusers are made of it)")
+    if kind == "lens_finding" and config["line_of_sight"]["enabled"] is True:
+        raise LensnetError("line_of_sight.enabled: field haloes apply to substructure and super_resolution datasets")
     uses = set(classes or [])
     if kind == "super_resolution":
         sr = _super_resolution(config["super_resolution"], bands)
@@ -306,8 +322,11 @@ def parse_scene(config: dict) -> SceneSpec:
         lens=lens,
         source=_light(config["source"], "source", SOURCE_SHAPE, bands, ref),
         lens_light=_light(lens_light_cfg, "lens_light", LENS_LIGHT_SHAPE, bands, ref) if has_lens_light else None,
-        subhalos=parse_subhalo_config(config["substructure"]) if "cdm" in uses else None,
+        subhalos=parse_subhalo_config(config["substructure"]) if uses & {"cdm", "wdm"} else None,
         engine=parse_engine(config["substructure"]),
+        wdm=parse_wdm_config(config["wdm"]) if "wdm" in uses else None,
+        line_of_sight=parse_los_config(config["line_of_sight"], z_lens, z_source) if kind != "lens_finding" else None,
+        halo_model=_halo_model(cosmo["halo_model"], cosmo["Om0"]),
         axion=parse_axion_config(config["axion"]) if "axion" in uses else None,
         lens_finding=_lens_finding(config["lens_finding"]) if kind == "lens_finding" else None,
         super_resolution=sr,
@@ -536,11 +555,22 @@ class SubstructureSimulator(Simulator):
             factor = deeplense_mass_factor(spec.H0, spec.Om0, spec.z_lens, spec.z_source, lens_cosmo)
         self.mass_factor = factor
         self._sigma_crit = float(lens_cosmo.sigma_crit_angle)
-        self._cdm = SubhaloPopulation(spec.subhalos, lens_cosmo, spec.z_lens, h, factor) if spec.subhalos else None
+        halo_model = spec.halo_model
+        self._cdm = (SubhaloPopulation(spec.subhalos, lens_cosmo, spec.z_lens, h, factor, spec.Om0, halo_model)
+                     if spec.subhalos else None)
         self._axion = AxionVortex(spec.axion, lens_cosmo, factor) if spec.axion else None
+        self._wdm = spec.wdm
+        self._los = None
+        if spec.line_of_sight is not None:
+            sub = config["substructure"]
+            cone = spec.size * max(b.pixel_scale for b in bands) / math.sqrt(2.0) + spec.line_of_sight.cone_margin
+            self._los = LineOfSight(spec.line_of_sight, spec.z_lens, spec.z_source, spec.H0, spec.Om0, cone,
+                                    sub["concentration"]["model"], float(sub["concentration"]["scatter_dex"]),
+                                    halo_model, factor)
         # substructure is part of the lens mass: the smooth SIE gives up what the subhaloes or vortex add
-        self._subtract = bool(spec.subhalos and spec.subhalos.subtract_from_macro) or bool(
+        self._subtract_sub = bool(spec.subhalos and spec.subhalos.subtract_from_macro) or bool(
             config["substructure"]["subtract_from_macro"] and spec.axion)
+        self._subtract = self._subtract_sub or bool(self._los and self._los.spec.mass_sheet)
         self._renderers = [_Renderer(spec.size, b.pixel_scale, b.psf_kwargs, spec.supersampling, spec.engine)
                            for b in bands]
 
@@ -563,18 +593,26 @@ class SubstructureSimulator(Simulator):
         if self._exposure_drawn:
             stored.append("exposure_time")
         specific: list[str] = []
-        if "cdm" in self._populations:
-            specific += CDM_PARAMS
+        if self._cdm is not None:
+            specific += self._cdm.param_names
+        if "wdm" in self._populations:
+            specific += WDM_PARAMS
         if "axion" in self._populations:
             specific += AXION_PARAMS
         if self._subtract:
             specific.append("theta_E_smooth")
+        if self._los is not None:  # one distribution in every class, unless wdm thins its field haloes too
+            if "wdm" in self._populations:
+                specific += LOS_PARAMS
+            else:
+                stored += LOS_PARAMS
         self.param_names = stored + specific
         self.class_specific_params = set(specific)
         self._template = dict.fromkeys(self.param_names, math.nan)
         self._keep = [k for k, name in enumerate(names) if name in self._template]
         self._keep_names = [names[k] for k in self._keep]
-        self._zero_cdm = dict.fromkeys(CDM_PARAMS, 0.0) if "cdm" in self._populations else {}
+        # no subhaloes: zero counts, masses and amplitudes (f_sub, sigma_sub), not "not applicable"
+        self._zero_cdm = dict.fromkeys(self._cdm.param_names, 0.0) if self._cdm is not None else {}
         self.image_shapes = {"image": (spec.size, spec.size, len(bands))}
         two = (2,) if spec.noise_scheme == "deeplense_model_i" else ()
         self._noise_shape = (len(bands), *two, spec.size, spec.size)
@@ -607,18 +645,34 @@ class SubstructureSimulator(Simulator):
         exposures = [params["exposure_time"]] if self._exposure_drawn else self._exposures
 
         population = self._populations[label]
+        # the field haloes draw from their own stream, seeded here for every class: the same line of sight
+        # for every class of a seed, whatever the class-specific draws below consume
+        los_rng = np.random.default_rng(int(rng.integers(2**63))) if self._los is not None else None
         haloes: tuple[Haloes, ...] = ()
         enclosed = 0.0
-        if population == "cdm":
-            group, summary, enclosed = self._cdm.draw(rng, cx, cy, theta_e)
+        log10_m_hm = math.nan
+        if population in ("cdm", "wdm"):
+            wdm = self._wdm if population == "wdm" else None
+            group, summary, enclosed = self._cdm.draw(rng, cx, cy, theta_e, wdm)
             haloes = (group,)
-            params.update(zip(CDM_PARAMS, summary))
+            names = self._cdm.param_names + (WDM_PARAMS if wdm else ())
+            params.update(zip(names, summary))
+            log10_m_hm = params.get("log10_m_hm", math.nan)
         else:
             params.update(self._zero_cdm)
             if population == "axion":
                 group, summary, enclosed = self._axion.draw(rng, cx, cy, theta_e)
                 haloes = (group,)
                 params.update(zip(AXION_PARAMS, summary))
+        if not self._subtract_sub:
+            enclosed = 0.0
+        if self._los is not None:
+            wdm_model = self._wdm.model if population == "wdm" else None
+            group, summary, los_enclosed = self._los.draw(los_rng, theta_e, wdm_model, log10_m_hm)
+            haloes = (*haloes, group)
+            params.update(zip(LOS_PARAMS, summary))
+            if self._los.spec.mass_sheet:
+                enclosed += los_enclosed
         if self._subtract:
             # mean convergence inside the drawn theta_E stays 1: an SIS of Einstein radius t holds
             # pi Sigma_crit t theta inside theta, so t = theta_E - M_x(<theta_E) / (pi Sigma_crit theta_E)

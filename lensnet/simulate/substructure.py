@@ -12,6 +12,22 @@ CDM subhaloes
                (point masses; M200c for TNFW, whose truncated lensing mass is smaller), in [m_min, m_max].
     count      (normalisation: count) n ~ Poisson(n_mean), or exactly round(n_mean) with count: fixed
                (DeepLense draws a Poisson count and ignores it)
+    sigma_sub  (normalisation: sigma_sub) pyHalo's convention (dangilman/pyHalo f8a4b37,
+               Rendering/subhalos.py normalization_sigmasub, PresetModels/cdm.py): sigma_sub is
+               m0 d²N/(dm dA) at the pivot m0 = 1e8 Msun in kpc^-2 (default 0.025), scaled with the host
+               halo mass and redshift as F = 10^(k1 log10(M_host / 1e13) + k2 log10(z_lens + 0.5))
+               (`host`: log10_m200 13.3, mass_scaling k1 0.55, redshift_scaling k2 0.37: pyHalo's CDM and
+               WDM preset values), so d²N/(dm dA) = sigma_sub F (m / m0)^slope / m0 and the mean count is
+               n = sigma_sub F A [(m_max/m0)^(slope+1) - (m_min/m0)^(slope+1)] / (slope + 1), A the area
+               of the `radius` annulus in physical kpc² (arcsec -> kpc through the angular diameter
+               distance of the lens plane, LensCosmo.dd). Where it differs from pyHalo: pyHalo renders
+               over a disk of radius cone_opening_angle / 2 (3") uniformly (CDM preset) or as a projected
+               cored NFW (WDM preset), with infall-redshift concentrations, Galacticus-calibrated
+               truncation and negative convergence sheets; here the same surface density fills the
+               annulus uniformly, concentrations are evaluated at z_lens, truncation is `truncation`, and
+               the mass goes out of the smooth lens through θ_E (subtract_from_macro). sigma_sub may be a
+               prior (drawn per image, stored as `sigma_sub`, 0 in classes without subhaloes); f_sub is then
+               the realised fraction.
     masses     dN/dm ∝ m^slope on [m_min, m_max], drawn by inverse CDF
     positions  placement: area -> uniform surface density over the annulus (r = sqrt(U(a², b²)));
                placement: radius -> r from the `radius` prior (DeepLense: uniform in radius); angle U(0, 2π)
@@ -19,13 +35,27 @@ CDM subhaloes
     lensing    a mass m lenses as m (angular-diameter distances, lenstronomy's LensCosmo), or as
                `mass_factor` m when the config copies DeepLense's luminosity-distance conversion
                (cosmology.mass_to_angle: deeplense_luminosity, factor 0.593 at z 0.5 / 1.0)
-    TNFW       M200c with the Duffy et al. (2008) full-sample relation
-               c200 = 5.71 (M / 2e12 h^-1 Msun)^-0.084 (1 + z)^-0.47 (log-normal scatter in dex),
-               extrapolated below its calibrated range as is usual for subhalo studies;
+    TNFW       M200c with a concentration-mass relation at z_lens (log-normal scatter in dex):
+               concentration.model diemer19 (Diemer & Joyce 2019; the CDM relation under pyHalo's WDM
+               preset) or ludlow16 (Ludlow et al. 2016; pyHalo's CDM default) through colossus, tabulated
+               once per simulator (lensnet.simulate.halo_models) and floored at 1.2 as pyHalo does; or
+               duffy08, the Duffy et al. (2008) full-sample relation
+               c200 = 5.71 (M / 2e12 h^-1 Msun)^-0.084 (1 + z)^-0.47; all extrapolated below their
+               calibrated range as is usual for subhalo studies;
                r_trunc = tau r_s (fixed tau) or the tidal (Jacobi) radius
                r_t = R (m / (3 M_host(<R)))^(1/3) in an SIS host with M_host(<R) = 2 Σ_crit θ_E R,
                evaluated at the projected radius R; R > 0 and m > 0 keep r_t > 0 (a zero r_trunc,
                which pyHalo can produce, crashes lenstronomy), and a 1e-4" floor guards round-off.
+
+WDM subhaloes (class wdm, section `wdm`)
+    The CDM realization of the same record seed, thinned: after every CDM draw (count, masses,
+    positions, concentration scatter), log10_m_hm is drawn from its prior and each halo is kept with
+    probability n_WDM/n_CDM(m) (the mass-function suppression of halo_models.WdmModel, as pyHalo's
+    WDMPowerLaw.draw thins its CDM draw), and the kept haloes' concentrations are multiplied by the WDM
+    concentration suppression (floor 1.2). So a wdm record holds a subset of the haloes the cdm record of
+    the same seed holds (paired comparisons), with lower concentrations. Stored as for cdm (n_subhalo and
+    m_sub_total after thinning; f_sub is the drawn CDM amplitude under normalisation f_sub, the realised
+    fraction otherwise) plus log10_m_hm (NaN in every other class).
 
 Stored: n_subhalo, m_sub_total (sum of the drawn masses, M200c for TNFW), and f_sub: the drawn f_sub
 (normalisation: f_sub) or the realised one, κ_sub / (1/2) with the lensing masses of the realisation
@@ -60,17 +90,28 @@ from typing import Any
 import numpy as np
 
 from lensnet.core.errors import LensnetError
+from lensnet.simulate.halo_models import (
+    COLOSSUS_CONCENTRATIONS,
+    CONCENTRATION_FLOOR,
+    LOG10_M_HM_RANGE,
+    WDM_CONCENTRATIONS,
+    WDM_MASS_FUNCTIONS,
+    ConcentrationTable,
+    WdmModel,
+)
 from lensnet.simulate.priors import Prior, PriorBlock, inverse_cdf, parse_prior
 
 SUBHALO_PROFILES = ("TNFW", "POINT_MASS")
-CONCENTRATION_MODELS = ("duffy08",)
+CONCENTRATION_MODELS = ("duffy08", *COLOSSUS_CONCENTRATIONS)
 # lenstronomy: each halo is a lenstronomy profile in the lens model (native is its older name);
 # fast: the same haloes rendered by lensnet.simulate.fast_lensing (vectorised deflections)
 ENGINES = ("lenstronomy", "native", "fast")
 TRUNCATION_FLOOR = 1e-4  # arcsec
 
 CDM_PARAMS = ("n_subhalo", "m_sub_total", "f_sub")
-NORMALISATIONS = ("f_sub", "count")
+NORMALISATIONS = ("f_sub", "count", "sigma_sub")
+SIGMA_SUB_PIVOT = 1e8  # Msun, pyHalo's m_pivot
+WDM_PARAMS = ("log10_m_hm",)
 COUNTS = ("poisson", "fixed")
 PLACEMENTS = ("area", "radius")
 KAPPA_AT_THETA_E = 0.5  # convergence of an isothermal lens at its Einstein radius
@@ -80,7 +121,7 @@ AXION_PARAMS = ("log10_m_axion", "vortex_mass", "vortex_angle", "vortex_half_len
 _DUFFY = (5.71, -0.084, -0.47, 2e12)
 
 
-def _mass_conversions(lens_cosmo: Any) -> tuple[float, float]:
+def mass_conversions(lens_cosmo: Any) -> tuple[float, float]:
     """Constants (K_R, K_a) with Rs = K_R M^(1/3) / c and alpha_Rs = K_a M^(2/3) c / mu(c), from LensCosmo."""
     m0, c0 = 1e8, 10.0
     rs, alpha = lens_cosmo.nfw_physical2angle(m0, c0)
@@ -133,6 +174,24 @@ class SubhaloSpec:
     count: str = "poisson"
     placement: str = "radius"
     subtract_from_macro: bool = False
+    concentration_model: str = "duffy08"
+    sigma_sub: Prior | None = None
+    host: tuple[float, float, float] = (13.3, 0.55, 0.37)  # log10 M_host, mass and redshift scalings (pyHalo)
+
+
+@dataclass(frozen=True)
+class WdmSpec:
+    log10_m_hm: Prior
+    model: WdmModel
+
+
+def parse_wdm_config(section: dict) -> WdmSpec:
+    where = "wdm"
+    log10_m_hm = parse_prior(section["log10_m_hm"], f"{where}.log10_m_hm (log10 half-mode mass, Msun)",
+                             LOG10_M_HM_RANGE)
+    mass_function = _choice(section["mass_function"], f"{where}.mass_function", tuple(WDM_MASS_FUNCTIONS))
+    concentration = _choice(section["concentration"], f"{where}.concentration", tuple(WDM_CONCENTRATIONS))
+    return WdmSpec(log10_m_hm, WdmModel(mass_function, concentration))
 
 
 def parse_engine(section: dict) -> str:
@@ -169,7 +228,20 @@ def parse_subhalo_config(section: dict) -> SubhaloSpec:
     subtract = section["subtract_from_macro"]
     if not isinstance(subtract, bool):
         raise LensnetError(f"{where}.subtract_from_macro: expected true or false, got {subtract!r}")
-    f_sub = None
+    f_sub = sigma_sub = None
+    host = (13.3, 0.55, 0.37)
+    if normalisation == "sigma_sub":
+        sigma_sub = parse_prior(section["sigma_sub"], f"{where}.sigma_sub")
+        lo, hi = sigma_sub.support()
+        if lo < 0 or not math.isfinite(hi):
+            raise LensnetError(f"{where}.sigma_sub: a subhalo number density (kpc^-2) is >= 0 and finite, but "
+                               f"{sigma_sub.to_yaml()!r} allows [{lo:g}, {hi:g}]")
+        h = section["host"]
+        host = (_positive(h["log10_m200"], f"{where}.host.log10_m200"),
+                _number(h["mass_scaling"], f"{where}.host.mass_scaling"),
+                _number(h["redshift_scaling"], f"{where}.host.redshift_scaling"))
+        if count == "fixed":
+            raise LensnetError(f"{where}.count: fixed needs normalisation: count (sigma_sub sets a Poisson count)")
     if normalisation == "f_sub":
         f_sub = parse_prior(section["f_sub"], f"{where}.f_sub")
         lo, hi = f_sub.support()
@@ -180,9 +252,9 @@ def parse_subhalo_config(section: dict) -> SubhaloSpec:
             )
         if count == "fixed":
             raise LensnetError(f"{where}.count: fixed needs normalisation: count (f_sub sets a Poisson count)")
-    if (placement == "area" or subtract or normalisation == "f_sub") and radius.kind != "uniform":
+    if (placement == "area" or subtract or normalisation != "count") and radius.kind != "uniform":
         raise LensnetError(
-            f"{where}.radius: placement area, f_sub normalisation and subtract_from_macro need the annulus "
+            f"{where}.radius: placement area, f_sub/sigma_sub normalisation and subtract_from_macro need the annulus "
             f"as {{uniform: [a, b]}}, got {radius.to_yaml()!r}"
         )
     conc = section["concentration"]
@@ -195,13 +267,19 @@ def parse_subhalo_config(section: dict) -> SubhaloSpec:
     trunc = section["truncation"]
     tau = None if trunc == "tidal" else _positive(trunc, f"{where}.truncation (tidal or tau = r_trunc/r_s)")
     return SubhaloSpec(profile, n_mean, m_min, m_max, slope.args[0], radius, scatter, tau,
-                       normalisation, f_sub, count, placement, subtract)
+                       normalisation, f_sub, count, placement, subtract, conc["model"], sigma_sub, host)
 
 
 def _choice(value: Any, field: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise LensnetError(f"{field}: unknown value {value!r}; choose one of {', '.join(choices)}")
     return value
+
+
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise LensnetError(f"{field}: expected a number, got {value!r}")
+    return float(value)
 
 
 def _positive(value: Any, field: str, allow_zero: bool = False) -> float:
@@ -258,9 +336,10 @@ def duffy08_concentration(m200: np.ndarray, z: float, h: float) -> np.ndarray:
 
 
 class SubhaloPopulation:
-    """Draws one CDM realization: lenstronomy kwargs for `n` haloes of `profile`, plus its summary."""
+    """Draws one CDM (or, thinned, WDM) realization as a Haloes group of `profile`, plus its summary."""
 
-    def __init__(self, spec: SubhaloSpec, lens_cosmo: Any, z_lens: float, h: float, mass_factor: float = 1.0) -> None:
+    def __init__(self, spec: SubhaloSpec, lens_cosmo: Any, z_lens: float, h: float, mass_factor: float = 1.0,
+                 om0: float = 0.3, halo_model: dict | None = None) -> None:
         self.profile = spec.profile
         self.spec = spec
         self.mass_factor = mass_factor
@@ -269,9 +348,26 @@ class SubhaloPopulation:
         a, b = self._annulus
         self._area = math.pi * (b * b - a * a)
         self._mean_mass = power_law_mean(spec.m_min, spec.m_max, spec.slope)
-        self._k_rs, self._k_alpha = _mass_conversions(lens_cosmo)
+        self._k_rs, self._k_alpha = mass_conversions(lens_cosmo)
         self._c_norm = _DUFFY[0] * (1.0 + z_lens) ** _DUFFY[2] * (_DUFFY[3] / h) ** (-_DUFFY[1])
         self._c_slope = _DUFFY[1]
+        self._c_table = None
+        if spec.profile == "TNFW" and spec.concentration_model in COLOSSUS_CONCENTRATIONS:
+            from lensnet.simulate.halo_models import HALO_MODEL_DEFAULTS, use_colossus
+
+            use_colossus(100.0 * h, om0, halo_model or HALO_MODEL_DEFAULTS)
+            lo = spec.m_min * min(mass_factor, 1.0)
+            hi = spec.m_max * max(mass_factor, 1.0)
+            self._c_table = ConcentrationTable(spec.concentration_model, lo, hi, np.array([z_lens]), h)
+        self._sigma_sub_count = 0.0  # mean count per unit sigma_sub (kpc^-2)
+        if spec.normalisation == "sigma_sub":
+            log_m_host, k_mass, k_z = spec.host
+            scaling = 10.0 ** (k_mass * (log_m_host - 13.0) + k_z * math.log10(z_lens + 0.5))
+            kpc_per_arcsec = float(lens_cosmo.dd) * 1e3 * math.pi / 648000.0
+            p = spec.slope + 1.0
+            integral = ((spec.m_max / SIGMA_SUB_PIVOT) ** p - (spec.m_min / SIGMA_SUB_PIVOT) ** p) / p
+            self._sigma_sub_count = scaling * self._area * kpc_per_arcsec**2 * integral
+        self.param_names = CDM_PARAMS + (("sigma_sub",) if spec.normalisation == "sigma_sub" else ())
 
     def mass_in_theta_e(self, theta_e: float) -> float:
         return math.pi * theta_e * theta_e * self._sigma_crit
@@ -281,9 +377,19 @@ class SubhaloPopulation:
         mu = np.log1p(c200) - c200 / (1.0 + c200)
         return self._k_rs * np.cbrt(m200) / c200, self._k_alpha * np.cbrt(m200) ** 2 * c200 / mu
 
+    def median_concentration(self, m200: np.ndarray) -> np.ndarray:
+        """c200c at z_lens of the configured relation (colossus table or Duffy et al. 2008), no scatter."""
+        if self._c_table is None:
+            return self._c_norm * m200**self._c_slope
+        return self._c_table(m200)
+
     def expected_count(self, f_sub: float) -> float:
         """Mean subhalo count for a mass fraction f_sub (normalisation: f_sub)."""
         return f_sub * KAPPA_AT_THETA_E * self._sigma_crit * self._area / self._mean_mass
+
+    def expected_count_sigma_sub(self, sigma_sub: float) -> float:
+        """Mean subhalo count in the annulus for pyHalo's sigma_sub (kpc^-2; normalisation: sigma_sub)."""
+        return sigma_sub * self._sigma_sub_count
 
     def enclosed_mass(self, lensing_mass: float, theta: float) -> float:
         """Mean lensing mass inside radius theta of the population's distribution over the annulus."""
@@ -294,14 +400,22 @@ class SubhaloPopulation:
         return lensing_mass * (t - a) / (b - a)
 
     def draw(
-        self, rng: np.random.Generator, center_x: float, center_y: float, theta_e: float
-    ) -> tuple[Haloes, tuple[float, float, float], float]:
-        """(haloes, (n_subhalo, m_sub_total, f_sub), lensing mass inside theta_e)."""
+        self, rng: np.random.Generator, center_x: float, center_y: float, theta_e: float, wdm: WdmSpec | None = None
+    ) -> tuple[Haloes, tuple[float, ...], float]:
+        """(haloes, summary, lensing mass inside theta_e); summary in param_names (+ WDM_PARAMS with wdm) order.
+
+        With `wdm` the CDM draw is made first, exactly as without, then thinned (see the module docstring).
+        """
         spec = self.spec
         f_drawn = math.nan
+        extra: list[float] = []
         if spec.normalisation == "f_sub":
             f_drawn = float(inverse_cdf(spec.f_sub, rng.random()))
             n = int(rng.poisson(self.expected_count(f_drawn)))
+        elif spec.normalisation == "sigma_sub":
+            sigma_sub = float(inverse_cdf(spec.sigma_sub, rng.random()))
+            n = int(rng.poisson(self.expected_count_sigma_sub(sigma_sub)))
+            extra.append(sigma_sub)
         elif spec.count == "fixed":
             n = int(round(spec.n_mean))
         else:
@@ -316,16 +430,30 @@ class SubhaloPopulation:
         phi = 2.0 * math.pi * u[2]
         x = center_x + r * np.cos(phi)
         y = center_y + r * np.sin(phi)
-        m_total = float(m.sum())
         m_lens = m * self.mass_factor
-        if self.profile == "POINT_MASS":
+        tnfw = self.profile == "TNFW"
+        c = None
+        if tnfw:
+            c = self.median_concentration(m_lens)
+            if spec.concentration_scatter_dex > 0:
+                c = c * 10.0 ** (spec.concentration_scatter_dex * rng.standard_normal(n))
+            if self._c_table is not None:
+                c = np.maximum(c, CONCENTRATION_FLOOR)
+        if wdm is not None:
+            log10_m_hm = float(inverse_cdf(wdm.log10_m_hm, rng.random()))
+            m_hm = 10.0**log10_m_hm
+            keep = rng.random(n) < wdm.model.mass_suppression(m, m_hm)
+            m, m_lens, x, y, r = m[keep], m_lens[keep], x[keep], y[keep], r[keep]
+            n = len(m)
+            if tnfw:
+                c = np.maximum(c[keep] * wdm.model.concentration_suppression(m, m_hm), CONCENTRATION_FLOOR)
+            extra.append(log10_m_hm)
+        m_total = float(m.sum())
+        if not tnfw:
             theta = np.sqrt(m_lens / (math.pi * self._sigma_crit))
             haloes = Haloes("POINT_MASS", x, y, theta_e=theta)
-            return haloes, *self._summary(n, m_total, float(m_lens.sum()), f_drawn, theta_e)
+            return haloes, *self._summary(n, m_total, float(m_lens.sum()), f_drawn, theta_e, extra)
         m = m_lens
-        c = self._c_norm * m**self._c_slope
-        if spec.concentration_scatter_dex > 0:
-            c = c * 10.0 ** (spec.concentration_scatter_dex * rng.standard_normal(n))
         rs, alpha = self.nfw_angles(m, c)
         if spec.truncation_tau is None:
             host = 2.0 * self._sigma_crit * theta_e * r  # SIS 3D mass inside r, in Msun
@@ -335,15 +463,15 @@ class SubhaloPopulation:
         r_trunc = np.maximum(r_trunc, TRUNCATION_FLOOR)
         haloes = Haloes("TNFW", x, y, rs=rs, alpha_rs=alpha, r_trunc=r_trunc)
         truncated = float((m * tnfw_mass_fraction(c, r_trunc / rs)).sum()) if n else 0.0
-        return haloes, *self._summary(n, m_total, truncated, f_drawn, theta_e)
+        return haloes, *self._summary(n, m_total, truncated, f_drawn, theta_e, extra)
 
     def _summary(
-        self, n: int, m_total: float, lensing_mass: float, f_drawn: float, theta_e: float
-    ) -> tuple[tuple[float, float, float], float]:
+        self, n: int, m_total: float, lensing_mass: float, f_drawn: float, theta_e: float, extra: list[float]
+    ) -> tuple[tuple[float, ...], float]:
         f_sub = f_drawn
-        if math.isnan(f_sub) and self._area > 0:  # count normalisation: the realised fraction
+        if math.isnan(f_sub) and self._area > 0:  # count / sigma_sub normalisation: the realised fraction
             f_sub = lensing_mass / (self._sigma_crit * self._area) / KAPPA_AT_THETA_E
-        return (float(n), m_total, f_sub), self.enclosed_mass(lensing_mass, theta_e)
+        return (float(n), m_total, f_sub, *extra), self.enclosed_mass(lensing_mass, theta_e)
 
 
 @dataclass(frozen=True)

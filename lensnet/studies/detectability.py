@@ -35,7 +35,8 @@ from lensnet.core.errors import LensnetError
 from lensnet.core.fileio import write_json, write_text
 
 STUDIES_DIR = Path("runs/studies")
-PAIRS = (("cdm", "no_sub"), ("axion", "no_sub"))
+# a pair is scored only when the dataset has both classes (wdm vs cdm: can a network tell the dark matter?)
+PAIRS = (("cdm", "no_sub"), ("axion", "no_sub"), ("wdm", "no_sub"), ("wdm", "cdm"))
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,15 @@ class Knob:
     description: str
     log_scale: bool = True
     needs: tuple[str, ...] = ()  # dataset-config keys that must exist for the knob to apply
+    needs_class: str | None = None  # a class the dataset must have for the knob to change anything
 
 
 KNOBS: dict[str, Knob] = {
     "f_sub": Knob("substructure.f_sub", "projected substructure mass fraction (physical presets)",
                   needs=("substructure.f_sub",)),
     "m_min": Knob("substructure.m_min", "lowest subhalo mass, Msun", needs=("substructure.m_min",)),
+    "m_hm": Knob("wdm.log10_m_hm", "log10 half-mode mass of the wdm class, Msun (--data-set classes=[no_sub,cdm,wdm])",
+                 log_scale=False, needs=("wdm.log10_m_hm",), needs_class="wdm"),
     "vortex_mass": Knob("axion.vortex_mass", "total mass of the axion vortex, Msun", needs=("axion.vortex_mass",)),
     "exposure_time": Knob("instrument.exposure_time", "total exposure time, s (sets the noise level)",
                           needs=("instrument.exposure_time",)),
@@ -115,6 +119,10 @@ def dataset_config(spec: StudySpec, value: float) -> dict:
     if "no_sub" not in classes or len(classes) < 2:
         raise LensnetError(f"dataset {spec.dataset!r} has classes {classes}; a detectability study needs no_sub "
                            "and at least one substructure class")
+    if knob.needs_class and knob.needs_class not in classes:
+        raise LensnetError(f"knob {spec.knob} changes the {knob.needs_class} class, which dataset {spec.dataset!r} "
+                           f"does not have (classes {classes}); add it, e.g. --data-set "
+                           f"classes=[{','.join([*classes, knob.needs_class])}]")
     key = knob.key
     if key == "instrument.exposure_time" and base["instrument"]["name"] == "custom":
         key = "instrument.custom.exposure_time"

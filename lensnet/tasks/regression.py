@@ -26,6 +26,10 @@ def parameter_unit(name: str) -> str:
     """The unit of a stored parameter, from the simulator's naming conventions ("" when dimensionless)."""
     if name.startswith("log10_m_axion"):
         return "log10 eV"
+    if name == "log10_m_hm":
+        return "log10 Msun"
+    if name == "sigma_sub":
+        return "kpc^-2"
     if name.startswith(("m_sub", "vortex_mass")) or name.startswith("m_"):
         return "Msun"
     if name.endswith(("theta_E", "center_x", "center_y", "R_sersic", "half_length")) or name == "radius":
