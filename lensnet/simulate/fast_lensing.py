@@ -17,11 +17,11 @@ edge        haloes beyond the grid's edge (line-of-sight haloes in a wider cone)
             analytically at every grid point.
 
 What is approximated, only outside R_c: a TNFW is replaced by a point mass of its total mass
-(error ~ w r_t^2 / R^3, its mass beyond R falling as R^-2) and the deposit's quadrupole error is
+(error |w / R - alpha_TNFW(R)|, the mass it holds beyond R) and the deposit's quadrupole error is
 ~ w h^2 / R^3 (w = theta_E^2 of the halo's total mass, h the grid step). R_c is the radius where these
-reach `tolerance` x the RMS of the mesh's deflections (the mesh, computed first, sizes the answer), and
-at least `near_pixels` steps and `truncation_radii` x r_trunc: mass-dependent, ~2 steps for a 1e6 Msun
-subhalo, the whole grid for the most massive ones. `python -m lensnet.bench simulate` measures the
+fall to `tolerance` x the RMS of the mesh's deflections (the mesh, computed first, sizes the answer), and
+at least `near_pixels` steps: mass-dependent, ~2 steps for a 1e6 Msun subhalo, the whole grid for the
+most massive ones or for extended field haloes. `python -m lensnet.bench simulate` measures the
 result against lenstronomy's sum over the same haloes (lensnet.simulate.engine_check);
 tests/test_fast_lensing.py checks fixed populations.
 
@@ -168,8 +168,7 @@ class DeflectionGrid:
     (supersampled pixel centres, row-major). The point-mass kernel's FFT is computed once here.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, near_pixels: float = 2.0, truncation_radii: float = 2.0,
-                 tolerance: float = 1e-3) -> None:
+    def __init__(self, x: np.ndarray, y: np.ndarray, near_pixels: float = 2.0, tolerance: float = 2e-4) -> None:
         n = int(round(math.sqrt(x.size)))
         if n * n != x.size or y.size != x.size:
             raise LensnetError(f"substructure.engine fast: needs a square evaluation grid, got {x.size} points")
@@ -183,7 +182,7 @@ class DeflectionGrid:
         self.n, self.sx, self.sy = n, sx, sy
         self.x00, self.y00 = float(gx[0, 0]), float(gy[0, 0])
         self.x0c, self.y0c = float(gx.mean()), float(gy.mean())
-        self.near_pixels, self.truncation_radii, self.tolerance = near_pixels, truncation_radii, tolerance
+        self.near_pixels, self.tolerance = near_pixels, tolerance
         self._kernels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _kernel(self, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -236,7 +235,8 @@ class DeflectionGrid:
         scale = float(np.sqrt(np.mean(ax * ax + ay * ay)))
         if scale == 0.0:  # only haloes outside the mesh: their deflection at the grid's centre sets the scale
             scale = float(np.max(w / np.maximum(np.hypot(hx - self.x0c, hy - self.y0c), abs(self.sx))))
-        r_cut = near_radius(w, r_trunc, abs(self.sx), self.near_pixels, self.truncation_radii, self.tolerance * scale)
+        r_max = 1.5 * n * abs(self.sx)  # beyond the grid's diagonal from anywhere on it
+        r_cut = _near_radii(kind, w, rs, rho0, tau, abs(self.sx), self.near_pixels, self.tolerance * scale, r_max)
         _near_fields(self.x00, self.y00, self.sx, self.sy, n, kind, hx, hy, w, rs, rho0, tau, r_cut, inside, ax, ay)
         return ax.ravel(), ay.ravel()
 
@@ -247,15 +247,36 @@ def _zero_origin(kernel: np.ndarray) -> np.ndarray:
     return kernel
 
 
-def near_radius(w: np.ndarray, r_trunc: np.ndarray, h: float, near_pixels: float, truncation_radii: float,
-                tolerance: float) -> np.ndarray:
-    """Radius inside which a halo is evaluated exactly: its far-field errors are below `tolerance` outside.
+@njit(cache=True)
+def _near_radii(kind: np.ndarray, w: np.ndarray, rs: np.ndarray, rho0: np.ndarray, tau: np.ndarray, h: float,
+                near_pixels: float, tolerance: float, r_max: float) -> np.ndarray:
+    """Per halo, the radius beyond which the mesh's point mass is within `tolerance` of the exact deflection.
 
-    Outside R, the deposit's quadrupole error is ~ w h^2 / R^3 and a TNFW differs from its total mass by
-    ~ w r_t^2 / R^3 (its mass beyond R falls as R^-2), w = theta_E^2 of the total mass.
+    Two errors remain outside it: the deposit's quadrupole, ~ w h^2 / R^3 (w = theta_E^2 of the total mass),
+    and for a TNFW the mass it holds beyond R, |w / R - alpha_TNFW(R)| exactly (found by bisection in
+    log R; it falls monotonically once R exceeds the core). At least `near_pixels` steps, at most r_max.
     """
-    far = np.cbrt(w * (r_trunc * r_trunc + h * h) / tolerance)
-    return np.maximum(near_pixels * h, np.maximum(truncation_radii * r_trunc, far))
+    out = np.empty(w.shape[0])
+    lo0 = near_pixels * h
+    for k in range(w.shape[0]):
+        r = max(lo0, (w[k] * h * h / tolerance) ** (1.0 / 3.0))
+        if kind[k] == KIND_TNFW and r < r_max:
+            if abs(w[k] / r - _tnfw_factor(r, rs[k], rho0[k], tau[k]) * r) > tolerance:
+                lo, hi = math.log(r), math.log(r_max)
+                if abs(w[k] / r_max - _tnfw_factor(r_max, rs[k], rho0[k], tau[k]) * r_max) > tolerance:
+                    lo = hi
+                for _ in range(14):
+                    if hi - lo < 0.05:
+                        break
+                    mid = 0.5 * (lo + hi)
+                    rm = math.exp(mid)
+                    if abs(w[k] / rm - _tnfw_factor(rm, rs[k], rho0[k], tau[k]) * rm) > tolerance:
+                        lo = mid
+                    else:
+                        hi = mid
+                r = math.exp(hi)
+        out[k] = min(r, r_max)
+    return out
 
 
 def _halo_arrays(group: Haloes) -> tuple[np.ndarray, ...]:
