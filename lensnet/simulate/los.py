@@ -29,7 +29,7 @@ have deflected it to. It neglects (i) the main lens's deflection of rays before 
 the lens (~θ_E: a background halo acts at a shifted position and is sheared by the lens), (ii) the
 foreground haloes' deflection of rays before they reach the main lens (the SIE is evaluated at shifted
 positions), and (iii) the haloes' deflections of each other (second order: field haloes have κ << 1).
-Measured against lenstronomy's multi-plane ray tracing of the same haloes (bench/los_born_check.py,
+Measured against lenstronomy's multi-plane ray tracing of the same haloes (`python -m lensnet.bench los-born`,
 model_ii, m_min 1e7, ~500 field haloes): median max |Born - multi-plane| / noise rms 0.85 over 4 scenes
 (0.58 with the foreground haloes alone, 0.53 with those at and behind the lens alone), against a
 field-halo signal of max 1.1-3.6 noise rms: the approximation keeps the population's statistics, not

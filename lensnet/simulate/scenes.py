@@ -686,6 +686,11 @@ class SubstructureSimulator(Simulator):
         return self._draw_scene(label, rng)
 
     @property
+    def line_of_sight(self) -> Any:
+        """The scene's LineOfSight population (None when line_of_sight is off)."""
+        return self._los
+
+    @property
     def renderers(self) -> list:
         """One renderer per band."""
         return self._renderers

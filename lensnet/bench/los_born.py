@@ -1,9 +1,9 @@
-"""How good is the line-of-sight Born approximation? python bench/los_born_check.py [--num 5] [--m-min 1e7].
+"""The line-of-sight Born approximation against multi-plane ray tracing: `python -m lensnet.bench los-born`.
 
 lensnet renders every field halo on the main lens plane with its own Sigma_crit(z_i, z_s), evaluated on
-the unlensed ray (lensnet/simulate/los.py). This script draws field haloes for a model_ii scene and renders
-the same macro model + haloes twice with lenstronomy: single plane (lensnet's approximation) and full
-multi-plane ray tracing (haloes at their own redshifts, the SIE + shear at z_lens). It prints, per scene,
+the unlensed ray (lensnet/simulate/los.py). This benchmark draws field haloes for a model_ii scene and
+renders the same macro model + haloes twice with lenstronomy: single plane (lensnet's approximation) and
+full multi-plane ray tracing (haloes at their own redshifts, the SIE + shear at z_lens). Rows: per scene,
 max |Born - multi-plane| / noise rms and, for scale, max |multi-plane - no field haloes| / noise rms.
 """
 
@@ -13,18 +13,16 @@ import argparse
 
 import numpy as np
 
-from lensnet.simulate.presets import resolve_dataset_config
-from lensnet.simulate.scenes import build_simulator
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--num", type=int, default=5)
-    parser.add_argument("--m-min", type=float, default=1e7)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num", type=int, default=5, help="scenes")
+    parser.add_argument("--m-min", type=float, default=1e7, help="lowest field-halo mass, Msun")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--planes", choices=("all", "front", "back"), default="all",
                         help="keep the field haloes in front of the lens, behind it, or all")
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace) -> list[dict]:
     import lenstronomy.Util.simulation_util as sim_util
     from astropy.cosmology import FlatLambdaCDM
     from lenstronomy.Data.imaging_data import ImageData
@@ -33,17 +31,21 @@ def main() -> None:
     from lenstronomy.LensModel.lens_model import LensModel
     from lenstronomy.LightModel.light_model import LightModel
 
+    from lensnet.simulate.presets import resolve_dataset_config
+    from lensnet.simulate.scenes import build_simulator
+
     config = resolve_dataset_config("model_ii", {"classes": ["no_sub"], "line_of_sight": {
         "enabled": True, "m_min": args.m_min}})
     sim = build_simulator(config)
-    spec, band, los = sim.spec, sim.spec.bands[0], sim._los
+    spec, band, los = sim.spec, sim.spec.bands[0], sim.line_of_sight
     cosmo = FlatLambdaCDM(H0=spec.H0, Om0=spec.Om0)
     data = ImageData(**sim_util.data_configure_simple(spec.size, band.pixel_scale))
     numerics = {"supersampling_factor": spec.supersampling}
     source = LightModel(["SERSIC_ELLIPSE"])
     exposure = band.exposure_time.args[0]
     rng = np.random.default_rng(args.seed)
-    worst = []
+    worst: list[float] = []
+    rows: list[dict] = []
     for i in range(args.num):
         theta_e = 1.0 + 0.6 * rng.random()
         macro = [{"theta_E": theta_e, "e1": 0.1, "e2": -0.05, "center_x": 0.0, "center_y": 0.0},
@@ -72,11 +74,10 @@ def main() -> None:
         effect = float(np.max(np.abs(images["multi"] - images["none"]) / sigma))
         behind = int(np.count_nonzero(z > spec.z_lens))
         worst.append(born)
-        print(f"scene {i}: {n} field haloes ({behind} behind the lens), max |Born - multi-plane| / noise "
-              f"{born:.3f}; max |multi-plane - no field haloes| / noise {effect:.3f}")
-    print(f"median over {args.num} scenes: max |Born - multi-plane| / noise {np.median(worst):.3f} "
-          f"(m_min {args.m_min:g})")
+        rows.append({"scene": i, "planes": args.planes, "m_min": args.m_min, "field_haloes": n,
+                     "behind_lens": behind, "born_vs_multiplane_max_over_noise": round(born, 3),
+                     "field_haloes_effect_max_over_noise": round(effect, 3)})
+    rows.append({"scene": "median", "planes": args.planes, "m_min": args.m_min,
+                 "born_vs_multiplane_max_over_noise": round(float(np.median(worst)), 3)})
+    return rows
 
-
-if __name__ == "__main__":
-    main()
