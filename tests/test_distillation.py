@@ -353,3 +353,30 @@ def test_bad_attention_distillation_is_one_line_and_writes_nothing(capsys, three
     assert code == 2, err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and message in err, err
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_bench_distill_adds_an_attention_row(capsys, three_class, tmp_path, monkeypatch):
+    from lensnet.bench.__main__ import main as bench_main
+
+    monkeypatch.setenv("LENSNET_BENCH_DIR", str(tmp_path / "results"))
+    tiny = [f"--set=model.args.{k}={json.dumps(v)}" for k, v in {**TINY["vit_tiny"], "num_layers": 2}.items()]
+    code = run_cli(bench_main, ["distill", "--data", str(three_class), "--teacher", "vit_tiny", "--student",
+                                "vit_tiny", "--epochs", "1", "--repeats", "1", "--batch-size", "32",
+                                "--attention-block", "1", "--seed", "0", *tiny,
+                                "--set", "train.precise_bn_batches=0"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    (result,) = (tmp_path / "results").glob("distill-*.json")
+    rows = json.loads(result.read_text())["rows"]
+    assert [r["role"] for r in rows] == ["teacher", "student", "student+teacher", "student+teacher+attention"]
+    assert rows[3]["params"] == rows[2]["params"]  # attention matching exports nothing
+
+
+def test_bench_distill_attention_with_a_cnn_teacher_is_refused_before_training(capsys, tmp_path):
+    from lensnet.bench.__main__ import main as bench_main
+
+    code = run_cli(bench_main, ["distill", "--data", str(tmp_path / "nowhere"), "--teacher", "resnet18",
+                                "--attention-block", "3"])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.startswith("error: --attention-block: the teacher resnet18 is a resnet")
+    assert len(err.strip().splitlines()) == 1

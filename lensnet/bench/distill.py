@@ -3,7 +3,9 @@
 Each row is trained through lensnet.fit (task substructure) on the same dataset, seed, epochs and
 schedule, scored on the same test split, then timed: parameters, MFLOPs per image (TF profiler)
 and CPU latency at batch 1 and 64 (Keras predict_on_batch, median of `--repeats`), i.e. what the
-compression buys. The teacher is trained first (or given with --teacher-run).
+compression buys. The teacher is trained first (or given with --teacher-run). With
+`--attention-block K` (a ViT/DeiT teacher and student with the same patch grid) a fourth row,
+"student+teacher+attention", adds the attention-map matching of block K (`task.attention_block`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher-epochs", type=int, help="teacher epochs (default --epochs)")
     parser.add_argument("--distill", default="hard", choices=("hard", "soft"))
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--attention-block", type=int,
+                        help="also train a student matching the teacher's attention maps of this block (ViT/DeiT)")
+    parser.add_argument("--attention-weight", type=float, default=1.0, help="weight of the attention loss")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per batch size")
@@ -65,6 +70,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     from lensnet.bench.common import model_flops
     from lensnet.core.runs import load_model, read_run
 
+    if args.attention_block is not None:
+        check_attention_teacher(args)  # before hours of training, not after
     runs = Path(tempfile.mkdtemp(prefix="lensnet-bench-distill-"))
     cases = []
     if args.teacher_run:
@@ -75,8 +82,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         teacher_dir = result.run_dir
         cases.append(("teacher", teacher_dir, result))
     cases.append(("student", *_student(args, runs, "student", {})))
-    cases.append(("student+teacher", *_student(args, runs, "distilled", {"task": {
-        "teacher": str(teacher_dir), "distill": args.distill, "alpha": args.alpha}})))
+    distill = {"teacher": str(teacher_dir), "distill": args.distill, "alpha": args.alpha}
+    cases.append(("student+teacher", *_student(args, runs, "distilled", {"task": distill})))
+    if args.attention_block is not None:
+        cases.append(("student+teacher+attention", *_student(args, runs, "attention", {"task": {
+            **distill, "attention_block": args.attention_block, "attention_weight": args.attention_weight}})))
     rows = []
     for role, run_dir, result in cases:
         info = read_run(run_dir)
@@ -95,6 +105,21 @@ def run(args: argparse.Namespace) -> list[dict]:
         print(rows[-1], flush=True)
         keras.backend.clear_session()
     return rows
+
+
+def check_attention_teacher(args: argparse.Namespace) -> None:
+    """Attention distillation needs transformer blocks on both sides: a one-line error otherwise."""
+    from lensnet.core.errors import LensnetError
+    from lensnet.core.runs import read_run
+    from lensnet.models import model_info
+    from lensnet.models.tokens import TRANSFORMER_FAMILIES
+
+    teacher = read_run(Path(args.teacher_run)).model if args.teacher_run else args.teacher
+    for role, name in (("teacher", teacher), ("student", args.student)):
+        family = model_info(name)["family"]
+        if family not in TRANSFORMER_FAMILIES:
+            raise LensnetError(f"--attention-block: the {role} {name} is a {family}, not a ViT or DeiT; attention "
+                               "distillation needs a transformer teacher and student")
 
 
 def _student(args: argparse.Namespace, runs: Path, name: str, extra: dict):
