@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             "macro_auc": metrics.get("macro_roc_auc"), "accuracy": metrics.get("accuracy"),
             "ms_batch1": latency_ms(model, shape, 1, args.repeats, args.seed),
             "ms_batch64": latency_ms(model, shape, 64, args.repeats, args.seed),
-            "epochs": info.epochs_done, "run": str(run_dir),
+            "epochs": info.epochs_done, "wall_s": None if result is None else round(result.seconds, 1),
+            "run": str(run_dir),
         })
         print(rows[-1], flush=True)
         keras.backend.clear_session()
