@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default="resnet18", help="teacher registry model (default resnet18)")
     parser.add_argument("--teacher-run", help="use this finished run as the teacher instead of training one")
     parser.add_argument("--student", default="deit_tiny", help="student registry model (default deit_tiny)")
+    parser.add_argument("--student-run", help="use this finished run as the student-alone row instead of training "
+                        "one (e.g. the student row of an earlier distill run at the same budget)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--teacher-epochs", type=int, help="teacher epochs (default --epochs)")
     parser.add_argument("--distill", default="hard", choices=("hard", "soft"))
@@ -81,7 +83,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         result = train("teacher", args.teacher, args, runs, args.teacher_epochs or args.epochs, {})
         teacher_dir = result.run_dir
         cases.append(("teacher", teacher_dir, result))
-    cases.append(("student", *_student(args, runs, "student", {})))
+    if args.student_run:
+        cases.append(("student", Path(args.student_run), None))
+    else:
+        cases.append(("student", *_student(args, runs, "student", {})))
     distill = {"teacher": str(teacher_dir), "distill": args.distill, "alpha": args.alpha}
     cases.append(("student+teacher", *_student(args, runs, "distilled", {"task": distill})))
     if args.attention_block is not None:
