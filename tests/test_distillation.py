@@ -220,3 +220,163 @@ def test_bad_teachers_are_one_line_and_write_nothing(capsys, three_class, tmp_pa
     assert code == 2, err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and message in err
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+# ---- attention-map distillation (task.attention_block) -------------------------------------------
+
+
+def transformer_teacher(run_dir: Path, model: str = "vit_tiny", seed: int = 0, **overrides):
+    """A teacher run with random weights (ViT/DeiT: 2 blocks) and its backbone."""
+    from lensnet.models import create_model, pool_features
+
+    keras.utils.set_random_seed(seed)
+    depth = {"num_layers": 2} if model in ("vit_tiny", "deit_tiny") else {}
+    backbone = create_model(model, (16, 16, 1), **{**TINY[model], **depth, **overrides})
+    inputs = keras.Input((16, 16, 1), name="images")
+    net = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="head")(
+        pool_features(backbone, backbone(inputs))))
+    write_run_dir(run_dir, net, task="substructure", model=model, shape=(16, 16, 1),
+                  normalisation={"method": "standard"}, output=spec())
+    return run_dir, backbone
+
+
+def attention_student(teacher_run: Path, model: str = "vit_tiny", block: int = 1, seed: int = 1, **overrides):
+    """A distillation model with attention matching at `block`, the teacher attached, as build_student makes it."""
+    from lensnet.models import create_model
+    from lensnet.tasks.distillation import (
+        DistillationModel,
+        DistillationOptions,
+        check_block_matching,
+        distillation_network,
+        load_teacher,
+    )
+
+    keras.utils.set_random_seed(seed)
+    teacher = load_teacher(str(teacher_run), "substructure", CLASSES, (16, 16, 1), {"method": "standard"})
+    args = {**TINY[model], "num_layers": 2, **overrides}
+    network = distillation_network(lambda shape: create_model(model, shape, **args), (16, 16, 1), 3)
+    model_ = DistillationModel(network, attention_block=block, attention_weight=1.0,
+                               normalisation={"method": "standard"},
+                               teacher_prefix=int(teacher.backbone().num_prefix_tokens))
+    check_block_matching(model_.student_backbone(), teacher.backbone(),
+                         DistillationOptions(teacher=str(teacher_run), attention_block=block), str(teacher_run))
+    model_.attach_teacher(teacher)
+    return model_
+
+
+def images(n: int = 8, seed: int = 0) -> np.ndarray:
+    from lensnet.data.normalise import apply_normalisation
+
+    raw = np.random.default_rng(seed).standard_normal((n, 16, 16, 1)).astype("float32")
+    return np.asarray(apply_normalisation(raw, {"method": "standard"}))
+
+
+def test_attention_loss_is_zero_for_a_student_equal_to_its_teacher(tmp_path):
+    run, _ = transformer_teacher(tmp_path / "teacher")
+    student = attention_student(run)
+    loaded = student.attached.backbone
+    student.student_backbone().set_weights(loaded.get_weights())
+    x = images()
+    loss = np.asarray(student.matching_losses(x, student.teacher_outputs(x))["attention"])
+    assert loss.shape == (8,)
+    np.testing.assert_allclose(loss, 0.0, atol=1e-6)
+    other = attention_student(run, seed=5)  # other weights: a positive divergence
+    assert float(np.min(other.matching_losses(x, other.teacher_outputs(x))["attention"])) > 1e-4
+
+
+def test_attention_loss_decreases_on_a_fixed_batch(tmp_path):
+    import tensorflow as tf
+
+    run, _ = transformer_teacher(tmp_path / "teacher", model="vit_tiny")
+    student = attention_student(run, model="deit_tiny", block=0)  # DeiT 2 prefix tokens vs ViT 1: patch part
+    x = tf.constant(images())
+    teacher = student.teacher_outputs(x)
+    optimizer = keras.optimizers.Adam(1e-2)
+    variables = student.student_backbone().trainable_variables
+    losses = []
+    for _ in range(8):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(student.matching_losses(x, teacher)["attention"])
+        pairs = [(g, v) for g, v in zip(tape.gradient(loss, variables), variables) if g is not None]
+        optimizer.apply_gradients(pairs)  # blocks after attention_block get no gradient
+        losses.append(float(loss))
+    assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0], losses
+
+
+def test_attention_distillation_trains_through_fit_and_exports_nothing_of_it(capsys, three_class, tmp_path):
+    run, _ = transformer_teacher(tmp_path / "teacher", model="deit_tiny")
+    code, _, err = fit(capsys, "--task", "substructure", "--model", "vit_tiny", "--data", str(three_class),
+                       "--teacher", str(run), "--epochs", "1", "--runs", str(tmp_path), "--run-name", "ad",
+                       "--set", "task.attention_block=-1", "--set", "task.attention_weight=2.0",
+                       "--set", "train.precise_bn_batches=0", *VIT, "--set=model.args.num_layers=2")
+    assert code == 0, err
+    assert "nan" not in (tmp_path / "ad" / "history.csv").read_text().lower()
+    from lensnet.core.runs import load_model
+    from lensnet.tasks.distillation import DistillationModel
+
+    last = keras.models.load_model(tmp_path / "ad" / "checkpoints" / "last.keras", safe_mode=True)
+    assert isinstance(last, DistillationModel)
+    assert (last.attention_block, last.attention_weight, last.teacher_prefix) == (-1, 2.0, 2)
+    config = last.get_config()
+    again = DistillationModel.from_config(config)  # config round trip
+    assert {k: again.get_config()[k] for k in ("attention_block", "attention_weight", "teacher_prefix")} == \
+        {"attention_block": -1, "attention_weight": 2.0, "teacher_prefix": 2}
+    best = load_model(tmp_path / "ad")  # the exported network: the student alone, no extra weights
+    from lensnet.models import create_model
+
+    backbone = create_model("vit_tiny", (16, 16, 1), **{**TINY["vit_tiny"], "num_layers": 2})
+    assert best.count_params() == backbone.count_params() + 2 * (16 * 3 + 3)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("grid", "patch grid (4, 4) differs from the teacher's (2, 2)"),
+    ("block", "task.attention_block=7: the teacher model"),
+    ("cnn", "is not a ViT or DeiT"),
+    ("weight", "task.attention_weight must be a non-negative number"),
+])
+def test_bad_attention_distillation_is_one_line_and_writes_nothing(capsys, three_class, tmp_path, kind, message):
+    teacher = tmp_path / "teacher"
+    extra = ["--set", "task.attention_block=0"]
+    if kind == "grid":
+        transformer_teacher(teacher, patch_size=8)
+    elif kind == "block":
+        transformer_teacher(teacher)
+        extra = ["--set", "task.attention_block=7", "--set=model.args.num_layers=8"]
+    elif kind == "cnn":
+        transformer_teacher(teacher, model="resnet18")
+    else:
+        transformer_teacher(teacher)
+        extra += ["--set", "task.attention_weight=-1"]
+    code, out, err = fit(capsys, "--task", "substructure", "--model", "vit_tiny", "--data", str(three_class),
+                         "--teacher", str(teacher), "--runs", str(tmp_path / "runs"), "--run-name", "bad",
+                         *VIT, *extra)
+    assert code == 2, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_bench_distill_adds_an_attention_row(capsys, three_class, tmp_path, monkeypatch):
+    from lensnet.bench.__main__ import main as bench_main
+
+    monkeypatch.setenv("LENSNET_BENCH_DIR", str(tmp_path / "results"))
+    tiny = [f"--set=model.args.{k}={json.dumps(v)}" for k, v in {**TINY["vit_tiny"], "num_layers": 2}.items()]
+    code = run_cli(bench_main, ["distill", "--data", str(three_class), "--teacher", "vit_tiny", "--student",
+                                "vit_tiny", "--epochs", "1", "--repeats", "1", "--batch-size", "32",
+                                "--attention-block", "1", "--seed", "0", *tiny,
+                                "--set", "train.precise_bn_batches=0"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    (result,) = (tmp_path / "results").glob("distill-*.json")
+    rows = json.loads(result.read_text())["rows"]
+    assert [r["role"] for r in rows] == ["teacher", "student", "student+teacher", "student+teacher+attention"]
+    assert rows[3]["params"] == rows[2]["params"]  # attention matching exports nothing
+
+
+def test_bench_distill_attention_with_a_cnn_teacher_is_refused_before_training(capsys, tmp_path):
+    from lensnet.bench.__main__ import main as bench_main
+
+    code = run_cli(bench_main, ["distill", "--data", str(tmp_path / "nowhere"), "--teacher", "resnet18",
+                                "--attention-block", "3"])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.startswith("error: --attention-block: the teacher resnet18 is a resnet")
+    assert len(err.strip().splitlines()) == 1

@@ -3,7 +3,9 @@
 Each row is trained through lensnet.fit (task substructure) on the same dataset, seed, epochs and
 schedule, scored on the same test split, then timed: parameters, MFLOPs per image (TF profiler)
 and CPU latency at batch 1 and 64 (Keras predict_on_batch, median of `--repeats`), i.e. what the
-compression buys. The teacher is trained first (or given with --teacher-run).
+compression buys. The teacher is trained first (or given with --teacher-run). With
+`--attention-block K` (a ViT/DeiT teacher and student with the same patch grid) a fourth row,
+"student+teacher+attention", adds the attention-map matching of block K (`task.attention_block`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default="resnet18", help="teacher registry model (default resnet18)")
     parser.add_argument("--teacher-run", help="use this finished run as the teacher instead of training one")
     parser.add_argument("--student", default="deit_tiny", help="student registry model (default deit_tiny)")
+    parser.add_argument("--student-run", help="use this finished run as the student-alone row instead of training "
+                        "one (e.g. the student row of an earlier distill run at the same budget)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--teacher-epochs", type=int, help="teacher epochs (default --epochs)")
     parser.add_argument("--distill", default="hard", choices=("hard", "soft"))
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--attention-block", type=int,
+                        help="also train a student matching the teacher's attention maps of this block (ViT/DeiT)")
+    parser.add_argument("--attention-weight", type=float, default=1.0, help="weight of the attention loss")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per batch size")
@@ -65,6 +72,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     from lensnet.bench.common import model_flops
     from lensnet.core.runs import load_model, read_run
 
+    if args.attention_block is not None:
+        check_attention_teacher(args)  # before hours of training, not after
     runs = Path(tempfile.mkdtemp(prefix="lensnet-bench-distill-"))
     cases = []
     if args.teacher_run:
@@ -74,9 +83,15 @@ def run(args: argparse.Namespace) -> list[dict]:
         result = train("teacher", args.teacher, args, runs, args.teacher_epochs or args.epochs, {})
         teacher_dir = result.run_dir
         cases.append(("teacher", teacher_dir, result))
-    cases.append(("student", *_student(args, runs, "student", {})))
-    cases.append(("student+teacher", *_student(args, runs, "distilled", {"task": {
-        "teacher": str(teacher_dir), "distill": args.distill, "alpha": args.alpha}})))
+    if args.student_run:
+        cases.append(("student", Path(args.student_run), None))
+    else:
+        cases.append(("student", *_student(args, runs, "student", {})))
+    distill = {"teacher": str(teacher_dir), "distill": args.distill, "alpha": args.alpha}
+    cases.append(("student+teacher", *_student(args, runs, "distilled", {"task": distill})))
+    if args.attention_block is not None:
+        cases.append(("student+teacher+attention", *_student(args, runs, "attention", {"task": {
+            **distill, "attention_block": args.attention_block, "attention_weight": args.attention_weight}})))
     rows = []
     for role, run_dir, result in cases:
         info = read_run(run_dir)
@@ -90,11 +105,27 @@ def run(args: argparse.Namespace) -> list[dict]:
             "macro_auc": metrics.get("macro_roc_auc"), "accuracy": metrics.get("accuracy"),
             "ms_batch1": latency_ms(model, shape, 1, args.repeats, args.seed),
             "ms_batch64": latency_ms(model, shape, 64, args.repeats, args.seed),
-            "epochs": info.epochs_done, "run": str(run_dir),
+            "epochs": info.epochs_done, "wall_s": None if result is None else round(result.seconds, 1),
+            "run": str(run_dir),
         })
         print(rows[-1], flush=True)
         keras.backend.clear_session()
     return rows
+
+
+def check_attention_teacher(args: argparse.Namespace) -> None:
+    """Attention distillation needs transformer blocks on both sides: a one-line error otherwise."""
+    from lensnet.core.errors import LensnetError
+    from lensnet.core.runs import read_run
+    from lensnet.models import model_info
+    from lensnet.models.tokens import TRANSFORMER_FAMILIES
+
+    teacher = read_run(Path(args.teacher_run)).model if args.teacher_run else args.teacher
+    for role, name in (("teacher", teacher), ("student", args.student)):
+        family = model_info(name)["family"]
+        if family not in TRANSFORMER_FAMILIES:
+            raise LensnetError(f"--attention-block: the {role} {name} is a {family}, not a ViT or DeiT; attention "
+                               "distillation needs a transformer teacher and student")
 
 
 def _student(args: argparse.Namespace, runs: Path, name: str, extra: dict):

@@ -49,29 +49,42 @@ def _run_block(family: str, block: Any, x: Any, scores: bool) -> tuple[Any, Any]
     return x + block.mlp(block.layer_norm_2(x)), weights
 
 
+def block_index(backbone: Any, block: int) -> int:
+    """The non-negative index of transformer block `block` (negative counts from the end), checked."""
+    count = num_blocks(backbone)
+    index = block if block >= 0 else count + block
+    if not 0 <= index < count:
+        raise LensnetError(f"model {backbone.name!r} has {count} blocks; block {block} does not exist")
+    return index
+
+
+def walk_blocks(backbone: Any, images: Any, block: int = -1, scores: bool = False) -> tuple[Any, list[Any]]:
+    """Run the backbone's blocks up to and including `block`: (tokens (batch, N, D) after it, the
+    attention weights (batch, heads, N, N) of blocks 0..block if `scores`, else []).
+
+    One walk serves token matching, attention matching and rollout, so a distillation step that
+    needs both a block's tokens and its attention runs the blocks once.
+    """
+    family, embed, encoder = _parts(backbone)
+    index = block_index(backbone, block)
+    x = embed(images)
+    maps = []
+    for layer in encoder.encoder_layers[: index + 1]:
+        x, weights = _run_block(family, layer, x, scores)
+        if scores:
+            maps.append(weights)
+    return x, maps
+
+
 def block_tokens(backbone: Any, images: Any, block: int = -1) -> Any:
     """Tokens (batch, N, D) after transformer block `block` (negative counts from the end; -1 is
     the last block, before the final LayerNorm)."""
-    family, embed, encoder = _parts(backbone)
-    blocks = encoder.encoder_layers
-    index = block if block >= 0 else len(blocks) + block
-    if not 0 <= index < len(blocks):
-        raise LensnetError(f"model {backbone.name!r} has {len(blocks)} blocks; block {block} does not exist")
-    x = embed(images)
-    for layer in blocks[: index + 1]:
-        x, _ = _run_block(family, layer, x, False)
-    return x
+    return walk_blocks(backbone, images, block)[0]
 
 
-def attention_maps(backbone: Any, images: Any) -> list[Any]:
-    """Every block's attention weights (batch, heads, N, N), inference mode."""
-    family, embed, encoder = _parts(backbone)
-    x = embed(images)
-    maps = []
-    for layer in encoder.encoder_layers:
-        x, weights = _run_block(family, layer, x, True)
-        maps.append(weights)
-    return maps
+def attention_maps(backbone: Any, images: Any, block: int = -1) -> list[Any]:
+    """The attention weights (batch, heads, N, N) of blocks 0..`block` (default every block)."""
+    return walk_blocks(backbone, images, block, scores=True)[1]
 
 
 def attention_rollout(backbone: Any, images: Any) -> Any:
