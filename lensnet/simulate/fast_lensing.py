@@ -19,9 +19,10 @@ edge        haloes beyond the grid's edge (line-of-sight haloes in a wider cone)
 What is approximated, only outside R_c: a TNFW is replaced by a point mass of its total mass
 (error |w / R - alpha_TNFW(R)|, the mass it holds beyond R) and the deposit's quadrupole error is
 ~ w h^2 / R^3 (w = theta_E^2 of the halo's total mass, h the grid step). R_c is the radius where these
-fall to `tolerance` x the RMS of the mesh's deflections (the mesh, computed first, sizes the answer), and
-at least `near_pixels` steps: mass-dependent, ~2 steps for a 1e6 Msun subhalo, the whole grid for the
-most massive ones or for extended field haloes. `python -m lensnet.bench simulate` measures the
+fall to `tolerance` x the RMS of the mesh's deflections (the mesh, computed first, sizes the answer; a
+quarter of that for haloes truncated beyond 4 grid steps, whose errors point the same way over many
+pixels), and at least `near_pixels` steps: mass-dependent, ~2 steps for a 1e6 Msun subhalo, the whole
+grid for the most massive ones or for extended field haloes. `python -m lensnet.bench simulate` measures the
 result against lenstronomy's sum over the same haloes (lensnet.simulate.engine_check);
 tests/test_fast_lensing.py checks fixed populations.
 
@@ -44,6 +45,7 @@ from lensnet.simulate.substructure import Haloes
 TNFW_S = 0.001  # lenstronomy's TNFW clips R at this fraction of Rs
 POINT_R_MIN = 1e-25  # lenstronomy's POINT_MASS r_min
 KIND_POINT, KIND_TNFW = 0, 1
+EXTENDED_STEPS, EXTENDED_SHARE = 4.0, 0.25  # haloes truncated beyond 4 grid steps get 1/4 of the tolerance
 
 
 def tnfw_rho0(rs: np.ndarray, alpha_rs: np.ndarray) -> np.ndarray:
@@ -236,7 +238,10 @@ class DeflectionGrid:
         if scale == 0.0:  # only haloes outside the mesh: their deflection at the grid's centre sets the scale
             scale = float(np.max(w / np.maximum(np.hypot(hx - self.x0c, hy - self.y0c), abs(self.sx))))
         r_max = 1.5 * n * abs(self.sx)  # beyond the grid's diagonal from anywhere on it
-        r_cut = _near_radii(kind, w, rs, rho0, tau, abs(self.sx), self.near_pixels, self.tolerance * scale, r_max)
+        # extended haloes (field haloes truncated at r_50) err in step over many pixels: a 4x tighter share
+        h = abs(self.sx)
+        tolerance = self.tolerance * scale * np.where(r_trunc > EXTENDED_STEPS * h, EXTENDED_SHARE, 1.0)
+        r_cut = _near_radii(kind, w, rs, rho0, tau, h, self.near_pixels, tolerance, r_max)
         _near_fields(self.x00, self.y00, self.sx, self.sy, n, kind, hx, hy, w, rs, rho0, tau, r_cut, inside, ax, ay)
         return ax.ravel(), ay.ravel()
 
@@ -249,28 +254,30 @@ def _zero_origin(kernel: np.ndarray) -> np.ndarray:
 
 @njit(cache=True)
 def _near_radii(kind: np.ndarray, w: np.ndarray, rs: np.ndarray, rho0: np.ndarray, tau: np.ndarray, h: float,
-                near_pixels: float, tolerance: float, r_max: float) -> np.ndarray:
+                near_pixels: float, tolerance: np.ndarray, r_max: float) -> np.ndarray:
     """Per halo, the radius beyond which the mesh's point mass is within `tolerance` of the exact deflection.
 
     Two errors remain outside it: the deposit's quadrupole, ~ w h^2 / R^3 (w = theta_E^2 of the total mass),
     and for a TNFW the mass it holds beyond R, |w / R - alpha_TNFW(R)| exactly (found by bisection in
     log R; it falls monotonically once R exceeds the core). At least `near_pixels` steps, at most r_max.
+    `tolerance` is per halo.
     """
     out = np.empty(w.shape[0])
     lo0 = near_pixels * h
     for k in range(w.shape[0]):
-        r = max(lo0, (w[k] * h * h / tolerance) ** (1.0 / 3.0))
+        tol = tolerance[k]
+        r = max(lo0, (w[k] * h * h / tol) ** (1.0 / 3.0))
         if kind[k] == KIND_TNFW and r < r_max:
-            if abs(w[k] / r - _tnfw_factor(r, rs[k], rho0[k], tau[k]) * r) > tolerance:
+            if abs(w[k] / r - _tnfw_factor(r, rs[k], rho0[k], tau[k]) * r) > tol:
                 lo, hi = math.log(r), math.log(r_max)
-                if abs(w[k] / r_max - _tnfw_factor(r_max, rs[k], rho0[k], tau[k]) * r_max) > tolerance:
+                if abs(w[k] / r_max - _tnfw_factor(r_max, rs[k], rho0[k], tau[k]) * r_max) > tol:
                     lo = hi
                 for _ in range(14):
                     if hi - lo < 0.05:
                         break
                     mid = 0.5 * (lo + hi)
                     rm = math.exp(mid)
-                    if abs(w[k] / rm - _tnfw_factor(rm, rs[k], rho0[k], tau[k]) * rm) > tolerance:
+                    if abs(w[k] / rm - _tnfw_factor(rm, rs[k], rho0[k], tau[k]) * rm) > tol:
                         lo = mid
                     else:
                         hi = mid
