@@ -89,6 +89,21 @@ def test_byol_target_follows_the_online_network_by_ema(runs: Path) -> None:
                                    atol=1e-6)
 
 
+def test_byol_target_normalises_with_batch_statistics(runs: Path) -> None:
+    """BYOL's target network normalises with the batch's statistics, as the online one; a non-trainable
+    Keras BatchNormalization would silently use its moving averages (the collapse this guards against)."""
+    import keras
+    import tensorflow as tf
+
+    model = load(runs / "byol" / "checkpoints" / "last.keras")
+    norms = [layer for layer in model.target._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.trainable for layer in norms)
+    images = 5.0 + 3.0 * tf.random.stateless_normal([8, *model.target.input_shape[1:]], [5, 6])
+    batch = model.target(images, training=True)["projection"]
+    moving = model.target(images, training=False)["projection"]
+    assert not np.allclose(np.asarray(batch), np.asarray(moving), atol=1e-3)
+
+
 def test_mae_loss_counts_masked_patches_only(runs: Path) -> None:
     import tensorflow as tf
 

@@ -75,8 +75,12 @@ class BYOLModel(TaskModel):
     def __init__(self, network: keras.Model, target: keras.Model, ema: float = 0.99,
                  encoder_name: str = "online_encoder", **kwargs: Any) -> None:
         super().__init__(network, **{"output": "embedding", **kwargs})
+        # The target stays `trainable`: Keras runs the BatchNormalization of a non-trainable layer in
+        # inference mode, and a target normalising with lagging moving averages (not the batch's statistics,
+        # as in BYOL) gives projections dominated by one common direction that a constant prediction
+        # matches -- it collapsed (loss 0.87 -> 0.01, class-blind embedding). The optimizer never sees
+        # the target's variables (`_without_target`), and the loss stops its gradient.
         self.target = target
-        self.target.trainable = False
         self.ema = float(ema)
         self.encoder_name = encoder_name
         self.built = network.built and target.built
