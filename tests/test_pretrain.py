@@ -103,6 +103,14 @@ def test_byol_target_normalises_with_batch_statistics(runs: Path) -> None:
     moving = model.target(images, training=False)["projection"]
     assert not np.allclose(np.asarray(batch), np.asarray(moving), atol=1e-3)
 
+    # precise BatchNorm recalibrates what the model's call runs (the online network), never the target
+    from lensnet.training.precise_bn import recalibrate_batch_norm
+
+    before = [np.asarray(v).copy() for v in model.target.weights]
+    assert recalibrate_batch_norm(model, [images], 1) == 1
+    for v, old in zip(model.target.weights, before):
+        np.testing.assert_array_equal(np.asarray(v), old)
+
 
 def test_mae_loss_counts_masked_patches_only(runs: Path) -> None:
     import tensorflow as tf

@@ -86,7 +86,11 @@ def recalibrate_batch_norm(model: keras.Model, batches: Iterable[Any], num_batch
     """
     if int(num_batches) < 1:
         raise LensnetError(f"precise BatchNorm needs num_batches >= 1, got {num_batches!r}")
-    layers = batch_norm_layers(model)
+    from lensnet.tasks.model import TaskModel
+
+    # What `model(inputs)` runs: a task model calls its `network` only. BatchNorm elsewhere in it (BYOL's
+    # target, which follows the online network by EMA) sees no batch here and must keep its statistics.
+    layers = batch_norm_layers(model.network if isinstance(model, TaskModel) else model)
     if not layers:
         return 0
     stats = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
