@@ -24,11 +24,11 @@ def fit(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def network(name: str) -> keras.Model:
+def network(name: str, **args: object) -> keras.Model:
     from lensnet.models import create_model, pool_features
 
     keras.utils.set_random_seed(0)
-    backbone = create_model(name, (16, 16, 1), **TINY[name])
+    backbone = create_model(name, (16, 16, 1), **{**TINY[name], **args})
     inputs = keras.Input((16, 16, 1), name="images")
     head = keras.layers.Dense(3, activation="softmax", name="head")
     return keras.Model(inputs, head(pool_features(backbone, backbone(inputs))))
@@ -51,14 +51,18 @@ def test_the_most_salient_cells_are_erased_with_the_background_level():
     assert np.asarray(patch_mask(saliency, 0.0)).sum() == 0
 
 
-@pytest.mark.parametrize("name, kind", [("vit_tiny", "rollout"), ("deit_tiny", "rollout"), ("cnn_small", "gradcam"),
-                                        ("cvt_tiny", "gradcam")])
-def test_saliency_is_rollout_for_vit_and_gradcam_otherwise(name, kind):
-    saliency = Saliency(network(name))
+@pytest.mark.parametrize("name, args, kind", [
+    ("vit_tiny", {}, "rollout"), ("deit_tiny", {}, "rollout"), ("cnn_small", {}, "gradcam"),
+    ("cvt_tiny", {"use_class_token": False}, "gradcam"),
+    # pooled by its class token, CvT's patch tokens get no gradient: Grad-CAM would be all zero
+    ("cvt_tiny", {}, "input_gradient")])
+def test_saliency_is_rollout_for_vit_and_gradcam_otherwise(name, args, kind):
+    saliency = Saliency(network(name, **args))
     assert saliency.kind() == kind
     images = tf.random.stateless_normal((3, 16, 16, 1), seed=[1, 2])
     maps = np.asarray(saliency(images))
     assert maps.shape == (3, *saliency.grid) and np.isfinite(maps).all() and (maps >= 0).all()
+    assert (maps.max(axis=(1, 2)) > 0).all()  # it singles out some patch of every image
 
 
 def test_masks_follow_the_seed_the_step_and_the_snapshot():

@@ -10,7 +10,8 @@ random network's saliency means nothing). Saliency:
 - `attention`: attention rollout (Abnar & Zuidema 2020) of the class token for ViT and DeiT
   backbones; Grad-CAM (Selvaraju et al. 2017) of the predicted class on the backbone's feature map
   or patch tokens for every other backbone (CNNs, Swin, CvT). A network that is not a plain chain
-  backbone -> pooling -> head (the distillation network of a non-ViT student) falls back to the
+  backbone -> pooling -> head (the distillation network of a non-ViT student), or whose pooling
+  reads the class token only (CvT's default `cls`: the patch tokens get no gradient), uses the
   input gradient of the predicted class, pooled per patch.
 - `random`: the same number of patches drawn at random (the baseline: the same erased area, no
   model). It is patch-wise rather than Keras' one-rectangle `RandomErasing`, so that the two modes
@@ -121,7 +122,11 @@ class Saliency:
         self.after = network.layers[index + 1:]
         # backbone -> pooling -> dropout -> dense head(s) in a line: Grad-CAM can replay it on the features
         chain_layers = (FeaturePooling, keras.layers.Dropout, keras.layers.Dense, keras.layers.Activation)
-        self.chain = not isinstance(network.output, (dict, list, tuple)) and all(
+        # ... if the pooling reads the patch tokens: a class-token pooling (CvT's default) never does, their
+        # gradient is 0 everywhere, and the top-k of an all-zero map is the top-left corner, i.e. sky.
+        reads_patches = all(layer.mode not in ("cls", "prefix_mean")
+                            for layer in self.after if isinstance(layer, FeaturePooling))
+        self.chain = reads_patches and not isinstance(network.output, (dict, list, tuple)) and all(
             isinstance(layer, chain_layers) for layer in self.after)
 
     def kind(self) -> str:
