@@ -100,14 +100,16 @@ def make_run(
     policy: str = "float32",
     seed: int = 0,
     metrics: dict | None = None,
+    args: dict | None = None,
 ) -> Path:
-    """A run directory with a tiny registry backbone + a head of `kind` (binary | multiclass | regression)."""
+    """A run directory with a tiny registry backbone (`args` over the tiny ones) + a head of `kind`
+    (binary | multiclass | regression)."""
     from lensnet.models import create_model, pool_features
 
     keras.utils.set_random_seed(seed)
     keras.mixed_precision.set_global_policy(policy)
     try:
-        backbone = create_model(model, shape, **TINY.get(model, {}))
+        backbone = create_model(model, shape, **{**TINY.get(model, {}), **(args or {})})
         inputs = keras.Input(shape, name="images")
         features = pool_features(backbone, backbone(inputs))
         if kind == "binary":

@@ -1,6 +1,7 @@
 """Interpretation from an exported model: a model whose output depends only on the top-left quadrant gets
 integrated-gradient (SavedModel function) and Grad-CAM (Keras model beside the export) maps concentrated
-there; a transformer export gets token Grad-CAM; without a Keras model Grad-CAM is skipped with a note."""
+there; a transformer export gets token Grad-CAM (unless pooled by its class token); without a Keras model
+Grad-CAM is skipped with a note."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def test_transformer_gets_token_gradcam_and_no_keras_means_no_gradcam(tmp_path):
     from lensnet.serving.loading import load_export
     from lensnet.survey.interpret import Explainer
 
-    run = make_run(tmp_path / "run_vit", "vit_tiny", kind="multiclass", shape=SHAPE)
+    run = make_run(tmp_path / "run_vit", "vit_tiny", kind="multiclass", shape=SHAPE, args={"pooling": "tokens_avg"})
     export_run(run, tmp_path / "export" / "vit")
     explainer = Explainer(load_export(tmp_path / "export" / "vit"))
     assert "gradcam" in explainer.methods and "token Grad-CAM" in explainer.notes["gradcam"]
@@ -77,7 +78,22 @@ def test_transformer_gets_token_gradcam_and_no_keras_means_no_gradcam(tmp_path):
     for method in ("gradcam", "attention_rollout"):
         assert maps[method].shape == (2, 16, 16) and np.isfinite(maps[method]).all(), method
         assert 0 <= maps[method].min() and maps[method].max() <= 1.0, method
-    assert maps["attention_rollout"].max() == pytest.approx(1.0)  # Grad-CAM of random weights may be all 0
+    assert maps["attention_rollout"].max() == pytest.approx(1.0)
+    assert maps["gradcam"].max() == pytest.approx(1.0)  # the pooled output reads the patch tokens
     shutil.rmtree(run)  # the card's checkpoint is gone and nothing sits beside the export
     explainer = Explainer(load_export(tmp_path / "export" / "vit"))
     assert explainer.methods == ["integrated_gradients"] and explainer.notes["gradcam"].startswith("skipped")
+
+
+def test_class_token_pooling_skips_gradcam_with_a_note(tmp_path):
+    """Pooled by its class token, a ViT's output reads no patch token: their gradient, and so token Grad-CAM,
+    is 0 everywhere, which would be drawn as an empty map; the method is skipped and says why."""
+    from lensnet.serving.export import export_run
+    from lensnet.serving.loading import load_export
+    from lensnet.survey.interpret import Explainer
+
+    run = make_run(tmp_path / "run_vit", "vit_tiny", kind="multiclass", shape=SHAPE)  # pooling "cls"
+    export_run(run, tmp_path / "export" / "vit")
+    explainer = Explainer(load_export(tmp_path / "export" / "vit"))
+    assert "gradcam" not in explainer.methods and "class-token pooling" in explainer.notes["gradcam"]
+    assert "attention_rollout" in explainer.methods

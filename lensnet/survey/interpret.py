@@ -178,9 +178,20 @@ class Explainer:
             self.notes["gradcam"] = f"skipped: {path} has no spatial feature map or token sequence"
             return
         probe = np.random.default_rng(0).standard_normal((1, *model.input_shape[1:])).astype(np.float32)
-        _, chained = self._chain(layers, index, probe)
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            features, chained = self._chain(layers, index, tf.constant(probe), tape)
+            target = self._target(tf.cast(chained, tf.float32))
         if not np.allclose(np.asarray(chained), np.asarray(model(probe, training=False)), atol=1e-4):
             self.notes["gradcam"] = f"skipped: {path} is not a chain of layers (a graph Grad-CAM cannot follow)"
+            return
+        grads = np.asarray(tape.gradient(target, features))
+        side = int(np.sqrt(grads.shape[1])) if grads.ndim == 3 else 0
+        if not np.any(grads[:, grads.shape[1] - side * side:] if grads.ndim == 3 else grads):
+            # a class-token pooling reads no patch token: their Grad-CAM would be 0 everywhere
+            self.notes["gradcam"] = (f"skipped: the output of {path} does not depend on the patch tokens of layer "
+                                     f"{layers[index].name!r} (class-token pooling)")
             return
         self._keras = (layers, index)
         self.methods.append("gradcam")
