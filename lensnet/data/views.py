@@ -4,6 +4,9 @@ ImageNet recipes (random resized crops, RGB colour jitter, grey-scale) change wh
 means: a crop cuts the arcs, colour jitter mixes bands whose ratios are physics. A lens view
 instead changes only what the sky and the telescope would change:
 
+- optionally a random square crop (area fraction uniform in [`crop`, `crop_max`]) resized back to
+  the image size: SimCLR's main view, and DINO's global and local crops (it cuts arcs: the views
+  study measures whether that costs the substructure signal);
 - a symmetry of the pixel grid (`d4`, or the `flips` subgroup of a fixed macro model: see
   lensnet.data.augment, whose `augment_batch` is reused here);
 - a small integer shift (up to `shift` pixels; the border pixels, sky, fill the gap);
@@ -33,6 +36,8 @@ class ViewOptions:
     blur: float = 1.0  # max gaussian sigma, pixels (0 = no blur)
     flux: float = 1.25  # flux scale range [1/flux, flux] (1 = no scaling)
     noise: float = 0.1  # std of the re-drawn noise, as a fraction of the image std (0 = none)
+    crop: float = 1.0  # smallest area fraction of the random crop (1 = no crop)
+    crop_max: float = 1.0  # largest area fraction of the random crop
 
     def check(self, where: str = "task") -> None:
         if self.symmetry not in (None, "d4", "flips", "flip"):
@@ -44,6 +49,8 @@ class ViewOptions:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= low \
                     or not math.isfinite(value):
                 raise LensnetError(f"{where}.{key} must be a number >= {low}, got {value!r}")
+        if not isinstance(self.crop, (int, float)) or not 0 < self.crop <= self.crop_max <= 1:
+            raise LensnetError(f"{where}.view_crop must be in (0, 1], got {self.crop!r}")
 
 
 def _gather_shifted(x: Any, offsets: Any, axis: int) -> Any:
@@ -70,6 +77,20 @@ def _blur_axis(x: Any, sigma: Any, radius: int, axis: int) -> Any:
     return out
 
 
+def resized_crops(x: Any, seed: Any, low: float, high: float) -> Any:
+    """A random square crop of every image (area fraction uniform in [low, high], anywhere inside the
+    image), resized bilinearly back to the image size; from the stateless `seed`."""
+    import tensorflow as tf
+
+    n = tf.shape(x)[0]
+    seeds = [tf.random.experimental.stateless_fold_in(seed, k) for k in range(3)]
+    side = tf.sqrt(tf.random.stateless_uniform([n], seeds[0], float(low), float(high)))
+    y0 = tf.random.stateless_uniform([n], seeds[1]) * (1.0 - side)
+    x0 = tf.random.stateless_uniform([n], seeds[2]) * (1.0 - side)
+    boxes = tf.stack([y0, x0, y0 + side, x0 + side], axis=1)
+    return tf.image.crop_and_resize(x, boxes, tf.range(n), tf.shape(x)[1:3])
+
+
 def lens_views(images: Any, seed: Any, options: ViewOptions) -> Any:
     """One random lens view of every image of a batch (N, H, W, C), from the stateless `seed` (shape [2])."""
     import tensorflow as tf
@@ -79,6 +100,8 @@ def lens_views(images: Any, seed: Any, options: ViewOptions) -> Any:
     x = tf.convert_to_tensor(images, tf.float32)
     n = tf.shape(x)[0]
     seeds = [tf.random.experimental.stateless_fold_in(seed, k) for k in range(6)]
+    if options.crop < 1:
+        x = resized_crops(x, seeds[5], options.crop, options.crop_max)
     if options.symmetry:
         x = augment_batch({"image": x}, "d4" if options.symmetry == "d4" else "flips", seeds[0])["image"]
     if options.shift:

@@ -1,6 +1,7 @@
-"""Self-supervised pretraining: `python -m lensnet.fit --task pretrain --set task.method=simclr|byol|mae`.
+"""Self-supervised pretraining: `python -m lensnet.fit --task pretrain --set task.method=simclr|byol|dino|mae`.
 
-Labels are never used for training, so any dataset works (imported real cutouts included). The
+Labels are never used for training, so any dataset works (imported real cutouts included); with
+`task.labels: false` they are not even read (the record parser never asks for the field). The
 models are in lensnet.tasks.ssl_models, the lens views in lensnet.data.views. The exported model
 (best.keras) is the backbone's pooled embedding, an output of kind "values" with columns
 emb_0..emb_{D-1}; `--init RUN` copies its backbone into a supervised task's model.
@@ -15,6 +16,7 @@ reconstructions of validation images (original / masked / reconstructed) at ever
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,17 +27,30 @@ from lensnet.core.errors import LensnetError
 from lensnet.tasks.base import BackboneFactory, BatchContext, Task, pooled_network, register_task
 from lensnet.tasks.outputs import OutputSpec
 
-METHODS = ("simclr", "byol", "mae")
+METHODS = ("simclr", "byol", "dino", "mae")
 KNN = 5
 
 
 @dataclass
 class PretrainConfig:
-    method: str = "simclr"  # simclr | byol | mae
-    temperature: float = 0.1  # simclr: NT-Xent temperature
-    projection_dim: int = 128  # simclr / byol: projector output
-    projection_hidden: int = 512  # simclr / byol: projector (and BYOL predictor) hidden width
-    ema: float = 0.99  # byol: target = ema * target + (1 - ema) * online, every step
+    method: str = "simclr"  # simclr | byol | dino | mae
+    labels: bool = True  # read the dataset's labels for the test k-NN score (never for training); false: never read
+    temperature: float = 0.1  # simclr: NT-Xent temperature; dino: the student's temperature
+    projection_dim: int = 128  # simclr / byol: projector output; dino: the bottleneck before the prototypes
+    projection_hidden: int = 512  # simclr / byol / dino: projector (and BYOL predictor) hidden width
+    # byol / dino: target (teacher) = m * target + (1 - m) * online every step, m on BYOL's cosine schedule
+    # from `ema` to 1 over the run (ema_schedule: cosine) or the constant `ema` (constant)
+    ema: float = 0.996
+    ema_schedule: str = "cosine"  # cosine | constant
+    schedule_epochs: int | None = None  # horizon of the EMA and teacher-temperature schedules (None = train.epochs)
+    prototypes: int = 1024  # dino: width of the weight-normalised last layer (DINO: 65536)
+    teacher_temperature: float = 0.04  # dino: the teacher's (sharpening) temperature after warm-up
+    teacher_temperature_start: float = 0.04  # dino: ... at step 0, warmed up linearly
+    teacher_warmup: float = 0.3  # dino: fraction of the schedule horizon the warm-up lasts (DINO: 30 of 100 epochs)
+    centre_momentum: float = 0.9  # dino: centre = m * centre + (1 - m) * batch mean of the teacher's logits
+    local_crops: int = 2  # dino: small crops per image besides the 2 global ones
+    local_crop_min: float = 0.05  # dino: smallest area fraction of a local crop
+    local_crop_max: float = 0.4  # dino: largest area fraction of a local crop
     mask_ratio: float = 0.75  # mae: fraction of patches hidden from the encoder, in (0, 1)
     decoder_dim: int = 128  # mae: light decoder width
     decoder_depth: int = 2  # mae: decoder transformer blocks
@@ -43,6 +58,7 @@ class PretrainConfig:
     norm_pix_loss: bool = False  # mae: regress per-patch normalised pixels
     symmetry: str | None = "auto"  # view symmetry: auto (= data.augment, the dataset's symmetry) | d4 | flips | none
     view_shift: int = 2  # max integer shift of a view, pixels
+    view_crop: float = 1.0  # smallest area fraction of a random crop resized back to full size (1 = no crop)
     # Off by default: blur and re-drawn noise wash out the few-pixel perturbations substructure makes.
     # Measured on the Model II replica (README, label efficiency): SimCLR with blur 1 px + noise 0.1 made
     # fine-tuning at 10% labels worse than scratch (0.617 vs 0.897 AUC); without them, better (0.949).
@@ -54,7 +70,7 @@ class PretrainConfig:
 @register_task
 class Pretrain(Task):
     name = "pretrain"
-    description = "self-supervised pretraining (simclr, byol, mae); exports the pooled embedding"
+    description = "self-supervised pretraining (simclr, byol, dino, mae); exports the pooled embedding"
     monitor = "loss"
     monitor_mode = "min"
     Config = PretrainConfig
@@ -68,9 +84,23 @@ class Pretrain(Task):
             raise LensnetError(f"task.mask_ratio must be in (0, 1) exclusive, got {c.mask_ratio!r}")
         if not 0 <= float(c.ema) < 1:
             raise LensnetError(f"task.ema must be in [0, 1), got {c.ema!r}")
-        if not float(c.temperature) > 0:
-            raise LensnetError(f"task.temperature must be > 0, got {c.temperature!r}")
-        for key in ("projection_dim", "projection_hidden", "decoder_dim", "decoder_depth", "decoder_heads"):
+        if c.ema_schedule not in ("cosine", "constant"):
+            raise LensnetError(f"task.ema_schedule must be cosine or constant, got {c.ema_schedule!r}")
+        for key in ("temperature", "teacher_temperature", "teacher_temperature_start"):
+            if not float(getattr(c, key)) > 0:
+                raise LensnetError(f"task.{key} must be > 0, got {getattr(c, key)!r}")
+        for key in ("teacher_warmup", "centre_momentum"):
+            if not 0 <= float(getattr(c, key)) <= 1:
+                raise LensnetError(f"task.{key} must be in [0, 1], got {getattr(c, key)!r}")
+        if not 0 < float(c.local_crop_min) <= float(c.local_crop_max) <= 1:
+            raise LensnetError(f"task.local_crop_min / local_crop_max must satisfy 0 < min <= max <= 1, got "
+                               f"{c.local_crop_min!r} / {c.local_crop_max!r}")
+        if not isinstance(c.local_crops, int) or isinstance(c.local_crops, bool) or c.local_crops < 0:
+            raise LensnetError(f"task.local_crops must be an integer >= 0, got {c.local_crops!r}")
+        if c.schedule_epochs is not None and (not isinstance(c.schedule_epochs, int) or c.schedule_epochs < 1):
+            raise LensnetError(f"task.schedule_epochs must be a positive integer or null, got {c.schedule_epochs!r}")
+        for key in ("projection_dim", "projection_hidden", "decoder_dim", "decoder_depth", "decoder_heads",
+                    "prototypes"):
             value = getattr(c, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise LensnetError(f"task.{key} must be a positive integer, got {value!r}")
@@ -83,7 +113,14 @@ class Pretrain(Task):
         symmetry = data_augment if c.symmetry == "auto" else c.symmetry
         symmetry = None if symmetry in (None, "none") else symmetry
         return ViewOptions(symmetry=symmetry, shift=c.view_shift, blur=float(c.view_blur), flux=float(c.view_flux),
-                           noise=float(c.view_noise))
+                           noise=float(c.view_noise), crop=float(c.view_crop))
+
+    def local_view_options(self) -> Any:
+        """DINO's local crops: the global views' options with a small crop."""
+        import dataclasses
+
+        c = self.config
+        return dataclasses.replace(self.views, crop=float(c.local_crop_min), crop_max=float(c.local_crop_max))
 
     def check_data_options(self, data_config: dict) -> None:
         self.views = self.view_options(data_config.get("augment"))
@@ -97,7 +134,7 @@ class Pretrain(Task):
     def setup(self, info: Any, state: dict | None = None) -> None:
         self.info = info
         self.views = self.view_options(None)
-        self.has_labels = "label" in info.schema and len(info.class_names) >= 2
+        self.has_labels = bool(self.config.labels) and "label" in info.schema and len(info.class_names) >= 2
         self.fields = ("image", "label") if self.has_labels else ("image",)
         self.class_names = list(info.class_names) if self.has_labels else []
         state = state or {}
@@ -134,18 +171,19 @@ class Pretrain(Task):
         # model's input stays the clean image: what scoring, precise BatchNorm and the exported model see.
         y = {"view1": lens_views(images, context.random_seed(1), self.views),
              "view2": lens_views(images, context.random_seed(2), self.views)}
+        if self.config.method == "dino" and self.config.local_crops:
+            local = self.local_view_options()
+            y["local"] = tf.stack([lens_views(images, context.random_seed(3 + k), local)
+                                   for k in range(int(self.config.local_crops))], axis=1)
         return images, y, tf.ones([n])
 
     # ---- model -----------------------------------------------------------------------------------
     def build(self, backbone_factory: BackboneFactory, info: Any, config: dict) -> Any:
         method = self.config.method
         name = config["model"]["name"]
-        if method == "simclr":
-            model = self._build_simclr(backbone_factory, info, name)
-        elif method == "byol":
-            model = self._build_byol(backbone_factory, info, name)
-        else:
-            model = self._build_mae(backbone_factory, info, name)
+        builders = {"simclr": self._build_simclr, "byol": self._build_byol, "dino": self._build_dino,
+                    "mae": self._build_mae}
+        model = builders[method](backbone_factory, info, name, config)
         self.embedding_dim = int(model.network.output["embedding"].shape[-1])
         return model
 
@@ -165,14 +203,29 @@ class Pretrain(Task):
 
         return pooled_network(backbone_factory, info.image_shape, head, name=name)
 
-    def _build_simclr(self, backbone_factory: BackboneFactory, info: Any, name: str) -> Any:
+    def _build_simclr(self, backbone_factory: BackboneFactory, info: Any, name: str, config: dict) -> Any:
         from lensnet.tasks.ssl_models import SimCLRModel
 
         network = self._encoder(backbone_factory, info, f"simclr_{name}")
         return SimCLRModel(network, temperature=self.config.temperature, metrics_list=self.metrics(),
                            name="simclr_model")
 
-    def _build_byol(self, backbone_factory: BackboneFactory, info: Any, name: str) -> Any:
+    def schedule_steps(self, config: dict) -> int:
+        """The EMA / teacher-temperature schedule horizon in optimizer steps.
+
+        The steps per epoch are the trainer's: train.steps_per_epoch, or one pass over the records
+        the run trains on (counted by `check_data_options`, or restored with a resumed run's state).
+        """
+        train = config.get("train", {})
+        count = int((self.seen or {}).get("count") or 0)
+        per_epoch = int(train.get("steps_per_epoch") or math.ceil(count / int(config["data"]["batch_size"])))
+        return max(per_epoch, 1) * int(self.config.schedule_epochs or train.get("epochs") or 1)
+
+    def ema_steps(self, config: dict) -> int:
+        """The cosine EMA schedule's horizon (0: the constant `task.ema`)."""
+        return 0 if self.config.ema_schedule == "constant" else self.schedule_steps(config)
+
+    def _build_byol(self, backbone_factory: BackboneFactory, info: Any, name: str, config: dict) -> Any:
         import keras
 
         from lensnet.tasks.ssl_models import BYOLModel
@@ -184,11 +237,46 @@ class Pretrain(Task):
         network = keras.Model(images, {"embedding": outputs["embedding"], "projection": outputs["projection"],
                                        "prediction": prediction}, name=f"byol_{name}")
         target = self._encoder(backbone_factory, info, "target_encoder")
-        model = BYOLModel(network, target, ema=self.config.ema, metrics_list=self.metrics(), name="byol_model")
+        model = BYOLModel(network, target, ema=self.config.ema, total_steps=self.ema_steps(config),
+                          metrics_list=self.metrics(), name="byol_model")
         model.copy_online_to_target()
         return model
 
-    def _build_mae(self, backbone_factory: BackboneFactory, info: Any, name: str) -> Any:
+    def _dino_encoder(self, backbone_factory: BackboneFactory, info: Any, name: str) -> Any:
+        """images -> {"embedding", "logits"}: DINO's head (MLP, L2-normalised bottleneck, weight-normalised
+        prototypes) on the pooled backbone features."""
+        import keras
+
+        from lensnet.tasks.ssl_models import NormalisedDense
+
+        def head(features: Any) -> dict:
+            x = self._projector(features, "dino_head")
+            x = keras.layers.UnitNormalization(axis=-1, name="dino_bottleneck_norm")(x)
+            return {"embedding": features,
+                    "logits": NormalisedDense(int(self.config.prototypes), dtype="float32", name="dino_prototypes")(x)}
+
+        return pooled_network(backbone_factory, info.image_shape, head, name=name)
+
+    def _build_dino(self, backbone_factory: BackboneFactory, info: Any, name: str, config: dict) -> Any:
+        import keras
+
+        from lensnet.tasks.ssl_models import DINOModel, centre_model
+
+        c = self.config
+        encoder = self._dino_encoder(backbone_factory, info, "student_encoder")
+        images = keras.Input(tuple(info.image_shape), name="images")
+        network = keras.Model(images, encoder(images), name=f"dino_{name}")
+        teacher = self._dino_encoder(backbone_factory, info, "teacher_encoder")
+        model = DINOModel(network, teacher, centre_model(int(c.prototypes)), ema=c.ema,
+                          total_steps=self.ema_steps(config),
+                          student_temperature=c.temperature, teacher_temperature=c.teacher_temperature,
+                          teacher_temperature_start=c.teacher_temperature_start,
+                          teacher_warmup_steps=int(round(float(c.teacher_warmup) * self.schedule_steps(config))),
+                          centre_momentum=c.centre_momentum, metrics_list=self.metrics(), name="dino_model")
+        model.copy_online_to_target()
+        return model
+
+    def _build_mae(self, backbone_factory: BackboneFactory, info: Any, name: str, config: dict) -> Any:
         import keras
 
         from lensnet.models.masked import VisibleTokenEncoder

@@ -82,3 +82,23 @@ def regression_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     var = np.var(t)
     out["r2"] = _finite(1.0 - np.mean(err**2) / var) if var > 0 else None
     return out
+
+
+def macro_auc_interval(labels: np.ndarray, probs: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """One-vs-rest macro ROC AUC of (labels, class probabilities) with its 95% percentile-bootstrap interval
+    over the test images (resamples missing a class are skipped; `n_boot` counts the kept ones)."""
+    labels = np.asarray(labels).astype(int).ravel()
+    probs = np.asarray(probs, dtype=np.float64)
+    k = probs.shape[1]
+
+    def macro(index: np.ndarray) -> float | None:
+        y, p = labels[index], probs[index]
+        if len(np.unique(y)) < k:
+            return None
+        return float(np.mean([skm.roc_auc_score(y == c, p[:, c]) for c in range(k)]))
+
+    point = macro(np.arange(labels.size))
+    rng = np.random.default_rng(seed)
+    draws = [v for v in (macro(rng.integers(0, labels.size, labels.size)) for _ in range(bootstrap)) if v is not None]
+    low, high = (float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))) if draws else (None, None)
+    return {"macro_roc_auc": point, "low": low, "high": high, "n_test": int(labels.size), "n_boot": len(draws)}

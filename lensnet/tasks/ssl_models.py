@@ -1,4 +1,4 @@
-"""The self-supervised task models: SimCLR, BYOL and MAE (keras-io's examples are the pattern).
+"""The self-supervised task models: SimCLR, BYOL, DINO and MAE (keras-io's examples are the pattern).
 
 Each is a `TaskModel` that overrides `compute_step` only, so `model.fit` (one device,
 MirroredStrategy) and the multi-worker loop train them unchanged. Every weight lives in
@@ -14,7 +14,14 @@ The exported model (`inference_model()`) is the pooled backbone embedding.
   the START of each training step, from the online weights the previous step left: the custom
   multi-worker loop only calls `compute_step` (no hook after `apply_gradients`), and this order is
   the same update shifted by one step (at step 0 target == online). The target's weights are
-  variables of the model, so checkpoints and `--resume` carry them.
+  variables of the model, so checkpoints and `--resume` carry them. The EMA momentum follows the
+  paper's cosine schedule from `ema` (0.996) at step 0 to 1 at `total_steps` (`cosine_momentum`),
+  read from the optimizer's step counter, which checkpoints carry: a resumed run continues it.
+- DINO: the BYOL machinery with a teacher (backbone, projection MLP, L2-normalised bottleneck,
+  weight-normalised prototype layer) instead of a target, and a cross-entropy between the
+  teacher's centred, sharpened softmax on the two global crops and the student's softmax on every
+  other crop (the global ones and `local` crops). The centre is an EMA of the teacher's logits,
+  averaged over replicas; the teacher's temperature warms up linearly.
 - MAE: the registry ViT/DeiT run on the visible patches only (`lensnet.models.masked`), a light
   transformer decoder with a learned mask token, and a loss on the masked patches only
   (optionally on per-patch normalised pixels).
@@ -22,6 +29,7 @@ The exported model (`inference_model()`) is the pooled backbone embedding.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -33,6 +41,21 @@ from lensnet.tasks.model import MetricInputs, TaskModel, average_loss
 
 def _ones_like_rows(x: Any) -> Any:
     return tf.ones(tf.shape(x)[:1])
+
+
+def cosine_momentum(base: float, step: Any, total_steps: int) -> Any:
+    """BYOL's target momentum at `step`: 1 - (1 - base) (cos(pi step / total) + 1) / 2, from `base` at
+    step 0 to 1 at `total_steps` and after (total_steps 0: the constant `base`)."""
+    if not total_steps:
+        return tf.constant(float(base), tf.float32)
+    progress = tf.minimum(tf.cast(step, tf.float32) / float(total_steps), 1.0)
+    return 1.0 - (1.0 - float(base)) * (tf.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def _step(model: keras.Model) -> Any:
+    """The optimizer's step counter (0 for a model not compiled: a loaded checkpoint)."""
+    optimizer = getattr(model, "optimizer", None)
+    return optimizer.iterations if optimizer is not None else tf.constant(0, tf.int64)
 
 
 @keras.saving.register_keras_serializable(package="lensnet")
@@ -72,7 +95,7 @@ class BYOLModel(TaskModel):
     """`network`: images -> {"embedding", "projection", "prediction"} whose layer `encoder_name` is the
     online encoder (images -> {"embedding", "projection"}); `target`: a model of the encoder's structure."""
 
-    def __init__(self, network: keras.Model, target: keras.Model, ema: float = 0.99,
+    def __init__(self, network: keras.Model, target: keras.Model, ema: float = 0.996, total_steps: int = 0,
                  encoder_name: str = "online_encoder", **kwargs: Any) -> None:
         super().__init__(network, **{"output": "embedding", **kwargs})
         # The target stays `trainable`: Keras runs the BatchNormalization of a non-trainable layer in
@@ -82,6 +105,7 @@ class BYOLModel(TaskModel):
         # the target's variables (`_without_target`), and the loss stops its gradient.
         self.target = target
         self.ema = float(ema)
+        self.total_steps = int(total_steps)  # the cosine schedule's horizon; 0 = constant `ema`
         self.encoder_name = encoder_name
         self.built = network.built and target.built
 
@@ -120,9 +144,14 @@ class BYOLModel(TaskModel):
         for t, o in self.pairs():
             t.assign(o)
 
-    def update_target(self) -> None:
+    def momentum(self, step: Any = None) -> Any:
+        """The EMA momentum at `step` (default: the optimizer's current step)."""
+        return cosine_momentum(self.ema, _step(self) if step is None else step, self.total_steps)
+
+    def update_target(self, momentum: Any = None) -> None:
+        m = self.momentum() if momentum is None else tf.cast(momentum, tf.float32)
         for t, o in self.pairs():
-            t.assign(self.ema * t + (1.0 - self.ema) * tf.cast(o, t.dtype))
+            t.assign(tf.cast(m, t.dtype) * t + tf.cast(1.0 - m, t.dtype) * tf.cast(o, t.dtype))
 
     @staticmethod
     def regression_loss(p: Any, z: Any) -> Any:
@@ -145,12 +174,165 @@ class BYOLModel(TaskModel):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "target": keras.saving.serialize_keras_object(self.target),
-                "ema": self.ema, "encoder_name": self.encoder_name}
+                "ema": self.ema, "total_steps": self.total_steps, "encoder_name": self.encoder_name}
 
     @classmethod
     def from_config(cls, config: dict) -> BYOLModel:
         config = dict(config)
         config["target"] = keras.saving.deserialize_keras_object(config["target"])
+        return super().from_config(config)
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class NormalisedDense(keras.layers.Layer):
+    """DINO's last layer: a bias-free dense layer whose weight columns are L2-normalised at every call
+    (weight normalisation with the gain fixed at 1, DINO's `norm_last_layer`), so the prototypes are
+    unit vectors and the logits of an L2-normalised input are cosines.
+
+    Args:
+        units: prototypes (output width).
+    """
+
+    def __init__(self, units: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.units = int(units)
+
+    def build(self, input_shape: Any) -> None:
+        self.kernel = self.add_weight(shape=(int(input_shape[-1]), self.units), name="kernel",
+                                      initializer=keras.initializers.TruncatedNormal(stddev=0.02))
+
+    def call(self, inputs: Any) -> Any:
+        kernel = self.kernel / ops.maximum(ops.sqrt(ops.sum(ops.square(self.kernel), axis=0, keepdims=True)), 1e-12)
+        return ops.matmul(inputs, ops.cast(kernel, inputs.dtype))
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class Centre(keras.layers.Layer):
+    """DINO's centre: a non-trainable (1, units) vector subtracted from the teacher's logits, kept by
+    `update` as an EMA of their batch mean.
+
+    Args:
+        units: width of the logits.
+    """
+
+    def __init__(self, units: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.units = int(units)
+
+    def build(self, input_shape: Any) -> None:
+        # aggregation "mean": replicas assign the same all-reduced value, and the epoch-end average keeps it
+        self.centre = self.add_weight(shape=(1, self.units), initializer="zeros", trainable=False, name="centre",
+                                      aggregation="mean")
+
+    def call(self, inputs: Any) -> Any:
+        return inputs - ops.cast(self.centre, inputs.dtype)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "units": self.units}
+
+
+def centre_model(units: int, name: str = "dino_centre") -> keras.Model:
+    """logits (N, units) -> logits - centre: the functional model that holds DINO's centre."""
+    logits = keras.Input((units,), name="teacher_logits")
+    return keras.Model(logits, Centre(units, name="centre")(logits), name=name)
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class DINOModel(BYOLModel):
+    """`network`: images -> {"embedding", "logits"} whose layer `encoder_name` is the student encoder;
+    `target`: the teacher, a model of the encoder's structure (EMA of the student, as BYOL's target);
+    `centre`: see `centre_model`. y: {"view1", "view2"} global crops, optionally "local" (N, L, H, W, C)."""
+
+    def __init__(self, network: keras.Model, target: keras.Model, centre: keras.Model, ema: float = 0.996,
+                 total_steps: int = 0, student_temperature: float = 0.1, teacher_temperature: float = 0.07,
+                 teacher_temperature_start: float = 0.04, teacher_warmup_steps: int = 0,
+                 centre_momentum: float = 0.9, encoder_name: str = "student_encoder", **kwargs: Any) -> None:
+        super().__init__(network, target, ema=ema, total_steps=total_steps, encoder_name=encoder_name, **kwargs)
+        self.centre = centre
+        self.student_temperature = float(student_temperature)
+        self.teacher_temperature = float(teacher_temperature)
+        self.teacher_temperature_start = float(teacher_temperature_start)
+        self.teacher_warmup_steps = int(teacher_warmup_steps)
+        self.centre_momentum = float(centre_momentum)
+        self.built = self.built and centre.built
+
+    def teacher_temperature_at(self, step: Any) -> Any:
+        """Linear warm-up from `teacher_temperature_start` to `teacher_temperature` over the warm-up steps."""
+        if not self.teacher_warmup_steps:
+            return tf.constant(self.teacher_temperature, tf.float32)
+        progress = tf.minimum(tf.cast(step, tf.float32) / float(self.teacher_warmup_steps), 1.0)
+        return self.teacher_temperature_start + (self.teacher_temperature - self.teacher_temperature_start) * progress
+
+    def update_centre(self, teacher_logits: Any) -> None:
+        batch_centre = tf.reduce_mean(tf.cast(teacher_logits, tf.float32), axis=0, keepdims=True)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:  # the global batch's mean, as DINO
+            batch_centre = context.all_reduce(tf.distribute.ReduceOp.MEAN, batch_centre)
+        variable = self.centre.get_layer("centre").centre
+        m = self.centre_momentum
+        variable.assign(m * variable + (1.0 - m) * batch_centre)
+
+    def dino_loss(self, student_logits: list, teacher_logits: Any, step: Any) -> tuple[Any, Any]:
+        """Per-example loss (N,) averaged over the (teacher global crop, other student crop) pairs, and
+        the teacher's sharpened, centred probabilities (2N, K)."""
+        n = tf.shape(student_logits[0])[0]
+        teacher = tf.nn.softmax(tf.cast(self.centre(teacher_logits), tf.float32)
+                                / self.teacher_temperature_at(step), axis=-1)
+        teacher = tf.stop_gradient(teacher)
+        total, pairs = 0.0, 0
+        for t_index in range(2):
+            t = teacher[t_index * n:(t_index + 1) * n]
+            for s_index, logits in enumerate(student_logits):
+                if s_index == t_index:  # a crop never predicts its own teacher output
+                    continue
+                log_p = tf.nn.log_softmax(tf.cast(logits, tf.float32) / self.student_temperature, axis=-1)
+                total += -tf.reduce_sum(t * log_p, axis=-1)
+                pairs += 1
+        return total / float(pairs), teacher
+
+    def compute_step(self, x: Any, y: Any, sample_weight: Any = None, training: bool = False,
+                     global_batch_size: Any = None) -> tuple[tf.Tensor, MetricInputs]:
+        step = _step(self)
+        if training:
+            self.update_target()  # the EMA of the step before (see the module doc)
+        n = tf.shape(y["view1"])[0]
+        globals_ = tf.concat([y["view1"], y["view2"]], 0)
+        crops = [globals_]
+        if "local" in y:  # (N, L, H, W, C) -> L batches of N, one network call for all
+            local = y["local"]
+            count = int(local.shape[1])
+            crops.append(tf.reshape(tf.transpose(local, [1, 0, 2, 3, 4]), tf.concat([[-1], tf.shape(local)[2:]], 0)))
+        else:
+            count = 0
+        student = self.network(tf.concat(crops, 0), training=training)["logits"]
+        student_logits = [student[i * n:(i + 1) * n] for i in range(2 + count)]
+        teacher_logits = self.target(globals_, training=training)["logits"]
+        per_example, _ = self.dino_loss(student_logits, teacher_logits, step)
+        if training:
+            self.update_centre(teacher_logits)
+        weight = _ones_like_rows(x) if sample_weight is None else sample_weight
+        loss = average_loss(per_example * weight, global_batch_size) + self.regularization()
+        return loss, MetricInputs(per_example, per_example)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "centre": keras.saving.serialize_keras_object(self.centre),
+                "student_temperature": self.student_temperature, "teacher_temperature": self.teacher_temperature,
+                "teacher_temperature_start": self.teacher_temperature_start,
+                "teacher_warmup_steps": self.teacher_warmup_steps, "centre_momentum": self.centre_momentum}
+
+    @classmethod
+    def from_config(cls, config: dict) -> DINOModel:
+        config = dict(config)
+        config["centre"] = keras.saving.deserialize_keras_object(config["centre"])
         return super().from_config(config)
 
 

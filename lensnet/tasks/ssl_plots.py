@@ -104,3 +104,20 @@ class ReconstructionImages(keras.callbacks.Callback):
             tf.summary.image("mae_reconstructions", tf.image.decode_png(path.read_bytes(), channels=4)[None],
                              step=epoch)
         writer.flush()
+
+
+def knn_probabilities(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, num_classes: int,
+                      k: int = 20, temperature: float = 0.07) -> np.ndarray:
+    """Class probabilities of `test` embeddings from their k nearest `train` embeddings (cosine similarity),
+    each neighbour's vote weighted by exp(similarity / temperature): DINO's weighted k-NN classifier."""
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    sim = unit(test) @ unit(train).T
+    k = min(int(k), len(train))
+    nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    weights = np.exp(np.take_along_axis(sim, nearest, axis=1) / temperature)
+    votes = np.zeros((len(test), num_classes))
+    np.add.at(votes, (np.repeat(np.arange(len(test)), k), np.asarray(train_labels)[nearest].ravel()), weights.ravel())
+    return votes / votes.sum(axis=1, keepdims=True)
