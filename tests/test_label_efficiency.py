@@ -1,11 +1,14 @@
-"""Label efficiency (issue 10): nested, id-keyed training subsets in the reader, and
-`python -m lensnet.bench label-efficiency` on tiny data (two fractions, one epoch)."""
+"""Label efficiency (issues 10, 25): nested, id-keyed training subsets in the reader, and
+`python -m lensnet.bench label-efficiency` on tiny data (two fractions, one epoch): bootstrap
+intervals, the k-NN mode, pretraining on a separate unlabelled set whose labels are never read,
+and its one-line errors."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lensnet.core.errors import run_cli
@@ -59,8 +62,11 @@ def test_label_efficiency_bench_on_tiny_data(capsys, synthetic_dataset: Path, tm
     assert len(results) == 1
     rows = json.loads(results[0].read_text())["rows"]
     assert [(r["fraction"], r["mode"]) for r in rows] == [(f, m) for f in (0.5, 1.0)
-                                                           for m in ("scratch", "probe", "finetune")]
+                                                           for m in ("scratch", "knn", "probe", "finetune")]
     assert all(r["accuracy"] is not None for r in rows)
+    for r in rows:  # a 95% bootstrap interval around every AUC
+        assert r["low"] <= r["macro_roc_auc"] <= r["high"] and r["n_test"] == 16
+    assert "target at 1 of the labels" in out
     half = {r["n_train"] for r in rows if r["fraction"] == 0.5}
     assert len(half) == 1 and 0 < half.pop() < 32
     ids = json.loads(next((tmp_path / "results").glob("*-ids.json")).read_text())
@@ -68,5 +74,118 @@ def test_label_efficiency_bench_on_tiny_data(capsys, synthetic_dataset: Path, tm
     assert next((tmp_path / "results").glob("label-efficiency-*.png")).stat().st_size > 0
     run = Path(rows[0]["run"])
     assert (run / "train_ids.txt").read_text().split() == ids["ids"]["0.5"]  # the run recorded what it saw
-    probe = Path(rows[1]["run"]) / "config.yaml"
+    probe = Path(rows[2]["run"]) / "config.yaml"
     assert "freeze: backbone" in probe.read_text() and "pretrain-simclr" in probe.read_text()
+
+
+def tiny_argv(data: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return ["label-efficiency", "--data", str(data), "--epochs", "1", "--pretrain-epochs", "1", "--batch-size", "16",
+            "--runs-dir", str(tmp_path / "runs"), "--set", "model.args.filters=[8,16]",
+            "--set", "train.precise_bn_batches=2", "--set", "run.verbose=0", "--pretrain-set", "task.projection_dim=8",
+            "--pretrain-set", "task.projection_hidden=16", "--bootstrap", "50", "--fractions", "1.0", *extra]
+
+
+def corrupt_labels(path: Path) -> None:
+    """Declare the label field as bytes: parsing it from any record fails (it is stored as int64)."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    for feature in manifest["features"]:
+        if feature["name"] == "label":
+            feature["kind"] = "bytes"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_unlabelled_set_is_pretrained_on_and_its_labels_never_read(
+        capsys, synthetic_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lensnet.data.pipeline as pipeline
+    from lensnet.bench.__main__ import main as bench_main
+    from lensnet.data import open_dataset
+    from lensnet.data.synthetic import write_synthetic
+
+    unlabelled = tmp_path / "unlabelled"
+    write_synthetic(unlabelled, 128, image_shape=(16, 16, 1), seed=7, records_per_shard=32)
+    corrupt_labels(unlabelled)
+    import tensorflow as tf
+
+    with pytest.raises((tf.errors.OpError, Exception)):  # the corruption is real: reading labels fails
+        next(iter(pipeline.load(open_dataset(unlabelled), "train", batch_size=4, fields=("label",))))
+
+    asked = []  # every field list the reader is asked for on the unlabelled set
+    original = pipeline.load
+
+    def spy(info, split, *args, **kwargs):
+        if Path(getattr(info, "path", info)).resolve() == unlabelled.resolve():
+            asked.append(tuple(kwargs.get("fields") or ("ALL",)))
+        return original(info, split, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load", spy)
+    monkeypatch.setattr("lensnet.data.load", spy)
+    monkeypatch.setenv("LENSNET_BENCH_DIR", str(tmp_path / "results"))
+    argv = tiny_argv(synthetic_dataset, tmp_path, "--unlabelled", str(unlabelled), "--unlabelled-fractions",
+                     "0.5,1.0", "--fractions", "1.0", "--modes", "scratch,knn")
+    assert run_cli(bench_main, argv) == 0, capsys.readouterr().err
+    assert asked and not any("label" in f or "ALL" in f for f in asked), asked
+    rows = json.loads(next((tmp_path / "results").glob("label-efficiency-*Z.json")).read_text())["rows"]
+    knn = [r for r in rows if r["mode"] == "knn"]
+    assert len(knn) == 2 and knn[0]["n_unlabelled"] < knn[1]["n_unlabelled"] == 64  # the unlabelled train split
+    assert knn[1]["x_labelled"] == 2.0  # 64 unlabelled vs 32 labelled training images
+    config = (tmp_path / "runs" / "pretrain-simclr-u1" / "config.yaml").read_text()
+    assert str(unlabelled) in config and "labels: false" in config
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--unlabelled-fractions", "0.001"], "--unlabelled-fractions 0.001 selects no record"),
+    (["--fractions", "0.001"], "--fractions 0.001 selects no record"),
+    (["--pretrain-method", "swav"], "--pretrain-method must be among"),
+    (["--shape"], "has images of shape (24, 24, 1)"),
+])
+def test_bad_unlabelled_input_is_one_line(capsys, synthetic_dataset: Path, tmp_path: Path, extra, message,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from lensnet.bench.__main__ import main as bench_main
+    from lensnet.data.synthetic import write_synthetic
+
+    monkeypatch.setenv("LENSNET_BENCH_DIR", str(tmp_path / "results"))
+    unlabelled = tmp_path / "unlabelled"
+    shape = (24, 24, 1) if extra == ["--shape"] else (16, 16, 1)
+    write_synthetic(unlabelled, 64, image_shape=shape, seed=7, records_per_shard=32)
+    extra = [] if extra == ["--shape"] else extra
+    code = run_cli(bench_main, tiny_argv(synthetic_dataset, tmp_path, "--unlabelled", str(unlabelled), *extra))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert message in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_verdict_needs_the_margin_and_separate_intervals() -> None:
+    from lensnet.bench.label_efficiency import verdict
+
+    def row(fraction, mode, auc, low, high, n=None):
+        return {"fraction": fraction, "mode": mode, "macro_roc_auc": auc, "low": low, "high": high,
+                "method": None if mode == "scratch" else "dino", "n_unlabelled": n}
+
+    rows = [row(0.01, "scratch", 0.70, 0.65, 0.75), row(0.01, "finetune", 0.80, 0.76, 0.84, 100),
+            row(0.1, "scratch", 0.80, 0.75, 0.85), row(0.1, "finetune", 0.83, 0.79, 0.87, 100),
+            row(1.0, "scratch", 0.95, 0.93, 0.97), row(1.0, "probe", 0.92, 0.90, 0.94, 100),
+            row(0.1, "probe", 0.99, 0.98, 1.0, 10)]  # a smaller unlabelled set does not count
+    lines = verdict(rows)
+    assert len(lines) == 3
+    assert lines[0].endswith(": met")  # +0.10, 0.76 > 0.75
+    assert lines[1].endswith("NOT met")  # +0.03 but the intervals overlap
+    assert lines[2].endswith("NOT met")  # 0.95 above the pretrained row's high end 0.94
+
+
+def test_macro_auc_interval_and_weighted_knn() -> None:
+    from lensnet.tasks.scores import macro_auc_interval
+    from lensnet.tasks.ssl_plots import knn_probabilities
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    probs = rng.dirichlet(np.ones(3), 300) + 0.6 * np.eye(3)[labels]
+    found = macro_auc_interval(labels, probs / probs.sum(1, keepdims=True), bootstrap=200, seed=0)
+    assert found["low"] < found["macro_roc_auc"] < found["high"] and 0.7 < found["macro_roc_auc"] < 1
+    half = macro_auc_interval(labels[:75], probs[:75], bootstrap=200, seed=0)  # fewer images, a wider interval
+    assert half["high"] - half["low"] > found["high"] - found["low"]
+    # k-NN: two clusters in embedding space vote for their own class
+    train = np.concatenate([rng.normal([5, 0], 0.5, (20, 2)), rng.normal([0, 5], 0.5, (20, 2))])
+    p = knn_probabilities(train, np.repeat([0, 1], 20), np.array([[4.0, 0.5], [0.3, 6.0]]), 2, k=5)
+    np.testing.assert_allclose(p.sum(1), 1.0)
+    assert p[0, 0] > 0.99 and p[1, 1] > 0.99
