@@ -7,6 +7,12 @@ detectability: sweep one physics knob (f_sub, m_min, m_hm, vortex_mass, exposure
 train the same model for the same budget at every value, and write test ROC AUC (CDM vs no_sub, axion
 vs no_sub, 95% bootstrap intervals) as a table and a plot under runs/studies/<name>/. A killed study
 continues where it stopped when the same command is run again.
+
+    python -m lensnet.study views --data tfrecords/ssl-m2-labelled --method simclr --epochs 3 --name views_m2
+
+views: pretrain once per self-supervised view (crop, symmetry, shift, blur, noise, flux; none; the
+task's defaults) with only that view on, and score the embedding by k-NN and linear-probe accuracy
+and macro ROC AUC on the test split (labels for scoring only): runs/studies/<name>/results.csv.
 """
 
 from __future__ import annotations
@@ -40,15 +46,34 @@ def build_parser() -> argparse.ArgumentParser:
                      help="training config override, e.g. train.learning_rate=3e-4 (repeatable)")
     det.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     det.add_argument("--seed", type=int, default=0)
+
+    from lensnet.studies.views import VIEWS
+
+    views = sub.add_parser("views", help="k-NN / linear-probe score of the embedding each SSL view yields")
+    views.add_argument("--data", required=True, help="a labelled dataset (labels score the embedding only)")
+    views.add_argument("--views", default=",".join(VIEWS), help=f"comma-separated among {', '.join(VIEWS)}")
+    views.add_argument("--method", default="simclr", help="simclr, byol or dino")
+    views.add_argument("--model", default="cnn_small")
+    views.add_argument("--epochs", type=int, default=3)
+    views.add_argument("--batch-size", type=int, default=64)
+    views.add_argument("--name", help="study name (default views-<data>-<method>)")
+    views.add_argument("--studies-dir", default=str(STUDIES_DIR), help=f"parent directory (default {STUDIES_DIR})")
+    views.add_argument("--fit-set", action="append", default=[], metavar="KEY=VALUE",
+                       help="pretraining config override, e.g. model.args.filters=[8,16] (repeatable)")
+    views.add_argument("--bootstrap", type=int, default=1000)
+    views.add_argument("--seed", type=int, default=0)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lensnet.core.tfboot import quiet_import
-    from lensnet.studies.detectability import StudySpec, parse_grid, run_study
 
     quiet_import()
+    if args.study == "views":
+        return _views(args)
+    from lensnet.studies.detectability import StudySpec, parse_grid, run_study
+
     spec = StudySpec(name=args.name or f"{Path(args.dataset).stem}-{args.knob}", knob=args.knob,
                      grid=parse_grid(args.grid), dataset=args.dataset, num=args.num, model=args.model,
                      epochs=args.epochs, seed=args.seed, data_set=list(args.data_set), fit_set=list(args.fit_set),
@@ -62,6 +87,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     for what, name in (("table", "results.csv"), ("plot", "detectability.png"), ("points", "points/")):
         print(f"  {what:6s} {root / name}")
     sys.stdout.flush()
+    return 0
+
+
+def _views(args: argparse.Namespace) -> int:
+    from lensnet.studies.views import ViewStudySpec, run_study
+
+    spec = ViewStudySpec(name=args.name or f"views-{Path(args.data).name}-{args.method}", data=args.data,
+                         views=[v.strip() for v in args.views.split(",") if v.strip()], method=args.method,
+                         model=args.model, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                         fit_set=list(args.fit_set), bootstrap=args.bootstrap)
+    root = run_study(spec, Path(args.studies_dir), lambda line: print(line, flush=True))
+    print((root / "results.csv").read_text(), end="")
+    print(f"  table  {root / 'results.csv'}\n  json   {root / 'results.json'}")
     return 0
 
 

@@ -27,7 +27,6 @@ from lensnet.core.errors import LensnetError
 
 MODES = ("scratch", "knn", "probe", "finetune")
 METHODS = ("simclr", "byol", "dino", "mae")
-KNN = 20
 # Published anchors, printed beside the measured rows.
 ANCHORS = (
     "DeepLense SSL project (ResNet-50, TF): contrastive pretraining fine-tuned on Model II/III reaches "
@@ -244,26 +243,19 @@ def _interval(run_dir: Path, info, args: argparse.Namespace) -> dict:
 
 def _knn_row(pretrain: str, info, train_split: str, fraction: float, args: argparse.Namespace) -> dict:
     """Weighted k-NN (DINO's) on the frozen embedding: the labelled subset votes for each test image."""
-    from lensnet.data import load
+    from lensnet.data.pipeline import subset_ids
+    from lensnet.studies.views import labels_by_id, split_embeddings
     from lensnet.tasks.scores import macro_auc_interval
     from lensnet.tasks.ssl_plots import knn_probabilities
-    from lensnet.training.evaluation import open_run_on, predict_split
 
-    run, task, data_info, model = open_run_on(pretrain, info.path, "test")
-    embed = {split: predict_split(model, task, data_info, split, run.normalisation, batch_size=128, progress=False)
-             for split in (train_split, "test")}
-    labels = {}
-    for split in (train_split, "test"):
-        for batch in load(info, split, batch_size=4096, fields=("id", "label"), shuffle=False, normalise="none"):
-            labels.update(zip((v.decode() for v in batch["id"].numpy()), batch["label"].numpy().tolist()))
-    from lensnet.data.pipeline import subset_ids
-
+    emb = split_embeddings(pretrain, info.path, (train_split, "test"))
+    labels = labels_by_id(info, (train_split, "test"))
     keep = set(subset_ids(info, train_split, fraction, args.subset_seed)) if fraction < 1 else None
-    train = [(e, labels[i]) for e, i in zip(embed[train_split]["y_pred"], embed[train_split]["ids"])
-             if keep is None or i in keep]
-    test_labels = np.array([labels[i] for i in embed["test"]["ids"]])
-    probs = knn_probabilities(np.array([e for e, _ in train]), np.array([y for _, y in train]),
-                              embed["test"]["y_pred"], len(info.class_names), k=KNN)
+    ids, train = emb[train_split]
+    rows = [k for k, i in enumerate(ids) if keep is None or i in keep]
+    test_labels = np.array([labels[i] for i in emb["test"][0]])
+    probs = knn_probabilities(train[rows], np.array([labels[ids[k]] for k in rows]), emb["test"][1],
+                              len(info.class_names), k=20)
     found = macro_auc_interval(test_labels, probs, args.bootstrap, args.seed)
     return {"macro_roc_auc": found["macro_roc_auc"], "accuracy": float(np.mean(probs.argmax(1) == test_labels)),
             "low": found["low"], "high": found["high"], "n_test": found["n_test"]}
