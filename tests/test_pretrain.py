@@ -1,5 +1,6 @@
-"""Self-supervised pretraining (issue 10): SimCLR, BYOL and MAE through `lensnet.fit --task pretrain`,
-bit-identical resume, MAE's masked-patch loss, lens views, and fine-tuning / linear probing from a
+"""Self-supervised pretraining (issues 10, 25): SimCLR, BYOL, DINO and MAE through `lensnet.fit --task
+pretrain`, bit-identical resume (BYOL's and DINO's cosine EMA schedules included), MAE's masked-patch
+loss, DINO's loss, centre and teacher temperature, lens views, and fine-tuning / linear probing from a
 pretraining run (`--init`, `--freeze backbone`) with its one-line errors."""
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ TINY_CNN = ["--model", "cnn_small", "--set", "model.args.filters=[8,16]", "--set
 TINY_VIT = ["--model", "vit_tiny", "--set", "model.args.patch_size=4", "--set", "model.args.num_layers=1",
             "--set", "model.args.hidden_dim=16", "--set", "model.args.num_heads=2", "--set", "model.args.mlp_dim=32",
             "--set", "task.decoder_dim=16", "--set", "task.decoder_depth=1", "--set", "task.decoder_heads=2"]
-METHODS = {"simclr": TINY_CNN, "byol": TINY_CNN, "mae": TINY_VIT}
+# a fixed schedule horizon: the 1-epoch run that is resumed to 2 follows the 2-epoch run's EMA schedule
+SCHEDULE = ["--set", "task.schedule_epochs=2"]
+TINY_DINO = [*TINY_CNN, *SCHEDULE, "--set", "task.prototypes=16", "--set", "task.local_crops=1",
+             "--set", "task.teacher_temperature=0.07"]
+METHODS = {"simclr": TINY_CNN, "byol": [*TINY_CNN, *SCHEDULE], "dino": TINY_DINO, "mae": TINY_VIT}
 COMMON = ["--batch-size", "16", "--seed", "0", "--no-progress", "--set", "run.verbose=0",
           "--set", "train.precise_bn_batches=2", "--set", "train.schedule=constant"]
 
@@ -83,10 +88,95 @@ def test_byol_target_follows_the_online_network_by_ema(runs: Path) -> None:
     trainable = {id(v) for v in model.trainable_variables}
     assert not any(id(t) in trainable for t, _ in pairs)  # the optimizer never touches the target
     before = [np.asarray(t).copy() for t, _ in pairs]
-    model.update_target()
+    m = float(model.momentum(1))
+    assert model.ema < m < 1
+    model.update_target(m)
     for (t, o), old in zip(pairs, before):
-        np.testing.assert_allclose(np.asarray(t), model.ema * old + (1 - model.ema) * np.asarray(o), rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(np.asarray(t), m * old + (1 - m) * np.asarray(o), rtol=1e-5, atol=1e-6)
+
+
+def test_ema_follows_the_cosine_schedule(runs: Path) -> None:
+    """BYOL's tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2: 0.996 at step 0, 1 at the end, read from the
+    optimizer's step counter in the training step."""
+    import keras
+    import tensorflow as tf
+
+    from lensnet.tasks.ssl_models import cosine_momentum
+
+    assert float(cosine_momentum(0.996, 0, 100)) == pytest.approx(0.996)
+    assert float(cosine_momentum(0.996, 50, 100)) == pytest.approx(0.998)
+    assert float(cosine_momentum(0.996, 100, 100)) == pytest.approx(1.0)
+    assert float(cosine_momentum(0.996, 500, 100)) == pytest.approx(1.0)
+    assert float(cosine_momentum(0.996, 70, 0)) == pytest.approx(0.996)  # constant schedule
+    values = [float(cosine_momentum(0.9, k, 10)) for k in range(11)]
+    assert values == sorted(values)
+
+    model = load(runs / "byol" / "checkpoints" / "last.keras")
+    assert model.ema == 0.996 and model.total_steps == 4  # 2 epochs of 2 steps (task.schedule_epochs=2)
+    model.compile(optimizer=keras.optimizers.Adam(0.0))  # lr 0: only the EMA moves the target
+    images = tf.random.stateless_normal([4, 16, 16, 1], [1, 1])
+    y = {"view1": images, "view2": images[::-1]}
+    for step, moves in ((model.total_steps, False), (0, True)):
+        model.optimizer.iterations.assign(step)
+        before = [np.asarray(t).copy() for t, _ in model.pairs()]
+        model.compute_step(images, y, None, training=True)
+        changed = any(not np.allclose(np.asarray(t), b) for (t, _), b in zip(model.pairs(), before))
+        assert changed == moves, step  # at the horizon the momentum is 1: the target stays where it is
+
+
+def test_dino_loss_centre_and_teacher_temperature(runs: Path) -> None:
+    import tensorflow as tf
+
+    model = load(runs / "dino" / "checkpoints" / "last.keras")
+    centre = model.centre.get_layer("centre").centre
+    assert np.abs(np.asarray(centre)).sum() > 0  # training moved the centre (an EMA of the teacher's logits)
+    assert float(model.teacher_temperature_at(0)) == pytest.approx(0.04)
+    assert float(model.teacher_temperature_at(model.teacher_warmup_steps)) == pytest.approx(0.07)
+    assert 0 < model.teacher_warmup_steps < model.total_steps
+
+    # the loss: the teacher's centred, sharpened softmax of global crop i against the student's other crops
+    rng = np.random.default_rng(0)
+    s0, s1, s2 = (rng.normal(size=(3, 16)).astype("float32") for _ in range(3))
+    teacher = rng.normal(size=(6, 16)).astype("float32")
+    loss, probs = model.dino_loss([tf.constant(s0), tf.constant(s1), tf.constant(s2)], tf.constant(teacher), 0)
+
+    def softmax(x):
+        e = np.exp(x - x.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    t = softmax((teacher - np.asarray(centre)) / 0.04)
+    np.testing.assert_allclose(probs.numpy(), t, rtol=1e-4, atol=1e-6)
+    ce = [-(t[i * 3:(i + 1) * 3] * np.log(softmax(s / model.student_temperature))).sum(1)
+          for i, s in ((0, s1), (0, s2), (1, s0), (1, s2))]  # never (teacher 0, student 0) nor (1, 1)
+    np.testing.assert_allclose(loss.numpy(), np.mean(ce, axis=0), rtol=1e-4)
+
+    # weight-normalised prototypes: scaling the kernel changes nothing, and unit inputs give cosines
+    layer = model.network.get_layer("student_encoder").get_layer("dino_prototypes")
+    x = tf.math.l2_normalize(tf.constant(rng.normal(size=(5, layer.kernel.shape[0])), tf.float32), axis=1)
+    before = layer(x).numpy()
+    assert np.abs(before).max() <= 1 + 1e-5
+    layer.kernel.assign(layer.kernel * 7.0)
+    np.testing.assert_allclose(layer(x).numpy(), before, rtol=1e-5, atol=1e-6)
+
+
+def test_dino_views_are_two_global_and_local_crops(synthetic_info) -> None:
+    import tensorflow as tf
+
+    from lensnet.tasks.base import BatchContext
+    from lensnet.tasks.pretrain import Pretrain, PretrainConfig
+
+    task = Pretrain(PretrainConfig(method="dino", local_crops=3))
+    task.setup(synthetic_info)
+    images = tf.random.stateless_normal([4, 16, 16, 1], [2, 2])
+    context = BatchContext(seed=0, epoch=0, step=0, training=True)
+    x, y, _ = task.prepare({"image": images}, context)
+    assert tuple(y["local"].shape) == (4, 3, 16, 16, 1) and tuple(y["view1"].shape) == (4, 16, 16, 1)
+    again = task.prepare({"image": images}, context)[1]
+    np.testing.assert_array_equal(again["local"].numpy(), y["local"].numpy())  # seeded
+    # a local crop is a zoom into a small part: its pixels vary less between neighbours than a global view's
+    local_rough = np.abs(np.diff(y["local"].numpy(), axis=2)).mean()
+    global_rough = np.abs(np.diff(y["view1"].numpy(), axis=2)).mean()
+    assert local_rough < 0.8 * global_rough
 
 
 def test_byol_target_normalises_with_batch_statistics(runs: Path) -> None:
@@ -272,7 +362,8 @@ def test_embedding_exports_and_predicts(runs: Path, synthetic_dataset: Path, tmp
     assert len(rows) == 16 and {"emb_0", "emb_15"} <= set(rows[0])
 
 
-def test_byol_trains_on_two_workers_with_its_ema(synthetic_dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["byol", "dino"])
+def test_ema_methods_train_on_two_workers(synthetic_dataset: Path, tmp_path: Path, method: str) -> None:
     """The EMA lives in compute_step, so the multi-worker custom loop applies it too. With ema 0 and two
     steps, the target ends as the online network after step 1: one Adam step (lr x sign of the gradient,
     the same on one device and on two workers) away from its starting copy, which it would still be
@@ -282,10 +373,11 @@ def test_byol_trains_on_two_workers_with_its_ema(synthetic_dataset: Path, tmp_pa
 
     from workers import workers
 
-    one = [*pretrain_argv(synthetic_dataset, tmp_path, "one", "byol", 1), "--set", "task.ema=0.0"]
+    constant = ["--set", "task.ema=0.0", "--set", "task.ema_schedule=constant"]
+    one = [*pretrain_argv(synthetic_dataset, tmp_path, "one", method, 1), *constant]
     assert run_cli(fit_main, one) == 0
-    argv = [sys.executable, "-m", "lensnet.fit", *pretrain_argv(synthetic_dataset, tmp_path, "mw", "byol", 1),
-            "--strategy", "multiworker", "--set", "run.verbose=2", "--set", "task.ema=0.0"]
+    argv = [sys.executable, "-m", "lensnet.fit", *pretrain_argv(synthetic_dataset, tmp_path, "mw", method, 1),
+            "--strategy", "multiworker", "--set", "run.verbose=2", *constant]
     results = workers(argv, tmp_path / "logs")
     for code, out in results:
         assert code == 0, out[-3000:]
@@ -311,3 +403,22 @@ def test_init_without_model_takes_the_init_runs_model(tmp_path: Path) -> None:
     assert config["model"]["name"] == "vit_tiny" and config["model"]["args"] == {"patch_size": 4}
     config = resolve_fit_config("substructure", None, {"model": {"init": str(init), "name": "cnn_small"}})
     assert config["model"]["name"] == "cnn_small"  # an explicit --model wins (and must then match)
+
+
+def test_view_defaults_follow_the_dataset_preset(synthetic_info, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A view left at null takes the measured default of the dataset's preset (its manifest name); a set one wins."""
+    import lensnet.data.views as views
+    from lensnet.tasks.pretrain import Pretrain, PretrainConfig
+
+    monkeypatch.setitem(views.PRESET_VIEWS, synthetic_info.name, {"view_crop": 0.5, "view_shift": 0})
+    task = Pretrain(PretrainConfig())
+    task.setup(synthetic_info)
+    assert task.views.crop == 0.5 and task.views.shift == 0 and task.views.flux == views.GENERIC_VIEWS["view_flux"]
+    assert task.state()["views"]["crop"] == 0.5  # run.json records the views used
+    task = Pretrain(PretrainConfig(view_crop=0.9))
+    task.setup(synthetic_info)
+    assert task.views.crop == 0.9 and task.views.shift == 0
+    monkeypatch.delitem(views.PRESET_VIEWS, synthetic_info.name)
+    task = Pretrain(PretrainConfig())
+    task.setup(synthetic_info)
+    assert task.views.crop == views.GENERIC_VIEWS["view_crop"] and task.views.shift == views.GENERIC_VIEWS["view_shift"]

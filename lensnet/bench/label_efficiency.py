@@ -212,6 +212,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 for key in ("pretrain_epochs", "pretrain_seconds"):
                     row[key] = src.get(key)
                 rows.append(row)
+                print(f"  -> {keys[0]} {_fmt(row.get(keys[0]))} [{_fmt(row.get('low'))}, {_fmt(row.get('high'))}] "
+                      f"in {row['seconds']:g} s", flush=True)
 
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(os.environ.get("LENSNET_BENCH_DIR", "bench/results"))
@@ -241,6 +243,9 @@ def _interval(run_dir: Path, info, args: argparse.Namespace) -> dict:
     return {"low": found["low"], "high": found["high"], "n_test": found["n_test"]}
 
 
+_EMBEDDINGS: dict = {}
+
+
 def _knn_row(pretrain: str, info, train_split: str, fraction: float, args: argparse.Namespace) -> dict:
     """Weighted k-NN (DINO's) on the frozen embedding: the labelled subset votes for each test image."""
     from lensnet.data.pipeline import subset_ids
@@ -248,8 +253,11 @@ def _knn_row(pretrain: str, info, train_split: str, fraction: float, args: argpa
     from lensnet.tasks.scores import macro_auc_interval
     from lensnet.tasks.ssl_plots import knn_probabilities
 
-    emb = split_embeddings(pretrain, info.path, (train_split, "test"))
-    labels = labels_by_id(info, (train_split, "test"))
+    key = (pretrain, str(info.path), train_split)
+    if key not in _EMBEDDINGS:  # one embedding pass per pretraining run, whatever the fractions
+        _EMBEDDINGS[key] = (split_embeddings(pretrain, info.path, (train_split, "test")),
+                            labels_by_id(info, (train_split, "test")))
+    emb, labels = _EMBEDDINGS[key]
     keep = set(subset_ids(info, train_split, fraction, args.subset_seed)) if fraction < 1 else None
     ids, train = emb[train_split]
     rows = [k for k, i in enumerate(ids) if keep is None or i in keep]

@@ -53,6 +53,18 @@ class ViewOptions:
             raise LensnetError(f"{where}.view_crop must be in (0, 1], got {self.crop!r}")
 
 
+# The task's view settings (lensnet.tasks.pretrain, `task.view_*`) when left at null: per dataset preset, as
+# measured by `python -m lensnet.study views` (docs/ssl.md); a dataset of another name takes GENERIC_VIEWS.
+GENERIC_VIEWS: dict[str, float] = {"view_shift": 2, "view_crop": 1.0, "view_blur": 0.0, "view_flux": 1.25,
+                                   "view_noise": 0.0}
+PRESET_VIEWS: dict[str, dict[str, float]] = {}
+
+
+def preset_views(dataset_name: str | None) -> dict[str, float]:
+    """The default view settings of a dataset (its manifest name: the preset it was simulated from)."""
+    return {**GENERIC_VIEWS, **PRESET_VIEWS.get(str(dataset_name), {})}
+
+
 def _gather_shifted(x: Any, offsets: Any, axis: int) -> Any:
     """x (N, H, W, C) with row n shifted by offsets[n] pixels along `axis` (1 or 2), border pixels repeated."""
     import tensorflow as tf

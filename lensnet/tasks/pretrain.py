@@ -57,14 +57,15 @@ class PretrainConfig:
     decoder_heads: int = 4  # mae
     norm_pix_loss: bool = False  # mae: regress per-patch normalised pixels
     symmetry: str | None = "auto"  # view symmetry: auto (= data.augment, the dataset's symmetry) | d4 | flips | none
-    view_shift: int = 2  # max integer shift of a view, pixels
-    view_crop: float = 1.0  # smallest area fraction of a random crop resized back to full size (1 = no crop)
-    # Off by default: blur and re-drawn noise wash out the few-pixel perturbations substructure makes.
-    # Measured on the Model II replica (README, label efficiency): SimCLR with blur 1 px + noise 0.1 made
-    # fine-tuning at 10% labels worse than scratch (0.617 vs 0.897 AUC); without them, better (0.949).
-    view_blur: float = 0.0  # max PSF-like gaussian sigma, pixels
-    view_flux: float = 1.25  # flux scale in [1/view_flux, view_flux]
-    view_noise: float = 0.0  # re-drawn gaussian noise, as a fraction of the image std
+    # The views below, when null, take the dataset preset's measured defaults (lensnet.data.views.PRESET_VIEWS,
+    # set from `python -m lensnet.study views`: docs/ssl.md), else GENERIC_VIEWS. Blur and re-drawn noise are off
+    # in both: they wash out the few-pixel perturbations substructure makes (measured on the Model II replica:
+    # SimCLR with blur 1 px + noise 0.1 made fine-tuning at 10% labels worse than scratch, 0.617 vs 0.897 AUC).
+    view_shift: int | None = None  # max integer shift of a view, pixels
+    view_crop: float | None = None  # smallest area fraction of a random crop resized back to full size (1 = none)
+    view_blur: float | None = None  # max PSF-like gaussian sigma, pixels
+    view_flux: float | None = None  # flux scale in [1/view_flux, view_flux]
+    view_noise: float | None = None  # re-drawn gaussian noise, as a fraction of the image std
 
 
 @register_task
@@ -107,13 +108,18 @@ class Pretrain(Task):
         self.view_options(None).check()
 
     def view_options(self, data_augment: str | None) -> Any:
-        from lensnet.data.views import ViewOptions
+        """The views of this run: task.view_* where set, else the dataset preset's defaults."""
+        from lensnet.data.views import ViewOptions, preset_views
 
         c = self.config
+        info = getattr(self, "info", None)
+        defaults = preset_views(info.name if info is not None else None)
+        value = {key: defaults[key] if getattr(c, key) is None else getattr(c, key) for key in defaults}
         symmetry = data_augment if c.symmetry == "auto" else c.symmetry
         symmetry = None if symmetry in (None, "none") else symmetry
-        return ViewOptions(symmetry=symmetry, shift=c.view_shift, blur=float(c.view_blur), flux=float(c.view_flux),
-                           noise=float(c.view_noise), crop=float(c.view_crop))
+        return ViewOptions(symmetry=symmetry, shift=value["view_shift"],
+                           blur=float(value["view_blur"]), flux=float(value["view_flux"]),
+                           noise=float(value["view_noise"]), crop=float(value["view_crop"]))
 
     def local_view_options(self) -> Any:
         """DINO's local crops: the global views' options with a small crop."""
@@ -154,8 +160,11 @@ class Pretrain(Task):
         return {**seen, "train_fraction": subset[0], "subset_seed": subset[1]} if subset else seen
 
     def state(self) -> dict:
+        import dataclasses
+
+        views = dataclasses.asdict(self.views) if getattr(self, "views", None) is not None else None
         return {"method": self.config.method, "embedding_dim": self.embedding_dim, "num_patches": self.num_patches,
-                "class_names": self.class_names, "seen": self.seen}
+                "class_names": self.class_names, "seen": self.seen, "views": views}
 
     def prepare(self, batch: dict, context: BatchContext) -> tuple:
         import tensorflow as tf
