@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 # name -> (module defining main(argv), imports TensorFlow first (quietly), one-line summary)
 COMMANDS: dict[str, tuple[str, bool, str]] = {
-    "simulate": ("lensnet.simulate.command", False, "simulate lens images into a TFRecord dataset"),
+    "simulate": ("lensnet.simulate.__main__", False, "simulate lens images into a TFRecord dataset"),
     "convert": ("lensnet.convert", False, "import DeepLense .npy folders or FITS cutouts as a dataset"),
     "data": ("lensnet.data.__main__", True, "check or describe a dataset"),
     "models": ("lensnet.models.__main__", True, "list the registered models"),

@@ -351,7 +351,7 @@ def test_auto_augmentation_follows_the_dataset_symmetry(capsys, synthetic_datase
     replica (its fixed macro model is not invariant under quarter turns), d4 when none is recorded."""
     import yaml
 
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
 
     replica = tmp_path / "replica"
     simulate_dataset("deeplense_model_ii", replica, num=30, seed=0, overrides={"image": {"size": 16}},

@@ -29,7 +29,7 @@ def fit_argv(data: Path, runs: Path, model: str, name: str, *extra: str) -> list
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The super_resolution preset at LR 16x16 / HR 32x32 (48 records)."""
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
 
     out = tmp_path_factory.mktemp("sr") / "pairs"
     simulate_dataset("super_resolution", out, num=48, seed=0, progress=False,

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dataset(args: argparse.Namespace) -> Path:
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
 
     path = Path(args.data_dir) / f"bench-{args.dataset}-{args.num}-lr{args.lr_size}-seed{args.seed}"
     simulate_dataset(args.dataset, path, num=args.num, seed=args.seed, workers=os.cpu_count() or 1, progress=False,

@@ -44,7 +44,8 @@ def resolve_dataset(config: dict, progress: bool = True):
     if not (path / "manifest.json").is_file() and not is_chief():
         _wait_for_chief_dataset(path)
     if not (path / "manifest.json").is_file():
-        from lensnet.simulate.command import print_summary, simulate_dataset
+        from lensnet.data.writer import print_summary
+        from lensnet.simulate.dataset import simulate_dataset
 
         print(f"no dataset at {path}: simulating the default '{preset}' dataset "
               f"({data['default_num']} records, seed {DEFAULT_DATASET_SEED})", flush=True)
