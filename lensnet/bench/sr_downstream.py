@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     import tensorflow as tf
 
     from lensnet.bench.deeplense import bench_fit
-    from lensnet.core.runs import load_model
     from lensnet.tasks import image_quality as iq
+    from lensnet.tasks.checkpoints import load_model
 
     t0 = time.perf_counter()
     data = _dataset(args)

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from lensnet.artifacts.export_layout import INPUT_NAME, SIGNATURE
+from lensnet.artifacts.exports import ExportedModel, load_export
+from lensnet.artifacts.versions import list_versions
 from lensnet.core.errors import LensnetError
-from lensnet.serving.layout import INPUT_NAME, SIGNATURE
-from lensnet.serving.loading import ExportedModel, load_export
 from lensnet.serving.runtimes import Runner, open_runner
-from lensnet.serving.versions import list_versions
 
 DEFAULT_MAX_BODY_MB = 16.0
 DEFAULT_MAX_BATCH = 256

@@ -24,19 +24,19 @@ def simulate_dataset(
     progress: bool = True,
 ) -> WriteSummary:
     """Simulate preset `dataset` (a name or a YAML path) into `out` (default tfrecords/<name>)."""
-    from lensnet.simulate.presets import resolve_dataset_config
+    from lensnet.simulate.presets import resolve_dataset
     from lensnet.simulate.source import SimulationSource
 
     if seed < 0:
         raise LensnetError(f"--seed must be >= 0, got {seed}")
-    config = resolve_dataset_config(dataset, overrides or {})
+    config, spec = resolve_dataset(dataset, overrides or {})
     if num is not None:
         config["num"] = int(num)
     if config["num"] < 1:
         raise LensnetError(f"--num must be >= 1, got {config['num']}")
     out = Path(out) if out is not None else Path("tfrecords") / config["name"]
     plans = plan_shards(split_counts(config["num"], config["splits"]), int(config["records_per_shard"]))
-    source = SimulationSource(config, seed)
+    source = SimulationSource(config, seed, spec)
     manifest_base = {
         "name": config["name"],
         "kind": "simulated",
