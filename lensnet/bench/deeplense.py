@@ -20,6 +20,8 @@ import os
 import tempfile
 from pathlib import Path
 
+SUMMARY = "The published DeepLense tables on the replica presets (classification, axion mass, domain shift)"
+
 PUBLISHED = {
     "deeplense_model_i": {"cvt_accuracy": 0.9154, "resnet18_val_accuracy": 0.9448, "axion_mae": 0.27},
     "deeplense_model_ii": {"cvt_accuracy": 0.9941, "resnet18_val_accuracy": 0.9913, "axion_mae": 0.22,

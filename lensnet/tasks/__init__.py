@@ -2,14 +2,11 @@
 a module of this package. Importing registers them all (and the task-model classes, so that checkpoints
 load under Keras safe_mode): a new task or output kind is one file here, nothing else to edit."""
 
-import importlib
-import pkgutil
-
+from lensnet.core.plugins import import_modules
 from lensnet.tasks.base import BatchContext, Task, get_task_class, list_tasks, register_task, task_from_config
 from lensnet.tasks.model import MetricInputs, SupervisedModel, TaskModel
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+import_modules(__name__)
 
 __all__ = ["BatchContext", "MetricInputs", "SupervisedModel", "Task", "TaskModel", "get_task_class", "list_tasks",
            "register_task", "task_from_config"]
