@@ -8,7 +8,8 @@ Planck 2018 astropy cosmology, z_source_convention 2.5, z_source 1.0, `magnitude
 point_source_supersampling_factor 1 only, stored image = image_model + image_model). `set_instrument`
 builds kwargs_single_band from the installed ObservationConfig, as DeepLenseSim does.
 
-Usage: python deeplense_callpath.py SCENES.json OUT.npy
+Usage: REFERENCE_PYTHON lensnet/bench/deeplense_callpath.py SCENES.json OUT.npy (it imports nothing of lensnet;
+lensnet.bench.replica_fidelity and tests/test_replica_callpath.py run it)
 SCENES.json: {"model": "I"|"II"|"III", "scenes": [{"lens_model_list": [...], "kwargs_lens": [...],
 "kwargs_source": [...]}, ...], optional "z_source_convention", "cosmology": {"H0", "Om0", "Ob0"}}.
 OUT.npy: float64 (n, H, W) images (Model I: the noiseless `image_model`, since its noise is random).
