@@ -26,7 +26,7 @@ BENCHMARKS = {
     "pipeline-e2e": "lensnet.pipeline tiles/s on synthetic survey images + recall/precision of injected lenses",
     "label-efficiency": "Scratch vs linear probe vs fine-tune from a pretraining run at 1%, 10%, 100% of the labels",
     "los-born": "Line-of-sight haloes: lensnet's Born approximation vs lenstronomy multi-plane ray tracing",
-    "replica-fidelity": "DeepLense replicas vs DeepLenseSim's call path under lenstronomy 1.9.2; ring size before/after",
+    "replica-fidelity": "DeepLense replicas vs DeepLenseSim's call path (lenstronomy 1.9.2); ring size before/after",
     "population-draws": "Cost of the dark-matter population draws alone (CDM, WDM, line of sight), per image",
 }
 
