@@ -16,7 +16,8 @@ import pytest
 from lensnet.core.errors import LensnetError, run_cli
 from lensnet.core.fileio import sha256_file
 from lensnet.data.tfrecord import iter_records
-from lensnet.simulate.command import main, simulate_dataset
+from lensnet.simulate.__main__ import main
+from lensnet.simulate.dataset import simulate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"image": {"size": 16}, "records_per_shard": 8}

@@ -8,8 +8,9 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from lensnet.bench.common import format_table, save_results
+from lensnet.bench.common import save_results
 from lensnet.core.errors import cli_exit
+from lensnet.core.tables import format_table
 
 # name -> module under lensnet.bench (the name with - as _) defining add_arguments(parser) and run(args) -> list[dict]
 BENCHMARKS = {

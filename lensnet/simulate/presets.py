@@ -6,12 +6,15 @@ import copy
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lensnet.core.config import load_yaml, merge
 from lensnet.core.errors import LensnetError
 from lensnet.simulate.halo_models import HALO_MODEL_DEFAULTS
 from lensnet.simulate.priors import is_prior_spec
+
+if TYPE_CHECKING:
+    from lensnet.simulate.scene_spec import SceneSpec
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
 
@@ -230,13 +233,20 @@ REPLICA_FREE = ("name", "description", "num", "splits", "records_per_shard", "cl
                 "noise.enabled", "noise.poisson", "noise.background")
 
 
-def resolve_dataset_config(preset_or_path: str | None, overrides: dict | None = None) -> dict:
-    """Preset name or YAML path (None: the defaults) + overrides -> fully resolved, validated config."""
+def resolve_dataset(preset_or_path: str | None, overrides: dict | None = None) -> tuple[dict, SceneSpec]:
+    """Preset name or YAML path (None: the defaults) + overrides -> (fully resolved config, its parsed scene).
+
+    The scene is parsed here once; the simulator and its worker processes receive it (see SimulationSource).
+    """
     config = _load(preset_or_path, ()) if preset_or_path else copy.deepcopy(DATASET_DEFAULTS)
     if overrides:
         config = _merge(config, overrides, where="dataset")
-    validate(config)
-    return config
+    return config, validate(config)
+
+
+def resolve_dataset_config(preset_or_path: str | None, overrides: dict | None = None) -> dict:
+    """Preset name or YAML path (None: the defaults) + overrides -> fully resolved, validated config."""
+    return resolve_dataset(preset_or_path, overrides)[0]
 
 
 def _first_difference(ours: Any, theirs: Any, where: str) -> str | None:
@@ -281,8 +291,8 @@ def _check_int(value: Any, field: str, minimum: int) -> None:
         raise LensnetError(f"{field}: expected an integer >= {minimum}, got {value!r}")
 
 
-def validate(config: dict) -> None:
-    """Raise a LensnetError naming the first bad field; the scene parser checks the physics sections."""
+def validate(config: dict) -> SceneSpec:
+    """The parsed scene, or a LensnetError naming the first bad field (the scene parser checks the physics)."""
     from lensnet.simulate.scene_spec import parse_scene
 
     if not isinstance(config["name"], str) or not config["name"].strip():
@@ -304,4 +314,4 @@ def validate(config: dict) -> None:
     if splits["train"] <= 0:
         raise LensnetError("splits.train: must be > 0")
     check_replica(config)  # first: a replica's refusal says more than the physics error it would cause
-    parse_scene(config)
+    return parse_scene(config)
