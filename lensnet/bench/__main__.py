@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import shlex
 import sys
 from collections.abc import Sequence
 
 from lensnet.bench.common import save_results
 from lensnet.core.errors import cli_exit
-from lensnet.core.plugins import import_modules
+from lensnet.core.plugins import declared_modules
 from lensnet.core.tables import format_table
 
 SUMMARY = "run a benchmark"  # its line in `lensnet --help`
@@ -20,17 +21,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m lensnet.bench", description=__doc__)
     sub = parser.add_subparsers(dest="name", required=True, metavar="NAME")
-    # every module of lensnet.bench with a SUMMARY is a benchmark (lensnet.core.plugins): NAME is its file name
-    # with - for _, and it defines add_arguments(parser) and run(args) -> list[dict]
+    # every module of lensnet.bench that declares a SUMMARY is a benchmark (lensnet.core.plugins): NAME is its file
+    # name with - for _, and it defines add_arguments(parser) and run(args) -> list[dict]; others are helpers
     modules = {}
-    for short, module in import_modules("lensnet.bench", skip=("__main__", "common")).items():
-        if getattr(module, "SUMMARY", None) is None:
-            continue
+    for short, (module_name, summary) in declared_modules("lensnet.bench", "SUMMARY", skip=("__main__",)).items():
         name = short.replace("_", "-")
-        modules[name] = module
-        sp = sub.add_parser(name, help=module.SUMMARY.replace("%", "%%"),
-                            description=module.SUMMARY.replace("%", "%%"))
-        module.add_arguments(sp)
+        modules[name] = importlib.import_module(module_name)
+        sp = sub.add_parser(name, help=summary.replace("%", "%%"), description=summary.replace("%", "%%"))
+        modules[name].add_arguments(sp)
     args = parser.parse_args(argv)
     rows = modules[args.name].run(args)
     options = {k: v for k, v in vars(args).items() if k != "name"}

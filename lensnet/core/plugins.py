@@ -38,17 +38,25 @@ def module_constant(path: Path, name: str) -> str | None:
     return None
 
 
-def command_modules(package: str = "lensnet") -> dict[str, tuple[str, str]]:
-    """Command name -> (module defining main(argv), summary): every top-level module of `package` and every
-    subpackage's `__main__.py` that declares a `SUMMARY` line."""
+def declared_modules(package: str, constant: str, skip: tuple[str, ...] = ()) -> dict[str, tuple[str, str]]:
+    """Short name -> (module name, value) of the modules of `package` that declare the string `constant`
+    (a subpackage counts through its __main__.py), read from their source without importing them."""
     root = Path(importlib.import_module(package).__path__[0])
     found: dict[str, tuple[str, str]] = {}
     for info in sorted(pkgutil.iter_modules([str(root)]), key=lambda m: m.name):
+        if info.name in skip:
+            continue
         if info.ispkg:
             path, module = root / info.name / "__main__.py", f"{package}.{info.name}.__main__"
         else:
             path, module = root / f"{info.name}.py", f"{package}.{info.name}"
-        summary = module_constant(path, "SUMMARY") if path.is_file() else None
-        if summary is not None:
-            found[info.name] = (module, summary)
+        value = module_constant(path, constant) if path.is_file() else None
+        if value is not None:
+            found[info.name] = (module, value)
     return found
+
+
+def command_modules(package: str = "lensnet") -> dict[str, tuple[str, str]]:
+    """Command name -> (module defining main(argv), summary): every top-level module of `package` and every
+    subpackage's `__main__.py` that declares a `SUMMARY` line."""
+    return declared_modules(package, "SUMMARY")

@@ -43,6 +43,9 @@ DATASET_DEFAULTS: dict = {
         # total exposure time in seconds, replacing the preset's (lenstronomy recomputes the background rms
         # from it): the noise-level knob of a preset instrument; custom instruments set custom.exposure_time
         "exposure_time": None,
+        # band -> lenstronomy kwargs_single_band written out in full: used instead of the installed
+        # lenstronomy's ObservationConfig, so an upgrade cannot change the data (replicas pin their reference's)
+        "pinned": None,
         "custom": {
             "pixel_scale": 0.05,
             "psf_fwhm": 0.087,
@@ -55,6 +58,10 @@ DATASET_DEFAULTS: dict = {
     "noise": {"enabled": True, "poisson": True, "background": True, "scheme": "lensnet"},
     # mass_to_angle: angular_diameter (lenstronomy's LensCosmo) | deeplense_luminosity (DeepLenseSim's quirk)
     "cosmology": {"H0": 70.0, "Om0": 0.3, "z_lens": 0.5, "z_source": 1.0, "mass_to_angle": "angular_diameter",
+                  # null: single lens plane. Or lenstronomy's multi-plane redshift convention as a reference
+                  # called it ({z_source_convention, H0, Om0, Ob0}): every profile's normalisation is then a
+                  # deflection for a source at z_source_convention, ray-traced to z_source in that cosmology
+                  "multi_plane": None,
                   # read only by the colossus halo-model relations (concentrations, Sheth-Tormen): Planck 2018
                   "halo_model": dict(HALO_MODEL_DEFAULTS)},
     "lens": {
@@ -155,7 +162,7 @@ DATASET_DEFAULTS: dict = {
 }
 
 SYMMETRIES = ("d4", "flips", "none")
-OPEN_KEYS = ("source.colors", "lens_light.colors")
+OPEN_KEYS = ("source.colors", "lens_light.colors", "instrument.pinned")  # pinned: band -> settings
 
 
 def list_presets() -> list[tuple[str, str]]:
