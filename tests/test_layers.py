@@ -76,3 +76,14 @@ def test_the_contracts_name_every_command_module() -> None:
     commands = {module for module, _ in COMMANDS.values() if not module.endswith(".__main__")} | {"lensnet.cli"}
     assert top == commands
     assert set(forbidden["forbidden_modules"]) == commands | {"lensnet.*.__main__"}
+
+
+def test_every_package_says_what_it_holds_and_what_it_may_import() -> None:
+    import ast
+
+    missing = []
+    for init in sorted((ROOT / "lensnet").glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        if "Layer:" not in doc or len(doc.split("Layer:")[0].strip()) < 20:
+            missing.append(init.parent.name)
+    assert missing == []

@@ -5,6 +5,8 @@ A backbone returns features (a map or tokens, see `lensnet.models.registry`);
 
 Importing this package registers every family, so `keras.models.load_model` can
 rebuild a saved lensnet model (`import lensnet.models` before loading).
+
+Layer: above core, beside data (the two never import each other). May import lensnet.core only.
 """
 
 from lensnet.core.plugins import import_modules
