@@ -25,6 +25,8 @@ import numpy as np
 
 from lensnet.core.errors import LensnetError
 
+SUMMARY = "Scratch vs k-NN / probe / fine-tune from SSL pretraining (opt. on unlabelled data) at 1%, 10%, 100% labels"
+
 MODES = ("scratch", "knn", "probe", "finetune")
 METHODS = ("simclr", "byol", "dino", "mae")
 # Published anchors, printed beside the measured rows.
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise LensnetError("--modes knn needs a classification task")
     data = args.data
     if not data:
-        from lensnet.simulate.command import simulate_dataset
+        from lensnet.simulate.dataset import simulate_dataset
 
         data = f"tfrecords/bench-{args.dataset}-{args.num}-seed{args.seed}"
         if not (Path(data) / "manifest.json").is_file():

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from lensnet.artifacts.outputs import OutputSpec
 from lensnet.core.errors import LensnetError
 from lensnet.tasks.base import BackboneFactory, BatchContext, Task, pooled_network, register_task
-from lensnet.tasks.outputs import OutputSpec
 
 METHODS = ("simclr", "byol", "dino", "mae")
 KNN = 5
