@@ -57,7 +57,7 @@ class ViewOptions:
 # measured by `python -m lensnet.study views` (docs/ssl.md); a dataset of another name takes GENERIC_VIEWS.
 GENERIC_VIEWS: dict[str, float] = {"view_shift": 2, "view_crop": 1.0, "view_blur": 0.0, "view_flux": 1.25,
                                    "view_noise": 0.0}
-PRESET_VIEWS: dict[str, dict[str, float]] = {}
+PRESET_VIEWS: dict[str, dict[str, float]] = {"deeplense_model_ii": {"view_shift": 4, "view_flux": 1.0}}
 
 
 def preset_views(dataset_name: str | None) -> dict[str, float]:
