@@ -123,7 +123,9 @@ def test_ema_follows_the_cosine_schedule(runs: Path) -> None:
         model.optimizer.iterations.assign(step)
         before = [np.asarray(t).copy() for t, _ in model.pairs()]
         model.compute_step(images, y, None, training=True)
-        changed = any(not np.allclose(np.asarray(t), b) for (t, _), b in zip(model.pairs(), before))
+        # kernels only: the target's forward pass in training mode also moves its BatchNorm statistics
+        changed = any(not np.allclose(np.asarray(t), b) for (t, _), b in zip(model.pairs(), before)
+                      if len(t.shape) > 1)
         assert changed == moves, step  # at the horizon the momentum is 1: the target stays where it is
 
 
