@@ -53,8 +53,13 @@ class Schema:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def standard(cls, image_shapes: Mapping[str, Sequence[int]], param_names: Iterable[str] = ()) -> Schema:
-        """Core fields, the named images and one float per physical parameter."""
+    def standard(cls, image_shapes: Mapping[str, Sequence[int]], param_names: Iterable[str] = (),
+                 text_names: Iterable[str] = ()) -> Schema:
+        """Core fields, the named images, one float per physical parameter and one string per text field.
+
+        Text fields hold per-record categories that are not numbers, e.g. a lens-finding non-lens's
+        `subtype` ("spiral", "ring", ...); their integer code is stored beside them as a float parameter.
+        """
         features = [
             Feature("id", "bytes"),
             Feature("seed", "int"),
@@ -63,6 +68,7 @@ class Schema:
         ]
         features += [Feature(name, "image", tuple(int(s) for s in shape)) for name, shape in image_shapes.items()]
         features += [Feature(name, "float") for name in param_names]
+        features += [Feature(name, "bytes") for name in text_names]
         return cls(features)
 
     @classmethod
@@ -95,6 +101,11 @@ class Schema:
     @property
     def param_names(self) -> list[str]:
         return [f.name for f in self.features if f.kind == "float"]
+
+    @property
+    def text_names(self) -> list[str]:
+        """Per-record string fields beyond the core ones (e.g. `subtype`)."""
+        return [f.name for f in self.features if f.kind == "bytes" and f.name not in CORE_FIELDS]
 
     # ---- encoding (no TensorFlow) ---------------------------------------------------------
     def encode(self, record: Mapping[str, Any]) -> bytes:

@@ -47,7 +47,7 @@ from lensnet.simulate.substructure import (
     parse_wdm_config,
 )
 
-KINDS = ("substructure", "lens_finding", "super_resolution")
+KINDS = ("substructure", "lens_finding", "super_resolution")  # + lens_finding_survey (survey_population.py)
 SUBSTRUCTURE_CLASSES = ("no_sub", "cdm", "axion", "wdm")
 LENS_FINDING_CLASSES = ("lens", "non_lens")
 CONFUSER_TYPES = ("galaxy_only", "neighbours", "arc_like", "ring")  # confuser_type stores the index
@@ -895,8 +895,12 @@ class LensFindingSimulator(Simulator):
         return {"image": np.stack(channels, axis=-1).astype(np.float32)}, params
 
 
-def build_simulator(config: dict) -> Simulator:
+def build_simulator(config: dict) -> Any:
     """Simulator for a config as returned by lensnet.simulate.presets.resolve_dataset_config."""
+    if config["kind"] == "lens_finding_survey":
+        from lensnet.simulate.survey_population import SurveyLensFindingSimulator
+
+        return SurveyLensFindingSimulator(config)
     spec = parse_scene(config)
     if spec.kind == "substructure":
         return SubstructureSimulator(config, spec)
