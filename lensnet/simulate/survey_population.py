@@ -463,7 +463,6 @@ class SurveyLensFindingSimulator:
                       center_x=cx, center_y=cy)
         profiles: list[np.ndarray] = []
         fluxes: list[np.ndarray] = []
-        points: list[tuple[float, float, np.ndarray]] = []
         field = cfg["field_galaxies"]
         n_field = min(int(rng.poisson(float(field["mean"]))), int(field["max_count"]))
         span = _range(field, "separation", "field_galaxies")
@@ -538,6 +537,7 @@ class SurveyLensFindingSimulator:
             arc_b = self._convolve(unit, b) * flux[b]
             snr = self._arc_snr_band(arc_b, arc_b + host_b)
             passes = snr >= float(sel["min_arc_snr"]) and magnification >= float(sel["min_magnification"])
+            used = attempt
             if best is None or passes or snr > best[0]:
                 best = (snr, unit, theta, z_s, src, magnification, passes)
             if passes:
@@ -548,7 +548,7 @@ class SurveyLensFindingSimulator:
                       source_R_sersic=src["r_e"], source_n_sersic=src["n"], n_clumps=float(src["n_clumps"]),
                       magnification=magnification, arc_snr=snr,
                       arc_mag=float(src["mags"][b] - 2.5 * math.log10(max(magnification, 1e-30))),
-                      passes_selection=float(passes), selection_tries=float(attempt))
+                      passes_selection=float(passes), selection_tries=float(used))
         return unit
 
     def _impostor(self, kind: str, rng: np.random.Generator, host: dict, cx: float, cy: float, params: dict
