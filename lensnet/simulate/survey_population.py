@@ -681,7 +681,7 @@ def _quantiles(values: np.ndarray) -> dict:
 
 def population_summary(params: dict[str, np.ndarray], labels: np.ndarray) -> dict:
     lens = np.asarray(labels) == 0
-    out: dict = {"quantiles": list(QUANTILES)}
+    out: dict = {"quantiles": list(QUANTILES), "non_lens_subtypes": list(SUBTYPES)}
     for name in ("arc_snr", "magnification", "theta_E", "arc_mag", "source_mag", "lens_light_mag", "z_source"):
         if name in params:
             out[name] = _quantiles(np.asarray(params[name], dtype=np.float64)[lens])
