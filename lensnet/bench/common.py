@@ -6,7 +6,7 @@ import datetime as _dt
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from lensnet.core.fileio import write_json
@@ -35,8 +35,8 @@ def format_table(rows: Sequence[dict]) -> str:
     if not rows:
         return "(no rows)"
     columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
+    for row in rows:  # nested figures (mappings) go to the results JSON, not the table
+        columns += [k for k in row if k not in columns and not isinstance(row[k], Mapping)]
 
     def cell(value: object) -> str:
         if isinstance(value, float):

@@ -271,6 +271,17 @@ def headline(survey: Mapping) -> dict:
     return out
 
 
+def survey_cells(survey: Mapping) -> dict:
+    """Short table cells ("value [CI]" in percent, "n/a") of the headline figures, for benchmark tables."""
+    out: dict = {"n_pos": survey["n_positive"], "n_neg": survey["n_negative"]}
+    for key, entry in survey.get("tpr_at_fpr", {}).items():
+        out[f"tpr@fpr{key}"] = _fmt(entry) + ("*" if entry.get("value") is not None and entry.get("note") else "")
+    for key, entry in survey.get("purity_at_completeness", {}).items():
+        out[f"purity@{float(key) * 100:.0f}%"] = _fmt(entry)
+    out["recall@0fp"] = _fmt(survey.get("recall_at_zero_fp", {}))
+    return out
+
+
 def _fmt(entry: Mapping, percent: bool = True) -> str:
     value = entry.get("value")
     if value is None:
