@@ -212,3 +212,34 @@ def test_top_k_keeps_the_best_candidates(tmp_path, exports):
                     "--threshold", "0") == 0
     rows = read_rows(out / "candidates.csv")
     assert sorted(Path(r["source"]).name for r in rows) == ["cut1.npy", "cut3.npy"]
+
+
+def test_truths_give_survey_metrics_over_every_scored_tile(tmp_path, synthetic_dataset, synthetic_info, capsys):
+    from lensnet.serving.export import export_run
+    from lensnet.tasks.survey_metrics import survey_scores
+
+    export_run(peak_finder_run(tmp_path / "run16", 16), tmp_path / "export" / "finder16")
+    first = tmp_path / "first"
+    assert pipeline(synthetic_dataset, "--finder", tmp_path / "export" / "finder16", "--out", first,
+                    "--threshold", "0", "--split", "test", "--methods", "none") == 0
+    rows = read_rows(first / "candidates.csv")
+    labels = {r["source"]: str(i % 3 == 0) == "True" for i, r in enumerate(rows)}  # every third tile a "lens"
+    with open(tmp_path / "labels.csv", "w") as handle:
+        handle.write("source,label\n" + "".join(f"{s},{int(v)}\n" for s, v in labels.items()))
+    out = tmp_path / "labelled"
+    # a threshold of 0.99 keeps few candidates; the survey metrics still score every tile with a truth
+    assert pipeline(synthetic_dataset, "--finder", tmp_path / "export" / "finder16", "--out", out,
+                    "--threshold", "0.99", "--split", "test", "--methods", "none",
+                    "--labels", tmp_path / "labels.csv") == 0
+    assert "survey metrics:" in capsys.readouterr().err
+    survey = json.loads((out / "pipeline.json").read_text())["totals"]["survey"]
+    y = np.array([labels[r["source"]] for r in rows], dtype=float)
+    s = np.array([float(r["finder_score"]) for r in rows])
+    expected = survey_scores(y, s)
+    assert survey["n_positive"] == int(y.sum()) and survey["n_negative"] == int((1 - y).sum())
+    # the CSV rounds scores to 6 digits: the figures (not the thresholds) must agree
+    assert survey["recall_at_zero_fp"]["value"] == pytest.approx(expected["recall_at_zero_fp"]["value"])
+    for key, entry in expected["purity_at_completeness"].items():
+        assert survey["purity_at_completeness"][key]["value"] == pytest.approx(entry["value"])
+        assert survey["purity_at_completeness"][key]["ci95"] == pytest.approx(entry["ci95"])
+    assert survey["tpr_at_fpr"]["1e-4"]["value"] is None  # a handful of negatives cannot measure FPR 1e-4

@@ -136,6 +136,7 @@ class Pipeline:
         self.prepare(restart)
         expected = self.finder.exported.input_shape
         totals = {"inputs": len(items), "tiles": 0, "candidates": 0, "resumed_units": 0, "notes": []}
+        scored: list = []  # [finder score, truth 0/1] of every tile whose truth is known
         with Progress(len(items), "pipeline", "input", enabled=self.progress) as bar:
             for i, (kind, path) in enumerate(items):
                 for j, tiles in enumerate(read_tiles(kind, path, expected, self.options, self.settings.overlap,
@@ -148,11 +149,18 @@ class Pipeline:
                         done = self.unit(f"c{i:05d}_{j:04d}", tiles, marker)
                     totals["tiles"] += done["tiles"]
                     totals["candidates"] += done["candidates"]
+                    scored += done.get("scored", [])
                     totals["notes"] += done.get("notes", [])
                 bar.update(1)
         rows = self.collect()
         totals["candidates"] = len(rows)
         totals["skipped"] = list(self.options.skipped)
+        if scored:
+            from lensnet.tasks.survey_metrics import survey_scores
+
+            values = np.asarray(scored, dtype=np.float64)
+            totals["survey"] = survey_scores(values[:, 1], values[:, 0])
+            totals["survey"]["scope"] = "every tile with a known truth, scored by the finder before --threshold"
         from lensnet.core.runinfo import package_versions
 
         write_json(self.out / PIPELINE_JSON, {**self.header(), "status": "done", "totals": totals,
@@ -195,6 +203,7 @@ class Pipeline:
                 keep = keep[: self.settings.top_k]
             keep = np.sort(keep)
         rows = [self._row(prefix, tiles, int(t), float(scores[t])) for t in keep]
+        scored = self._truths(tiles, scores) if n and (self.labels or self.truth_classes) else []
         if keep.size:
             images = tiles.images[keep]
             sources = [tiles.sources[t] for t in keep]
@@ -217,8 +226,21 @@ class Pipeline:
         writer.writerows(rows)
         write_text(marker.with_suffix(".csv"), buffer.getvalue())
         done = {"tiles": n, "candidates": len(rows), "notes": tiles.notes}
+        if scored:
+            done["scored"] = scored
         write_json(marker, done)  # last: the unit is finished only once its marker exists
         return done
+
+    def _truths(self, tiles: TileSet, scores: np.ndarray) -> list[list[float]]:
+        """[score, 1 lens / 0 not] of every tile of the unit whose truth is known (survey metrics)."""
+        out = []
+        for t, source in enumerate(tiles.sources):
+            given = self.labels.get(source, self.labels.get(tiles.unit, ""))
+            truth = tiles.class_names[t] if tiles.class_names else ""
+            label = given if given else (str(int(truth == self.positive)) if truth else "")
+            if label in ("0", "1"):
+                out.append([float(scores[t]), float(label)])
+        return out
 
     def _row(self, prefix: str, tiles: TileSet, t: int, score: float) -> list:
         box = tiles.boxes[t]
@@ -253,3 +275,7 @@ def report(totals: dict, out: Path) -> None:
     resumed = f", {totals['resumed_units']} unit(s) resumed from an earlier run" if totals["resumed_units"] else ""
     print(f"searched {totals['tiles']} tiles in {totals['inputs']} input(s): {totals['candidates']} candidates "
           f"in {out / CANDIDATES}{resumed}{skipped}", file=sys.stderr)
+    if "survey" in totals:
+        from lensnet.tasks.survey_metrics import format_survey
+
+        print("\n".join(format_survey(totals["survey"])), file=sys.stderr)
