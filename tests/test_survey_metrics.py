@@ -110,3 +110,34 @@ def test_too_few_negatives_fall_back_to_threshold_half_with_a_note():
     assert out["operating_point"]["threshold"] == 0.5 and "cannot be set" in out["operating_point"]["note"]
     # 0.9 and 0.8 pass 0.5; the 0.3 and 0.1 lenses do not
     assert out["per_bin_recall"]["arc_snr"][2]["value"] == pytest.approx(0.5)
+
+
+def test_evaluate_reports_survey_metrics_by_arc_snr_theta_e_and_subtype(tmp_path, capsys):
+    """fit + evaluate on tiny lens_finding_survey sets: the per-record fields reach the metrics."""
+    from lensnet.core.errors import run_cli
+    from lensnet.evaluate import main as evaluate_main
+    from lensnet.fit import main as fit_main
+    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.survey_population import SUBTYPES
+
+    tiny = {"image": {"size": 16}, "records_per_shard": 40}
+    simulate_dataset("lens_finding_survey", tmp_path / "train", num=40, seed=0, overrides=tiny, progress=False)
+    simulate_dataset("lens_finding_survey", tmp_path / "survey", num=60, seed=1, progress=False,
+                     overrides={**tiny, "prevalence": 0.2, "splits": {"train": 0.1, "val": 0.0, "test": 0.9}})
+    assert run_cli(fit_main, ["--task", "lens_finding", "--data", str(tmp_path / "train"), "--epochs", "1",
+                              "--runs", str(tmp_path / "runs"), "--run-name", "lf", "--no-progress",
+                              "--set", "model.args.filters=[8,16]", "--set", "train.warmup_epochs=0",
+                              "--set", "task.bootstrap=20"]) == 0
+    capsys.readouterr()
+    run = str(tmp_path / "runs" / "lf")
+    assert run_cli(evaluate_main, ["--run", run, "--data", str(tmp_path / "survey")]) == 0
+    out = capsys.readouterr().out
+    assert "survey metrics: 10 lenses, 44 non-lenses" in out and "TPR at FPR 1e-3: n/a" in out
+    metrics = json.loads(next((tmp_path / "runs" / "lf" / "eval").glob("*/metrics.json")).read_text())
+    survey = metrics["survey"]
+    assert survey["n_positive"] == 10 and survey["prevalence"] == 0.001
+    assert sum(row.get("count", 0) for row in survey["per_bin_recall"]["arc_snr"]) == 10
+    assert sum(row.get("count", 0) for row in survey["per_bin_recall"]["theta_E"]) == 10
+    assert set(survey["fpr_per_subtype"]) == set(SUBTYPES)
+    assert sum(e["count"] for e in survey["fpr_per_subtype"].values()) == 44
+    assert metrics["tpr_at_fpr_1e-3"] is None and 0.0 <= metrics["recall_at_zero_fp"] <= 1.0
