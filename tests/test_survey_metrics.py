@@ -117,7 +117,7 @@ def test_evaluate_reports_survey_metrics_by_arc_snr_theta_e_and_subtype(tmp_path
     from lensnet.core.errors import run_cli
     from lensnet.evaluate import main as evaluate_main
     from lensnet.fit import main as fit_main
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
     from lensnet.simulate.survey_population import SUBTYPES
 
     tiny = {"image": {"size": 16}, "records_per_shard": 40}

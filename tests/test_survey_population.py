@@ -13,7 +13,8 @@ from lensnet.core.errors import LensnetError, run_cli
 from lensnet.core.fileio import sha256_file
 from lensnet.data.manifest import schema_of
 from lensnet.data.tfrecord import iter_records
-from lensnet.simulate.command import main, simulate_dataset
+from lensnet.simulate.__main__ import main
+from lensnet.simulate.dataset import simulate_dataset
 from lensnet.simulate.presets import resolve_dataset_config
 from lensnet.simulate.survey_population import SUBTYPES, SurveyLensFindingSimulator, sersic_unit
 

@@ -6,7 +6,7 @@ import datetime as _dt
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lensnet.core.fileio import write_json
@@ -29,26 +29,6 @@ def save_results(name: str, rows: Sequence[dict], args: dict, command: str) -> P
         "rows": list(rows),
     })
     return path
-
-
-def format_table(rows: Sequence[dict]) -> str:
-    if not rows:
-        return "(no rows)"
-    columns: list[str] = []
-    for row in rows:  # nested figures (mappings) go to the results JSON, not the table
-        columns += [k for k in row if k not in columns and not isinstance(row[k], Mapping)]
-
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
-        return "" if value is None else str(value)
-
-    cells = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
 
 
 def interleaved_rates(cases: dict[str, Callable[[], int]], rounds: int = 3) -> dict[str, float]:
