@@ -106,6 +106,6 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "best_epoch": result.info.best_epoch, "wall_s": round(result.seconds, 1),
                 "train_img_s": round(rate, 1),
             })
-        print(rows[-1], flush=True)
+        print({k: v for k, v in rows[-1].items() if k != "survey"}, flush=True)
         keras.backend.clear_session()
     return rows

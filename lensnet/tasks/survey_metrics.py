@@ -288,9 +288,9 @@ def _fmt(entry: Mapping, percent: bool = True) -> str:
         return "n/a"
     ci = entry.get("ci95")
     scale = 100.0 if percent else 1.0
-    text = f"{value * scale:.1f}%" if percent else f"{value:.3g}"
+    text = f"{value * scale:.3g}%" if percent else f"{value:.3g}"
     if ci:
-        text += f" [{ci[0] * scale:.1f}, {ci[1] * scale:.1f}]" if percent else f" [{ci[0]:.3g}, {ci[1]:.3g}]"
+        text += f" [{ci[0] * scale:.3g}, {ci[1] * scale:.3g}]"
     return text
 
 
