@@ -141,3 +141,15 @@ def test_evaluate_reports_survey_metrics_by_arc_snr_theta_e_and_subtype(tmp_path
     assert set(survey["fpr_per_subtype"]) == set(SUBTYPES)
     assert sum(e["count"] for e in survey["fpr_per_subtype"].values()) == 44
     assert metrics["tpr_at_fpr_1e-3"] is None and 0.0 <= metrics["recall_at_zero_fp"] <= 1.0
+
+
+def test_benchmark_table_keeps_nested_figures_out_and_cells_say_n_a():
+    from lensnet.core.tables import format_table
+    from lensnet.tasks.survey_metrics import survey_cells
+
+    survey = survey_scores(Y, S, n_boot=0)
+    cells = survey_cells(survey)
+    assert cells["tpr@fpr1e-4"] == "n/a" and cells["n_neg"] == 10
+    assert cells["recall@0fp"] == "25%"
+    table = format_table([{"model": "m", **cells, "survey": survey}])
+    assert "survey" not in table.splitlines()[0] and "tpr@fpr1e-3" in table
