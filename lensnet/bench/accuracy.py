@@ -18,6 +18,7 @@ import csv
 import tempfile
 from pathlib import Path
 
+SUMMARY = "Classifier accuracy / macro AUC per model (model_ii-style set), or lens-finding survey metrics"
 TASKS = ("substructure", "lens_finding")
 
 
