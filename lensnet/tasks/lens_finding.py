@@ -43,8 +43,9 @@ class LensFinding(ClassificationTask):
 
     def setup(self, info: Any, state: dict | None = None) -> None:
         # per-record fields the survey metrics break recall and false positives down by, when stored
-        self.score_fields = tuple(name for name in SURVEY_FIELDS if name in info.schema)
-        population = info.manifest.get("population") or {}
+        schema = getattr(info, "schema", None)
+        self.score_fields = tuple(name for name in SURVEY_FIELDS if schema is not None and name in schema)
+        population = (getattr(info, "manifest", None) or {}).get("population") or {}
         self.subtype_names = list(population.get("non_lens_subtypes") or [])
         if len(info.class_names) != 2:
             raise LensnetError(f"task lens_finding needs exactly 2 classes; {info.path} has "
