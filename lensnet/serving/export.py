@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from lensnet.core.errors import LensnetError
+from lensnet.core.fileio import follow_umask
 from lensnet.core.runs import RunInfo, read_run
 from lensnet.serving.layout import CARD_FORMAT, INPUT_NAME, ONNX_FILE, SIGNATURE, TMP_PREFIX
 from lensnet.serving.verification import (
@@ -229,6 +230,7 @@ def export_run(
     remove_stale_temporaries(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=out_dir))
     try:
+        follow_umask(tmp, directory=True)
         function = serving_function(model, info.normalisation, shape, spec)
         write_savedmodel(model, function, tmp)
         convert_function(function, [tf.TensorSpec([None, *shape], tf.float32, name=INPUT_NAME)], tmp / ONNX_FILE, opset)
