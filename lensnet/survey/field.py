@@ -128,7 +128,8 @@ class _LensRenderer:
         self.size = size
         self.renderer = _Renderer(size, pixel_scale, {"psf_type": "NONE"}, 3)
 
-    def arcs(self, theta_e: float, e1: float, e2: float, g1: float, g2: float, source: dict) -> tuple[np.ndarray, float]:
+    def arcs(self, theta_e: float, e1: float, e2: float, g1: float, g2: float,
+             source: dict) -> tuple[np.ndarray, float]:
         """(lensed source image normalised to an unlensed flux of 1, magnification)."""
         lens = [{"theta_E": theta_e, "e1": e1, "e2": e2, "center_x": 0.0, "center_y": 0.0},
                 {"gamma1": g1, "gamma2": g2}]
@@ -202,8 +203,8 @@ def make_field(spec: FieldSpec, seed: int, file_name: str = "field.fits", progre
             source = {"R_sersic": float(rng.uniform(0.1, 0.3)), "n_sersic": 1.0,
                       "e1": float(rng.uniform(-0.2, 0.2)), "e2": float(rng.uniform(-0.2, 0.2)),
                       "center_x": offset * math.cos(angle), "center_y": offset * math.sin(angle)}
-            arcs, magnification = renderer.arcs(theta_e, float(rng.uniform(-0.1, 0.1)), float(rng.uniform(-0.1, 0.1)),
-                                                float(rng.uniform(-0.03, 0.03)), float(rng.uniform(-0.03, 0.03)), source)
+            e1, e2, g1, g2 = (float(v) for v in rng.uniform([-0.1, -0.1, -0.03, -0.03], [0.1, 0.1, 0.03, 0.03]))
+            arcs, magnification = renderer.arcs(theta_e, e1, e2, g1, g2, source)
             for b in range(3):
                 _add(images[b], light * _flux(band_mags[b]), x, y)
                 _add(images[b], (arcs * _flux(source_mags[b])).astype(np.float32), x, y)
