@@ -24,6 +24,7 @@ BENCHMARKS = {
     "distill": "Teacher, student, student + teacher at one budget: AUC, params, FLOPs, CPU latency",
     "erasing": "Iterative erasing vs none vs random erasing: AUC clean and with 10% of each test image erased",
     "pipeline-e2e": "lensnet.pipeline tiles/s on synthetic survey images + recall/precision of injected lenses",
+    "survey-field": "lensnet.pipeline on a synthetic survey field: tiles/s, completeness/purity vs its truth catalogue",
     "label-efficiency": "Scratch vs linear probe vs fine-tune from a pretraining run at 1%, 10%, 100% of the labels",
     "los-born": "Line-of-sight haloes: lensnet's Born approximation vs lenstronomy multi-plane ray tracing",
     "population-draws": "Cost of the dark-matter population draws alone (CDM, WDM, line of sight), per image",

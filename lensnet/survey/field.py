@@ -10,7 +10,8 @@ What is drawn (every number is a `FieldSpec` field, so a run's field.json says e
   x 10^(-0.1 (i - 21)), lognormal scatter 0.25 dex) and axis ratios 0.3-1;
 - stars: `star_density` per arcmin^2, i from 16 to 24, stellar colours; point sources;
 - lenses: a Poisson number with mean `lens_rate` x the number of galaxies; each a red early-type deflector
-  (i 18.5-21) with an SIE + external shear lensing a blue Sersic source (i 22.5-24.5 unlensed, 0.1"-0.3"),
+  (i 18.5-21) with an SIE + external shear lensing a blue Sersic source (i 22.5-24.5 unlensed, g-i -0.2,
+  0.1"-0.3"),
   theta_E 0.8"-2.5", rendered by lenstronomy through the lensnet simulator's renderer
   (lensnet.simulate.scenes); its magnification is measured as lensed / unlensed source flux;
 - the seeing (Gaussian PSF, `fwhm_arcsec`) and Gaussian sky noise for a 5-sigma point-source depth
@@ -197,7 +198,7 @@ def make_field(spec: FieldSpec, seed: int, file_name: str = "field.fits", progre
             q, phi = float(rng.uniform(0.6, 1.0)), float(rng.uniform(0, math.pi))
             light = _sersic_stamp(1.0, r_e, 4.0, q, phi, 0.0, 0.0)
             source_mag = float(rng.uniform(22.5, 24.5))
-            source_mags = (source_mag + 0.15, source_mag + 0.05, source_mag)
+            source_mags = (source_mag - 0.2, source_mag - 0.1, source_mag)  # blue: star-forming
             offset = theta_e * float(rng.uniform(0.05, 0.4))
             angle = float(rng.uniform(0, 2 * math.pi))
             source = {"R_sersic": float(rng.uniform(0.1, 0.3)), "n_sersic": 1.0,
