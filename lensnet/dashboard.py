@@ -6,7 +6,7 @@ full size with its scores, maps and sky position, marks it (lens / not a lens / 
 marks.json at once), exports the filtered or marked list as CSV, and, when the table has a `label` column,
 draws ROC and PR curves and the confusion matrix at a threshold you slide. `--run` adds a training run's
 metrics, plots and sample predictions. Binds to 127.0.0.1 unless --host says otherwise; another host needs
-the token in the printed URL (see lensnet.serving.http for what the server refuses).
+the token in the printed URL (see lensnet.core.http for what the server refuses).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise LensnetError("--port must be within [0, 65535]")
-    from lensnet.serving.http import Access, bind, network_warning, uvicorn_server, warn
+    from lensnet.core.http import Access, bind, network_warning, uvicorn_server, warn
     from lensnet.survey.dashboard import Results, RunView, create_app
 
     results = Results(args.results, args.truth)
@@ -49,4 +49,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    cli_exit(main)  # no TensorFlow on this path (lensnet.serving.http, lensnet.survey.dashboard)
+    cli_exit(main)  # no TensorFlow on this path: it serves a page, no model

@@ -19,16 +19,14 @@ import gc
 from collections.abc import Sequence
 
 from lensnet.core.errors import LensnetError, cli_exit
-from lensnet.serving.http import Access, network_warning, warn
+from lensnet.core.http import Access, bind, network_warning, uvicorn_server, warn
 from lensnet.serving.runtimes import RUNTIMES
 from lensnet.serving.server import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BODY_MB,
     DEFAULT_POLL_SECONDS,
     ModelServer,
-    bind,
     create_app,
-    uvicorn_server,
 )
 
 

@@ -54,7 +54,7 @@ def raw_get(base: str, path: str) -> int:
 
 
 def serve(results: Path, run: Path | None = None, truth: Path | None = None, **access):
-    from lensnet.serving.http import Access, app_in_thread
+    from lensnet.core.http import Access, app_in_thread
     from lensnet.survey.dashboard import Results, RunView, create_app
 
     access = Access(access.pop("host", "127.0.0.1"), 0, token=TOKEN, **access)

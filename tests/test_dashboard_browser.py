@@ -70,7 +70,7 @@ def test_dashboard_in_headless_chromium(tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    from lensnet.serving.server import app_in_thread
+    from lensnet.core.http import app_in_thread
     from lensnet.survey.dashboard import Results, create_app
 
     results = make_results(tmp_path / "results", n=30)
@@ -177,7 +177,7 @@ def test_keyboard_vetting_orientation_and_graders(tmp_path):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
-    from lensnet.serving.http import app_in_thread
+    from lensnet.core.http import app_in_thread
     from lensnet.survey.dashboard import Results, create_app
 
     results = make_results(tmp_path / "results", n=6)
@@ -257,7 +257,7 @@ def test_a_page_on_another_origin_cannot_change_marks(tmp_path):
 
     from selenium.webdriver.common.by import By
 
-    from lensnet.serving.http import Access, app_in_thread
+    from lensnet.core.http import Access, app_in_thread
     from lensnet.survey.dashboard import Results, create_app
 
     results = make_results(tmp_path / "results", n=3)

@@ -24,23 +24,21 @@ from typing import Any
 
 import numpy as np
 
+from lensnet.artifacts.export_layout import INPUT_NAME, SIGNATURE
+from lensnet.artifacts.exports import ExportedModel, load_export
+from lensnet.artifacts.versions import list_versions
 from lensnet.core.errors import LensnetError
-from lensnet.serving.http import (  # noqa: F401  (bind, uvicorn_server, app_in_thread: imported from here)
+from lensnet.core.http import (
     Access,
     ClientError,
     Guard,
     app_in_thread,
-    bind,
     json_errors,
     one_line,
     parse_json,
     read_body,
-    uvicorn_server,
 )
-from lensnet.serving.layout import INPUT_NAME, SIGNATURE
-from lensnet.serving.loading import ExportedModel, load_export
 from lensnet.serving.runtimes import Runner, open_runner
-from lensnet.serving.versions import list_versions
 
 DEFAULT_MAX_BODY_MB = 16.0
 DEFAULT_MAX_BATCH = 256
@@ -229,7 +227,7 @@ def _named_input(item: dict, what: str) -> Any:
 def create_app(server: ModelServer, poll_seconds: float = DEFAULT_POLL_SECONDS, access: Access | None = None) -> Any:
     """The starlette application serving `server`; new versions on disk are picked up every `poll_seconds`.
 
-    `access` puts lensnet.serving.http's Guard in front: the Host check (DNS rebinding) always, the token
+    `access` puts lensnet.core.http's Guard in front: the Host check (DNS rebinding) always, the token
     only if it asks for one. No same-origin check: :predict changes nothing, and TF Serving clients send no
     token.
     """

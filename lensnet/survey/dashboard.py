@@ -7,7 +7,7 @@ Starlette (already pinned for lensnet.serve) serves a small vanilla-JS client bu
     GET  /api/results          rows, columns, pipeline.json summary, every grader's marks, their agreement,
                                truth metrics (--truth: lenses found and missed)
     POST /api/marks            {"id": ..., "mark": "lens" | "probable" | "unsure" | "not_lens" | null,
-                                "grader": NAME}  (token + same origin: see lensnet.serving.http)
+                                "grader": NAME}  (token + same origin: see lensnet.core.http)
     GET  /api/export.csv       ?ids=a,b,c (the client's filtered list) or ?marked=1, &grader=NAME: rows + marks
     GET  /api/cutout/{id}      the candidate's raw pixels, bands and WCS orientation (cutouts/ID.npy, .json)
     GET  /files/{path}         a file inside the results folder (thumbnails, overlays, maps)
@@ -274,13 +274,13 @@ class RunView:
 
 
 def create_app(results: Results, run: RunView | None = None, access: Any = None) -> Any:
-    """The starlette app behind lensnet.serving.http's Guard (`access`: Host check, token, same origin)."""
+    """The starlette app behind lensnet.core.http's Guard (`access`: Host check, token, same origin)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
-    from lensnet.serving.http import Access, ClientError, Guard, json_errors, parse_json, read_body
+    from lensnet.core.http import Access, ClientError, Guard, json_errors, parse_json, read_body
 
     access = access or Access("127.0.0.1", 0)
     page = (STATIC / "index.html").read_text().replace("__LENSNET_TOKEN__", access.token)

@@ -13,7 +13,7 @@ What is drawn (every number is a `FieldSpec` field, so a run's field.json says e
   (i 18.5-21) with an SIE + external shear lensing a blue Sersic source (i 22.5-24.5 unlensed, g-i -0.2,
   0.1"-0.3"),
   theta_E 0.8"-2.5", rendered by lenstronomy through the lensnet simulator's renderer
-  (lensnet.simulate.scenes); its magnification is measured as lensed / unlensed source flux;
+  (lensnet.simulate.rendering); its magnification is measured as lensed / unlensed source flux;
 - the seeing (Gaussian PSF, `fwhm_arcsec`) and Gaussian sky noise for a 5-sigma point-source depth
   `depth_i` (and per band), in flux units with zero point 27 (m = 27 - 2.5 log10 F, HSC coadds' convention);
 - masks: `edge_px` NaN columns on the left and rows at the top (the field's dither edge) and a `gap_px` wide
@@ -124,10 +124,10 @@ class _LensRenderer:
     convolved once at the end)."""
 
     def __init__(self, size: int, pixel_scale: float) -> None:
-        from lensnet.simulate.scenes import _Renderer
+        from lensnet.simulate.rendering import Renderer
 
         self.size = size
-        self.renderer = _Renderer(size, pixel_scale, {"psf_type": "NONE"}, 3)
+        self.renderer = Renderer(size, pixel_scale, {"psf_type": "NONE"}, 3)
 
     def arcs(self, theta_e: float, e1: float, e2: float, g1: float, g2: float,
              source: dict) -> tuple[np.ndarray, float]:

@@ -82,8 +82,8 @@ def peak_finder_run(run_dir: str | Path, size: int = 32, level: float = 6.0, sha
     channels the score is the sigmoid of the mean of the channels' peaks."""
     import keras
 
-    from lensnet.core.runs import RunInfo, write_run
-    from lensnet.tasks.outputs import OutputSpec
+    from lensnet.artifacts.outputs import OutputSpec
+    from lensnet.artifacts.runs import RunInfo, write_run
 
     inputs = keras.Input((size, size, channels), name="images")
     peak = keras.layers.GlobalMaxPooling2D(name="peak")(inputs)

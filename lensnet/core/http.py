@@ -1,6 +1,7 @@
-"""HTTP plumbing shared by `lensnet.serve` and `lensnet.dashboard`, importable without TensorFlow: the
-listening socket, uvicorn, bounded request bodies, JSON parsing that never raises past a 400, and the guard
-that keeps a server a user starts on their machine theirs (as Jupyter does).
+"""HTTP plumbing shared by the model server (`lensnet.serve`) and the dashboard: the listening socket,
+uvicorn, a test thread, bounded request bodies, JSON parsing that never raises past a 400, and the guard that
+keeps a server a user starts on their machine theirs (as Jupyter does). Nothing here imports TensorFlow, so a
+page that serves no model (the dashboard) starts in a fraction of a second.
 
 The guard (an ASGI middleware, `Guard`):
 - Host: the request's Host header must name the bound address (for a loopback bind: 127.0.0.1, localhost,
