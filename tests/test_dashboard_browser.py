@@ -240,6 +240,12 @@ def test_keyboard_vetting_orientation_and_graders(tmp_path):
             wait_for(lambda: marks("bob") and len(marks("bob")) == 2)
             assert marks()["c00001"]["mark"] == "not_lens" and marks("bob")["c00001"]["mark"] == "lens"
             body.send_keys(Keys.ESCAPE)
+            # Typing a filter then clicking a card opens it (the grid is not rebuilt under the click).
+            driver.find_element(By.ID, "filter-text").send_keys("c00004")
+            driver.find_element(By.CSS_SELECTOR, '.card[data-id="c00004"]').click()
+            wait_for(lambda: title.text.startswith("c00004") and driver.find_element(By.ID, "detail").is_displayed())
+            driver.find_element(By.ID, "detail-close").click()
+            assert not [e for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
             driver.find_element(By.ID, "tab-metrics").click()
             table = driver.find_element(By.ID, "agreement")
             wait_for(lambda: "bob · default" in table.text)

@@ -340,8 +340,10 @@ function show(view) {
 
 for (const id of ["sort-column", "sort-dir", "filter-column", "filter-min", "filter-max", "filter-text", "filter-mark",
                   "overlay-toggle", "overlay-method"]) {
-  $(id).addEventListener("input", () => { state.page = 0; render(); });
-  $(id).addEventListener("change", () => { state.page = 0; render(); });
+  // Text boxes re-render as one types; not again on "change" (fired on blur: a click on a card would land on a
+  // grid being replaced and be lost).
+  const typed = $(id).tagName === "INPUT" && $(id).type !== "checkbox";
+  $(id).addEventListener(typed ? "input" : "change", () => { state.page = 0; render(); });
 }
 $("prev").onclick = () => { state.page = Math.max(0, state.page - 1); render(); };
 $("next").onclick = () => { state.page += 1; render(); };
@@ -369,3 +371,5 @@ document.addEventListener("keydown", (e) => {
   else if (e.key === "x" || e.key === "Backspace" || e.key === "Delete") { e.preventDefault(); mark(""); }
 });
 load();
+// The page's Content-Security-Policy forbids inline handlers: forms never submit (Enter would reload the page).
+for (const form of document.querySelectorAll("form")) form.addEventListener("submit", (e) => e.preventDefault());
