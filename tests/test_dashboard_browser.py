@@ -309,3 +309,38 @@ setTimeout(() => {{ document.title = "done"; window.results = results; }}, 1500)
     finally:
         driver.quit()
         other.shutdown()
+
+
+def test_truth_metrics_count_missed_lenses_and_say_na(tmp_path):
+    """With a truth catalogue, a lens no candidate holds is a false negative at every threshold; with one
+    class empty the AUC is "n/a", not 0.000."""
+    from selenium.webdriver.common.by import By
+
+    from lensnet.core.http import app_in_thread
+    from lensnet.survey.dashboard import Results, create_app
+
+    results = make_results(tmp_path / "results", n=4)  # boxes x k..k+16, y 0..16 of tile.fits
+    rows = (results / "candidates.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    drop = header.index("label")
+    (results / "candidates.csv").write_text("\n".join(",".join(c for i, c in enumerate(r.split(",")) if i != drop)
+                                                      for r in rows) + "\n")
+    truth = tmp_path / "truth.csv"
+    truth.write_text("id,kind,ra,dec,x,y,is_lens,theta_e_arcsec,file\n"
+                     "l0,lens,1,2,3.5,8,1,1.2,tile.fits\n"  # held by candidates 0-3: all are lenses
+                     "l1,lens,150.3,2.2,300,300,1,2.0,tile.fits\n")  # held by none: missed
+    driver = browser(tmp_path)
+    try:
+        with app_in_thread(create_app(Results(results, truth))) as base:
+            driver.get(base + "/")
+            wait_for(lambda: driver.find_element(By.ID, "count").text.startswith("4 of 4"))
+            driver.find_element(By.ID, "tab-metrics").click()
+            wait_for(lambda: "1 of 2 lenses in a candidate" in driver.find_element(By.ID, "truth-summary").text)
+            assert driver.find_element(By.ID, "auc").text.startswith("AUC n/a")
+            driver.execute_script("const t = document.getElementById('threshold'); t.value = '0';"
+                                  "t.dispatchEvent(new Event('input'));")
+            wait_for(lambda: driver.find_element(By.ID, "cm-tp").text == "4")
+            assert driver.find_element(By.ID, "cm-fn").text == "1"  # the missed lens
+            assert "l1" in driver.find_element(By.ID, "missed").text
+    finally:
+        driver.quit()

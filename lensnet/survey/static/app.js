@@ -271,14 +271,18 @@ function curves(pairs) {
   const P = sorted.filter((p) => p[1] === 1).length, N = sorted.length - P;
   const roc = [[0, 0]], pr = [];
   let tp = 0, fp = 0, auc = 0;
-  for (let i = 0; i < sorted.length; i++) {
-    if (sorted[i][1] === 1) tp++; else fp++;
-    if (i + 1 < sorted.length && sorted[i + 1][0] === sorted[i][0]) continue;
+  // A lens no candidate holds (score -Infinity) is never accepted: the curve stops at (1, found / P).
+  const scored = sorted.filter((p) => p[0] !== -Infinity);
+  for (let i = 0; i < scored.length; i++) {
+    if (scored[i][1] === 1) tp++; else fp++;
+    if (i + 1 < scored.length && scored[i + 1][0] === scored[i][0]) continue;
     const [x0, y0] = roc[roc.length - 1], x = N ? fp / N : 0, y = P ? tp / P : 0;
     auc += (x - x0) * (y + y0) / 2;
     roc.push([x, y]);
     pr.push([P ? tp / P : 0, tp / (tp + fp)]);
   }
+  const [x0, y0] = roc[roc.length - 1];
+  if (x0 < 1 && N) { auc += (1 - x0) * y0; roc.push([1, y0]); }  // no candidate left to accept
   return { roc, pr, auc, P, N };
 }
 
