@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, bool, str]] = {
     "predict": ("lensnet.predict", True, "score image files or datasets with an export, to CSV"),
     "serve": ("lensnet.serve", True, "serve an export over the TF Serving REST API"),
     "pipeline": ("lensnet.pipeline", True, "find, classify and explain lens candidates in survey images"),
+    "survey": ("lensnet.survey.__main__", False, "write a synthetic survey field with its truth catalogue"),
     "dashboard": ("lensnet.dashboard", False, "browse, mark and export pipeline candidates in a web page"),
     "bench": ("lensnet.bench.__main__", True, "run a benchmark"),
 }

@@ -64,8 +64,8 @@ def test_same_seed_same_bytes_and_no_temporaries(field, tmp_path):
     assert (tmp_path / "c" / "truth.csv").read_bytes() != (field / "truth.csv").read_bytes()
 
 
-@pytest.mark.parametrize("option, value, field_name", [("--size", "20", "size"), ("--lens-rate", "2", "lens_rate"),
-                                                       ("--fwhm-arcsec", "0", "fwhm_arcsec")])
+@pytest.mark.parametrize("option, value, field_name", [("--size", "20", "--size"), ("--lens-rate", "2", "--lens-rate"),
+                                                       ("--fwhm-arcsec", "0", "--fwhm-arcsec")])
 def test_bad_options_are_one_line(tmp_path, capsys, option, value, field_name):
     assert run_cli(main, ["synth", "--out", str(tmp_path / "x"), option, value, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

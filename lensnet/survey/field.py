@@ -60,14 +60,17 @@ class FieldSpec:
     tile: int = 64  # lenses keep this far from masks and borders
 
     def check(self) -> None:
-        rules = {"size": self.size >= 4 * self.tile, "pixel_scale": self.pixel_scale > 0,
-                 "density": self.density >= 0, "star_density": self.star_density >= 0,
-                 "lens_rate": 0 <= self.lens_rate <= 1, "fwhm_arcsec": self.fwhm_arcsec > 0,
-                 "mag_max": self.mag_max > self.mag_min, "edge_px": 0 <= self.edge_px < self.size // 4,
-                 "gap_px": 0 <= self.gap_px < self.size // 4, "tile": self.tile >= 8, "dec": -90 < self.dec < 90}
-        for name, ok in rules.items():
+        rules = {"size": (self.size >= 4 * self.tile, f"at least 4 x --tile ({4 * self.tile})"),
+                 "pixel_scale": (self.pixel_scale > 0, "positive"), "density": (self.density >= 0, ">= 0"),
+                 "star_density": (self.star_density >= 0, ">= 0"), "lens_rate": (0 <= self.lens_rate <= 1, "in [0, 1]"),
+                 "fwhm_arcsec": (self.fwhm_arcsec > 0, "positive"),
+                 "mag_max": (self.mag_max > self.mag_min, "greater than --mag-min"),
+                 "edge_px": (0 <= self.edge_px < self.size // 4, "in [0, size / 4)"),
+                 "gap_px": (0 <= self.gap_px < self.size // 4, "in [0, size / 4)"),
+                 "tile": (self.tile >= 8, "at least 8"), "dec": (-90 < self.dec < 90, "in (-90, 90)")}
+        for name, (ok, rule) in rules.items():
             if not ok:
-                raise LensnetError(f"synthetic field: bad value {name}={getattr(self, name)!r}")
+                raise LensnetError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: must be {rule}")
 
     @property
     def area_arcmin2(self) -> float:
