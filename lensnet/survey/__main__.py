@@ -15,6 +15,8 @@ from dataclasses import fields
 
 from lensnet.core.errors import LensnetError, cli_exit
 
+SUMMARY = "write a synthetic survey field with its truth catalogue"  # its line in `lensnet --help`
+
 SPEC_HELP = {
     "size": "pixels per side", "pixel_scale": "arcsec per pixel", "ra": "field centre RA (deg)",
     "dec": "field centre Dec (deg)", "density": "galaxies per arcmin^2", "mag_min": "brightest galaxy (i mag)",
