@@ -114,6 +114,7 @@ def test_run_view(tmp_path):
         assert data["metrics"]["test"]["auc"] == 0.93
         assert data["plots"] == ["plots/roc.png"] and data["samples"] == ["plots/sample_predictions.png"]
         assert get(base + "/run/files/plots/roc.png")[0] == 200
+        assert get(base + "/run/files/run.json")[0] == 404  # only images: never checkpoints or configs
         assert raw_get(base, "/run/files/../results/candidates.csv") in (400, 404)
 
 

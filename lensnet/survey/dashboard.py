@@ -12,7 +12,7 @@ Starlette (already pinned for lensnet.serve) serves a small vanilla-JS client bu
     GET  /api/cutout/{id}      the candidate's raw pixels, bands and WCS orientation (cutouts/ID.npy, .json)
     GET  /files/{path}         a file inside the results folder (thumbnails, overlays, maps)
     GET  /api/run              the --run folder: run.json, metrics.json, its plots and sample images
-    GET  /run/files/{path}     a file inside the run folder
+    GET  /run/files/{path}     an image inside the run folder (plots, samples; never its checkpoints)
 
 Only files inside the two folders are served: a path that resolves outside (`..`, absolute, a symlink out)
 is 404, and so is anything that is not a regular file. Marks are saved to RESULTS/marks.json atomically on
@@ -333,11 +333,11 @@ def create_app(results: Results, run: RunView | None = None, access: Any = None)
         except LensnetError as exc:
             return error(404 if "unknown candidate" in str(exc) else 422, str(exc))
 
-    def file_route(root_of):
+    def file_route(root_of, suffixes: tuple[str, ...] | None = None):
         async def serve_file(request: Request) -> Response:
             root = root_of()
             path = inside(root, request.path_params["path"]) if root is not None else None
-            if path is None:
+            if path is None or (suffixes is not None and path.suffix.lower() not in suffixes):
                 return error(404, "not found")
             return FileResponse(path)
 
@@ -357,6 +357,7 @@ def create_app(results: Results, run: RunView | None = None, access: Any = None)
         Route("/api/cutout/{cid}", api_cutout),
         Route("/api/run", api_run),
         Route("/files/{path:path}", file_route(lambda: results.root)),
-        Route("/run/files/{path:path}", file_route(lambda: run.root if run else None)),
+        # Only the run's images: its checkpoints and configs are nobody else's business.
+        Route("/run/files/{path:path}", file_route(lambda: run.root if run else None, RUN_IMAGE_SUFFIXES)),
     ]
     return Guard(Starlette(routes=routes, exception_handlers=json_errors()), access)
