@@ -101,7 +101,9 @@ DATASET_DEFAULTS: dict = {
         "placement": "area",  # area (uniform surface density) | radius (uniform in radius, as DeepLense)
         "subtract_from_macro": True,  # substructure (and vortex) mass is taken out of the smooth lens
         "concentration": {"model": "diemer19", "scatter_dex": 0.1},  # diemer19 | ludlow16 (colossus) | duffy08
-        "truncation": "tidal",  # tidal | tau = r_trunc / r_s
+        # roche (pyHalo's TRUNCATION_ROCHE at the 3D radius) | tidal (Jacobi, 3D) | tidal_projected (the former
+        # rule, at the projected radius) | tau = r_trunc / r_s
+        "truncation": "roche",
     },
     "wdm": {  # the wdm class: the cdm population thinned by a half-mode mass (lensnet/simulate/halo_models.py)
         "log10_m_hm": {"uniform": [6.0, 10.0]},  # log10 half-mode mass, Msun, within [4, 12]
