@@ -278,7 +278,7 @@ def _check_int(value: Any, field: str, minimum: int) -> None:
 
 def validate(config: dict) -> None:
     """Raise a LensnetError naming the first bad field; the scene parser checks the physics sections."""
-    from lensnet.simulate.scenes import parse_scene
+    from lensnet.simulate.scene_spec import parse_scene
 
     if not isinstance(config["name"], str) or not config["name"].strip():
         raise LensnetError(f"name: expected a non-empty string, got {config['name']!r}")
