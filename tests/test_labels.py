@@ -158,3 +158,11 @@ def test_tnfw_mass_fraction_is_monotone_in_tau() -> None:
     tau = np.array([0.5, 1.0, 3.0, 10.0, 100.0])
     f = tnfw_mass_fraction(np.full(5, 10.0), tau)
     assert np.all(np.diff(f) > 0) and f[-1] > 0.9
+
+
+def test_schema_defines_every_substructure_label_field() -> None:
+    from lensnet.data.schema import SUBSTRUCTURE_LABELS
+    from lensnet.simulate.substructure import CDM_PARAMS, F_SUB_PARAMS, SIGMA_SUB_PARAMS
+
+    assert set(CDM_PARAMS + F_SUB_PARAMS + SIGMA_SUB_PARAMS) == set(SUBSTRUCTURE_LABELS)
+    assert "REALISED" in SUBSTRUCTURE_LABELS["f_sub"] and "requested" in SUBSTRUCTURE_LABELS["f_sub_drawn"]

@@ -129,6 +129,7 @@ CONCENTRATION_MODELS = ("duffy08", *COLOSSUS_CONCENTRATIONS)
 ENGINES = ("lenstronomy", "native", "fast")
 TRUNCATION_FLOOR = 1e-4  # arcsec
 
+# record fields, named and defined in lensnet.data.schema.SUBSTRUCTURE_LABELS
 CDM_PARAMS = ("n_subhalo", "m_sub_total", "m_sub_lensing", "f_sub")
 F_SUB_PARAMS = ("f_sub_drawn",)  # normalisation f_sub: the requested fraction beside the realised f_sub
 SIGMA_SUB_PARAMS = ("sigma_sub", "sigma_sub_drawn")  # normalisation sigma_sub: realised, requested
