@@ -174,3 +174,19 @@ def test_ring_statistic_without_lens_light_ignores_a_bright_lens_galaxy() -> Non
     assert col["ring_radius_no_lens_light"][0] == pytest.approx(10.0, abs=0.3)
     assert col["ring_radius_no_lens_light"][1] == pytest.approx(10.0, abs=0.5)
     assert col["ring_radius_no_lens_light"][2] == 0.0  # nothing rises above a galaxy alone
+
+
+def test_check_audit_on_90_replica_images_says_it_could_not_see(tmp_path, capsys) -> None:
+    from lensnet.core.errors import run_cli
+    from lensnet.data.__main__ import main as data_main
+    from lensnet.simulate.command import main as simulate_main
+
+    out = tmp_path / "replica"
+    assert run_cli(simulate_main, ["--dataset", "deeplense_model_ii", "--num", "90", "--out", str(out), "--workers",
+                                   "1", "--set", "image.size=32", "--no-progress", "--seed", "0"]) == 0
+    capsys.readouterr()
+    assert run_cli(data_main, ["check", str(out), "--audit", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    rows = [line.split() for line in text.splitlines() if line.startswith(("ring_radius", "total_flux", "source_"))]
+    assert len(rows) >= 4 and all(row[-1] in ("seen", "YES") for row in rows), text  # "not seen", never "no"
+    assert "warning: underpowered" in text and "ring_radius_no_lens_light" in text
