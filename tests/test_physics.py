@@ -385,7 +385,7 @@ def test_replicas_listed_and_fixed_macro_model() -> None:
     for name in REPLICAS:
         assert "REPLICA" in presets[name]
         config = resolve_dataset_config(name)
-        assert config["symmetry"] == "flips" and config["replica"] == name
+        assert config["symmetry"] == "rot180" and config["replica"] == name
         sim = build_simulator(resolve_dataset_config(name, {"image": {"size": 16}}))
         drawn = sim._draw_scene(0, rng(0))
         assert drawn.kwargs_lens[0] == {"theta_E": pytest.approx(deeplense_theta(1e12)), "e1": 0.1, "e2": 0.0,
@@ -604,3 +604,53 @@ def test_replica_signal_is_far_stronger_than_the_physical_preset() -> None:
     assert "chi2" not in replica["no_sub"] and replica["cdm"]["images_per_s"] > 0
     assert replica["cdm"]["chi2"][1] > 5 * physical["cdm"]["chi2"][1] > 0
     assert run_cli(main, ["--dataset", "model_ii", "--num", "0"]) == 2
+
+
+@pytest.mark.parametrize("label", [0, 1, 2])
+def test_rot180_maps_a_replica_scene_onto_one_it_draws_and_a_flip_does_not(label: int) -> None:
+    """A 180-degree rotation of a replica image is the image of the scene with every position negated, which the
+    replica's priors draw (symmetric source-position prior, uniform subhalo angles, a vortex through the centre);
+    a flip is the image of a scene whose source has e2 = -0.1, which the replica never draws (e2 fixed at +0.1)."""
+    import dataclasses
+
+    sim = build_simulator(resolve_dataset_config("deeplense_model_ii", {"image": {"size": 32}}))
+    assert sim.config["symmetry"] == "rot180"
+    source_e2 = sim.config["source"]["e2"]
+    assert source_e2 == 0.1
+    d = sim.draw_scene(label, rng(7))
+    renderer = sim.renderers[0]
+
+    def render(sign_x: float, sign_y: float, e2: float) -> np.ndarray:
+        lens = [{**d.kwargs_lens[0], "center_x": sign_x * d.kwargs_lens[0]["center_x"],
+                 "center_y": sign_y * d.kwargs_lens[0]["center_y"]}, dict(d.kwargs_lens[1])]
+        source = {**d.kwargs_source[0], "e2": e2, "center_x": sign_x * d.kwargs_source[0]["center_x"],
+                  "center_y": sign_y * d.kwargs_source[0]["center_y"]}
+        haloes = tuple(dataclasses.replace(h, x=sign_x * h.x, y=sign_y * h.y) for h in d.haloes)
+        return renderer.image(lens, haloes, source, d.kwargs_light[0])
+
+    image = render(1.0, 1.0, source_e2)
+    peak = float(np.abs(image).max())
+    assert d.kwargs_lens[0]["e2"] == 0 and d.kwargs_lens[1]["gamma2"] == 0  # the lens keeps every flip
+    # rotation by 180 degrees: positions negated, every ellipticity and shear component unchanged
+    np.testing.assert_allclose(image[::-1, ::-1], render(-1.0, -1.0, source_e2), atol=1e-4 * peak)
+    # flip x: positions mirrored AND the source's e2 negated, a source the replica does not draw
+    np.testing.assert_allclose(image[:, ::-1], render(-1.0, 1.0, -source_e2), atol=1e-4 * peak)
+    assert np.abs(image[:, ::-1] - render(-1.0, 1.0, source_e2)).max() > 0.05 * peak
+
+
+def test_rot180_augmentation_is_the_two_element_group() -> None:
+    import tensorflow as tf
+
+    from lensnet.data.augment import AUGMENTATIONS, augment_batch, check_augment, group_transforms
+
+    assert "rot180" in AUGMENTATIONS
+    image = rng(0).standard_normal((12, 10, 1)).astype(np.float32)
+    batch = tf.constant(np.repeat(image[None], 64, axis=0))
+    out = augment_batch({"image": batch}, "rot180", tf.constant([5, 6], tf.int64))["image"].numpy()
+    views = group_transforms(image, "rot180")
+    assert len(views) == 2 and np.array_equal(views[1], image[::-1, ::-1])
+    used = [next(k for k, v in enumerate(views) if np.array_equal(v, o)) for o in out]
+    assert set(used) == {0, 1}
+    assert check_augment("rot180", {"image": (16, 12, 1)}) == "rot180"  # no square needed
+    for name in ("deeplense_model_i", "deeplense_model_ii", "deeplense_model_iii"):
+        assert resolve_dataset_config(name)["symmetry"] == "rot180"

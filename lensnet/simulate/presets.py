@@ -10,6 +10,7 @@ from typing import Any
 
 from lensnet.core.config import load_yaml, merge
 from lensnet.core.errors import LensnetError
+from lensnet.data.augment import GROUPS
 from lensnet.simulate.halo_models import HALO_MODEL_DEFAULTS
 from lensnet.simulate.priors import is_prior_spec
 
@@ -26,7 +27,8 @@ DATASET_DEFAULTS: dict = {
     "kind": "substructure",  # substructure | lens_finding | super_resolution
     "replica": None,  # a replica preset's name: its physics is fixed (see REPLICA_FREE)
     # the augmentation that keeps the data's symmetry (recorded in the manifest's config for trainers):
-    # d4 when lenses are randomly oriented, flips ({id, flip x, flip y, rot 180}) for a fixed macro model
+    # d4 when lenses are randomly oriented, flips ({id, flip x, flip y, rot 180}) for a fixed macro model,
+    # rot180 when the source shape is fixed too (DeepLense's e2 = +0.1 changes sign under a flip)
     "symmetry": "d4",
     "classes": ["no_sub", "cdm", "axion"],  # substructure: any of these; lens_finding: [lens, non_lens]
     "image": {"size": 64, "supersampling": 2, "flux_scale": 1.0},
@@ -153,7 +155,7 @@ DATASET_DEFAULTS: dict = {
     },
 }
 
-SYMMETRIES = ("d4", "flips", "none")
+SYMMETRIES = (*GROUPS, "none")  # lensnet.data.augment's groups
 OPEN_KEYS = ("source.colors", "lens_light.colors")
 
 
