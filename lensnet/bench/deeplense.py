@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dataset(preset: str, args: argparse.Namespace, axion_only: bool = False) -> str:
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
 
     num = (args.reg_num or args.num) if axion_only else args.num
     path = Path(args.data_dir) / f"bench-{preset}{'-axion' if axion_only else ''}-{num}-seed{args.seed}"

@@ -235,7 +235,7 @@ def _fmt(values: Sequence[float]) -> str:
 
 def format_summary(info: DatasetInfo, report: CheckReport | None = None) -> str:
     """Human summary of a dataset (from the manifest, plus verification results when given)."""
-    from lensnet.bench.common import format_table
+    from lensnet.core.tables import format_table
 
     manifest = info.manifest
     lines = [f"dataset   {info.name} (kind {manifest.get('kind', '?')}) at {info.path}"]
@@ -308,7 +308,7 @@ def _power_lines(power: dict | None) -> list[str]:
 
 
 def format_audit(result: dict) -> str:
-    from lensnet.bench.common import format_table
+    from lensnet.core.tables import format_table
 
     power = result.get("power") or {}
     rows = [

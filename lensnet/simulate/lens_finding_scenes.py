@@ -27,7 +27,8 @@ class LensFindingSimulator(Simulator):
         lf = spec.lens_finding
         bands = spec.bands
         self._lf = lf
-        self._renderers = [Renderer(spec.size, b.pixel_scale, b.psf_kwargs, spec.supersampling) for b in bands]
+        self._renderers = [Renderer(spec.size, b.pixel_scale, b.psf_kwargs, spec.supersampling,
+                                    deflection_scale=spec.deflection_scale) for b in bands]
         lens = spec.lens
         common = [("center_x", lens["center_x"]), ("center_y", lens["center_y"])]
         common += light_items(spec.lens_light, bands, self._ref)

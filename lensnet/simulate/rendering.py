@@ -20,13 +20,15 @@ class Renderer:
     populations change their count in every image). engine fast:
     one macro-only ImageModel; the haloes' deflections on its evaluation grid come from
     lensnet.simulate.fast_lensing and are subtracted from the macro model's ray-shooting.
+    `deflection_scale` multiplies every deflection (lenstronomy's multi-plane redshift convention for
+    profiles on one plane, lensnet.simulate.scene_spec.deflection_scale); 1 renders lenstronomy's own image.
     """
 
     MAX_LAYOUTS = 64
     MAX_PROFILES = 50_000
 
     def __init__(self, size: int, pixel_scale: float, psf_kwargs: dict, supersampling: int,
-                 engine: str = "lenstronomy") -> None:
+                 engine: str = "lenstronomy", deflection_scale: float = 1.0) -> None:
         import lenstronomy.Util.simulation_util as sim_util
         from lenstronomy.Data.imaging_data import ImageData
 
@@ -35,6 +37,7 @@ class Renderer:
         self._numerics = {"supersampling_factor": supersampling}
         self._models: dict[tuple, Any] = {}
         self.engine = engine
+        self.deflection_scale = float(deflection_scale)
         self._grid = None
 
     def model(self, layout: tuple[tuple[str, int], ...], n_light: int) -> Any:
@@ -74,18 +77,30 @@ class Renderer:
         """Noiseless model image (e-/s per pixel) of the macro lens plus `haloes`."""
         light = [kwargs_light] if kwargs_light is not None else None
         n_light = 0 if light is None else 1
-        if self.engine != "fast" or not any(len(h) for h in haloes):
-            layout = tuple((h.profile, len(h)) for h in haloes if len(h))
+        fast = self.engine == "fast" and any(len(h) for h in haloes)
+        layout = () if fast else tuple((h.profile, len(h)) for h in haloes if len(h))
+        model = self.model(layout, n_light)
+        if not fast and self.deflection_scale == 1.0:
             kwargs = list(kwargs_macro)
             for group in haloes:
                 kwargs += group.kwargs()
-            return self.model(layout, n_light).image(kwargs, [kwargs_source], light)
-        model = self.model((), n_light)
+            return model.image(kwargs, [kwargs_source], light)
+        # ImageModel.image's own steps (ray-shoot the evaluation grid, source light, resize + convolve), with
+        # the haloes' deflections from the fast engine and/or every deflection scaled
         numerics = model.ImageNumerics
         x, y = numerics.coordinates_evaluate
-        ax, ay = self.grid(x, y).deflections(haloes)
-        bx, by = model.LensModel.ray_shooting(x, y, kwargs_macro)
-        flux = model.SourceModel.surface_brightness(bx - ax, by - ay, [kwargs_source])
+        if fast:
+            ax, ay = self.grid(x, y).deflections(haloes)
+            bx, by = model.LensModel.ray_shooting(x, y, kwargs_macro)
+            ax, ay = x - bx + ax, y - by + ay
+        else:
+            kwargs = list(kwargs_macro)
+            for group in haloes:
+                kwargs += group.kwargs()
+            bx, by = model.LensModel.ray_shooting(x, y, kwargs)
+            ax, ay = x - bx, y - by
+        scale = self.deflection_scale
+        flux = model.SourceModel.surface_brightness(x - scale * ax, y - scale * ay, [kwargs_source])
         if light is not None:
             flux = flux + model.LensLightModel.surface_brightness(x, y, light)
         return numerics.re_size_convolve(flux, unconvolved=False)

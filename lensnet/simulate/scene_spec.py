@@ -119,6 +119,8 @@ class SceneSpec:
     wdm: WdmSpec | None = None  # the wdm class: CDM subhaloes thinned by a half-mode mass
     line_of_sight: LosSpec | None = None  # field haloes along the ray, every class (None: disabled)
     halo_model: dict | None = None  # cosmology.halo_model: colossus's Ob0, sigma8, ns
+    # every lens deflection times this: 1, or lenstronomy's multi-plane convention (cosmology.multi_plane)
+    deflection_scale: float = 1.0
 
 
 def _int(value: Any, field: str, minimum: int) -> int:
@@ -229,6 +231,49 @@ def _halo_model(section: dict, om0: float) -> dict:
     return out
 
 
+MULTI_PLANE_KEYS = ("z_source_convention", "H0", "Om0", "Ob0")
+
+
+def deflection_scale(z_lens: float, z_source: float, z_convention: float, H0: float, Om0: float, Ob0: float) -> float:
+    """Lensing efficiency D_ls/D_s of the source over that of a source at z_convention (flat LambdaCDM).
+
+    lenstronomy's multi-plane LensModel reads every profile's normalisation (theta_E, gamma, alpha_Rs) as
+    the deflection of a source at `z_source_convention` and ray-traces to `z_source`: with all profiles on
+    one plane that is the single-plane deflection times this ratio (a POINT_MASS theta_E times its root).
+    """
+    from astropy.cosmology import FlatLambdaCDM
+
+    cosmo = FlatLambdaCDM(H0=H0, Om0=Om0, Ob0=Ob0)
+
+    def efficiency(z: float) -> float:
+        return float(cosmo.angular_diameter_distance(z_lens, z).value / cosmo.angular_diameter_distance(z).value)
+
+    return efficiency(z_source) / efficiency(z_convention)
+
+
+def _multi_plane(section: Any, z_lens: float, z_source: float) -> float:
+    """cosmology.multi_plane (None: single plane) -> the deflection scale of every lens profile."""
+    where = "cosmology.multi_plane"
+    if section is None:
+        return 1.0
+    if not isinstance(section, dict):
+        raise LensnetError(f"{where}: expected null or a mapping of {', '.join(MULTI_PLANE_KEYS)}, got {section!r}")
+    for key in section:
+        if key not in MULTI_PLANE_KEYS:
+            raise LensnetError(f"{where}.{key}: unknown key; a redshift convention has {', '.join(MULTI_PLANE_KEYS)}")
+    for key in MULTI_PLANE_KEYS:
+        if key not in section:
+            raise LensnetError(f"{where}.{key}: missing; a redshift convention needs {', '.join(MULTI_PLANE_KEYS)}")
+    z_conv = _number(section["z_source_convention"], f"{where}.z_source_convention", 1e-4, 20.0)
+    if not z_conv > z_lens:
+        raise LensnetError(f"{where}.z_source_convention: must exceed z_lens ({z_lens:g}), got {z_conv:g}")
+    om0 = _number(section["Om0"], f"{where}.Om0", 1e-3, 1.0)
+    ob0 = _number(section["Ob0"], f"{where}.Ob0", 0.0, 1.0)
+    if not ob0 < om0:
+        raise LensnetError(f"{where}.Ob0: must be below Om0 ({om0:g}), got {ob0:g}")
+    return deflection_scale(z_lens, z_source, z_conv, _number(section["H0"], f"{where}.H0", 1.0, 1000.0), om0, ob0)
+
+
 def parse_scene(config: dict) -> SceneSpec:
     """Validate the physics sections of a resolved config (errors name the field) and return the scene."""
     kind = config["kind"]
@@ -304,6 +349,7 @@ def parse_scene(config: dict) -> SceneSpec:
         wdm=parse_wdm_config(config["wdm"]) if "wdm" in uses else None,
         line_of_sight=parse_los_config(config["line_of_sight"], z_lens, z_source) if kind != "lens_finding" else None,
         halo_model=_halo_model(cosmo["halo_model"], cosmo["Om0"]),
+        deflection_scale=_multi_plane(cosmo["multi_plane"], z_lens, z_source),
         axion=parse_axion_config(config["axion"]) if "axion" in uses else None,
         lens_finding=_lens_finding(config["lens_finding"]) if kind == "lens_finding" else None,
         super_resolution=sr,

@@ -27,14 +27,18 @@ super-resolution pairs), lensnet.simulate.lens_finding_scenes (lenses vs confuse
 from __future__ import annotations
 
 from lensnet.simulate.lens_finding_scenes import LensFindingSimulator
-from lensnet.simulate.scene_spec import parse_scene
+from lensnet.simulate.scene_spec import SceneSpec, parse_scene
 from lensnet.simulate.simulator import Simulator
 from lensnet.simulate.substructure_scenes import SubstructureSimulator, SuperResolutionSimulator
 
 
-def build_simulator(config: dict) -> Simulator:
-    """Simulator for a config as returned by lensnet.simulate.presets.resolve_dataset_config."""
-    spec = parse_scene(config)
+def build_simulator(config: dict, spec: SceneSpec | None = None) -> Simulator:
+    """Simulator for a config as returned by lensnet.simulate.presets.resolve_dataset_config.
+
+    `spec` is the config's scene as the resolver parsed it (lensnet.simulate.presets.resolve_dataset); without it
+    the config is parsed here."""
+    if spec is None:
+        spec = parse_scene(config)
     if spec.kind == "substructure":
         return SubstructureSimulator(config, spec)
     if spec.kind == "super_resolution":

@@ -26,7 +26,7 @@ class Drawn(NamedTuple):
 
 
 class Simulator:
-    """Base: see build_simulator. Pickles as its config (lenstronomy objects are rebuilt on unpickling)."""
+    """Base: see build_simulator. Pickles as (config, spec); lenstronomy objects are rebuilt on unpickling."""
 
     class_names: list[str]
     image_shapes: dict[str, tuple[int, int, int]]
@@ -48,9 +48,8 @@ class Simulator:
         self._bkg2 = [(b.background_rms**2 if spec.background else 0.0) for b in bands]
 
     def __reduce__(self) -> tuple:
-        from lensnet.simulate.scenes import build_simulator
-
-        return build_simulator, (self.config,)
+        # the config and its already parsed spec travel to worker processes; lenstronomy objects are rebuilt there
+        return type(self), (self.config, self.spec)
 
     def simulate(self, label: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         raise NotImplementedError

@@ -55,7 +55,8 @@ class SubstructureSimulator(Simulator):
         self._subtract_sub = bool(spec.subhalos and spec.subhalos.subtract_from_macro) or bool(
             config["substructure"]["subtract_from_macro"] and spec.axion)
         self._subtract = self._subtract_sub or bool(self._los and self._los.spec.mass_sheet)
-        self._renderers = [Renderer(spec.size, b.pixel_scale, b.psf_kwargs, spec.supersampling, spec.engine)
+        self._renderers = [Renderer(spec.size, b.pixel_scale, b.psf_kwargs, spec.supersampling, spec.engine,
+                                    spec.deflection_scale)
                            for b in bands]
 
         items = [(k, p) for k, p in spec.lens.items()] + light_items(spec.source, bands, self._ref)
@@ -212,7 +213,7 @@ class SuperResolutionSimulator(SubstructureSimulator):
         band = spec.bands[0]
         hr_psf = {"psf_type": "GAUSSIAN", "fwhm": sr.hr_psf_fwhm, "truncation": 5}
         self._hr = [Renderer(spec.size * sr.factor, band.pixel_scale / sr.factor, hr_psf, spec.supersampling,
-                              spec.engine)]
+                              spec.engine, spec.deflection_scale)]
         self._hr_scale = float(sr.factor**2)
         self._hr_rms = sr.hr_background_rms
         hr = spec.size * sr.factor
