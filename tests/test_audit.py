@@ -179,7 +179,7 @@ def test_ring_statistic_without_lens_light_ignores_a_bright_lens_galaxy() -> Non
 def test_check_audit_on_90_replica_images_says_it_could_not_see(tmp_path, capsys) -> None:
     from lensnet.core.errors import run_cli
     from lensnet.data.__main__ import main as data_main
-    from lensnet.simulate.command import main as simulate_main
+    from lensnet.simulate.__main__ import main as simulate_main
 
     out = tmp_path / "replica"
     assert run_cli(simulate_main, ["--dataset", "deeplense_model_ii", "--num", "90", "--out", str(out), "--workers",
