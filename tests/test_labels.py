@@ -166,3 +166,18 @@ def test_schema_defines_every_substructure_label_field() -> None:
 
     assert set(CDM_PARAMS + F_SUB_PARAMS + SIGMA_SUB_PARAMS) == set(SUBSTRUCTURE_LABELS)
     assert "REALISED" in SUBSTRUCTURE_LABELS["f_sub"] and "requested" in SUBSTRUCTURE_LABELS["f_sub_drawn"]
+
+
+def test_replica_label_measures_the_rendered_multi_plane_deflections() -> None:
+    """deeplense_model_ii renders every deflection x s (lenstronomy's multi-plane convention): a subhalo of Einstein
+    radius t lenses as s pi t^2 Sigma_crit and the ring sits at s theta_E, so the realised f_sub uses both."""
+    sim = build_simulator(resolve_dataset_config("deeplense_model_ii", {"image": {"size": 16}}))
+    s = sim.spec.deflection_scale
+    assert 0.5 < s < 0.8  # ~0.63: the z = 1 source read for z = 2.5
+    d = sim.draw_scene(1, np.random.default_rng(2))
+    (haloes,) = d.haloes
+    theta = s * d.params["theta_E"]
+    r = np.hypot(haloes.x, haloes.y)
+    inside = (r >= 0.5 * theta) & (r <= 1.5 * theta)
+    assert 0 < inside.sum() < len(r)
+    assert d.params["f_sub"] == pytest.approx(s * (haloes.theta_e[inside] ** 2).sum() / theta**2, rel=1e-9)

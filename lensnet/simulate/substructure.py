@@ -10,6 +10,8 @@ CDM subhaloes
                mass inside the Einstein radius (the quantity of Dalal & Kochanek 2002; Vegetti et al. 2014).
                Lensing mass: m for point masses (m × mass_factor in replicas), the truncated total mass of a
                TNFW (Baltz, Marshall & Oguri 2009), never M200. A halo counts wholly where its centre is.
+               Under a replica's multi-plane convention (every deflection × s, scene_spec.deflection_scale)
+               masses lens as s m and the Einstein radius is s θ_E: f_sub and m_sub_lensing use those.
     f_sub_drawn (normalisation: f_sub, the physical presets) the requested fraction, drawn per image from the
                `f_sub` prior. The count is calibrated so that the MEDIAN of the realised f_sub equals the
                request (FSubCalibration: the realised mass is a heavy-tailed compound Poisson sum whose median
@@ -445,8 +447,11 @@ class SubhaloPopulation:
 
     def __init__(self, spec: SubhaloSpec, lens_cosmo: Any, z_lens: float, h: float, mass_factor: float = 1.0,
                  om0: float = 0.3, halo_model: dict | None = None,
-                 theta_e_range: tuple[float, float] = (1.0, 1.6)) -> None:
+                 theta_e_range: tuple[float, float] = (1.0, 1.6), deflection_scale: float = 1.0) -> None:
         self.profile = spec.profile
+        # the renderer multiplies every deflection by this (a replica's multi-plane convention): a mass m then
+        # lenses as s m and the lens's Einstein radius is s theta_E; the labels measure what the image holds
+        self.deflection_scale = float(deflection_scale)
         self.spec = spec
         self.mass_factor = mass_factor
         self._sigma_crit = float(lens_cosmo.sigma_crit_angle)  # Msun / arcsec^2
@@ -500,10 +505,11 @@ class SubhaloPopulation:
 
     def expected_count(self, f_sub: float, theta_e: float) -> float:
         """Mean subhalo count (whole population) whose realised f_sub has median f_sub (normalisation: f_sub)."""
-        inside = self.annulus_fraction(theta_e)
+        scale = self.deflection_scale
+        inside = self.annulus_fraction(scale * theta_e)
         if inside <= 0:
             return 0.0
-        return self._calibration.count(f_sub * self.mass_in_theta_e(theta_e)) / inside
+        return self._calibration.count(f_sub * self.mass_in_theta_e(scale * theta_e) / scale) / inside
 
     def expected_count_sigma_sub(self, sigma_sub: float) -> float:
         """Mean subhalo count in the annulus for pyHalo's sigma_sub (kpc^-2; normalisation: sigma_sub)."""
@@ -630,10 +636,12 @@ class SubhaloPopulation:
         else:
             lensing = m_lens
             haloes = Haloes("POINT_MASS", x, y, theta_e=np.sqrt(m_lens / (math.pi * self._sigma_crit)))
-        in_annulus = (r >= F_SUB_ANNULUS[0] * theta_e) & (r <= F_SUB_ANNULUS[1] * theta_e)
-        f_sub = float(lensing[in_annulus].sum()) / self.mass_in_theta_e(theta_e)
+        scale = self.deflection_scale
+        theta_label = scale * theta_e
+        in_annulus = (r >= F_SUB_ANNULUS[0] * theta_label) & (r <= F_SUB_ANNULUS[1] * theta_label)
+        f_sub = scale * float(lensing[in_annulus].sum()) / self.mass_in_theta_e(theta_label)
         lensing_total = float(lensing.sum())
-        summary = (float(n), float(m.sum()), lensing_total, f_sub, *requested, *extra)
+        summary = (float(n), float(m.sum()), scale * lensing_total, f_sub, *requested, *extra)
         return haloes, summary, self.enclosed_mass(lensing_total, theta_e)
 
 
