@@ -181,3 +181,41 @@ def test_replica_label_measures_the_rendered_multi_plane_deflections() -> None:
     inside = (r >= 0.5 * theta) & (r <= 1.5 * theta)
     assert 0 < inside.sum() < len(r)
     assert d.params["f_sub"] == pytest.approx(s * (haloes.theta_e[inside] ** 2).sum() / theta**2, rel=1e-9)
+
+
+def test_replica_flux_bench_pairs_scenes(tmp_path, capsys, monkeypatch) -> None:
+    import argparse
+
+    from lensnet.bench import replica_flux
+
+    parser = argparse.ArgumentParser()
+    replica_flux.add_arguments(parser)
+    rows = replica_flux.run(parser.parse_args(["--num", "4", "--set", "image.size=16"]))
+    by_class = {r["class"]: r for r in rows}
+    assert by_class["no_sub"]["flux_vs_no_sub"] == 1.0 and by_class["no_sub"]["ring_shift_px"] == 0.0
+    assert by_class["axion"]["flux_vs_no_sub"] != 1.0 and by_class["axion"]["scenes"] == 4
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "message"),
+    [
+        ("lensnet.simulate.__main__",
+         ["--dataset", "model_ii", "--num", "3", "--set", "substructure.truncation=jacobi"], "substructure.truncation"),
+        ("lensnet.simulate.__main__", ["--dataset", "model_ii", "--num", "3", "--set", "symmetry=rot90"], "symmetry"),
+        ("lensnet.bench.__main__", ["replica-flux", "--num", "1"], "--num"),
+        ("lensnet.bench.__main__", ["replica-flux", "--dataset", "lens_finding", "--num", "2"], "dataset"),
+    ],
+)
+def test_bad_new_options_are_one_error_line_exit_2(tmp_path, capsys, module: str, argv: list, message: str) -> None:
+    import importlib
+
+    from lensnet.core.errors import run_cli
+
+    main = importlib.import_module(module).main
+    out = tmp_path / "x"
+    extra = ["--out", str(out), "--workers", "1", "--no-progress"] if module.startswith("lensnet.simulate") else []
+    code = run_cli(main, argv + extra)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert message in err
+    assert not out.exists()
