@@ -106,3 +106,15 @@ def test_replica_fingerprint(preset: str) -> None:
     _, images = replica_scenes(resolve_dataset_config(preset), per_class=1, seed=11)
     got = [(float(a.sum()), float(a.max())) for a in images]
     assert got == [(pytest.approx(t, rel=1e-7), pytest.approx(p, rel=1e-7)) for t, p in FINGERPRINTS[preset]]
+
+
+def test_anchor_columns_and_wilson_interval() -> None:
+    from lensnet.bench.deeplense import _anchor_columns, wilson_interval
+
+    low, high = wilson_interval(90, 100)
+    assert low < 0.9 < high and high - low == pytest.approx(0.118, abs=0.002)  # textbook: [0.826, 0.945]
+    row = _anchor_columns("deeplense_model_iii", "classification", 0.99, higher_is_better=True)
+    assert row["anchor"] == "CCT accuracy" and row["vs_anchor"] == pytest.approx(-0.0048)
+    mae = _anchor_columns("deeplense_model_ii", "axion_mass_regression", 0.2, higher_is_better=False)
+    assert mae["anchor_value"] == 0.2209 and mae["vs_anchor"] == pytest.approx(0.0209)
+    assert _anchor_columns("model_ii", "classification", 0.9, higher_is_better=True) == {}
