@@ -14,6 +14,8 @@ import argparse
 
 import numpy as np
 
+SUMMARY = "Lensed flux and ring radius per class vs no_sub on paired replica scenes (a non-local signal)"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="deeplense_model_ii", help="a substructure preset with no_sub")

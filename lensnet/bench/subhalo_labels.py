@@ -13,6 +13,8 @@ import argparse
 
 import numpy as np
 
+SUMMARY = "Truncation r_t/r_s, lensing mass / M200 and realised / requested f_sub per truncation rule"
+
 RULES = ("roche", "tidal", "tidal_projected")
 
 
