@@ -26,6 +26,21 @@ SCHEMA_VERSION = 1
 KINDS = ("image", "float", "int", "bytes")
 CORE_FIELDS = ("id", "seed", "label", "class_name")
 
+# The substructure label fields (float parameters; lensnet.simulate.substructure says how they are drawn). Any
+# stored parameter is a regression target by name, so a realised quantity and the normalisation it was drawn from
+# have different names: `f_sub` is what the image holds, `f_sub_drawn` what was asked for.
+SUBSTRUCTURE_LABELS = {
+    "n_subhalo": "number of subhaloes in the image",
+    "m_sub_total": "sum of the subhaloes' drawn masses (M200c for TNFW), Msun",
+    "m_sub_lensing": "sum of the subhaloes' lensing masses (truncated TNFW total mass; point mass m), Msun",
+    "f_sub": "REALISED projected substructure mass fraction: lensing mass of the subhaloes centred in "
+             "theta_E/2 <= R <= 3 theta_E/2 over pi Sigma_crit theta_E^2 (kappa_sub / kappa_macro there)",
+    "f_sub_drawn": "the requested f_sub (normalisation f_sub); the count is calibrated so that the median of "
+                   "the realised f_sub equals it",
+    "sigma_sub": "REALISED pyHalo sigma_sub: sigma_sub_drawn x (CDM count / its expectation), kpc^-2",
+    "sigma_sub_drawn": "the drawn pyHalo sigma_sub (normalisation sigma_sub), kpc^-2",
+}
+
 
 @dataclass(frozen=True)
 class Feature:

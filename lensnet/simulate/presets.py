@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from lensnet.core.config import CONFIG_DIR, load_yaml, merge
 from lensnet.core.errors import LensnetError
+from lensnet.data.augment import GROUPS
 from lensnet.simulate.halo_models import HALO_MODEL_DEFAULTS
 from lensnet.simulate.priors import is_prior_spec
 
@@ -33,7 +34,8 @@ DATASET_DEFAULTS: dict = {
     "prevalence": None,
     "replica": None,  # a replica preset's name: its physics is fixed (see REPLICA_FREE)
     # the augmentation that keeps the data's symmetry (recorded in the manifest's config for trainers):
-    # d4 when lenses are randomly oriented, flips ({id, flip x, flip y, rot 180}) for a fixed macro model
+    # d4 when lenses are randomly oriented, flips ({id, flip x, flip y, rot 180}) for a fixed macro model,
+    # rot180 when the source shape is fixed too (DeepLense's e2 = +0.1 changes sign under a flip)
     "symmetry": "d4",
     "classes": ["no_sub", "cdm", "axion"],  # substructure: any of these; lens_finding: [lens, non_lens]
     "image": {"size": 64, "supersampling": 2, "flux_scale": 1.0},
@@ -115,7 +117,9 @@ DATASET_DEFAULTS: dict = {
         "placement": "area",  # area (uniform surface density) | radius (uniform in radius, as DeepLense)
         "subtract_from_macro": True,  # substructure (and vortex) mass is taken out of the smooth lens
         "concentration": {"model": "diemer19", "scatter_dex": 0.1},  # diemer19 | ludlow16 (colossus) | duffy08
-        "truncation": "tidal",  # tidal | tau = r_trunc / r_s
+        # roche (pyHalo's TRUNCATION_ROCHE at the 3D radius) | tidal (Jacobi, 3D) | tidal_projected (the former
+        # rule, at the projected radius) | tau = r_trunc / r_s
+        "truncation": "roche",
     },
     "wdm": {  # the wdm class: the cdm population thinned by a half-mode mass (lensnet/simulate/halo_models.py)
         "log10_m_hm": {"uniform": [6.0, 10.0]},  # log10 half-mode mass, Msun, within [4, 12]
@@ -214,7 +218,7 @@ DATASET_DEFAULTS: dict = {
     },
 }
 
-SYMMETRIES = ("d4", "flips", "none")
+SYMMETRIES = (*GROUPS, "none")  # lensnet.data.augment's groups
 OPEN_KEYS = ("source.colors", "lens_light.colors", "instrument.pinned",  # pinned: band -> settings
              "survey_population.deflector.colors", "survey_population.source.colors",
              "survey_population.impostors.disc_colors", "survey_population.impostors.star.colors")

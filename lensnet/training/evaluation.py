@@ -11,11 +11,12 @@ import tensorflow as tf
 
 from lensnet.core.fileio import write_json
 from lensnet.data import load
+from lensnet.data.augment import GROUPS
 from lensnet.data.pipeline import reader_error
 from lensnet.tasks import plots
 from lensnet.tasks.base import BatchContext, Task
 
-TTA_GROUPS = ("flips", "d4")
+TTA_GROUPS = tuple(GROUPS)  # lensnet.data.augment's symmetry groups
 
 
 def check_tta(tta: str | None, task: Task, image_shape: Any) -> None:
@@ -40,7 +41,7 @@ def predict_split(model: keras.Model, task: Task, info: Any, split: str, normali
     `normalise` is the run's normalisation spec (run.json), so a model scored on another
     dataset sees its inputs scaled exactly as in training. The model's inputs are what the
     task's `prepare` makes of each batch (outside training: no training-time randomness).
-    `tta` (flips | d4): the prediction is the mean over the group's views of each image (classification;
+    `tta` (rot180 | flips | d4): the prediction is the mean over the group's views of each image (classification;
     use the group the dataset is symmetric under, its manifest's config.symmetry).
     """
     from lensnet.core.progress import Progress
