@@ -37,7 +37,12 @@ from lensnet.simulate.priors import Prior, inverse_cdf, parse_prior
 
 KIND = "lens_finding_survey"
 CLASSES = ("lens", "non_lens")
-SUBTYPES = ("elliptical", "spiral", "ring", "merger", "edge_on", "group", "blue_neighbours", "star")
+# non-lens subtype -> the SurveyLensFindingSimulator method that draws its extra components (None: the host alone)
+IMPOSTOR_RECIPES = {"elliptical": None, "spiral": "_spiral", "ring": "_ring", "merger": "_merger",
+                    "edge_on": "_edge_on", "group": "_group", "blue_neighbours": "_blue_neighbours",
+                    "star": "_stars"}
+REPLACE_HOST = frozenset({"spiral"})  # recipes whose galaxy takes the elliptical host's place
+SUBTYPES = tuple(IMPOSTOR_RECIPES)  # non_lens_subtype codes are indices into this
 C_KMS = 299792.458
 ARCSEC = math.pi / 180.0 / 3600.0
 
@@ -553,113 +558,120 @@ class SurveyLensFindingSimulator:
 
     def _impostor(self, kind: str, rng: np.random.Generator, host: dict, cx: float, cy: float, params: dict
                   ) -> list[tuple[Any, np.ndarray | None]]:
-        """Components (unit profile, band fluxes) of a non-lens scene; stars are ((x, y, flux), None)."""
-        imp = self.spec.cfg["impostors"]
-        rec = imp.get(kind, {})
-        x, y = self._x - cx, self._y - cy
-        out: list[tuple[Any, np.ndarray | None]] = []
-        host_part = self._elliptical_component(host, cx, cy)
-        seps: list[float] = []
-        mags: list[float] = []
-        if kind == "spiral":
-            # a disc galaxy as bright as the drawn host, bulge + exponential disc with m logarithmic arms
-            bulge_frac = _uniform(rng, rec["bulge_fraction"])
-            r_d = _uniform(rng, rec["disc_R_e"])
-            q = _uniform(rng, rec["axis_ratio"])
-            pa = math.pi * rng.random()
-            pitch = math.radians(_uniform(rng, rec["pitch_deg"]))
-            arms = int(rng.integers(rec["arms"][0], rec["arms"][1] + 1))
-            contrast = _uniform(rng, rec["arm_contrast"])
-            phase = 2 * math.pi * rng.random()
-            c, s = math.cos(pa), math.sin(pa)
-            xp, yp = c * x + s * y, (-s * x + c * y) / q  # deprojected disc plane
-            r = np.hypot(xp, yp) + 1e-6
-            theta = np.arctan2(yp, xp)
-            wave = 0.5 * (1.0 + np.cos(arms * (theta - np.log(r / r_d) / math.tan(pitch)) + phase))
-            disc = sersic_unit(x, y, r_d, 1.0, q, pa) * (1.0 - contrast + contrast * 2.0 * wave ** 4)
-            disc /= disc.sum() * self._sub_area
-            bulge = sersic_unit(x, y, _uniform(rng, rec["bulge_R_e"]), 4.0, min(1.0, q + 0.3), pa)
-            total = host["m_r"]
-            disc_mags = self._colour_mags(total - 2.5 * math.log10(1 - bulge_frac), 0.0, self.spec.disc_colours, rng)
-            out.append((disc, self._flux(disc_mags)))
-            out.append((bulge, self._flux(host["mags"] - 2.5 * math.log10(bulge_frac))))
-            mags.append(total)
-            seps.append(r_d)
-            params["n_impostor_components"] = 2.0
-            return self._finish(out, params, mags, seps)
-        out.append(host_part)
-        if kind == "ring":
-            radius = _uniform(rng, rec["radius"])
-            width = _uniform(rng, rec["width"])
-            knots = int(rng.integers(1, 4))
-            phase = 2 * math.pi * rng.random()
-            modulation = 1.0 + _uniform(rng, rec["modulation"]) * np.cos(knots * np.arctan2(y, x) + phase)
-            unit = _ring_unit(x, y, radius, width, _uniform(rng, rec["axis_ratio"]), math.pi * rng.random(),
-                              modulation, self._sub_area)
-            m = host["m_r"] + _uniform(rng, rec["fainter_by"])
-            blue = rng.random() < float(rec["blue_fraction"])
-            ring_mags = (self._colour_mags(m, 0.0, self.spec.disc_colours, rng) if blue
-                         else host["mags"] - host["m_r"] + m)
-            out.append((unit, self._flux(ring_mags)))
-            mags.append(m)
-            seps.append(radius)
-        elif kind == "merger":
-            companion = self.draw_elliptical(rng, weight_power=0.0, z=host["z"])
-            px, py, sep = self._around(rng, _range(rec, "separation", "merger"), cx, cy)
-            out.append(self._elliptical_component(companion, px, py))
-            mags.append(companion["m_r"])
-            seps.append(sep)
-            for _ in range(int(rng.integers(1, int(rec["max_features"]) + 1))):
-                # shells and tails: segments of rings around the host in the host's (stellar) colours
-                radius = _uniform(rng, rec["radius"])
-                width = _uniform(rng, rec["width"])
-                centre = 2 * math.pi * rng.random()
-                kappa = 1.0 / max(math.radians(_uniform(rng, rec["opening_deg"])) / 2.0, 1e-3) ** 2
-                modulation = np.exp(kappa * (np.cos(np.arctan2(y, x) - centre) - 1.0))
-                unit = _ring_unit(x, y, radius, width, 1.0, 0.0, modulation, self._sub_area)
-                m = host["m_r"] + _uniform(rng, rec["fainter_by"])
-                out.append((unit, self._flux(host["mags"] - host["m_r"] + m + 0.1 * rng.standard_normal())))
-                mags.append(m)
-                seps.append(radius)
-        elif kind == "edge_on":
-            px, py, sep = self._around(rng, _range(rec, "separation", "edge_on"), cx, cy)
-            m = host["m_r"] + _uniform(rng, rec["fainter_by"])
-            unit = sersic_unit(self._x - px, self._y - py, _uniform(rng, rec["R_e"]), 1.0,
-                               _uniform(rng, rec["axis_ratio"]), math.pi * rng.random())
-            out.append((unit, self._flux(self._colour_mags(m, 0.0, self.spec.disc_colours, rng))))
-            mags.append(m)
-            seps.append(sep)
-        elif kind == "group":
-            for _ in range(int(rng.integers(1, int(rec["max_members"]) + 1))):
-                member = self.draw_elliptical(rng, weight_power=0.0, z=host["z"])
-                px, py, sep = self._around(rng, _range(rec, "separation", "group"), cx, cy)
-                out.append(self._elliptical_component(member, px, py))
-                mags.append(member["m_r"])
-                seps.append(sep)
-        elif kind == "blue_neighbours":
-            for _ in range(int(rng.integers(1, int(rec["max_count"]) + 1))):
-                gal = self.draw_star_forming(rng, float(inverse_cdf(self.spec.priors["z_neighbour"], rng.random())))
-                px, py, sep = self._around(rng, _range(rec, "separation", "blue_neighbours"), cx, cy)
-                out.append((self.star_forming_unit(gal, self._x - px, self._y - py), self._flux(gal["mags"])))
-                mags.append(gal["m_r"])
-                seps.append(sep)
-        elif kind == "star":
-            for _ in range(int(rng.integers(1, int(rec["max_count"]) + 1))):
-                px, py, sep = self._around(rng, _range(rec, "separation", "star"), cx, cy)
-                m = _uniform(rng, rec["magnitude"])
-                star_mags = self._colour_mags(m, 0.0, self.spec.star_colours, rng)
-                out.append(((px, py, self._flux(star_mags)), None))
-                mags.append(m)
-                seps.append(sep)
-        params["n_impostor_components"] = float(len(out) - 1)
-        return self._finish(out, params, mags, seps)
+        """Components (unit profile, band fluxes) of a non-lens scene; stars are ((x, y, flux), None).
 
-    @staticmethod
-    def _finish(out: list, params: dict, mags: list[float], seps: list[float]) -> list:
+        Each subtype is a recipe method (IMPOSTOR_RECIPES) returning its own components, magnitudes and
+        separations; the elliptical host is kept except by the recipes that replace it (a spiral)."""
+        rec = self.spec.cfg["impostors"].get(kind, {})
+        recipe = IMPOSTOR_RECIPES[kind]
+        parts, mags, seps = getattr(self, recipe)(rng, host, cx, cy, rec) if recipe else ([], [], [])
+        params["n_impostor_components"] = float(len(parts))
+        out = parts if kind in REPLACE_HOST else [self._elliptical_component(host, cx, cy), *parts]
         if mags:
             params["impostor_mag"] = -2.5 * math.log10(sum(10.0 ** (-0.4 * m) for m in mags))
             params["impostor_separation"] = float(np.mean(seps))
         return out
+
+    def _spiral(self, rng: np.random.Generator, host: dict, cx: float, cy: float, rec: dict) -> tuple:
+        """A disc galaxy as bright as the drawn host: bulge + exponential disc with m logarithmic arms."""
+        x, y = self._x - cx, self._y - cy
+        bulge_frac = _uniform(rng, rec["bulge_fraction"])
+        r_d = _uniform(rng, rec["disc_R_e"])
+        q = _uniform(rng, rec["axis_ratio"])
+        pa = math.pi * rng.random()
+        pitch = math.radians(_uniform(rng, rec["pitch_deg"]))
+        arms = int(rng.integers(rec["arms"][0], rec["arms"][1] + 1))
+        contrast = _uniform(rng, rec["arm_contrast"])
+        phase = 2 * math.pi * rng.random()
+        c, s = math.cos(pa), math.sin(pa)
+        xp, yp = c * x + s * y, (-s * x + c * y) / q  # deprojected disc plane
+        r = np.hypot(xp, yp) + 1e-6
+        theta = np.arctan2(yp, xp)
+        wave = 0.5 * (1.0 + np.cos(arms * (theta - np.log(r / r_d) / math.tan(pitch)) + phase))
+        disc = sersic_unit(x, y, r_d, 1.0, q, pa) * (1.0 - contrast + contrast * 2.0 * wave ** 4)
+        disc /= disc.sum() * self._sub_area
+        bulge = sersic_unit(x, y, _uniform(rng, rec["bulge_R_e"]), 4.0, min(1.0, q + 0.3), pa)
+        total = host["m_r"]
+        disc_mags = self._colour_mags(total - 2.5 * math.log10(1 - bulge_frac), 0.0, self.spec.disc_colours, rng)
+        parts = [(disc, self._flux(disc_mags)), (bulge, self._flux(host["mags"] - 2.5 * math.log10(bulge_frac)))]
+        return parts, [total], [r_d]
+
+    def _ring(self, rng: np.random.Generator, host: dict, cx: float, cy: float, rec: dict) -> tuple:
+        """A Gaussian ring with 1-3 azimuthal knots around the host, blue or in the host's colours."""
+        x, y = self._x - cx, self._y - cy
+        radius = _uniform(rng, rec["radius"])
+        width = _uniform(rng, rec["width"])
+        knots = int(rng.integers(1, 4))
+        phase = 2 * math.pi * rng.random()
+        modulation = 1.0 + _uniform(rng, rec["modulation"]) * np.cos(knots * np.arctan2(y, x) + phase)
+        unit = _ring_unit(x, y, radius, width, _uniform(rng, rec["axis_ratio"]), math.pi * rng.random(),
+                          modulation, self._sub_area)
+        m = host["m_r"] + _uniform(rng, rec["fainter_by"])
+        blue = rng.random() < float(rec["blue_fraction"])
+        ring_mags = (self._colour_mags(m, 0.0, self.spec.disc_colours, rng) if blue
+                     else host["mags"] - host["m_r"] + m)
+        return [(unit, self._flux(ring_mags))], [m], [radius]
+
+    def _merger(self, rng: np.random.Generator, host: dict, cx: float, cy: float, rec: dict) -> tuple:
+        """An early-type companion + shells/tails: ring segments around the host in its stellar colours."""
+        x, y = self._x - cx, self._y - cy
+        companion = self.draw_elliptical(rng, weight_power=0.0, z=host["z"])
+        px, py, sep = self._around(rng, _range(rec, "separation", "merger"), cx, cy)
+        parts, mags, seps = [self._elliptical_component(companion, px, py)], [companion["m_r"]], [sep]
+        for _ in range(int(rng.integers(1, int(rec["max_features"]) + 1))):
+            radius = _uniform(rng, rec["radius"])
+            width = _uniform(rng, rec["width"])
+            centre = 2 * math.pi * rng.random()
+            kappa = 1.0 / max(math.radians(_uniform(rng, rec["opening_deg"])) / 2.0, 1e-3) ** 2
+            modulation = np.exp(kappa * (np.cos(np.arctan2(y, x) - centre) - 1.0))
+            unit = _ring_unit(x, y, radius, width, 1.0, 0.0, modulation, self._sub_area)
+            m = host["m_r"] + _uniform(rng, rec["fainter_by"])
+            parts.append((unit, self._flux(host["mags"] - host["m_r"] + m + 0.1 * rng.standard_normal())))
+            mags.append(m)
+            seps.append(radius)
+        return parts, mags, seps
+
+    def _edge_on(self, rng: np.random.Generator, host: dict, cx: float, cy: float, rec: dict) -> tuple:
+        """A thin blue exponential disc near the host, randomly oriented."""
+        px, py, sep = self._around(rng, _range(rec, "separation", "edge_on"), cx, cy)
+        m = host["m_r"] + _uniform(rng, rec["fainter_by"])
+        unit = sersic_unit(self._x - px, self._y - py, _uniform(rng, rec["R_e"]), 1.0,
+                           _uniform(rng, rec["axis_ratio"]), math.pi * rng.random())
+        return [(unit, self._flux(self._colour_mags(m, 0.0, self.spec.disc_colours, rng)))], [m], [sep]
+
+    def _group(self, rng: np.random.Generator, host: dict, cx: float, cy: float, rec: dict) -> tuple:
+        """1..max_members early types at the host's redshift (unweighted VDF)."""
+        parts, mags, seps = [], [], []
+        for _ in range(int(rng.integers(1, int(rec["max_members"]) + 1))):
+            member = self.draw_elliptical(rng, weight_power=0.0, z=host["z"])
+            px, py, sep = self._around(rng, _range(rec, "separation", "group"), cx, cy)
+            parts.append(self._elliptical_component(member, px, py))
+            mags.append(member["m_r"])
+            seps.append(sep)
+        return parts, mags, seps
+
+    def _blue_neighbours(self, rng: np.random.Generator, host: dict, cx: float, cy: float, rec: dict) -> tuple:
+        """1..max_count unlensed star-forming galaxies from the source LF at lower redshift."""
+        parts, mags, seps = [], [], []
+        for _ in range(int(rng.integers(1, int(rec["max_count"]) + 1))):
+            gal = self.draw_star_forming(rng, float(inverse_cdf(self.spec.priors["z_neighbour"], rng.random())))
+            px, py, sep = self._around(rng, _range(rec, "separation", "blue_neighbours"), cx, cy)
+            parts.append((self.star_forming_unit(gal, self._x - px, self._y - py), self._flux(gal["mags"])))
+            mags.append(gal["m_r"])
+            seps.append(sep)
+        return parts, mags, seps
+
+    def _stars(self, rng: np.random.Generator, host: dict, cx: float, cy: float, rec: dict) -> tuple:
+        """1..max_count point sources near the host ((x, y, band fluxes), None: drawn after the PSF)."""
+        parts, mags, seps = [], [], []
+        for _ in range(int(rng.integers(1, int(rec["max_count"]) + 1))):
+            px, py, sep = self._around(rng, _range(rec, "separation", "star"), cx, cy)
+            m = _uniform(rng, rec["magnitude"])
+            star_mags = self._colour_mags(m, 0.0, self.spec.star_colours, rng)
+            parts.append(((px, py, self._flux(star_mags)), None))
+            mags.append(m)
+            seps.append(sep)
+        return parts, mags, seps
 
     # ---- manifest ------------------------------------------------------------------------------
 
