@@ -37,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(f"{args.split} of {metrics['dataset']}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()),
           flush=True)
+    for warning in metrics.get("warnings") or ():
+        print(f"warning: {warning}", flush=True)
     print(f"  metrics  {out_dir / 'metrics.json'}\n  plots    {out_dir / 'plots'}", flush=True)
     return 0
 
