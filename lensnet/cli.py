@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 # name -> (module defining main(argv), imports TensorFlow first (quietly), one-line summary)
 COMMANDS: dict[str, tuple[str, bool, str]] = {
-    "simulate": ("lensnet.simulate.command", False, "simulate lens images into a TFRecord dataset"),
+    "simulate": ("lensnet.simulate.__main__", False, "simulate lens images into a TFRecord dataset"),
     "convert": ("lensnet.convert", False, "import DeepLense .npy folders or FITS cutouts as a dataset"),
     "data": ("lensnet.data.__main__", True, "check or describe a dataset"),
     "models": ("lensnet.models.__main__", True, "list the registered models"),
@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, bool, str]] = {
     "predict": ("lensnet.predict", True, "score image files or datasets with an export, to CSV"),
     "serve": ("lensnet.serve", True, "serve an export over the TF Serving REST API"),
     "pipeline": ("lensnet.pipeline", True, "find, classify and explain lens candidates in survey images"),
-    "dashboard": ("lensnet.dashboard", True, "browse, mark and export pipeline candidates in a web page"),
+    "dashboard": ("lensnet.dashboard", False, "browse, mark and export pipeline candidates in a web page"),
     "bench": ("lensnet.bench.__main__", True, "run a benchmark"),
 }
 
@@ -39,7 +39,7 @@ def usage() -> str:
         "commands:",
         *(f"  {name:<{width}}  {summary}" for name, (_, _, summary) in COMMANDS.items()),
         "",
-        "`lensnet COMMAND --help` shows a command's options.",
+        "`lensnet COMMAND --help` shows a command's options; `--verbose` on any command shows TensorFlow's logs.",
     ]
     return "\n".join(lines)
 
@@ -47,8 +47,10 @@ def usage() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch `argv` (default: sys.argv[1:]) to a command; returns its exit status."""
     from lensnet.core.errors import run_cli
+    from lensnet.core.tfboot import quiet_tensorflow, take_verbose
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, verbose = take_verbose(sys.argv[1:] if argv is None else argv)
+    quiet_tensorflow(verbose)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if argv else 2

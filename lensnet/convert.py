@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from lensnet.data.importers import convert_dataset
     from lensnet.data.manifest import read_manifest, schema_of
-    from lensnet.simulate.command import print_summary
+    from lensnet.data.writer import print_summary
 
     args = build_parser().parse_args(argv)
     if args.format == "degrade":

@@ -19,15 +19,14 @@ import gc
 from collections.abc import Sequence
 
 from lensnet.core.errors import LensnetError, cli_exit
+from lensnet.core.http import bind, uvicorn_server
 from lensnet.serving.runtimes import RUNTIMES
 from lensnet.serving.server import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BODY_MB,
     DEFAULT_POLL_SECONDS,
     ModelServer,
-    bind,
     create_app,
-    uvicorn_server,
 )
 
 

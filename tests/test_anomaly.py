@@ -181,7 +181,7 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, dataset: Path, odd_dat
 
 
 def test_score_export_tolerance_is_relative_to_the_largest_score() -> None:
-    from lensnet.tasks.outputs import OutputSpec
+    from lensnet.artifacts.outputs import OutputSpec
 
     spec = OutputSpec("score", "anomaly_score", columns=("anomaly_score",))
     assert spec.handler.tolerance(spec, np.array([[5000.0], [-20.0]]), 1e-4) == pytest.approx(0.5)

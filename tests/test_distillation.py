@@ -30,7 +30,7 @@ def three_class(tmp_path_factory) -> Path:
 
 
 def spec(classes=CLASSES) -> dict:
-    from lensnet.tasks.outputs import OutputSpec
+    from lensnet.artifacts.outputs import OutputSpec
 
     return OutputSpec("probabilities", "probabilities", columns=tuple(f"p_{c}" for c in classes),
                       class_names=tuple(classes)).to_json()
@@ -132,7 +132,7 @@ def test_a_one_class_teacher_pulls_the_student_there_and_is_not_exported(capsys,
                          "--set", "train.precise_bn_batches=0", *DEIT)
     assert code == 0, err
     run = tmp_path / "student"
-    from lensnet.core.runs import load_model
+    from lensnet.tasks.checkpoints import load_model
 
     best = load_model(run)
     images = np.random.default_rng(0).standard_normal((16, 16, 16, 1)).astype("float32")
@@ -311,7 +311,7 @@ def test_attention_distillation_trains_through_fit_and_exports_nothing_of_it(cap
                        "--set", "train.precise_bn_batches=0", *VIT, "--set=model.args.num_layers=2")
     assert code == 0, err
     assert "nan" not in (tmp_path / "ad" / "history.csv").read_text().lower()
-    from lensnet.core.runs import load_model
+    from lensnet.tasks.checkpoints import load_model
     from lensnet.tasks.distillation import DistillationModel
 
     last = keras.models.load_model(tmp_path / "ad" / "checkpoints" / "last.keras", safe_mode=True)

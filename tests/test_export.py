@@ -70,7 +70,7 @@ def test_every_family_exports_faithfully(tmp_path, family, kind, normalisation, 
 
 
 def read_run(run: Path):
-    from lensnet.core.runs import read_run as read
+    from lensnet.artifacts.runs import read_run as read
 
     return read(run)
 
@@ -144,9 +144,9 @@ def test_unfaithful_export_fails_with_one_line_and_leaves_no_version(tmp_path, m
 
 
 def test_versions_count_up_and_card_describes_the_model(tmp_path):
+    from lensnet.artifacts.exports import load_export
+    from lensnet.artifacts.versions import list_versions
     from lensnet.serving.export import export_run
-    from lensnet.serving.loading import load_export
-    from lensnet.serving.versions import list_versions
 
     metrics = {"accuracy": 0.91, "macro_auc": 0.97}
     run = make_run(tmp_path / "run", "cnn_small", classes=3, metrics=metrics)
@@ -180,8 +180,8 @@ def test_mixed_precision_run_exports_in_float32(tmp_path):
     import onnx
     from onnx import TensorProto
 
-    from lensnet.core.runs import load_model
     from lensnet.serving.export import export_run
+    from lensnet.tasks.checkpoints import load_model
 
     run = make_run(tmp_path / "run", "vit_tiny", policy="mixed_float16")
     assert load_model(run).get_layer("vit_tiny").dtype_policy.name == "mixed_float16"
@@ -195,8 +195,8 @@ def test_mixed_precision_run_exports_in_float32(tmp_path):
 
 
 def test_interrupted_export_leaves_no_version_and_stale_temporaries_are_removed(tmp_path, monkeypatch):
+    from lensnet.artifacts.versions import list_versions
     from lensnet.serving import export
-    from lensnet.serving.versions import list_versions
 
     run = make_run(tmp_path / "run", "cnn_small")
     out = tmp_path / "export"
@@ -220,7 +220,7 @@ def test_interrupted_export_leaves_no_version_and_stale_temporaries_are_removed(
 
 
 def test_next_version_skips_numbers_in_use(tmp_path):
-    from lensnet.serving.versions import next_version
+    from lensnet.artifacts.versions import next_version
 
     assert next_version(tmp_path / "missing") == 1
     for name in ("1", "3", "notes", ".tmp-export-1-x"):
@@ -263,12 +263,13 @@ def test_a_real_fit_run_exports_and_predicts_like_keras(tmp_path):
     dataset reproduces the trained Keras model (with the pipeline's normalisation) record by record."""
     import csv
 
-    from lensnet.core.runs import load_model, read_run
+    from lensnet.artifacts.runs import read_run
     from lensnet.data.pipeline import load
     from lensnet.data.synthetic import write_synthetic
     from lensnet.fit import main as fit_main
     from lensnet.predict import main as predict_main
     from lensnet.serving.export import export_run
+    from lensnet.tasks.checkpoints import load_model
 
     data = tmp_path / "data"
     write_synthetic(data, 48, image_shape=(16, 16, 1), num_classes=2, seed=3, records_per_shard=16)
@@ -329,9 +330,9 @@ def test_image_outputs_export_in_input_units_and_verify_with_onnx(tmp_path, norm
     give pixels in input units out, and SavedModel and ONNX agree with Keras within 1e-4 of the range."""
     import tensorflow as tf
 
-    from lensnet.core.runs import load_model
     from lensnet.data.normalise import apply_normalisation
     from lensnet.serving.export import export_run
+    from lensnet.tasks.checkpoints import load_model
 
     shape = (16, 16, 2)
     run = make_image_run(tmp_path / "run", shape=shape, normalisation=normalisation)
@@ -365,7 +366,7 @@ def test_image_outputs_export_in_input_units_and_verify_with_onnx(tmp_path, norm
 
 
 def test_image_export_tolerance_is_relative_to_the_output_range():
-    from lensnet.tasks.outputs import OutputSpec
+    from lensnet.artifacts.outputs import OutputSpec
 
     spec = OutputSpec("image", "image", image={"shape": [2, 2, 1], "inverse": None})
     reference = np.array([0.0, 5000.0], dtype=np.float32)
@@ -378,8 +379,8 @@ def test_image_export_tolerance_is_relative_to_the_output_range():
 def test_cards_of_an_older_format_are_refused_with_one_line(tmp_path):
     import shutil
 
+    from lensnet.artifacts.exports import load_export
     from lensnet.serving.export import export_run
-    from lensnet.serving.loading import load_export
 
     result = export_run(make_run(tmp_path / "run", "cnn_small"), tmp_path / "export")
     old = tmp_path / "export" / "2"
@@ -398,11 +399,11 @@ def test_a_new_output_kind_is_one_registered_class(tmp_path):
     exported graph, ONNX included), CSV columns and JSON reach every stage without editing them."""
     import csv
 
+    from lensnet.artifacts.exports import load_export
+    from lensnet.artifacts.outputs import OutputKind, OutputSpec, register_output_kind
     from lensnet.predict import main as predict_main
     from lensnet.serving.export import export_run
-    from lensnet.serving.loading import load_export
     from lensnet.serving.runtimes import open_runner
-    from lensnet.tasks.outputs import OutputKind, OutputSpec, register_output_kind
 
     @register_output_kind
     class Magnitude(OutputKind):  # the model's log10 flux as an AB-like magnitude

@@ -10,7 +10,8 @@ from lenstronomy.LensModel.lens_model import LensModel
 
 from lensnet.core.errors import run_cli
 from lensnet.core.fileio import sha256_file
-from lensnet.simulate.command import main, simulate_dataset
+from lensnet.simulate.__main__ import main
+from lensnet.simulate.dataset import simulate_dataset
 from lensnet.simulate.engine_check import engine_agreement
 from lensnet.simulate.fast_lensing import DeflectionGrid, tnfw_total_weight
 from lensnet.simulate.presets import resolve_dataset_config

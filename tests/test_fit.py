@@ -324,9 +324,9 @@ def test_checkpoints_hold_precise_batch_norm_statistics(capsys, synthetic_datase
     """With train.precise_bn_batches=N the saved model's BN statistics are the average batch statistics
     of the first N unaugmented training batches under its own weights (recalibrating it again changes
     nothing); with 0 they are Keras's lagging moving averages."""
-    from lensnet.core.runs import load_model
     from lensnet.data import open_dataset
     from lensnet.tasks.base import task_from_config
+    from lensnet.tasks.checkpoints import load_model
     from lensnet.training.config import resolve_fit_config
     from lensnet.training.data import eval_batches
     from lensnet.training.precise_bn import batch_norm_layers, recalibrate_batch_norm
@@ -351,7 +351,7 @@ def test_auto_augmentation_follows_the_dataset_symmetry(capsys, synthetic_datase
     replica (its fixed macro model is not invariant under quarter turns), d4 when none is recorded."""
     import yaml
 
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
 
     replica = tmp_path / "replica"
     simulate_dataset("deeplense_model_ii", replica, num=30, seed=0, overrides={"image": {"size": 16}},

@@ -10,7 +10,8 @@ import pytest
 
 from lensnet.core.errors import LensnetError
 from lensnet.simulate.presets import DATASET_DEFAULTS, list_presets, resolve_dataset_config
-from lensnet.simulate.scenes import CONFUSER_TYPES, build_simulator
+from lensnet.simulate.scene_spec import CONFUSER_TYPES
+from lensnet.simulate.scenes import build_simulator
 
 PRESETS = ["model_i", "model_ii", "model_iii", "lens_finding", "super_resolution", "deeplense_model_i",
            "deeplense_model_ii", "deeplense_model_iii"]

@@ -207,7 +207,7 @@ def test_same_seed_same_haloes_and_paired_classes() -> None:
 
 def test_population_parameters_are_regression_targets(tmp_path: Path) -> None:
     from lensnet.data import open_dataset
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
     from lensnet.tasks.base import get_task_class
 
     config = small_config(substructure={"profile": "POINT_MASS", "m_min": 1e8})
@@ -240,7 +240,7 @@ def test_population_parameters_are_regression_targets(tmp_path: Path) -> None:
     ],
 )
 def test_bad_population_parameters_are_one_error_line(capsys, tmp_path: Path, sets: list[str], field: str) -> None:
-    from lensnet.simulate.command import main
+    from lensnet.simulate.__main__ import main
 
     out = tmp_path / "out"
     argv = ["--dataset", "model_ii", "--num", "3", "--out", str(out), "--seed", "0"]

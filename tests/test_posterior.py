@@ -96,8 +96,8 @@ def test_calibration_figures_of_exact_and_overconfident_posteriors() -> None:
 
 
 def test_samples_output_kind_csv_and_shape() -> None:
+    from lensnet.artifacts.outputs import OutputSpec, PredictSettings
     from lensnet.core.errors import LensnetError
-    from lensnet.tasks.outputs import OutputSpec, PredictSettings
 
     spec = OutputSpec.from_json({"kind": "samples", "name": "posterior_samples", "columns": ["a", "b"],
                                  "units": ["", "arcsec"]})
@@ -186,9 +186,10 @@ def test_toy_posterior_matches_the_analytic_one(toy_run: Path, blobs: Path) -> N
     (sum of g * d): measured 0.23 sigma and +15% at 312 steps; a wrong posterior (the prior, or a
     point estimate) misses by > 3x. SBC rank fractions uniform: KS p > 0.01.
     """
-    from lensnet.core.runs import load_model, read_run
+    from lensnet.artifacts.runs import read_run
     from lensnet.data import load, open_dataset
     from lensnet.data.synthetic import BlobSource
+    from lensnet.tasks.checkpoints import load_model
 
     info = open_dataset(blobs)
     model = load_model(toy_run)

@@ -311,7 +311,7 @@ def test_image_outputs_are_written_one_file_per_image(tmp_path, exported, image_
 
 
 def test_values_and_score_rows_come_from_the_output_kind():
-    from lensnet.tasks.outputs import OutputSpec, PredictSettings
+    from lensnet.artifacts.outputs import OutputSpec, PredictSettings
 
     values = OutputSpec("values", "value", columns=("theta_E", "q"), units=("arcsec", ""))
     assert values.handler.csv_header(values) == ["theta_E", "q"]

@@ -55,7 +55,7 @@ def images(n: int, seed: int = 0) -> np.ndarray:
 
 
 def expected(model_dir: Path, version: int, batch: np.ndarray) -> np.ndarray:
-    from lensnet.serving.loading import load_export
+    from lensnet.artifacts.exports import load_export
     from lensnet.serving.runtimes import open_runner
 
     return open_runner(load_export(model_dir, version), "onnx")(batch)

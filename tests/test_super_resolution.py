@@ -29,7 +29,7 @@ def fit_argv(data: Path, runs: Path, model: str, name: str, *extra: str) -> list
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The super_resolution preset at LR 16x16 / HR 32x32 (48 records)."""
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
 
     out = tmp_path_factory.mktemp("sr") / "pairs"
     simulate_dataset("super_resolution", out, num=48, seed=0, progress=False,
@@ -93,8 +93,8 @@ def test_every_model_trains_one_epoch_and_round_trips_its_config(runs: Path) -> 
 
 
 def test_bicubic_has_no_weights_and_its_psnr_is_reproduced_independently(runs: Path, pairs: Path) -> None:
-    from lensnet.core.runs import load_model
     from lensnet.data import load
+    from lensnet.tasks.checkpoints import load_model
 
     model = load_model(runs / "bicubic")
     assert model.count_params() == 0 and not model.trainable_weights
@@ -212,7 +212,7 @@ def test_sr_export_verifies_and_predict_writes_fits_with_the_new_pixel_scale(run
 
 
 def test_serve_answers_image_outputs_as_nested_lists() -> None:
-    from lensnet.tasks.outputs import OutputSpec
+    from lensnet.artifacts.outputs import OutputSpec
 
     spec = OutputSpec("image", "sr_image", image={"shape": [4, 4, 1], "inverse": None})
     body = spec.handler.json_outputs(spec, np.zeros((2, 4, 4, 1), np.float32))

@@ -8,8 +8,9 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from lensnet.bench.common import format_table, save_results
+from lensnet.bench.common import save_results
 from lensnet.core.errors import cli_exit
+from lensnet.core.tables import format_table
 
 # name -> module under lensnet.bench (the name with - as _) defining add_arguments(parser) and run(args) -> list[dict]
 BENCHMARKS = {
@@ -26,6 +27,7 @@ BENCHMARKS = {
     "pipeline-e2e": "lensnet.pipeline tiles/s on synthetic survey images + recall/precision of injected lenses",
     "label-efficiency": "Scratch vs linear probe vs fine-tune from a pretraining run at 1%, 10%, 100% of the labels",
     "los-born": "Line-of-sight haloes: lensnet's Born approximation vs lenstronomy multi-plane ray tracing",
+    "replica-fidelity": "DeepLense replicas vs DeepLenseSim's call path (lenstronomy 1.9.2); ring size before/after",
     "population-draws": "Cost of the dark-matter population draws alone (CDM, WDM, line of sight), per image",
 }
 

@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     from lensnet.bench.train import model_names
     from lensnet.core.config import deep_update, parse_set
-    from lensnet.core.runs import load_model
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
+    from lensnet.tasks.checkpoints import load_model
     from lensnet.training.config import resolve_fit_config
     from lensnet.training.trainer import run_fit
 

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise LensnetError("--task regression needs --target NAME")
     data = args.data
     if not data:
-        from lensnet.simulate.command import simulate_dataset
+        from lensnet.simulate.dataset import simulate_dataset
 
         data = f"tfrecords/bench-{args.dataset}-{args.num}-seed{args.seed}"
         if not (Path(data) / "manifest.json").is_file():

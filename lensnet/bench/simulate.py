@@ -155,7 +155,7 @@ def _workers_rows(num: int, seed: int) -> list[dict]:
     import shutil
     import tempfile
 
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
 
     rates = {}
     root = tempfile.mkdtemp(prefix="lensnet-bench-sim-")

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dataset(args: argparse.Namespace) -> Path:
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
 
     path = Path(args.data_dir) / f"bench-{args.dataset}-{args.num}-lr{args.lr_size}-seed{args.seed}"
     simulate_dataset(args.dataset, path, num=args.num, seed=args.seed, workers=os.cpu_count() or 1, progress=False,
@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     import tensorflow as tf
 
     from lensnet.bench.deeplense import bench_fit
-    from lensnet.core.runs import load_model
     from lensnet.tasks import image_quality as iq
+    from lensnet.tasks.checkpoints import load_model
 
     t0 = time.perf_counter()
     data = _dataset(args)

@@ -14,7 +14,7 @@ NaN targets (a parameter that does not apply to a record: the axion mass of a CD
 the calibration figures (counted as `n_masked`). A record needs every target finite to count.
 
 Output spec: the exported model returns posterior SAMPLES, (N, num_samples, D) in physical units
-(output kind `samples`, registered below). The flow is inverted on `num_samples` fixed base points
+(output kind `samples`, lensnet.artifacts.outputs). The flow is inverted on `num_samples` fixed base points
 (a scrambled Sobol set mapped through the normal quantile, stored in the model): the exported
 function holds no random op, so it gives the same bytes on every call and exports to ONNX.
 
@@ -33,15 +33,14 @@ from typing import Any
 import keras
 import numpy as np
 
+from lensnet.artifacts.outputs import OutputSpec
 from lensnet.core.errors import LensnetError
 from lensnet.tasks.base import BackboneFactory, BatchContext, Task, pooled_network, register_task
 from lensnet.tasks.model import MetricInputs, TaskModel, average_loss
-from lensnet.tasks.outputs import OutputKind, OutputSpec, PredictSettings, register_output_kind
 from lensnet.tasks.regression import ORIENTED, parameter_unit
 
 COVERAGE_LEVELS = (0.5, 0.68, 0.95)
 COVERAGE_TOLERANCE = 0.05  # |coverage - level| above this is reported as miscalibration
-SUMMARY_QUANTILES = (0.05, 0.16, 0.5, 0.84, 0.95)  # predict's CSV: posterior quantiles per parameter
 
 
 # ---- the inference networks (BayesFlow) --------------------------------------------------------
@@ -168,56 +167,6 @@ class PosteriorModel(TaskModel):
 
     def update_task_metrics(self, inputs: MetricInputs, metrics: Any = None, extra_weight: Any = None) -> None:
         """No per-batch metric: calibration needs whole posteriors (the callback and `score` compute it)."""
-
-
-# ---- the output kind ---------------------------------------------------------------------------
-
-@register_output_kind
-class Samples(OutputKind):
-    """Posterior samples: (N, S, D), S samples of the D parameters named by `columns`, in `units`.
-
-    predict writes, per parameter, the posterior mean, std and quantiles (SUMMARY_QUANTILES); serve
-    returns the samples themselves.
-    """
-
-    name = "samples"
-
-    def check_spec(self, spec: OutputSpec) -> None:
-        if not spec.columns:
-            raise LensnetError(f"output spec {spec.name!r}: samples need at least one column (parameter) name")
-        if spec.units and len(spec.units) != len(spec.columns):
-            raise LensnetError(f"output spec {spec.name!r}: {len(spec.units)} units for {len(spec.columns)} columns")
-
-    def check_shape(self, spec: OutputSpec, shape: tuple[int | None, ...]) -> None:
-        if len(shape) != 3 or shape[2] != len(spec.columns):
-            raise LensnetError(f"a samples output ({', '.join(spec.columns)}) has shape (N, S, {len(spec.columns)}); "
-                               f"the model returns {tuple(shape)}")
-
-    def tolerance(self, spec: OutputSpec, reference: np.ndarray, atol: float) -> float:
-        # float32 rounding grows with the samples' magnitude (a log10 mass near -23): relative to it
-        scale = float(np.max(np.abs(reference))) if reference.size else 0.0
-        return float(atol) * max(1.0, scale)
-
-    def csv_header(self, spec: OutputSpec) -> list[str]:
-        stats = ["mean", "std", *(f"q{round(q * 100):02d}" for q in SUMMARY_QUANTILES)]
-        return [f"{c}_{s}" for c in spec.columns for s in stats]
-
-    def csv_rows(self, spec: OutputSpec, outputs: np.ndarray, sources: list[str],
-                 settings: PredictSettings) -> list[list[str]]:
-        samples = np.asarray(outputs, dtype=np.float64)
-        mean, std = samples.mean(axis=1), samples.std(axis=1)
-        quantiles = np.quantile(samples, SUMMARY_QUANTILES, axis=1)  # (Q, N, D)
-        rows = []
-        for n in range(len(samples)):
-            row = []
-            for d in range(samples.shape[2]):
-                row += [mean[n, d], std[n, d], *quantiles[:, n, d]]
-            rows.append([format(float(v), ".7g") for v in row])
-        return rows
-
-    def truth_label(self, spec: OutputSpec, value: Any) -> str:
-        values = np.atleast_1d(np.asarray(value, dtype=np.float64))
-        return "true " + ", ".join(f"{v:.3g}" if np.isfinite(v) else "n/a" for v in values)
 
 
 # ---- calibration -------------------------------------------------------------------------------
