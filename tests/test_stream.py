@@ -14,7 +14,7 @@ TINY = {"image": {"size": 16}, "records_per_shard": 8, "splits": {"train": 0.75,
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory) -> Path:
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
 
     out = tmp_path_factory.mktemp("stream") / "model_ii"
     simulate_dataset("model_ii", out, num=32, seed=5, overrides=TINY, progress=False)
