@@ -29,6 +29,7 @@ BENCHMARKS = {
     "los-born": "Line-of-sight haloes: lensnet's Born approximation vs lenstronomy multi-plane ray tracing",
     "replica-fidelity": "DeepLense replicas vs DeepLenseSim's call path (lenstronomy 1.9.2); ring size before/after",
     "population-draws": "Cost of the dark-matter population draws alone (CDM, WDM, line of sight), per image",
+    "posterior": "Amortised posterior (--task posterior): per-parameter calibration, contraction, population forecast",
 }
 
 
