@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     pop.add_argument("--split", default="test")
     pop.add_argument("--n", help="comma-separated lens counts (default 10,30,100,300,1000 capped at the pool)")
     pop.add_argument("--repeats", type=int, default=50, help="populations drawn per N (default 50)")
-    pop.add_argument("--grid", type=int, default=400, help="grid points of the population mean (default 400)")
+    pop.add_argument("--grid", type=int, default=1000, help="grid points of the population mean (default 1000)")
     pop.add_argument("--name", help="study name (default population-<target>)")
     pop.add_argument("--studies-dir", default=str(STUDIES_DIR), help=f"parent directory (default {STUDIES_DIR})")
     pop.add_argument("--seed", type=int, default=0)

@@ -34,7 +34,7 @@ def test_recovers_the_population_mean_with_the_exact_width() -> None:
     prior = parse_prior({"normal": [1.0, 1.0]}, "amplitude")
     rng = np.random.default_rng(0)
     _, x, samples = toy_posteriors(300, 1.5, 0.3, rng)
-    means = mean_grid(prior, 800)
+    means = mean_grid(prior, 800, samples, len(samples))
     post = hyper_posterior(lens_log_likelihoods(samples, prior, means, 0.3).sum(axis=0), means, 1.5)
     exact_mean, exact_std = x.mean(), np.sqrt((0.3**2 + 1 / K) / len(x))
     assert abs(post["mean"] - exact_mean) < 0.15 * exact_std
@@ -48,7 +48,7 @@ def test_intervals_cover_as_claimed_over_repeats() -> None:
     truth, _, samples = toy_posteriors(5000, 1.0, 1.0, rng, s=256)  # lenses drawn from the interim prior
     pool = draw_population(truth, prior, 0.6, 0.4, seed=3)
     assert abs(truth[pool].mean() - 0.6) < 0.04 and abs(truth[pool].std() - 0.4) < 0.04
-    means = mean_grid(prior, 400)
+    means = mean_grid(prior, 400, samples[pool], 10)
     rows = forecast(lens_log_likelihoods(samples[pool], prior, means, 0.4), means, 0.6, [10, 100], 200, seed=0)
     for row in rows:
         assert abs(row["coverage_68"] - 0.68) < 0.1 and abs(row["coverage_95"] - 0.95) < 0.06

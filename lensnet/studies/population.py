@@ -9,7 +9,7 @@ population:
     p(Omega | d_1..N) ∝ p(Omega) prod_i (1/S) sum_s p(theta_is | Omega) / p_int(theta_is)
 
 The population here is a normal of unknown mean mu and known width tau, truncated to the interim prior's
-support; mu has a flat hyper-prior on that support (a grid). The N lenses of a population are drawn from
+support; mu has a flat hyper-prior on a grid inside that support, around the lenses (`mean_grid`). The N lenses of a population are drawn from
 the held-out split by rejection sampling on their TRUE parameter (accept with probability proportional to
 p(theta | mu*, tau) / p_int(theta)), so no new simulation is needed and the truth mu* is known.
 Repeating the draw R times per N gives the forecast: the hyper-posterior's width and how often its 68% and
@@ -47,7 +47,7 @@ class PopulationSpec:
     split: str = "test"
     sizes: tuple[int, ...] | None = None  # N values; None = DEFAULT_SIZES capped at the lenses available
     repeats: int = 50
-    grid: int = 400
+    grid: int = 1000
     seed: int = 0
 
 
@@ -72,12 +72,21 @@ def interim_prior(task_state: dict, target: str) -> Prior:
     return prior
 
 
-def mean_grid(prior: Prior, size: int) -> np.ndarray:
-    """The grid of population means: the interim prior's support (a normal's: mean +- 5 sigma)."""
+def mean_grid(prior: Prior, size: int, samples: np.ndarray | None = None, fewest: int = 1) -> np.ndarray:
+    """The grid of population means: where a population of `fewest` or more of these lenses can put its mean.
+
+    Without `samples`, the interim prior's support (a normal's: mean +- 5 sigma). With them (lens, sample),
+    the pooled samples' mean +- 10 of their std / sqrt(fewest), inside that support: the hyper-posterior of
+    N lenses is about std / sqrt(N) wide, so the grid resolves it at every N of a forecast.
+    """
     if prior.kind == "normal":
         lo, hi = prior.args[0] - NORMAL_GRID_REACH * prior.args[1], prior.args[0] + NORMAL_GRID_REACH * prior.args[1]
     else:
         lo, hi = prior.support()
+    if samples is not None:
+        centre, spread = float(np.mean(samples)), float(np.std(samples))
+        reach = 10.0 * spread / math.sqrt(max(int(fewest), 1))
+        lo, hi = max(lo, centre - reach), min(hi, centre + reach)
     return np.linspace(lo, hi, int(size))
 
 
@@ -229,20 +238,25 @@ def run_population(spec: PopulationSpec, out_dir: Path, log: Callable[[str], Non
     if len(pool) < 2:
         raise LensnetError(f"only {len(pool)} held-out lens(es) fit a population N({spec.mean:g}, {spec.width:g}) of "
                            f"{spec.target}: widen --width or move --mean into the bulk of the prior")
-    means = mean_grid(prior, spec.grid)
+    means = mean_grid(prior, spec.grid, samples[pool], min(sizes))
     lens_ll = lens_log_likelihoods(samples[pool], prior, means, spec.width)
     usable = np.any(np.isfinite(lens_ll), axis=1)  # a lens whose every sample left the prior's support has none
     rows = forecast(lens_ll[usable], means, spec.mean, [min(n, int(usable.sum())) for n in sizes], spec.repeats,
                     spec.seed)
     overlap = [r["n_lenses"] for r in rows if r["n_lenses"] > len(pool) / 3]
+    spacing = float(means[1] - means[0])
+    coarse = [r["n_lenses"] for r in rows if r["posterior_std"] < 3 * spacing]
     result = {"spec": {**asdict(spec), "sizes": sizes}, "interim_prior": prior.to_yaml(),
               "population": {"family": "normal, truncated to the interim prior's support", "mean": spec.mean,
                              "width": spec.width, "inferred": "mean (width known)"},
               "held_out": {"dataset": str(info.path), "split": spec.split, "scored": int(len(truth)),
                            "population_pool": int(len(pool)), "unusable": int((~usable).sum())},
+              "grid": {"points": int(len(means)), "lo": float(means[0]), "hi": float(means[-1]), "spacing": spacing},
               "rows": rows,
               "notes": ([f"N = {overlap}: repeats share lenses (N > a third of the pool of {len(pool)}), so their "
-                         "coverages are not independent"] if overlap else [])}
+                         "coverages are not independent"] if overlap else [])
+                       + ([f"N = {coarse}: the population posterior is narrower than 3 grid spacings ({spacing:.3g});"
+                           " raise --grid"] if coarse else [])}
     out_dir = Path(out_dir)
     write_json(out_dir / "population.json", result)
     write_text(out_dir / "forecast.csv", table_csv(rows))
