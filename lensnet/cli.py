@@ -13,22 +13,11 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# name -> (module defining main(argv), imports TensorFlow first (quietly), one-line summary)
-COMMANDS: dict[str, tuple[str, bool, str]] = {
-    "simulate": ("lensnet.simulate.__main__", False, "simulate lens images into a TFRecord dataset"),
-    "convert": ("lensnet.convert", False, "import DeepLense .npy folders or FITS cutouts as a dataset"),
-    "data": ("lensnet.data.__main__", True, "check or describe a dataset"),
-    "models": ("lensnet.models.__main__", True, "list the registered models"),
-    "fit": ("lensnet.fit", False, "train a task's model on a dataset"),
-    "tune": ("lensnet.tune", False, "search hyperparameters with KerasTuner"),
-    "evaluate": ("lensnet.evaluate", False, "score a trained run on a dataset split"),
-    "export": ("lensnet.export", True, "export a run to a verified SavedModel + ONNX version"),
-    "predict": ("lensnet.predict", True, "score image files or datasets with an export, to CSV"),
-    "serve": ("lensnet.serve", True, "serve an export over the TF Serving REST API"),
-    "pipeline": ("lensnet.pipeline", True, "find, classify and explain lens candidates in survey images"),
-    "dashboard": ("lensnet.dashboard", False, "browse, mark and export pipeline candidates in a web page"),
-    "bench": ("lensnet.bench.__main__", True, "run a benchmark"),
-}
+from lensnet.core.plugins import command_modules
+
+# name -> (module defining main(argv), one-line summary): every `lensnet/<cmd>.py` and `lensnet/<pkg>/__main__.py`
+# that declares SUMMARY (lensnet.core.plugins), read without importing them
+COMMANDS: dict[str, tuple[str, str]] = command_modules()
 
 
 def usage() -> str:
@@ -37,7 +26,7 @@ def usage() -> str:
         "usage: lensnet COMMAND [options]   (same as python -m lensnet.COMMAND)",
         "",
         "commands:",
-        *(f"  {name:<{width}}  {summary}" for name, (_, _, summary) in COMMANDS.items()),
+        *(f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()),
         "",
         "`lensnet COMMAND --help` shows a command's options; `--verbose` on any command shows TensorFlow's logs.",
     ]
@@ -58,12 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command '{name}'; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module_name, tensorflow, _ = COMMANDS[name]
-    if tensorflow:
-        from lensnet.core.tfboot import quiet_import
-
-        quiet_import()
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(COMMANDS[name][0])
     try:
         return run_cli(module.main, rest)
     except SystemExit as exc:  # argparse's --help (0) and usage errors (2)

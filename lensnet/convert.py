@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 from lensnet.core.errors import cli_exit
 
+SUMMARY = "import DeepLense .npy folders or FITS cutouts as a dataset"  # its line in `lensnet --help`
+
 
 def _hdu(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 from lensnet.core.errors import LensnetError, cli_exit
 
+SUMMARY = "browse, mark and export pipeline candidates in a web page"  # its line in `lensnet --help`
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lensnet.dashboard", description=__doc__.split("\n\n")[0])

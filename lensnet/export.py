@@ -29,6 +29,8 @@ from lensnet.core.errors import LensnetError, cli_exit
 from lensnet.serving.onnx_convert import DEFAULT_OPSET
 from lensnet.serving.verification import DEFAULT_ATOL
 
+SUMMARY = "export a run to a verified SavedModel + ONNX version"  # its line in `lensnet --help`
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lensnet.export", description=__doc__.split("\n\n")[0])

@@ -27,6 +27,8 @@ from lensnet.core.fileio import atomic_open
 from lensnet.data.imagefiles import WRITE_FORMATS
 from lensnet.serving.runtimes import RUNTIMES
 
+SUMMARY = "score image files or datasets with an export, to CSV"  # its line in `lensnet --help`
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lensnet.predict", description=__doc__.split("\n\n")[0])

@@ -29,6 +29,8 @@ from lensnet.serving.server import (
     create_app,
 )
 
+SUMMARY = "serve an export over the TF Serving REST API"  # its line in `lensnet --help`
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lensnet.serve", description=__doc__.split("\n\n")[0])

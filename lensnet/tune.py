@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 from lensnet.core.errors import LensnetError, cli_exit
 
+SUMMARY = "search hyperparameters with KerasTuner"  # its line in `lensnet --help`
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lensnet.tune", description=__doc__,

@@ -163,6 +163,7 @@ def odd_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("extra", "fragments"), [
     (["--set", "task.normal_class=no_sub"], ["no_sub", "class0, class1, class2"]),
     (["--set", "model.args.filters=[8,16,32]", "--set", "task.normal_class=class0"], ["18x18", "4x4"]),

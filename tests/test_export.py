@@ -37,6 +37,7 @@ FAMILY_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family, kind, normalisation, channels", FAMILY_CASES, ids=[c[0] for c in FAMILY_CASES])
 def test_every_family_exports_faithfully(tmp_path, family, kind, normalisation, channels):
     from lensnet.serving.export import export_run
@@ -75,6 +76,7 @@ def read_run(run: Path):
     return read(run)
 
 
+@pytest.mark.slow
 def test_gelu_becomes_erf_and_a_missing_handler_fails_loudly(tmp_path, monkeypatch):
     import onnx
     from tf2onnx.handler import tf_op
@@ -112,6 +114,7 @@ def test_unknown_ops_detects_ops_without_schema():
     assert onnx.defs.has("Erf")
 
 
+@pytest.mark.slow
 def test_unfaithful_export_fails_with_one_line_and_leaves_no_version(tmp_path, monkeypatch, capsys):
     from tf2onnx.handler import tf_op
 
@@ -143,6 +146,7 @@ def test_unfaithful_export_fails_with_one_line_and_leaves_no_version(tmp_path, m
     assert sorted(os.listdir(out)) == ["1"]  # no version 2, no temporary directory
 
 
+@pytest.mark.slow
 def test_versions_count_up_and_card_describes_the_model(tmp_path):
     from lensnet.artifacts.exports import load_export
     from lensnet.artifacts.versions import list_versions
@@ -176,6 +180,7 @@ def test_versions_count_up_and_card_describes_the_model(tmp_path):
     assert card["precision"] == {"exported": "float32", "trained": ["float32"]}
 
 
+@pytest.mark.slow
 def test_mixed_precision_run_exports_in_float32(tmp_path):
     import onnx
     from onnx import TensorProto
@@ -194,6 +199,7 @@ def test_mixed_precision_run_exports_in_float32(tmp_path):
     assert max(diffs.values()) <= 1e-4
 
 
+@pytest.mark.slow
 def test_interrupted_export_leaves_no_version_and_stale_temporaries_are_removed(tmp_path, monkeypatch):
     from lensnet.artifacts.versions import list_versions
     from lensnet.serving import export
@@ -228,6 +234,7 @@ def test_next_version_skips_numbers_in_use(tmp_path):
     assert next_version(tmp_path) == 4
 
 
+@pytest.mark.slow
 def test_bad_runs_are_one_line_errors(tmp_path):
     from lensnet.serving.export import export_run
 
@@ -244,6 +251,7 @@ def test_bad_runs_are_one_line_errors(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_export_command_line(tmp_path):
     run = make_run(tmp_path / "run", "cnn_small", kind="regression")
     out = tmp_path / "export" / "radius"
@@ -258,6 +266,7 @@ def test_export_command_line(tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_real_fit_run_exports_and_predicts_like_keras(tmp_path):
     """Through lensnet.fit: the exporter verifies on the run's own dataset, and predict on that
     dataset reproduces the trained Keras model (with the pipeline's normalisation) record by record."""
@@ -296,6 +305,7 @@ def test_a_real_fit_run_exports_and_predicts_like_keras(tmp_path):
     np.testing.assert_allclose(predicted, keras_p, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_head_that_disagrees_with_the_output_spec_is_refused(tmp_path):
     from lensnet.serving.export import export_run
 
@@ -320,6 +330,7 @@ def test_a_head_that_disagrees_with_the_output_spec_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("normalisation", [
     {"method": "dataset", "mean": [100.0, 50.0], "std": [20.0, 5.0]},
     {"method": "standard"},
@@ -376,6 +387,7 @@ def test_image_export_tolerance_is_relative_to_the_output_range():
     assert probabilities.handler.tolerance(probabilities, reference, 1e-4) == 1e-4
 
 
+@pytest.mark.slow
 def test_cards_of_an_older_format_are_refused_with_one_line(tmp_path):
     import shutil
 
@@ -394,6 +406,7 @@ def test_cards_of_an_older_format_are_refused_with_one_line(tmp_path):
     assert load_export(tmp_path / "export", 1).spec.kind == "probabilities"
 
 
+@pytest.mark.slow
 def test_a_new_output_kind_is_one_registered_class(tmp_path):
     """Defined here, outside export/predict/serve: the kind's own check_shape, post-processing (inside the
     exported graph, ONNX included), CSV columns and JSON reach every stage without editing them."""

@@ -97,6 +97,7 @@ def test_rendered_images_agree_to_well_below_the_noise() -> None:
     assert replica["image_max_over_noise"] <= 0.01  # the axion vortex: 100 point masses
 
 
+@pytest.mark.slow
 def test_fast_engine_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
     tiny = {"image": {"size": 16}, "records_per_shard": 8, "substructure": {"engine": "fast", "profile": "TNFW"}}
     one = simulate_dataset("model_ii", tmp_path / "one", num=24, seed=7, overrides=tiny, workers=1, progress=False)

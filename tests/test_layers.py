@@ -61,3 +61,29 @@ def test_a_planted_upward_import_breaks_a_contract(tmp_path: Path, module: str, 
     broken = done.stdout.split("Broken contracts", 1)[-1]
     assert contract in broken, done.stdout
     assert "lensnet." + module.removesuffix(".py").replace("/", ".") in broken, done.stdout
+
+
+def test_the_contracts_name_every_command_module() -> None:
+    """A new command must join the commands layer and the forbidden list, or the contracts would not see it."""
+    import tomllib
+
+    from lensnet.cli import COMMANDS
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in contracts if c["type"] == "layers")
+    forbidden = next(c for c in contracts if c["type"] == "forbidden")
+    top = {f"lensnet.{name.strip()}" for name in layers["layers"][0].split(":")}
+    commands = {module for module, _ in COMMANDS.values() if not module.endswith(".__main__")} | {"lensnet.cli"}
+    assert top == commands
+    assert set(forbidden["forbidden_modules"]) == commands | {"lensnet.*.__main__"}
+
+
+def test_every_package_says_what_it_holds_and_what_it_may_import() -> None:
+    import ast
+
+    missing = []
+    for init in sorted((ROOT / "lensnet").glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        if "Layer:" not in doc or len(doc.split("Layer:")[0].strip()) < 20:
+            missing.append(init.parent.name)
+    assert missing == []

@@ -595,7 +595,8 @@ def test_flips_augmentation_is_the_four_element_group_and_none_is_accepted() -> 
 
 def test_replica_signal_is_far_stronger_than_the_physical_preset() -> None:
     from lensnet.core.errors import run_cli
-    from lensnet.simulate.strength import main, measure
+    from lensnet.simulate.strength import measure
+    from lensnet.strength import main
 
     tiny = {"image": {"size": 32}}
     replica = measure("deeplense_model_ii", 12, 0, tiny)

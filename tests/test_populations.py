@@ -205,6 +205,7 @@ def test_same_seed_same_haloes_and_paired_classes() -> None:
     assert np.array_equal(image["image"], image2["image"]) and np.isfinite(image["image"]).all()
 
 
+@pytest.mark.slow
 def test_population_parameters_are_regression_targets(tmp_path: Path) -> None:
     from lensnet.data import open_dataset
     from lensnet.simulate.dataset import simulate_dataset
@@ -263,6 +264,7 @@ def test_bad_population_parameter_through_python_m(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_detectability_knob_m_hm() -> None:
     from lensnet.core.errors import LensnetError
     from lensnet.studies.detectability import StudySpec, dataset_config

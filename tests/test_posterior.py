@@ -178,6 +178,7 @@ def test_bad_targets_and_options_are_one_line_errors(capsys, synthetic_dataset: 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the first of these trains the toy NPE (12 min on a busy 2-core machine)
 def test_toy_posterior_matches_the_analytic_one(toy_run: Path, blobs: Path) -> None:
     """Learned mean and width against the exact conjugate posterior on 409 held-out blobs.
 
@@ -227,6 +228,7 @@ def test_toy_posterior_matches_the_analytic_one(toy_run: Path, blobs: Path) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the first of these trains the toy NPE (12 min on a busy 2-core machine)
 def test_toy_run_exports_evaluates_elsewhere_and_predicts(toy_run: Path, tmp_path: Path, capsys) -> None:
     """ONNX and SavedModel export verified; evaluate on another dataset (a narrower prior) reports its
     calibration; predict writes posterior summaries per parameter."""
@@ -270,6 +272,7 @@ def study(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the first of these trains the toy NPE (12 min on a busy 2-core machine)
 def test_population_study_recovers_a_known_mean(toy_run: Path, held_out: Path, tmp_path: Path, capsys) -> None:
     """Populations N(1.3, 0.4) of the trained toy NPE's lenses: the hyper-posterior of the mean holds the truth
     (bias within 1.5 std on average), its width falls as 1/sqrt(N) and is within 25% of the exact width of an
@@ -289,6 +292,7 @@ def test_population_study_recovers_a_known_mean(toy_run: Path, held_out: Path, t
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the first of these trains the toy NPE (12 min on a busy 2-core machine)
 @pytest.mark.parametrize("argv, message", [
     (["--target", "radius", "--mean", "1.0", "--width", "0.3"], "not a target"),
     (["--target", "amplitude", "--mean", "1.0", "--width", "0.3", "--n", "100000"], "larger than"),

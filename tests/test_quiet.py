@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from helpers import ROOT, make_results
 
 # absl's C++ log lines (`I0000 00:00:...`, `E0000 ... cuInit`) and its preamble
@@ -20,6 +21,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_list_models_prints_no_tensorflow_log_line_unless_verbose():
     quiet = _run("-m", "lensnet.cli", "fit", "--list-models")
     assert quiet.returncode == 0, quiet.stderr

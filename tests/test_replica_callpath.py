@@ -108,6 +108,7 @@ def test_replica_fingerprint(preset: str) -> None:
     assert got == [(pytest.approx(t, rel=1e-7), pytest.approx(p, rel=1e-7)) for t, p in FINGERPRINTS[preset]]
 
 
+@pytest.mark.slow
 def test_anchor_columns_and_wilson_interval() -> None:
     from lensnet.bench.deeplense import _anchor_columns, wilson_interval
 

@@ -58,6 +58,7 @@ def test_cli_writes_balanced_splits_and_manifest(tmp_path: Path, capsys) -> None
     assert stats["finite"] == 6 and -24 <= stats["min"] <= stats["max"] <= -22
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
     one = simulate_dataset("model_ii", tmp_path / "one", num=40, seed=7, overrides=TINY, workers=1, progress=False)
     two = simulate_dataset("model_ii", tmp_path / "two", num=40, seed=7, overrides=TINY, workers=2, progress=False)
@@ -67,6 +68,7 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
     assert other.manifest and shard_hashes(tmp_path / "other") != shard_hashes(tmp_path / "one")
 
 
+@pytest.mark.slow
 def test_parts_form_one_dataset(tmp_path: Path) -> None:
     whole = tmp_path / "whole"
     simulate_dataset("model_ii", whole, num=40, seed=1, overrides=TINY, progress=False)
@@ -84,6 +86,7 @@ def test_parts_form_one_dataset(tmp_path: Path) -> None:
     assert a["splits"] == b["splits"] and a["pixel_stats"] == b["pixel_stats"]
 
 
+@pytest.mark.slow
 def test_rerun_skips_complete_shards_and_refuses_another_dataset(tmp_path: Path) -> None:
     out = tmp_path / "d"
     first = simulate_dataset("model_ii", out, num=24, seed=0, overrides=TINY, progress=False)
@@ -95,6 +98,7 @@ def test_rerun_skips_complete_shards_and_refuses_another_dataset(tmp_path: Path)
     assert replaced.manifest and json.loads((out / "manifest.json").read_text())["seed"] == 1
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_partial_shard_and_rerun_finishes(tmp_path: Path) -> None:
     out = tmp_path / "killed"
     reference = tmp_path / "reference"

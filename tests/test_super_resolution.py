@@ -69,6 +69,7 @@ def numpy_bicubic(lr: np.ndarray, scale: int) -> np.ndarray:
     return along(along(lr.astype(np.float64), 1), 2)
 
 
+@pytest.mark.slow
 def test_every_model_trains_one_epoch_and_round_trips_its_config(runs: Path) -> None:
     import keras
 
@@ -92,6 +93,7 @@ def test_every_model_trains_one_epoch_and_round_trips_its_config(runs: Path) -> 
     assert create_model("swinir", (16, 16, 1), scale=4).output.shape[1:] == (64, 64, 1)
 
 
+@pytest.mark.slow
 def test_bicubic_has_no_weights_and_its_psnr_is_reproduced_independently(runs: Path, pairs: Path) -> None:
     from lensnet.data import load
     from lensnet.tasks.checkpoints import load_model
@@ -110,6 +112,7 @@ def test_bicubic_has_no_weights_and_its_psnr_is_reproduced_independently(runs: P
     assert metrics["image_quality"]["rows"]["model"]["per_image"]["psnr"] == pytest.approx(list(psnr), abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     (["--model", "edsr", "--set", "model.args.scale=4"], "scale 4) but the dataset's HR images are 32x32x1 (scale 2)"),
     (["--model", "cnn_small"], "'cnn_small' is a backbone model, but this task needs a super_resolution model"),
@@ -125,6 +128,7 @@ def test_bad_sr_setups_are_one_line_errors_and_write_nothing(capsys, pairs: Path
     assert message in err and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_wrong_data_and_classifiers_on_sr_models_are_one_line_errors(capsys, synthetic_dataset, pairs, tmp_path):
     code = run_cli(fit_main, fit_argv(synthetic_dataset, tmp_path, "edsr", "x"))
     err = capsys.readouterr().err
@@ -161,6 +165,7 @@ def test_degrade_makes_aligned_pairs_and_d4_keeps_them_aligned(tmp_path: Path) -
     assert 0.05 < np.std(a - b) < 1.0  # blur and noise changed the LR images
 
 
+@pytest.mark.slow
 def test_scores_per_class_beside_bicubic(pairs: Path) -> None:
     from lensnet.data import open_dataset
     from lensnet.tasks import get_task_class
@@ -177,6 +182,7 @@ def test_scores_per_class_beside_bicubic(pairs: Path) -> None:
     assert set(scores["image_quality"]["rows"]["model"]["per_class"]) == {"a", "b"}
 
 
+@pytest.mark.slow
 def test_sr_export_verifies_and_predict_writes_fits_with_the_new_pixel_scale(runs: Path, tmp_path: Path) -> None:
     from astropy.io import fits
     from helpers import keras_outputs, three_way

@@ -13,6 +13,8 @@ import csv
 import tempfile
 from pathlib import Path
 
+SUMMARY = "Classifier accuracy / macro AUC on a fixed model_ii-style set, per model"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="cnn_small,resnet18,effnetv2_b0,vit_tiny,deit_tiny,swin_tiny,cvt_tiny",

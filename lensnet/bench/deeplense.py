@@ -20,6 +20,8 @@ import os
 import tempfile
 from pathlib import Path
 
+SUMMARY = "The published DeepLense tables on the replica presets (classification, axion mass, domain shift)"
+
 TRANSFORMERS = "ML4SCI/DeepLense Transformers_Classification_DeepLense_Kartik_Sachdev"
 REGRESSION = "ML4SCI/DeepLense DeepLense_Regression_Yurii_Halychanskyi (XResNet18Hybrid)"
 # preset -> task -> [(anchor, value, source)]; classification values are test accuracies

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+SUMMARY = "Teacher, student, student + teacher at one budget: AUC, params, FLOPs, CPU latency"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory (e.g. a DeepLense replica)")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+SUMMARY = "Inference images/s and latency: Keras vs SavedModel vs onnxruntime"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", action="append", default=None, help="run directory to export and time (repeatable)")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from lensnet.core.errors import LensnetError
 
+SUMMARY = "Scratch vs linear probe vs fine-tune from a pretraining run at 1%, 10%, 100% of the labels"
+
 MODES = ("scratch", "probe", "finetune")
 # Issue 10's published anchors, printed beside the measured rows.
 ANCHORS = (

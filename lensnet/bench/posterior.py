@@ -22,6 +22,8 @@ import numpy as np
 
 from lensnet.core.errors import LensnetError
 
+SUMMARY = "Amortised posterior (--task posterior): per-parameter calibration, contraction, population forecast"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="dataset directory (default: simulate --dataset with --num records)")

@@ -22,6 +22,8 @@ import numpy as np
 
 from lensnet.core.errors import LensnetError
 
+SUMMARY = "DeepLense replicas vs DeepLenseSim's call path (lenstronomy 1.9.2); ring size before/after"
+
 CALLPATH = Path(__file__).with_name("deeplense_callpath.py")
 REPLICAS = {"deeplense_model_i": "I", "deeplense_model_ii": "II", "deeplense_model_iii": "III"}
 DEFAULT_VENV = Path(".ci") / "reference-venv"

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+SUMMARY = "REST server under load: requests/s, p50/p99 latency, failures"
+
 _START_TIMEOUT = 120.0
 
 

@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+SUMMARY = "Simulation images/s per core vs a plain lenstronomy loop; 1 vs 2 workers"
+
 CHUNK = 25
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+SUMMARY = "Axion-mass regressor trained on HR, scored on HR / bicubic LR / super-resolved LR"
+
 PUBLISHED_MSE = {"HR": 0.2121, "bicubic LR": 0.2441, "SR LR": 0.2200}
 SOURCE = "DeepLense regression MSE as quoted in lensnet issue 11 (RDN super-resolution)"
 

@@ -13,4 +13,7 @@ lensnet.artifacts, because tasks (a distillation teacher) read exports too.
 
 The CLIs (`lensnet/export.py`, `predict.py`, `serve.py`) hold only argument parsing and `main`.
 Every stage dispatches on the run's OutputSpec (lensnet.artifacts.outputs), never on a kind name.
+
+Layer: above simulate and tasks, beside training (the two never import each other). May import lensnet.core,
+data, models, artifacts, simulate and tasks.
 """

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from lensnet.core.config import parse_set
 from lensnet.core.errors import LensnetError, cli_exit
 
+SUMMARY = "simulate lens images into a TFRecord dataset"  # its line in `lensnet --help`
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lensnet.simulate", description=__doc__)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lensnet.core.config import load_yaml, merge
+from lensnet.core.config import CONFIG_DIR, load_yaml, merge
 from lensnet.core.errors import LensnetError
 from lensnet.simulate.halo_models import HALO_MODEL_DEFAULTS
 from lensnet.simulate.priors import is_prior_spec
@@ -16,7 +16,7 @@ from lensnet.simulate.priors import is_prior_spec
 if TYPE_CHECKING:
     from lensnet.simulate.scene_spec import SceneSpec
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
+PRESET_DIR = CONFIG_DIR / "datasets"
 
 # Every valid key exists here (lensnet.core.config.merge rejects the others). Priors are a number or a one-key
 # mapping ({uniform: [a, b]}, ...; see lensnet.simulate.priors). The scene is the DeepLense Model II one.

@@ -219,6 +219,9 @@ def run_population(spec: PopulationSpec, out_dir: Path, log: Callable[[str], Non
     prior = interim_prior(run.task_state, spec.target)
     check_population(prior, spec.mean, spec.width, spec.target)
 
+    if spec.sizes is not None and max(spec.sizes) > info.counts[spec.split]:  # before the scoring, not after it
+        raise LensnetError(f"--n {max(spec.sizes)} is larger than the {info.counts[spec.split]} lenses of the "
+                           f"{spec.split} split of {info.path}")
     log(f"scoring {info.counts[spec.split]} lenses of {info.path} ({spec.split}) with {spec.run}")
     scored = predict_split(model, task, info, spec.split, run.normalisation, progress=progress)
     column = targets.index(spec.target)
