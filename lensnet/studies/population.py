@@ -9,9 +9,10 @@ population:
     p(Omega | d_1..N) ∝ p(Omega) prod_i (1/S) sum_s p(theta_is | Omega) / p_int(theta_is)
 
 The population here is a normal of unknown mean mu and known width tau, truncated to the interim prior's
-support; mu has a flat hyper-prior on a grid inside that support, around the lenses (`mean_grid`). The N lenses of a population are drawn from
-the held-out split by rejection sampling on their TRUE parameter (accept with probability proportional to
-p(theta | mu*, tau) / p_int(theta)), so no new simulation is needed and the truth mu* is known.
+support; mu has a flat hyper-prior on a grid inside that support, around the lenses (`mean_grid`). The N
+lenses of a population are drawn from the held-out split by rejection sampling on their TRUE parameter
+(accept with probability proportional to p(theta | mu*, tau) / p_int(theta)), so no new simulation is
+needed and the truth mu* is known.
 Repeating the draw R times per N gives the forecast: the hyper-posterior's width and how often its 68% and
 95% intervals hold mu*. Everything lands in runs/studies/<name>/: population.json, forecast.csv,
 forecast.png.
