@@ -16,6 +16,7 @@ BENCHMARKS = {
     "simulate": "Simulation images/s per core vs a plain lenstronomy loop; 1 vs 2 workers",
     "pipeline": "tf.data reader images/s (parse, normalise, augment, batch)",
     "train": "Training throughput through lensnet.fit vs plain model.fit, per model",
+    "memorise": "Can each model memorise 128 lens-like images with random labels (training loss, fixed steps)",
     "accuracy": "Classifier accuracy / macro AUC on a fixed model_ii-style set, per model",
     "infer": "Inference images/s and latency: Keras vs SavedModel vs onnxruntime",
     "serve": "REST server under load: requests/s, p50/p99 latency, failures",

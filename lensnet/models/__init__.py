@@ -9,11 +9,13 @@ rebuild a saved lensnet model (`import lensnet.models` before loading).
 
 from lensnet.models import (  # noqa: F401  (registers the models)
     bicubic,
+    cct,
     cnn,
     cvt,
     deit,
     edsr,
     efficientnet,
+    equivariant,
     rcan,
     resnet,
     swin,

@@ -114,6 +114,7 @@ def resolve_fit_config(
         chosen = next((m for m in reversed(chosen) if m), None)
         if chosen and chosen != config["model"]["name"]:
             config["model"]["args"] = {}  # the preset's model arguments belong to the preset's model
+    config = _with_model_recipe(config, user, overrides)
     config = merge(config, user, open_keys=OPEN_KEYS, where=f"config ({config_file})" if config_file else "config")
     config = merge(config, overrides, open_keys=OPEN_KEYS)
     config["task"]["name"] = name
@@ -121,6 +122,16 @@ def resolve_fit_config(
         _model_of_init_run(config["model"])
     validate(config)
     return config
+
+
+def _with_model_recipe(config: dict, user: dict, overrides: dict) -> dict:
+    """The chosen model's own `train` defaults (its registry `train_defaults`) over the task preset."""
+    import lensnet.models  # noqa: F401  (registers every family)
+    from lensnet.models.registry import train_defaults
+
+    chosen = [(tree.get("model") or {}).get("name") for tree in (user, overrides)]
+    recipe = train_defaults(next((m for m in reversed(chosen) if m), None) or config["model"]["name"])
+    return merge(config, {"train": recipe}, open_keys=OPEN_KEYS) if recipe else config
 
 
 def _model_of_init_run(model: dict) -> None:
