@@ -33,6 +33,7 @@ _EFF_TINY = {
 _VIT_TINY = {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32, "patch_size": 4}
 _CVT_TINY = {"embed_dims": [8, 8, 16], "depths": [1, 1, 1], "num_heads": [1, 1, 2], "patch_sizes": [3, 3, 3],
              "patch_strides": [2, 2, 2]}
+_CCT_TINY = {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "tokenizer_filters": 8}
 _RESNET_TINY = {"stem_filters": 4, "stage_filters": [4, 8], "stage_blocks": [1, 1]}
 TINY: dict[str, dict] = {
     "cnn_small": {"filters": [4, 8]},
@@ -46,6 +47,10 @@ TINY: dict[str, dict] = {
     "cvt_tiny": _CVT_TINY,
     "cvt_13": _CVT_TINY,
     "swin_tiny": {"embed_dim": 8, "depths": [2, 2], "num_heads": [2, 2], "window_size": 4, "patch_size": 2},
+    "cct_7": _CCT_TINY,
+    "cct_2": _CCT_TINY,
+    "p4cnn_small": {"filters": [4, 8]},
+    "d4cnn_small": {"filters": [4, 8]},
 }
 
 # The output spec each test head kind declares, as its task would.

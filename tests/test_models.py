@@ -32,6 +32,10 @@ EXPECTED = {
     "swin_tiny",
     "cvt_tiny",
     "cvt_13",
+    "cct_7",
+    "cct_2",
+    "p4cnn_small",
+    "d4cnn_small",
 }
 
 
@@ -60,7 +64,7 @@ def test_list_models_content():
     assert [e["name"] for e in entries] == sorted(e["name"] for e in entries)
     assert EXPECTED <= set(NAMES)
     for entry in entries:
-        assert set(entry) == {"name", "family", "kind", "description", "defaults"}
+        assert set(entry) == {"name", "family", "kind", "description", "defaults", "train_defaults"}
         assert entry["kind"] in ("backbone", "super_resolution")
         assert entry["family"] and entry["description"]
         assert entry["defaults"]["weights"] is None  # never pretrained unless a local file is given
@@ -221,6 +225,9 @@ def test_unknown_override_names_the_key_and_the_valid_ones(name):
         ("deit_tiny", (100, 100, 1), {"patch_size": 16}),
         ("swin_tiny", (150, 150, 1), {}),
         ("swin_tiny", (64, 64, 1), {"patch_size": 4}),
+        ("cct_2", (36, 36, 1), {}),
+        ("p4cnn_small", (60, 60, 1), {}),
+        ("d4cnn_small", (64, 48, 1), {}),
     ],
 )
 def test_incompatible_input_shape_names_shape_and_model(name, shape, overrides):
@@ -248,6 +255,9 @@ def test_malformed_input_shape(shape):
         ("resnet18", {"stage_filters": [64, 128]}, "same non-zero length"),
         ("swin_tiny", {"num_heads": [5, 6, 12, 24]}, "divisible"),
         ("effnetv2_b0", {"stackwise_block_types": ["cba"] + ["fused"] * 2 + ["unfused"] * 2 + ["mystery"]}, "mystery"),
+        ("p4cnn_small", {"group": "C8"}, "group 'C8' is not supported"),
+        ("d4cnn_small", {"kernel_size": 4}, "kernel_size must be odd"),
+        ("cct_2", {"hidden_dim": 100, "num_heads": 3}, "divisible by num_heads"),
     ],
 )
 def test_bad_hyper_parameters_are_user_errors(name, overrides, fragment):

@@ -39,21 +39,25 @@ def lens_like_images(num: int, size: int, seed: int) -> np.ndarray:
     return out
 
 
-def memorise(model: str, *, size: int = 32, num: int = 128, classes: int = 3, steps: int = 200,
-             batch_size: int = 32, learning_rate: float = 1e-3, weight_decay: float = 0.05,
-             warmup_steps: int = 20, cosine: bool = True, decay_everything: bool = False,
-             reinit: Sequence[str] = (), seed: int = 0,
-             overrides: dict | None = None) -> dict[str, Any]:
+def memorise(model: str, *, size: int = 32, num: int = 128, classes: int = 3, epochs: int = 5,
+             steps_per_epoch: int = 20, batch_size: int = 32, seed: int = 0, overrides: dict | None = None,
+             train: dict | None = None, reinit: Sequence[str] = ()) -> dict[str, Any]:
     """Train `model` to memorise `num` lens-like images with random labels; return the losses.
 
-    Returns {"model", "params", "initial_loss", "loss_after_step1", "final_loss" and
-    "final_accuracy" (the trained weights on all `num` images, inference mode), "seconds"}.
+    The optimiser is lensnet.fit's: `make_optimizer` on fit's `train` defaults, then the model's
+    registry `train_defaults` (its recipe), then `train`; `epochs` x `steps_per_epoch` steps as
+    fit's `train.steps_per_epoch` counts them. `reinit` re-initialises parts of the backbone
+    (`lensnet.models.layers.timm_initialise`), a diagnostic. Returns {"model", "params",
+    "initial_loss", "loss_after_step1", "final_loss" and "final_accuracy" (the trained weights on
+    all `num` images, inference mode), "seconds"}.
     """
     import keras
 
     from lensnet.models import create_model, pool_features
     from lensnet.models.layers import timm_initialise
-    from lensnet.training.optim import NO_DECAY, WarmupCosine
+    from lensnet.models.registry import train_defaults
+    from lensnet.training.config import FIT_DEFAULTS
+    from lensnet.training.optim import make_optimizer
 
     keras.utils.set_random_seed(seed)
     images = lens_like_images(num, size, seed)
@@ -64,12 +68,10 @@ def memorise(model: str, *, size: int = 32, num: int = 128, classes: int = 3, st
     inputs = keras.Input((size, size, 1))
     logits = keras.layers.Dense(classes, name="logits")(pool_features(backbone, backbone(inputs)))
     net = keras.Model(inputs, logits)
-    schedule = WarmupCosine(learning_rate, steps, warmup_steps) if cosine else learning_rate
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
-    if not decay_everything:
-        optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
-    net.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"])
+    recipe = {**FIT_DEFAULTS["train"], **train_defaults(model), **(train or {}), "epochs": epochs}
+    net.compile(optimizer=make_optimizer(recipe, steps_per_epoch),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    steps = epochs * steps_per_epoch
     per_pass = num // batch_size
     rng = np.random.default_rng(seed + 2)
     order = np.concatenate([rng.permutation(num) for _ in range(steps // per_pass + 1)])
@@ -87,6 +89,7 @@ def memorise(model: str, *, size: int = 32, num: int = 128, classes: int = 3, st
         "model": model, "params": int(backbone.count_params()), "initial_loss": round(initial, 4),
         "loss_after_step1": round(after_first, 4), "final_loss": round(float(final_loss), 4),
         "final_accuracy": round(float(final_accuracy), 4), "seconds": round(seconds, 1),
+        "warmup_epochs": recipe["warmup_epochs"], "learning_rate": recipe["learning_rate"],
     }
 
 
@@ -94,39 +97,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="cnn_small,vit_tiny,deit_tiny,swin_tiny,cvt_tiny")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--num", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--steps-per-epoch", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reinit", default="", help="comma-separated parts to re-initialise timm-style after "
                         "building (lensnet.models.layers.INIT_PARTS): a diagnostic of initialisation")
-    parser.add_argument("--constant", action="store_true", help="constant learning rate (no warmup, no cosine)")
-    parser.add_argument("--decay-everything", action="store_true",
-                        help="weight decay on norms, biases, tokens and position embeddings too")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="builder override for every model (YAML value), e.g. --set num_layers=4")
-
-
-def _overrides(pairs: Sequence[str]) -> dict:
-    from lensnet.core.config import parse_set
-
-    return parse_set(pairs)
+    parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                        help="train setting over fit's defaults and the model's recipe, e.g. --train warmup_epochs=0")
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     import keras
 
     from lensnet.bench.train import model_names
+    from lensnet.core.config import parse_set
 
     rows = []
     for name in model_names(args.models):
-        row = memorise(name, size=args.size, num=args.num, steps=args.steps, batch_size=args.batch_size,
-                       learning_rate=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-                       cosine=not args.constant, reinit=[p for p in args.reinit.split(",") if p], decay_everything=args.decay_everything,
-                       seed=args.seed, overrides=_overrides(args.set))
-        rows.append({**row, "overrides": ",".join(args.set), "reinit": args.reinit, "lr": args.lr})
+        row = memorise(name, size=args.size, num=args.num, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                       batch_size=args.batch_size, seed=args.seed, overrides=parse_set(args.set),
+                       train=parse_set(args.train), reinit=[p for p in args.reinit.split(",") if p])
+        rows.append({**row, "overrides": ",".join(args.set), "train": ",".join(args.train), "reinit": args.reinit})
         print(rows[-1], flush=True)
         keras.backend.clear_session()
     return rows

@@ -27,7 +27,7 @@ from lensnet.core.errors import LensnetError
 from lensnet.models.backbone import Backbone, float32_features, image_input
 from lensnet.models.layers import TransformerBlock, check_heads, trunc_normal
 from lensnet.models.pooling import valid_modes
-from lensnet.models.registry import register_model
+from lensnet.models.registry import TRANSFORMER_RECIPE, register_model
 
 
 @keras.saving.register_keras_serializable(package="lensnet")
@@ -173,6 +173,7 @@ _CCT_COMMON = {"tokenizer_kernel": 3, "tokenizer_filters": 64, "dropout_rate": 0
 @register_model(
     "cct_7",
     family="cct",
+    train_defaults=TRANSFORMER_RECIPE,
     description="CCT-7/3x2 (conv tokenizer 2x conv3-pool, 256 wide, 4 heads, 7 layers, sequence pooling, "
                 "~3.9M params; 16x16 tokens at 64 px)",
     defaults={**_CCT_COMMON, "hidden_dim": 256, "num_layers": 7, "num_heads": 4, "mlp_ratio": 2.0,
@@ -185,6 +186,7 @@ def cct_7(input_shape: tuple[int, int, int], **kwargs: Any) -> keras.Model:
 @register_model(
     "cct_2",
     family="cct",
+    train_defaults=TRANSFORMER_RECIPE,
     description="CCT-2/3x2 (conv tokenizer 2x conv3-pool, 128 wide, 2 heads, 2 layers, sequence pooling, "
                 "~0.3M params): the small CPU variant",
     defaults={**_CCT_COMMON, "hidden_dim": 128, "num_layers": 2, "num_heads": 2, "mlp_ratio": 1.0,
