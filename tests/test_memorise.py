@@ -36,3 +36,34 @@ def test_a_plain_vit_without_warmup_does_not_memorise():
     result = memorise("vit_tiny", overrides=TINY_TRANSFORMERS["vit_tiny"], train={"warmup_epochs": 0})
     assert result["loss_after_step1"] > result["initial_loss"]  # the first full-size AdamW step hurts
     assert result["final_loss"] > 0.3, result
+
+
+@pytest.mark.parametrize("model, warmup", [("vit_tiny", 1.0), ("deit_tiny", 1.0), ("swin_tiny", 1.0),
+                                           ("cvt_tiny", 1.0), ("cct_2", 1.0), ("cnn_small", 0.0)])
+def test_fit_applies_the_model_recipe_and_the_user_still_wins(model, warmup):
+    from lensnet.training.config import resolve_fit_config
+
+    # the task presets set their own warm-up; the pretraining preset sets none
+    config = resolve_fit_config("pretrain", overrides={"model": {"name": model}})
+    assert config["train"]["warmup_epochs"] == warmup
+    mine = resolve_fit_config("pretrain", overrides={"model": {"name": model}, "train": {"warmup_epochs": 0.5}})
+    assert mine["train"]["warmup_epochs"] == 0.5
+    assert resolve_fit_config("substructure", overrides={"model": {"name": model}})["train"]["warmup_epochs"] == 2
+
+
+def test_weight_decay_skips_norms_biases_tokens_and_position_embeddings():
+    import keras
+
+    from lensnet.models import create_model
+    from lensnet.training.config import FIT_DEFAULTS
+    from lensnet.training.optim import make_optimizer
+
+    backbone = create_model("deit_tiny", (16, 16, 1), **TINY_TRANSFORMERS["deit_tiny"])
+    optimizer = make_optimizer({**FIT_DEFAULTS["train"], "weight_decay": 0.05}, 10)
+    optimizer.build(backbone.trainable_variables)
+    decayed = {v.path for v in backbone.trainable_variables if optimizer._use_weight_decay(v)}
+    assert decayed and all(v.endswith("kernel") for v in decayed), sorted(decayed)
+    names = {v.name for v in backbone.trainable_variables} - {v.name for v in backbone.trainable_variables
+                                                              if v.path in decayed}
+    assert {"class_token", "distillation_token", "position_embedding", "gamma", "beta", "bias"} <= names
+    assert isinstance(optimizer, keras.optimizers.AdamW)

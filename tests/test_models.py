@@ -70,6 +70,7 @@ def test_list_models_content():
         assert entry["defaults"]["weights"] is None  # never pretrained unless a local file is given
     families = {e["name"]: e["family"] for e in entries}
     assert families["resnet18"] == "resnet" and families["vit_tiny"] == "vit" and families["swin_tiny"] == "swin"
+    assert families["cct_2"] == "cct" and families["p4cnn_small"] == families["d4cnn_small"] == "equivariant"
     assert model_info("vit_tiny") == next(e for e in entries if e["name"] == "vit_tiny")
     assert model_info("vit_small")["defaults"]["hidden_dim"] == 384
     assert {e["name"] for e in entries if e["kind"] == "super_resolution"} == {"bicubic", "edsr", "rcan", "swinir"}

@@ -74,8 +74,8 @@ def register_model(
     `defaults` lists every hyper-parameter a user may override; a key that is not
     in it is rejected by `create_model`, so typos fail loudly instead of being
     silently ignored. `train_defaults` are the model's own `train` settings (its recipe, e.g. a
-    learning-rate warm-up for transformers): `lensnet.fit` applies them over the task preset, and
-    a config file or the command line still wins.
+    learning-rate warm-up for transformers): `lensnet.fit` applies them over its own defaults; the
+    task preset, a config file and the command line still win.
     """
     defaults = dict(defaults or {})
     if kind not in MODEL_KINDS:

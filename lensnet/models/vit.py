@@ -4,6 +4,33 @@ Widths follow DeiT (tiny 192/3 heads, small 384/6 heads, 12 layers, MLP 4x),
 the usual from-scratch ViT sizes. Patches are smaller than ImageNet's 16 px
 because lens cutouts are 64-150 px: patch 8 on 64 px gives an 8x8 token grid.
 The keras-hub MLP uses exact GELU (TF `Erf`/`Erfc`): see lensnet.export.
+
+Why lensnet's ViT and DeiT did not learn lens images (issue 22), measured with the memorisation
+test (`python -m lensnet.bench memorise`, tests/test_memorise.py: 128 lens-like 32 px images with
+random labels, batch 32, 100 AdamW steps; ViT 64 wide, 4 blocks, 2 heads, patch 4, i.e. 64 tokens;
+final training loss, < 0.1 passes; cnn_small: 0.04). One candidate at a time, on lensnet.fit's
+optimiser (learning rate 1e-3, weight decay 1e-4):
+
+    recipe                                                        loss after step 1   final loss
+    fit's old defaults: cosine, no warm-up, decay on everything   1.54 -> 3.91        0.97 (acc 0.57)
+    constant lr 1e-3                                              1.54 -> 3.91        0.92
+      + no decay on norms, biases, tokens, position embeddings    1.54 -> 3.91        0.74
+      + timm init: dense kernels truncated-normal(0.02)           1.27 -> 5.22        1.09
+      + timm init: patch embedding LeCun-normal                   2.15 -> 3.24        0.92
+      + timm init: tokens/position embeddings TN(0.02)            1.73 -> 3.21        0.70
+      + no class token, mean of patch tokens (Beyer et al.)       1.34 -> 3.26        0.35
+    constant lr 3e-4                                              1.54 -> 2.25        0.32
+    cosine + 20 warm-up steps (20% of the run)                    1.54 -> 1.39        0.04 (acc 1.0)
+    cosine + 4 warm-up steps                                      1.54 -> 2.04        0.77
+
+The cause is the first full-size AdamW steps: Adam's first updates move every weight by about
+the learning rate whatever its gradient, which throws a pre-norm transformer (whose LayerNorms
+then amplify the changed residual stream) to a loss twice its initial one, from where it does not
+recover in the budget. Initialisation (keras-hub's Glorot-uniform against timm's truncated normal)
+and weight decay on norms/tokens are not the cause at this budget. The fix is the transformers'
+training recipe, a linear warm-up over the first epoch (`TRANSFORMER_RECIPE` in the registry, which
+lensnet.fit applies over the task preset), with weight decay off for norms, biases, tokens and
+position embeddings (lensnet.training.optim.NO_DECAY) as in timm/DeiT.
 """
 
 from __future__ import annotations

@@ -82,3 +82,27 @@ def regression_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     var = np.var(t)
     out["r2"] = _finite(1.0 - np.mean(err**2) / var) if var > 0 else None
     return out
+
+
+def macro_auc_interval(labels: np.ndarray, probs: np.ndarray, bootstrap: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of the macro one-vs-rest ROC AUC, resampling test images.
+
+    Resamples in which a class is absent (its AUC undefined) are skipped; None if fewer than half
+    of the resamples are usable.
+    """
+    labels = np.asarray(labels).astype(int).ravel()
+    probs = np.asarray(probs, dtype=np.float64)
+    k = probs.shape[1]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(int(bootstrap)):
+        idx = rng.integers(0, labels.size, labels.size)
+        y, p = labels[idx], probs[idx]
+        if any(not 0 < (y == c).sum() < y.size for c in range(k)):
+            continue
+        values.append(np.mean([skm.roc_auc_score(y == c, p[:, c]) for c in range(k)]))
+    if len(values) < bootstrap / 2:
+        return None
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))

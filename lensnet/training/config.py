@@ -107,6 +107,7 @@ def resolve_fit_config(
     task_class = get_task_class(name)
     config = copy.deepcopy(FIT_DEFAULTS)
     config["task"] = {"name": name, **task_class.config_defaults()}
+    config = _with_model_recipe(config, user, overrides)
     preset = TASK_DIR / f"{name}.yaml"
     if preset.is_file():
         config = merge(config, load_yaml(preset, "task preset"), open_keys=OPEN_KEYS)
@@ -114,7 +115,6 @@ def resolve_fit_config(
         chosen = next((m for m in reversed(chosen) if m), None)
         if chosen and chosen != config["model"]["name"]:
             config["model"]["args"] = {}  # the preset's model arguments belong to the preset's model
-    config = _with_model_recipe(config, user, overrides)
     config = merge(config, user, open_keys=OPEN_KEYS, where=f"config ({config_file})" if config_file else "config")
     config = merge(config, overrides, open_keys=OPEN_KEYS)
     config["task"]["name"] = name
@@ -125,12 +125,15 @@ def resolve_fit_config(
 
 
 def _with_model_recipe(config: dict, user: dict, overrides: dict) -> dict:
-    """The chosen model's own `train` defaults (its registry `train_defaults`) over the task preset."""
+    """The chosen model's own `train` defaults (its registry `train_defaults`) over fit's defaults: the
+    task preset, a config file and the command line still win."""
     import lensnet.models  # noqa: F401  (registers every family)
     from lensnet.models.registry import train_defaults
 
     chosen = [(tree.get("model") or {}).get("name") for tree in (user, overrides)]
-    recipe = train_defaults(next((m for m in reversed(chosen) if m), None) or config["model"]["name"])
+    preset = TASK_DIR / f"{config['task']['name']}.yaml"
+    preset_model = (load_yaml(preset, "task preset").get("model") or {}).get("name") if preset.is_file() else None
+    recipe = train_defaults(next((m for m in reversed(chosen) if m), None) or preset_model or config["model"]["name"])
     return merge(config, {"train": recipe}, open_keys=OPEN_KEYS) if recipe else config
 
 
