@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+SUMMARY = "Can each model memorise 128 lens-like images with random labels (training loss after fixed steps)"
+
 
 def lens_like_images(num: int, size: int, seed: int) -> np.ndarray:
     """`num` (size, size, 1) float32 images standardised per image, as lensnet's pipeline does: an
