@@ -24,6 +24,7 @@ TINY_TRANSFORMERS = {
 }
 
 
+@pytest.mark.slow  # about a minute per model on one free core
 @pytest.mark.parametrize("name", ["cnn_small", *TINY_TRANSFORMERS])
 def test_memorises_128_images(name):
     result = memorise(name, overrides=TINY_TRANSFORMERS.get(name, {"filters": [16, 32, 64]}))
@@ -31,6 +32,7 @@ def test_memorises_128_images(name):
     assert result["final_accuracy"] == 1.0, result
 
 
+@pytest.mark.slow
 def test_a_plain_vit_without_warmup_does_not_memorise():
     """The defect itself, kept visible: the same ViT at lensnet's old defaults (no warm-up) fails."""
     result = memorise("vit_tiny", overrides=TINY_TRANSFORMERS["vit_tiny"], train={"warmup_epochs": 0})
