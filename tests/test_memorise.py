@@ -16,7 +16,7 @@ from lensnet.bench.memorise import memorise
 
 # Small enough for a CPU test, deep enough (4 blocks, 64 tokens) to show the failure.
 TINY_TRANSFORMERS = {
-    "vit_tiny": {"hidden_dim": 64, "num_layers": 4, "num_heads": 2, "mlp_dim": 128, "patch_size": 4},
+    "vit_tiny": {"hidden_dim": 64, "num_layers": 4, "num_heads": 2, "patch_size": 4},  # MLP 768, as measured
     "deit_tiny": {"hidden_dim": 64, "num_layers": 4, "num_heads": 2, "intermediate_dim": 128, "patch_size": 4},
     "swin_tiny": {"embed_dim": 32, "depths": [2, 2], "num_heads": [2, 4], "window_size": 4, "patch_size": 2},
     "cvt_tiny": {"embed_dims": [32, 64, 64], "depths": [1, 1, 2], "num_heads": [1, 2, 2]},
