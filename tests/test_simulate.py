@@ -171,7 +171,7 @@ def test_replica_records_pass_check_audit_and_report_image_statistics(tmp_path: 
                           "--set", "image.size=32", "--set", "records_per_shard=30", "--no-progress"])
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["config"]["symmetry"] == "flips" and manifest["config"]["replica"] == "deeplense_model_ii"
+    assert manifest["config"]["symmetry"] == "rot180" and manifest["config"]["replica"] == "deeplense_model_ii"
     assert manifest["audit"]["ok"] is True and manifest["audit"]["separating"] == []
     capsys.readouterr()
     assert run_cli(data_main, ["check", str(out), "--audit", "--no-progress"]) == 0

@@ -21,8 +21,9 @@ FIT_DEFAULTS: dict[str, Any] = {
         "test_split": "test",
         "batch_size": 64,
         "normalise": "standard",  # standard | minmax | dataset | none
-        # auto: the symmetry the dataset's manifest records (flips for a fixed macro model such as the
-        # DeepLense replicas, d4 for randomly oriented lenses; d4 when it records none) | d4 | flips | none
+        # auto: the symmetry the dataset's manifest records (rot180 for the DeepLense replicas' fixed lens and
+        # source, flips for a fixed lens alone, d4 for randomly oriented lenses; d4 when it records none)
+        # | d4 | flips | rot180 | none
         "augment": "auto",
         "shuffle_buffer": None,
         "cache": "auto",  # true | false | auto (cache splits smaller than cache_limit_mb)
