@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lensnet.tasks.survey_metrics import format_survey
 
         print("\n".join(format_survey(metrics["survey"])), flush=True)
+    for warning in metrics.get("warnings") or ():
+        print(f"warning: {warning}", flush=True)
     print(f"  metrics  {out_dir / 'metrics.json'}\n  plots    {out_dir / 'plots'}", flush=True)
     return 0
 

@@ -46,7 +46,8 @@ def test_cli_writes_balanced_splits_and_manifest(tmp_path: Path, capsys) -> None
     # parameters and image statistics are drawn alike in every class: nothing separates them
     assert audit["ok"] is True and audit["params_ok"] is True and audit["separating"] == []
     assert "theta_E" in audit["params"] and "log10_m_axion" in audit["skipped"]
-    assert audit["images"]["statistics"] == ["total_flux", "ring_radius", "q_xx", "q_yy", "q_xy"]
+    assert audit["images"]["statistics"] == ["total_flux", "ring_radius", "q_xx", "q_yy", "q_xy",
+                                                    "ring_radius_no_lens_light"]
     assert audit["images"]["ok"] is True
     assert set(audit["images"]["medians"]["ring_radius"]) == {"no_sub", "cdm", "axion"}
     for shard in manifest["splits"]["train"]["shards"]:
