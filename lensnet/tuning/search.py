@@ -157,10 +157,23 @@ def build_setup(args: argparse.Namespace, role: str) -> tuple[Any, dict]:
     directory = Path(args.directory or Path("tuning") / f"{task.name}-{base['model']['name']}-{args.tuner}")
     oracle = {"hyperband": {"max_epochs": args.max_epochs or int(base["train"]["epochs"]), "factor": args.factor,
                             "hyperband_iterations": args.hyperband_iterations},
-              "bayesian": {"initial_points": args.initial_points}}.get(args.tuner, {})
+              "bayesian": {"initial_points": args.initial_points},
+              "pbt": {"population": args.population or 4, "rounds": args.rounds},
+              "evolution": {"population": args.population or 8, "sample_size": args.sample_size}}.get(args.tuner, {})
     settings = {"tuner": args.tuner, "objective": f"{objective}:{direction}", "seed": int(base["run"]["seed"]),
                 "oracle": oracle, "space": space.as_dict(), "base": comparable(base, ("run", "distribute"))}
+    pruner = search_pruner(args)
+    if pruner is not None:  # absent when off, so the search.yaml of earlier searches still matches
+        settings["pruning"] = pruner.as_dict()
     return TrialSetup(base=base, space=space, objective=objective, direction=direction, directory=directory), settings
+
+
+def search_pruner(args: argparse.Namespace) -> Any:
+    from lensnet.tuning.pruning import MedianStopping
+
+    if args.prune == "median":
+        return MedianStopping(grace=args.prune_grace, min_peers=args.prune_min_peers)
+    return None
 
 
 def claim_directory(directory: Path, settings: dict, role: str, args: argparse.Namespace) -> None:
@@ -256,16 +269,23 @@ def run_search(args: argparse.Namespace) -> int:
     claim_directory(setup.directory, settings, role, args)
 
     from lensnet.tuning.report import write_hparams_config
-    from lensnet.tuning.tuner import LensnetTuner, chief_announcer, make_oracle
+    from lensnet.tuning.tuner import LensnetTuner, SearchOptions, chief_announcer, make_oracle
 
     max_trials = args.max_trials or (None if args.tuner == "hyperband" else 10)
+    if args.tuner == "pbt":
+        max_trials = (args.population or 4) * args.rounds
     max_epochs = args.max_epochs or int(setup.base["train"]["epochs"])
+    pruner = search_pruner(args)
+    options = SearchOptions(max_trials=max_trials, seed=int(setup.base["run"]["seed"]),
+                            max_failures=args.max_consecutive_failures, max_epochs=max_epochs, factor=args.factor,
+                            hyperband_iterations=args.hyperband_iterations, initial_points=args.initial_points,
+                            population=args.population, rounds=args.rounds, sample_size=args.sample_size,
+                            pruner=pruner)
     t0 = time.perf_counter()
     with kerastuner_env(env):
-        oracle = make_oracle(args.tuner, setup, max_trials=max_trials, seed=int(setup.base["run"]["seed"]),
-                             max_failures=args.max_consecutive_failures, max_epochs=max_epochs, factor=args.factor,
-                             hyperband_iterations=args.hyperband_iterations, initial_points=args.initial_points)
-        tuner = LensnetTuner(oracle, setup, verbose=args.verbose)  # reloads the directory's search, if any
+        oracle = make_oracle(args.tuner, setup, options)
+        # reloads the directory's search, if any
+        tuner = LensnetTuner(oracle, setup, verbose=args.verbose, report_epochs=pruner is not None)
         if role != "worker":
             write_hparams_config(setup.logs_dir, setup.space.hyperparameters(), setup.objective)
             print_start(args.tuner, setup, tuner.oracle, max_trials, max_epochs, role)
