@@ -277,7 +277,8 @@ def _add_int8(tmp: Path, card: dict, spec: OutputSpec, inputs: dict, images: np.
     """model.int8.onnx beside model.onnx, and what it costs and saves in card["int8"]."""
     from lensnet.serving.quantize import INT8_FILE, compare, quantize_onnx
 
-    details = quantize_onnx(tmp / ONNX_FILE, tmp / INT8_FILE, inputs["calibration"])
+    details = quantize_onnx(tmp / ONNX_FILE, tmp / INT8_FILE, inputs["calibration"],
+                            label=f"model {card['model']} of {card['run']['path']}")
     if inputs["test"] is not None:
         test_images, labels, class_names, source = inputs["test"]
     else:  # no test split here: the verification images, without labels

@@ -70,11 +70,14 @@ class _Calibration:
         pass
 
 
-def quantize_onnx(float_path: Path, out_path: Path, calibration: np.ndarray, *, mode: str = "auto") -> dict:
+def quantize_onnx(float_path: Path, out_path: Path, calibration: np.ndarray, *, mode: str = "auto",
+                  label: str = "") -> dict:
     """Write the int8 model of `float_path` to `out_path`; returns what was done, for the card.
 
-    mode: auto (dynamic if the model has attention, else static), static or dynamic.
+    mode: auto (dynamic if the model has attention, else static), static or dynamic. label names
+    the model in errors (default: the file).
     """
+    label = label or str(float_path)
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -93,7 +96,7 @@ def quantize_onnx(float_path: Path, out_path: Path, calibration: np.ndarray, *, 
     quantisable = [op for op in weight_ops if op in supported]
     if not quantisable:
         raise QuantizationError(
-            f"{float_path}: no op can be quantised to int8: the model's weights feed "
+            f"{label}: no op can be quantised to int8: the model's weights feed "
             f"{', '.join(weight_ops) or 'no op'}, and onnxruntime's {mode} int8 quantisation covers only "
             f"{', '.join(supported)}"
         )
@@ -115,7 +118,7 @@ def quantize_onnx(float_path: Path, out_path: Path, calibration: np.ndarray, *, 
                 quantize_dynamic(os.fspath(prepared), os.fspath(work / "int8.onnx"), per_channel=True,
                                  weight_type=QuantType.QInt8)
         except Exception as exc:  # onnxruntime's quantiser raises assorted types, naming the node it failed on
-            raise QuantizationError(f"{float_path}: int8 quantisation failed: {type(exc).__name__}: "
+            raise QuantizationError(f"{label}: int8 quantisation failed: {type(exc).__name__}: "
                                     f"{' '.join(str(exc).split())[:300]}") from None
         quantised = onnx.load(os.fspath(work / "int8.onnx"))
         os.replace(work / "int8.onnx", out_path)
