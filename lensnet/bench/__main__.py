@@ -26,6 +26,7 @@ BENCHMARKS = {
     "pipeline-e2e": "lensnet.pipeline tiles/s on synthetic survey images + recall/precision of injected lenses",
     "label-efficiency": "Scratch vs linear probe vs fine-tune from a pretraining run at 1%, 10%, 100% of the labels",
     "los-born": "Line-of-sight haloes: lensnet's Born approximation vs lenstronomy multi-plane ray tracing",
+    "tune": "Tuners (random, bayesian, hyperband, pbt, evolution, + median pruning) at one budget of epochs",
     "population-draws": "Cost of the dark-matter population draws alone (CDM, WDM, line of sight), per image",
 }
 
