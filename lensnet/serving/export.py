@@ -162,7 +162,7 @@ def export_run(
     opset: int | None = None,
     seed: int = 0,
     quantize: str | None = None,
-    calibration: str | os.PathLike | None = None,
+    calibration: str | os.PathLike | np.ndarray | None = None,
     calibration_images: int = 256,
     int8_tolerance: float = 0.002,
 ) -> ExportResult:
@@ -253,8 +253,10 @@ def export_run(
 
 
 def _int8_inputs(info: RunInfo, run_dir: Path, shape: tuple, quantize: str | None,
-                 calibration: str | os.PathLike | None, count: int) -> dict | None:
-    """Calibration and test images for --quantize, read (and checked) before anything is written."""
+                 calibration: str | os.PathLike | np.ndarray | None, count: int) -> dict | None:
+    """Calibration and test images for --quantize, read (and checked) before anything is written.
+
+    `calibration` is a dataset directory (default: the run's) or raw images (N, H, W, C)."""
     from lensnet.serving.quantize import calibration_images, dataset_images
 
     if quantize is None:
@@ -262,10 +264,16 @@ def _int8_inputs(info: RunInfo, run_dir: Path, shape: tuple, quantize: str | Non
     if quantize != "int8":
         raise LensnetError(f"--quantize {quantize!r} is not supported; valid: int8")
     dataset = (info.dataset or {}).get("path")
-    source = calibration or dataset
-    if not source:
-        raise LensnetError(f"{run_dir}: run.json names no dataset to calibrate int8 on; give --calibration DIR")
-    images, described = calibration_images(source, shape, count)
+    if isinstance(calibration, np.ndarray):
+        if tuple(calibration.shape[1:]) != tuple(shape):
+            raise LensnetError(f"calibration images have shape {tuple(calibration.shape[1:])}; the model takes "
+                               f"{tuple(shape)}")
+        images, described = calibration[:count].astype(np.float32), f"{min(count, len(calibration))} given images"
+    else:
+        source = calibration or dataset
+        if not source:
+            raise LensnetError(f"{run_dir}: run.json names no dataset to calibrate int8 on; give --calibration DIR")
+        images, described = calibration_images(source, shape, count)
     test = None
     if dataset and Path(dataset, "manifest.json").is_file():
         test = dataset_images(dataset, ("test", "val"), 2048, labels=True)
