@@ -273,3 +273,18 @@ def test_pruned_search_stops_the_planted_trial(capsys, three_class: Path, tmp_pa
     assert best["pruned_at"] == "" and best["epochs"] == "3"
     settings = (directory / "search.yaml").read_text()
     assert "pruning:" in settings and "rule: median" in settings
+
+
+def test_bench_tune_counts_only_the_epochs_a_trial_trained(tmp_path: Path) -> None:
+    from lensnet.bench.tune import summarise, tuner_options
+
+    (tmp_path / "summary.csv").write_text(
+        "trial_id,status,val_auc,epochs,warm_start_from,pruned_at\n"
+        "0,COMPLETED,0.6,3,,\n1,COMPLETED,0.7,3,,2\n2,FAILED,,1,,\n3,COMPLETED,0.8,9,1,\n")
+    row = summarise("hyperband", tmp_path, "val_auc", "max", 1.0, budget=12)
+    assert row["epochs"] == 3 + 3 + 1 + 6 and row["pruned"] == 1  # trial 3 continued trial 1 from epoch 3
+    assert row["best_val_auc"] == 0.8 and row["best_at_half_budget"] == 0.7  # after 6 epochs
+    assert row["trace"] == "3:0.6000 6:0.7000 7:0.7000 13:0.8000"
+    assert tuner_options("pbt", 12, 3, 2)[-1] == "2"  # 2 members x 2 rounds x 3 epochs
+    with pytest.raises(Exception, match="unknown tuner 'sgd'"):
+        tuner_options("sgd", 12, 3, 2)
