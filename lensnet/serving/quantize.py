@@ -49,6 +49,24 @@ def _weight_ops(model: Any) -> list[str]:
     return [node.op_type for node in model.graph.node if any(name in weights for name in node.input)]
 
 
+def preprocessing_nodes(model: Any, weight_ops: tuple[str, ...]) -> list[str]:
+    """Names of the nodes no weight op precedes: the layout and normalisation of the raw input.
+
+    They stay float32: the raw pixels' range spans every image of the calibration set, and per-image
+    normalisation after them would magnify their quantisation error on faint images.
+    """
+    weights = {init.name for init in model.graph.initializer}
+    downstream: set[str] = set()  # tensors computed after some weight op
+    keep = []
+    for node in model.graph.node:  # ONNX graphs are stored in topological order
+        after = any(name in downstream for name in node.input)
+        if after or (node.op_type in weight_ops and any(name in weights for name in node.input)):
+            downstream.update(node.output)
+        else:
+            keep.append(node.name)
+    return keep
+
+
 def has_attention(model: Any) -> bool:
     """A MatMul of two computed tensors (queries x keys, weights x values): attention."""
     constants = {init.name for init in model.graph.initializer}
@@ -113,10 +131,11 @@ def quantize_onnx(float_path: Path, out_path: Path, calibration: np.ndarray, *, 
                 quantize_static(os.fspath(prepared), os.fspath(work / "int8.onnx"),
                                 _Calibration(input_name, calibration), quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=CalibrationMethod.MinMax)
+                                calibrate_method=CalibrationMethod.MinMax,
+                                nodes_to_exclude=preprocessing_nodes(onnx.load(os.fspath(prepared)), _STATIC_OPS))
             else:
                 quantize_dynamic(os.fspath(prepared), os.fspath(work / "int8.onnx"), per_channel=True,
-                                 weight_type=QuantType.QInt8)
+                                 weight_type=QuantType.QInt8, op_types_to_quantize=quantisable)
         except Exception as exc:  # onnxruntime's quantiser raises assorted types, naming the node it failed on
             raise QuantizationError(f"{label}: int8 quantisation failed: {type(exc).__name__}: "
                                     f"{' '.join(str(exc).split())[:300]}") from None
