@@ -1,4 +1,10 @@
-"""lensnet: deep learning on strong gravitational lenses."""
+"""lensnet: deep learning on strong gravitational lenses.
+
+The top-level modules (`lensnet/<cmd>.py`, each declaring SUMMARY) are the commands: argument parsing and a
+call into the library packages below them. The layers, lowest first (docs/layout.md; `lint-imports` checks
+them): core < data, models < artifacts < simulate, tasks < training, serving < tuning, studies, survey <
+bench < commands.
+"""
 
 import os as _os
 

@@ -13,22 +13,11 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# name -> (module defining main(argv), imports TensorFlow first (quietly), one-line summary)
-COMMANDS: dict[str, tuple[str, bool, str]] = {
-    "simulate": ("lensnet.simulate.command", False, "simulate lens images into a TFRecord dataset"),
-    "convert": ("lensnet.convert", False, "import DeepLense .npy folders or FITS cutouts as a dataset"),
-    "data": ("lensnet.data.__main__", True, "check or describe a dataset"),
-    "models": ("lensnet.models.__main__", True, "list the registered models"),
-    "fit": ("lensnet.fit", False, "train a task's model on a dataset"),
-    "tune": ("lensnet.tune", False, "search hyperparameters with KerasTuner"),
-    "evaluate": ("lensnet.evaluate", False, "score a trained run on a dataset split"),
-    "export": ("lensnet.export", True, "export a run to a verified SavedModel + ONNX version"),
-    "predict": ("lensnet.predict", True, "score image files or datasets with an export, to CSV"),
-    "serve": ("lensnet.serve", True, "serve an export over the TF Serving REST API"),
-    "pipeline": ("lensnet.pipeline", True, "find, classify and explain lens candidates in survey images"),
-    "dashboard": ("lensnet.dashboard", True, "browse, mark and export pipeline candidates in a web page"),
-    "bench": ("lensnet.bench.__main__", True, "run a benchmark"),
-}
+from lensnet.core.plugins import command_modules
+
+# name -> (module defining main(argv), one-line summary): every `lensnet/<cmd>.py` and `lensnet/<pkg>/__main__.py`
+# that declares SUMMARY (lensnet.core.plugins), read without importing them
+COMMANDS: dict[str, tuple[str, str]] = command_modules()
 
 
 def usage() -> str:
@@ -37,9 +26,9 @@ def usage() -> str:
         "usage: lensnet COMMAND [options]   (same as python -m lensnet.COMMAND)",
         "",
         "commands:",
-        *(f"  {name:<{width}}  {summary}" for name, (_, _, summary) in COMMANDS.items()),
+        *(f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()),
         "",
-        "`lensnet COMMAND --help` shows a command's options.",
+        "`lensnet COMMAND --help` shows a command's options; `--verbose` on any command shows TensorFlow's logs.",
     ]
     return "\n".join(lines)
 
@@ -47,8 +36,10 @@ def usage() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch `argv` (default: sys.argv[1:]) to a command; returns its exit status."""
     from lensnet.core.errors import run_cli
+    from lensnet.core.tfboot import quiet_tensorflow, take_verbose
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, verbose = take_verbose(sys.argv[1:] if argv is None else argv)
+    quiet_tensorflow(verbose)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if argv else 2
@@ -56,12 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command '{name}'; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module_name, tensorflow, _ = COMMANDS[name]
-    if tensorflow:
-        from lensnet.core.tfboot import quiet_import
-
-        quiet_import()
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(COMMANDS[name][0])
     try:
         return run_cli(module.main, rest)
     except SystemExit as exc:  # argparse's --help (0) and usage errors (2)

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 from lensnet.core.errors import cli_exit
 
+SUMMARY = "import DeepLense .npy folders or FITS cutouts as a dataset"  # its line in `lensnet --help`
+
 
 def _hdu(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from lensnet.data.importers import convert_dataset
     from lensnet.data.manifest import read_manifest, schema_of
-    from lensnet.simulate.command import print_summary
+    from lensnet.data.writer import print_summary
 
     args = build_parser().parse_args(argv)
     if args.format == "degrade":

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 from lensnet.core.errors import LensnetError, cli_exit
 
+SUMMARY = "browse, mark and export pipeline candidates in a web page"  # its line in `lensnet --help`
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lensnet.dashboard", description=__doc__.split("\n\n")[0])
@@ -27,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise LensnetError("--port must be within [0, 65535]")
-    from lensnet.serving.server import bind, uvicorn_server
+    from lensnet.core.http import bind, uvicorn_server
     from lensnet.survey.dashboard import Results, RunView, create_app
 
     results = Results(args.results)
@@ -42,4 +44,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    cli_exit(main, tensorflow=True)  # lensnet.serving.server (bind, uvicorn) imports TF: keep its chatter quiet
+    cli_exit(main)  # serves a page, no model: TensorFlow is never imported

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 from lensnet.core.errors import cli_exit
 
+SUMMARY = "score a trained run on a dataset split"  # its line in `lensnet --help`
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lensnet.evaluate", description=__doc__,

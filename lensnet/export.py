@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from lensnet.artifacts.export_layout import CARD, ONNX_FILE
 from lensnet.core.errors import LensnetError, cli_exit
-from lensnet.serving.layout import CARD, ONNX_FILE
 from lensnet.serving.onnx_convert import DEFAULT_OPSET
 from lensnet.serving.verification import DEFAULT_ATOL
+
+SUMMARY = "export a run to a verified SavedModel + ONNX version"  # its line in `lensnet --help`
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 from lensnet.core.errors import LensnetError, cli_exit
 
+SUMMARY = "train a task's model on a dataset"  # its line in `lensnet --help`
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lensnet.fit", description=__doc__,

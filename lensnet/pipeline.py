@@ -22,6 +22,8 @@ from lensnet.serving.runtimes import RUNTIMES
 from lensnet.survey.interpret import METHODS
 from lensnet.survey.tiles import FILL_RULES
 
+SUMMARY = "find, classify and explain lens candidates in survey images"  # its line in `lensnet --help`
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lensnet.pipeline", description=__doc__.split("\n\n")[0])

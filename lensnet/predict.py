@@ -27,6 +27,8 @@ from lensnet.core.fileio import atomic_open
 from lensnet.data.imagefiles import WRITE_FORMATS
 from lensnet.serving.runtimes import CARD_RUNTIME, RUNTIMES
 
+SUMMARY = "score image files or datasets with an export, to CSV"  # its line in `lensnet --help`
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lensnet.predict", description=__doc__.split("\n\n")[0])
@@ -64,11 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0.0 <= args.threshold <= 1.0:
         raise LensnetError("--threshold must be within [0, 1]")
     np.random.seed(args.seed % 2**32)
+    from lensnet.artifacts.exports import load_export
+    from lensnet.artifacts.outputs import PredictSettings
     from lensnet.serving.inputs import InputOptions, expand_inputs
-    from lensnet.serving.loading import load_export
     from lensnet.serving.runtimes import open_runner
     from lensnet.serving.scoring import score
-    from lensnet.tasks.outputs import PredictSettings
 
     hdu = int(args.hdu) if args.hdu is not None and args.hdu.lstrip("-").isdigit() else args.hdu
     options = InputOptions(hdu=hdu, splits=args.split, batch_size=args.batch_size, skip_bad=args.skip_bad,

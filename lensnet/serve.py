@@ -19,16 +19,17 @@ import gc
 from collections.abc import Sequence
 
 from lensnet.core.errors import LensnetError, cli_exit
+from lensnet.core.http import bind, uvicorn_server
 from lensnet.serving.runtimes import CARD_RUNTIME, RUNTIMES
 from lensnet.serving.server import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BODY_MB,
     DEFAULT_POLL_SECONDS,
     ModelServer,
-    bind,
     create_app,
-    uvicorn_server,
 )
+
+SUMMARY = "serve an export over the TF Serving REST API"  # its line in `lensnet --help`
 
 
 def main(argv: Sequence[str] | None = None) -> int:

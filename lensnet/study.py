@@ -18,6 +18,8 @@ from pathlib import Path
 
 from lensnet.core.errors import cli_exit
 
+SUMMARY = "scientific studies: detection limits against a physics knob"  # its line in `lensnet --help`
+
 
 def build_parser() -> argparse.ArgumentParser:
     from lensnet.studies.detectability import KNOBS, STUDIES_DIR

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 from lensnet.core.errors import LensnetError, cli_exit
 
+SUMMARY = "search hyperparameters with KerasTuner"  # its line in `lensnet --help`
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lensnet.tune", description=__doc__,
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--max-consecutive-failures", type=int, default=3,
                         help="stop the search after this many failed trials in a row (default 3)")
     search.add_argument("--overwrite", action="store_true", help="start afresh, removing the directory's search")
-    search.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0, help="Keras output inside trials")
+    search.add_argument("--keras-verbose", dest="verbose", type=int, choices=(0, 1, 2), default=0,
+                        help="Keras output inside trials (--verbose shows TensorFlow's logs)")
     search.add_argument("--no-progress", action="store_true")
     dist = parser.add_argument_group("distributed search (KerasTuner chief/worker)")
     dist.add_argument("--role", choices=("chief", "worker"), help="chief serves the oracle, workers run trials")

@@ -20,11 +20,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lensnet.artifacts.outputs import OutputSpec
 from lensnet.core.errors import LensnetError, cli_exit
 from lensnet.tasks import BatchContext, MetricInputs, Task, TaskModel, register_task
 from lensnet.tasks.base import pooled_network
 from lensnet.tasks.model import average_loss
-from lensnet.tasks.outputs import OutputSpec
 from lensnet.tasks.scores import multiclass_scores
 
 

@@ -53,7 +53,7 @@ KIND_TASKS = {"binary": "lens_finding", "multiclass": "substructure", "regressio
 
 
 def output_spec(kind: str, classes: int = 3):
-    from lensnet.tasks.outputs import OutputSpec
+    from lensnet.artifacts.outputs import OutputSpec
 
     if kind == "binary":
         return OutputSpec("probabilities", "probabilities", columns=("p_lens",), class_names=("non_lens", "lens"),
@@ -67,7 +67,7 @@ def output_spec(kind: str, classes: int = 3):
 def write_run_dir(run_dir: Path, net, *, task: str, model: str, shape, normalisation: dict, output: dict,
                   seed: int = 0, metrics: dict | None = None) -> Path:
     """checkpoints/best.keras + run.json (+ metrics.json), as lensnet.fit leaves them."""
-    from lensnet.core.runs import RunInfo, write_run
+    from lensnet.artifacts.runs import RunInfo, write_run
 
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     net.save(run_dir / "checkpoints" / "best.keras")
@@ -141,7 +141,7 @@ def make_image_run(
 ) -> Path:
     """A run directory with a tiny image-to-image model (conv -> tanh -> conv, same shape out) whose
     output spec is an image mapped back to input units by `inverse` ("input": the run's normalisation)."""
-    from lensnet.tasks.outputs import OutputSpec
+    from lensnet.artifacts.outputs import OutputSpec
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape, name="images")
@@ -160,10 +160,11 @@ def raw_images(n: int, shape: tuple[int, int, int], seed: int = 1, loc: float = 
 
 def keras_outputs(run: Path, images: np.ndarray) -> np.ndarray:
     """What the run's Keras model (float32) returns for raw `images`, post-processed as the export does."""
-    from lensnet.core.runs import load_model, read_run
+    from lensnet.artifacts.outputs import OutputSpec
+    from lensnet.artifacts.runs import read_run
     from lensnet.serving.export import float32_model
     from lensnet.serving.verification import keras_reference
-    from lensnet.tasks.outputs import OutputSpec
+    from lensnet.tasks.checkpoints import load_model
 
     info = read_run(run)
     model, _ = float32_model(load_model(run))

@@ -163,6 +163,7 @@ def odd_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("extra", "fragments"), [
     (["--set", "task.normal_class=no_sub"], ["no_sub", "class0, class1, class2"]),
     (["--set", "model.args.filters=[8,16,32]", "--set", "task.normal_class=class0"], ["18x18", "4x4"]),
@@ -181,7 +182,7 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, dataset: Path, odd_dat
 
 
 def test_score_export_tolerance_is_relative_to_the_largest_score() -> None:
-    from lensnet.tasks.outputs import OutputSpec
+    from lensnet.artifacts.outputs import OutputSpec
 
     spec = OutputSpec("score", "anomaly_score", columns=("anomaly_score",))
     assert spec.handler.tolerance(spec, np.array([[5000.0], [-20.0]]), 1e-4) == pytest.approx(0.5)

@@ -66,6 +66,7 @@ def load(path: Path):
     return keras.models.load_model(path, compile=False, safe_mode=True)
 
 
+@pytest.mark.slow
 def test_fit_runs_the_task_models_own_step(runs: Path) -> None:
     run = runs / "one"
     info = json.loads((run / "run.json").read_text())
@@ -91,6 +92,7 @@ def test_fit_runs_the_task_models_own_step(runs: Path) -> None:
     assert not np.array_equal(shared[0], shared[1])  # the shared features moved differently too
 
 
+@pytest.mark.slow
 def test_multiworker_fit_runs_the_same_step(dataset: Path, runs: Path, tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "contract_task", *FIT, "--data", str(dataset), "--runs", str(tmp_path),
             "--run-name", "mw", "--strategy", "multiworker"]
@@ -107,6 +109,7 @@ def test_multiworker_fit_runs_the_same_step(dataset: Path, runs: Path, tmp_path:
             assert float(row[key]) == pytest.approx(float(ref[key]), rel=LOSS_RTOL), key
 
 
+@pytest.mark.slow
 def test_export_and_predict_need_no_task_code(dataset: Path, runs: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_CONFIG")}
     env.update({"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"})  # contract_task is NOT importable here
@@ -127,6 +130,7 @@ def test_export_and_predict_need_no_task_code(dataset: Path, runs: Path, tmp_pat
     assert np.allclose(total, 1.0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_unknown_task_option_is_one_line(capsys, dataset: Path, tmp_path: Path) -> None:
     code = run_cli(fit_main, [*FIT, "--data", str(dataset), "--runs", str(tmp_path), "--set", "task.aux=1"])
     err = capsys.readouterr().err
@@ -134,6 +138,7 @@ def test_unknown_task_option_is_one_line(capsys, dataset: Path, tmp_path: Path) 
     assert "task.aux" in err and "aux_weight" in err
 
 
+@pytest.mark.slow
 def test_resume_replays_the_tasks_own_randomness(dataset: Path, runs: Path, tmp_path: Path) -> None:
     """`prepare` keys its noise on the BatchContext: one epoch + --resume ends where two straight epochs did."""
     argv = [*FIT, "--data", str(dataset), "--runs", str(tmp_path), "--run-name", "r"]

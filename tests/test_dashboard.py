@@ -48,7 +48,7 @@ def raw_get(base: str, path: str) -> int:
 
 
 def serve(results: Path, run: Path | None = None):
-    from lensnet.serving.server import app_in_thread
+    from lensnet.core.http import app_in_thread
     from lensnet.survey.dashboard import Results, RunView, create_app
 
     return app_in_thread(create_app(Results(results), RunView(run) if run else None))

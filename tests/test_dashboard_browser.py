@@ -67,7 +67,7 @@ def test_dashboard_in_headless_chromium(tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    from lensnet.serving.server import app_in_thread
+    from lensnet.core.http import app_in_thread
     from lensnet.survey.dashboard import Results, create_app
 
     results = make_results(tmp_path / "results", n=30)

@@ -30,7 +30,7 @@ def three_class(tmp_path_factory) -> Path:
 
 
 def spec(classes=CLASSES) -> dict:
-    from lensnet.tasks.outputs import OutputSpec
+    from lensnet.artifacts.outputs import OutputSpec
 
     return OutputSpec("probabilities", "probabilities", columns=tuple(f"p_{c}" for c in classes),
                       class_names=tuple(classes)).to_json()
@@ -124,6 +124,7 @@ def test_teacher_class_order_is_mapped_by_name(tmp_path):
     assert (p.argmax(axis=1) == 2).all()
 
 
+@pytest.mark.slow
 def test_a_one_class_teacher_pulls_the_student_there_and_is_not_exported(capsys, three_class, tmp_path):
     teacher = constant_teacher(tmp_path / "teacher", favourite=1)
     code, out, err = fit(capsys, "--task", "substructure", "--model", "deit_tiny", "--data", str(three_class),
@@ -132,7 +133,7 @@ def test_a_one_class_teacher_pulls_the_student_there_and_is_not_exported(capsys,
                          "--set", "train.precise_bn_batches=0", *DEIT)
     assert code == 0, err
     run = tmp_path / "student"
-    from lensnet.core.runs import load_model
+    from lensnet.tasks.checkpoints import load_model
 
     best = load_model(run)
     images = np.random.default_rng(0).standard_normal((16, 16, 16, 1)).astype("float32")
@@ -165,6 +166,7 @@ def test_a_one_class_teacher_pulls_the_student_there_and_is_not_exported(capsys,
     np.testing.assert_allclose(q, np.asarray(best(apply_normalisation(images, {"method": "standard"}))), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_soft_distillation_trains(capsys, three_class, tmp_path):
     teacher = constant_teacher(tmp_path / "teacher", favourite=1)
     code, _, err = fit(capsys, "--task", "substructure", "--model", "deit_tiny", "--data", str(three_class),
@@ -174,6 +176,7 @@ def test_soft_distillation_trains(capsys, three_class, tmp_path):
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_feature_distillation_vit_from_vit(capsys, three_class, tmp_path):
     from lensnet.models import create_model, pool_features
 
@@ -303,6 +306,7 @@ def test_attention_loss_decreases_on_a_fixed_batch(tmp_path):
     assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_attention_distillation_trains_through_fit_and_exports_nothing_of_it(capsys, three_class, tmp_path):
     run, _ = transformer_teacher(tmp_path / "teacher", model="deit_tiny")
     code, _, err = fit(capsys, "--task", "substructure", "--model", "vit_tiny", "--data", str(three_class),
@@ -311,7 +315,7 @@ def test_attention_distillation_trains_through_fit_and_exports_nothing_of_it(cap
                        "--set", "train.precise_bn_batches=0", *VIT, "--set=model.args.num_layers=2")
     assert code == 0, err
     assert "nan" not in (tmp_path / "ad" / "history.csv").read_text().lower()
-    from lensnet.core.runs import load_model
+    from lensnet.tasks.checkpoints import load_model
     from lensnet.tasks.distillation import DistillationModel
 
     last = keras.models.load_model(tmp_path / "ad" / "checkpoints" / "last.keras", safe_mode=True)
@@ -355,6 +359,7 @@ def test_bad_attention_distillation_is_one_line_and_writes_nothing(capsys, three
     assert not (tmp_path / "runs" / "bad").exists()
 
 
+@pytest.mark.slow
 def test_bench_distill_adds_an_attention_row(capsys, three_class, tmp_path, monkeypatch):
     from lensnet.bench.__main__ import main as bench_main
 
@@ -372,6 +377,7 @@ def test_bench_distill_adds_an_attention_row(capsys, three_class, tmp_path, monk
     assert rows[3]["params"] == rows[2]["params"]  # attention matching exports nothing
 
 
+@pytest.mark.slow
 def test_bench_distill_attention_with_a_cnn_teacher_is_refused_before_training(capsys, tmp_path):
     from lensnet.bench.__main__ import main as bench_main
 

@@ -134,6 +134,7 @@ def test_multiworker_two_processes_end_with_identical_weights(
     assert weights_digest(saved.weights) == digests[0].group(1)  # the checkpoint is what the workers hold
 
 
+@pytest.mark.slow
 def test_multiworker_resume_equals_uninterrupted_run(dataset: Path, tmp_path: Path,
                                                      multiworker: tuple[Path, list[str]]) -> None:
     """One epoch, then --resume to two: both workers end exactly where the uninterrupted run did."""

@@ -98,6 +98,7 @@ COMMON = ["--task", "substructure", "--model", "cnn_small", "--set", "model.args
           "--set", "train.schedule=constant", "--set", "train.warmup_epochs=0", "--no-progress"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["attention", "random"])
 def test_resumed_run_erases_the_same_patches(capsys, three_class, tmp_path, mode):
     erasing = ["--set", f"train.erasing.mode={mode}", "--set", "train.erasing.every=2",

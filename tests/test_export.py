@@ -37,6 +37,7 @@ FAMILY_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family, kind, normalisation, channels", FAMILY_CASES, ids=[c[0] for c in FAMILY_CASES])
 def test_every_family_exports_faithfully(tmp_path, family, kind, normalisation, channels):
     from lensnet.serving.export import export_run
@@ -70,11 +71,12 @@ def test_every_family_exports_faithfully(tmp_path, family, kind, normalisation, 
 
 
 def read_run(run: Path):
-    from lensnet.core.runs import read_run as read
+    from lensnet.artifacts.runs import read_run as read
 
     return read(run)
 
 
+@pytest.mark.slow
 def test_gelu_becomes_erf_and_a_missing_handler_fails_loudly(tmp_path, monkeypatch):
     import onnx
     from tf2onnx.handler import tf_op
@@ -112,6 +114,7 @@ def test_unknown_ops_detects_ops_without_schema():
     assert onnx.defs.has("Erf")
 
 
+@pytest.mark.slow
 def test_unfaithful_export_fails_with_one_line_and_leaves_no_version(tmp_path, monkeypatch, capsys):
     from tf2onnx.handler import tf_op
 
@@ -143,10 +146,11 @@ def test_unfaithful_export_fails_with_one_line_and_leaves_no_version(tmp_path, m
     assert sorted(os.listdir(out)) == ["1"]  # no version 2, no temporary directory
 
 
+@pytest.mark.slow
 def test_versions_count_up_and_card_describes_the_model(tmp_path):
+    from lensnet.artifacts.exports import load_export
+    from lensnet.artifacts.versions import list_versions
     from lensnet.serving.export import export_run
-    from lensnet.serving.loading import load_export
-    from lensnet.serving.versions import list_versions
 
     metrics = {"accuracy": 0.91, "macro_auc": 0.97}
     run = make_run(tmp_path / "run", "cnn_small", classes=3, metrics=metrics)
@@ -176,12 +180,13 @@ def test_versions_count_up_and_card_describes_the_model(tmp_path):
     assert card["precision"] == {"exported": "float32", "trained": ["float32"]}
 
 
+@pytest.mark.slow
 def test_mixed_precision_run_exports_in_float32(tmp_path):
     import onnx
     from onnx import TensorProto
 
-    from lensnet.core.runs import load_model
     from lensnet.serving.export import export_run
+    from lensnet.tasks.checkpoints import load_model
 
     run = make_run(tmp_path / "run", "vit_tiny", policy="mixed_float16")
     assert load_model(run).get_layer("vit_tiny").dtype_policy.name == "mixed_float16"
@@ -194,9 +199,10 @@ def test_mixed_precision_run_exports_in_float32(tmp_path):
     assert max(diffs.values()) <= 1e-4
 
 
+@pytest.mark.slow
 def test_interrupted_export_leaves_no_version_and_stale_temporaries_are_removed(tmp_path, monkeypatch):
+    from lensnet.artifacts.versions import list_versions
     from lensnet.serving import export
-    from lensnet.serving.versions import list_versions
 
     run = make_run(tmp_path / "run", "cnn_small")
     out = tmp_path / "export"
@@ -220,7 +226,7 @@ def test_interrupted_export_leaves_no_version_and_stale_temporaries_are_removed(
 
 
 def test_next_version_skips_numbers_in_use(tmp_path):
-    from lensnet.serving.versions import next_version
+    from lensnet.artifacts.versions import next_version
 
     assert next_version(tmp_path / "missing") == 1
     for name in ("1", "3", "notes", ".tmp-export-1-x"):
@@ -228,6 +234,7 @@ def test_next_version_skips_numbers_in_use(tmp_path):
     assert next_version(tmp_path) == 4
 
 
+@pytest.mark.slow
 def test_bad_runs_are_one_line_errors(tmp_path):
     from lensnet.serving.export import export_run
 
@@ -244,6 +251,7 @@ def test_bad_runs_are_one_line_errors(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_export_command_line(tmp_path):
     run = make_run(tmp_path / "run", "cnn_small", kind="regression")
     out = tmp_path / "export" / "radius"
@@ -258,17 +266,19 @@ def test_export_command_line(tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_real_fit_run_exports_and_predicts_like_keras(tmp_path):
     """Through lensnet.fit: the exporter verifies on the run's own dataset, and predict on that
     dataset reproduces the trained Keras model (with the pipeline's normalisation) record by record."""
     import csv
 
-    from lensnet.core.runs import load_model, read_run
+    from lensnet.artifacts.runs import read_run
     from lensnet.data.pipeline import load
     from lensnet.data.synthetic import write_synthetic
     from lensnet.fit import main as fit_main
     from lensnet.predict import main as predict_main
     from lensnet.serving.export import export_run
+    from lensnet.tasks.checkpoints import load_model
 
     data = tmp_path / "data"
     write_synthetic(data, 48, image_shape=(16, 16, 1), num_classes=2, seed=3, records_per_shard=16)
@@ -295,6 +305,7 @@ def test_a_real_fit_run_exports_and_predicts_like_keras(tmp_path):
     np.testing.assert_allclose(predicted, keras_p, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_head_that_disagrees_with_the_output_spec_is_refused(tmp_path):
     from lensnet.serving.export import export_run
 
@@ -319,6 +330,7 @@ def test_a_head_that_disagrees_with_the_output_spec_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("normalisation", [
     {"method": "dataset", "mean": [100.0, 50.0], "std": [20.0, 5.0]},
     {"method": "standard"},
@@ -329,9 +341,9 @@ def test_image_outputs_export_in_input_units_and_verify_with_onnx(tmp_path, norm
     give pixels in input units out, and SavedModel and ONNX agree with Keras within 1e-4 of the range."""
     import tensorflow as tf
 
-    from lensnet.core.runs import load_model
     from lensnet.data.normalise import apply_normalisation
     from lensnet.serving.export import export_run
+    from lensnet.tasks.checkpoints import load_model
 
     shape = (16, 16, 2)
     run = make_image_run(tmp_path / "run", shape=shape, normalisation=normalisation)
@@ -365,7 +377,7 @@ def test_image_outputs_export_in_input_units_and_verify_with_onnx(tmp_path, norm
 
 
 def test_image_export_tolerance_is_relative_to_the_output_range():
-    from lensnet.tasks.outputs import OutputSpec
+    from lensnet.artifacts.outputs import OutputSpec
 
     spec = OutputSpec("image", "image", image={"shape": [2, 2, 1], "inverse": None})
     reference = np.array([0.0, 5000.0], dtype=np.float32)
@@ -375,11 +387,12 @@ def test_image_export_tolerance_is_relative_to_the_output_range():
     assert probabilities.handler.tolerance(probabilities, reference, 1e-4) == 1e-4
 
 
+@pytest.mark.slow
 def test_cards_of_an_older_format_are_refused_with_one_line(tmp_path):
     import shutil
 
+    from lensnet.artifacts.exports import load_export
     from lensnet.serving.export import export_run
-    from lensnet.serving.loading import load_export
 
     result = export_run(make_run(tmp_path / "run", "cnn_small"), tmp_path / "export")
     old = tmp_path / "export" / "2"
@@ -393,16 +406,17 @@ def test_cards_of_an_older_format_are_refused_with_one_line(tmp_path):
     assert load_export(tmp_path / "export", 1).spec.kind == "probabilities"
 
 
+@pytest.mark.slow
 def test_a_new_output_kind_is_one_registered_class(tmp_path):
     """Defined here, outside export/predict/serve: the kind's own check_shape, post-processing (inside the
     exported graph, ONNX included), CSV columns and JSON reach every stage without editing them."""
     import csv
 
+    from lensnet.artifacts.exports import load_export
+    from lensnet.artifacts.outputs import OutputKind, OutputSpec, register_output_kind
     from lensnet.predict import main as predict_main
     from lensnet.serving.export import export_run
-    from lensnet.serving.loading import load_export
     from lensnet.serving.runtimes import open_runner
-    from lensnet.tasks.outputs import OutputKind, OutputSpec, register_output_kind
 
     @register_output_kind
     class Magnitude(OutputKind):  # the model's log10 flux as an AB-like magnitude

@@ -10,7 +10,8 @@ from lenstronomy.LensModel.lens_model import LensModel
 
 from lensnet.core.errors import run_cli
 from lensnet.core.fileio import sha256_file
-from lensnet.simulate.command import main, simulate_dataset
+from lensnet.simulate.__main__ import main
+from lensnet.simulate.dataset import simulate_dataset
 from lensnet.simulate.engine_check import engine_agreement
 from lensnet.simulate.fast_lensing import DeflectionGrid, tnfw_total_weight
 from lensnet.simulate.presets import resolve_dataset_config
@@ -96,6 +97,7 @@ def test_rendered_images_agree_to_well_below_the_noise() -> None:
     assert replica["image_max_over_noise"] <= 0.01  # the axion vortex: 100 point masses
 
 
+@pytest.mark.slow
 def test_fast_engine_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
     tiny = {"image": {"size": 16}, "records_per_shard": 8, "substructure": {"engine": "fast", "profile": "TNFW"}}
     one = simulate_dataset("model_ii", tmp_path / "one", num=24, seed=7, overrides=tiny, workers=1, progress=False)

@@ -35,6 +35,7 @@ def three_class(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_lens_finding_run_directory(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
     code, out, err = fit(capsys, "--task", "lens_finding", "--data", str(synthetic_dataset), "--epochs", "2",
                          "--runs", str(tmp_path), "--run-name", "lf", "--set", "task.positive_class=class1", *TINY)
@@ -60,6 +61,7 @@ def test_lens_finding_run_directory(capsys, synthetic_dataset: Path, tmp_path: P
     assert "metrics" in out and str(run) in out
 
 
+@pytest.mark.slow
 def test_substructure_learns_and_evaluate_on_other_dataset(capsys, three_class: Path, tmp_path: Path) -> None:
     code, _, err = fit(capsys, "--task", "substructure", "--model", "cnn_small", "--data", str(three_class),
                        "--epochs", "6", "--lr", "0.005", "--runs", str(tmp_path), "--run-name", "sub", *TINY)
@@ -98,6 +100,7 @@ def test_tta_views_are_the_symmetry_group() -> None:
             assert sorted(v[k].tobytes() for v in views) == expected
 
 
+@pytest.mark.slow
 def test_regression_masks_nan_targets(capsys, three_class: Path, tmp_path: Path) -> None:
     # `amplitude` is NaN for class0: those records must be masked, not zero-filled
     code, _, err = fit(capsys, "--task", "regression", "--target", "amplitude", "--model", "cnn_small",
@@ -172,6 +175,7 @@ def test_list_models_and_tasks(capsys) -> None:
     assert code == 0 and all(t in out for t in ("lens_finding", "substructure", "regression"))
 
 
+@pytest.mark.slow
 def test_class_weight_and_mixed_precision_train(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
     code, _, err = fit(capsys, "--task", "lens_finding", "--data", str(synthetic_dataset), "--epochs", "1",
                        "--runs", str(tmp_path), "--run-name", "mp", "--set", "task.positive_class=class1",
@@ -192,6 +196,7 @@ def _fit_command(data: Path, runs: Path, name: str, *extra: str) -> list[str]:
             "--set", "train.schedule=cosine", "--set", "train.warmup_epochs=1", *TINY, *extra]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, three_class: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     straight = subprocess.run(_fit_command(three_class, tmp_path, "straight"), cwd=tmp_path, env=env,
@@ -230,6 +235,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path: Path, three_class:
     assert len(history) == 5  # header + 4 epochs, none repeated
 
 
+@pytest.mark.slow
 def test_default_dataset_is_simulated_when_missing(capsys, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     code, out, err = fit(capsys, "--task", "lens_finding", "--epochs", "1", "--no-progress",
@@ -241,6 +247,7 @@ def test_default_dataset_is_simulated_when_missing(capsys, tmp_path: Path, monke
     assert len(runs) == 1 and (runs[0] / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_plateau_schedule_and_early_stopping_state_is_saved(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
     code, _, err = fit(capsys, "--task", "lens_finding", "--data", str(synthetic_dataset), "--epochs", "6",
                        "--runs", str(tmp_path), "--run-name", "es", "--set", "task.positive_class=class1",
@@ -255,6 +262,7 @@ def test_plateau_schedule_and_early_stopping_state_is_saved(capsys, synthetic_da
     assert state["learning_rate"] < 1e-6
 
 
+@pytest.mark.slow
 def test_corrupt_shard_is_named(capsys, synthetic_dataset: Path, copy_dataset, tmp_path: Path) -> None:
     data = copy_dataset(synthetic_dataset)
     shard = sorted(data.glob("train-*.tfrecord"))[1]
@@ -267,6 +275,7 @@ def test_corrupt_shard_is_named(capsys, synthetic_dataset: Path, copy_dataset, t
     assert shard.name in err and "corrupt" in err
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_dataset_the_model_cannot_take(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
     from lensnet.data.synthetic import write_synthetic
     from lensnet.evaluate import main as evaluate_main
@@ -287,6 +296,7 @@ def test_evaluate_refuses_a_dataset_the_model_cannot_take(capsys, synthetic_data
     assert code == 2 and "needs exactly 2 classes" in err
 
 
+@pytest.mark.slow
 def test_evaluate_reads_only_the_split_it_scores(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
     """A held-out set imported with only a test split (`lensnet.convert ... --splits test=1.0`) scores."""
     from lensnet.data.synthetic import write_synthetic
@@ -318,15 +328,16 @@ def test_preset_model_arguments_stay_with_the_preset_model() -> None:
     assert tweaked["args"] == {"convs_per_stage": 1, "filters": [8]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batches", [0, 2])
 def test_checkpoints_hold_precise_batch_norm_statistics(capsys, synthetic_dataset: Path, tmp_path: Path,
                                                         batches: int) -> None:
     """With train.precise_bn_batches=N the saved model's BN statistics are the average batch statistics
     of the first N unaugmented training batches under its own weights (recalibrating it again changes
     nothing); with 0 they are Keras's lagging moving averages."""
-    from lensnet.core.runs import load_model
     from lensnet.data import open_dataset
     from lensnet.tasks.base import task_from_config
+    from lensnet.tasks.checkpoints import load_model
     from lensnet.training.config import resolve_fit_config
     from lensnet.training.data import eval_batches
     from lensnet.training.precise_bn import batch_norm_layers, recalibrate_batch_norm
@@ -346,12 +357,13 @@ def test_checkpoints_hold_precise_batch_norm_statistics(capsys, synthetic_datase
     assert close == bool(batches)
 
 
+@pytest.mark.slow
 def test_auto_augmentation_follows_the_dataset_symmetry(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
     """data.augment=auto (the substructure default) takes the manifest's symmetry: flips for a DeepLense
     replica (its fixed macro model is not invariant under quarter turns), d4 when none is recorded."""
     import yaml
 
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
 
     replica = tmp_path / "replica"
     simulate_dataset("deeplense_model_ii", replica, num=30, seed=0, overrides={"image": {"size": 16}},

@@ -44,8 +44,9 @@ def quadrant_export(tmp_path_factory) -> Path:
     return base / "export" / "quadrant"
 
 
+@pytest.mark.slow
 def test_maps_concentrate_on_the_quadrant_the_output_reads(quadrant_export, tmp_path):
-    from lensnet.serving.loading import load_export
+    from lensnet.artifacts.exports import load_export
     from lensnet.survey.interpret import Explainer, concentration
     from lensnet.survey.pngs import overlay, write_png
 
@@ -64,9 +65,10 @@ def test_maps_concentrate_on_the_quadrant_the_output_reads(quadrant_export, tmp_
     assert (tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_transformer_gets_token_gradcam_and_no_keras_means_no_gradcam(tmp_path):
+    from lensnet.artifacts.exports import load_export
     from lensnet.serving.export import export_run
-    from lensnet.serving.loading import load_export
     from lensnet.survey.interpret import Explainer
 
     run = make_run(tmp_path / "run_vit", "vit_tiny", kind="multiclass", shape=SHAPE, args={"pooling": "tokens_avg"})
@@ -85,11 +87,12 @@ def test_transformer_gets_token_gradcam_and_no_keras_means_no_gradcam(tmp_path):
     assert explainer.methods == ["integrated_gradients"] and explainer.notes["gradcam"].startswith("skipped")
 
 
+@pytest.mark.slow
 def test_class_token_pooling_skips_gradcam_with_a_note(tmp_path):
     """Pooled by its class token, a ViT's output reads no patch token: their gradient, and so token Grad-CAM,
     is 0 everywhere, which would be drawn as an empty map; the method is skipped and says why."""
+    from lensnet.artifacts.exports import load_export
     from lensnet.serving.export import export_run
-    from lensnet.serving.loading import load_export
     from lensnet.survey.interpret import Explainer
 
     run = make_run(tmp_path / "run_vit", "vit_tiny", kind="multiclass", shape=SHAPE)  # pooling "cls"

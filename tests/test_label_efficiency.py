@@ -31,6 +31,7 @@ def test_subsets_are_nested_fixed_and_seeded(synthetic_info) -> None:
     assert set(subset_ids(synthetic_info, "train", 0.3, 1)) != small  # another subset seed, another subset
 
 
+@pytest.mark.slow
 def test_bad_fraction_is_one_line(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
     from lensnet.fit import main as fit_main
 
@@ -42,6 +43,7 @@ def test_bad_fraction_is_one_line(capsys, synthetic_dataset: Path, tmp_path: Pat
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_label_efficiency_bench_on_tiny_data(capsys, synthetic_dataset: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from lensnet.bench.__main__ import main as bench_main

@@ -162,6 +162,7 @@ def test_mixed_precision_gives_float32_features(name, mixed_precision):
     assert np.all(np.isfinite(np.asarray(y)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cnn_small", "swin_tiny", "cvt_tiny"])
 def test_builds_and_trains_under_mirrored_strategy(name):
     strategy = tf.distribute.MirroredStrategy()

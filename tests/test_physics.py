@@ -10,7 +10,8 @@ import pytest
 
 from lensnet.core.errors import LensnetError
 from lensnet.simulate.presets import DATASET_DEFAULTS, list_presets, resolve_dataset_config
-from lensnet.simulate.scenes import CONFUSER_TYPES, build_simulator
+from lensnet.simulate.scene_spec import CONFUSER_TYPES
+from lensnet.simulate.scenes import build_simulator
 
 PRESETS = ["model_i", "model_ii", "model_iii", "lens_finding", "super_resolution", "deeplense_model_i",
            "deeplense_model_ii", "deeplense_model_iii"]
@@ -594,7 +595,8 @@ def test_flips_augmentation_is_the_four_element_group_and_none_is_accepted() -> 
 
 def test_replica_signal_is_far_stronger_than_the_physical_preset() -> None:
     from lensnet.core.errors import run_cli
-    from lensnet.simulate.strength import main, measure
+    from lensnet.simulate.strength import measure
+    from lensnet.strength import main
 
     tiny = {"image": {"size": 32}}
     replica = measure("deeplense_model_ii", 12, 0, tiny)

@@ -205,9 +205,10 @@ def test_same_seed_same_haloes_and_paired_classes() -> None:
     assert np.array_equal(image["image"], image2["image"]) and np.isfinite(image["image"]).all()
 
 
+@pytest.mark.slow
 def test_population_parameters_are_regression_targets(tmp_path: Path) -> None:
     from lensnet.data import open_dataset
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
     from lensnet.tasks.base import get_task_class
 
     config = small_config(substructure={"profile": "POINT_MASS", "m_min": 1e8})
@@ -240,7 +241,7 @@ def test_population_parameters_are_regression_targets(tmp_path: Path) -> None:
     ],
 )
 def test_bad_population_parameters_are_one_error_line(capsys, tmp_path: Path, sets: list[str], field: str) -> None:
-    from lensnet.simulate.command import main
+    from lensnet.simulate.__main__ import main
 
     out = tmp_path / "out"
     argv = ["--dataset", "model_ii", "--num", "3", "--out", str(out), "--seed", "0"]
@@ -263,6 +264,7 @@ def test_bad_population_parameter_through_python_m(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_detectability_knob_m_hm() -> None:
     from lensnet.core.errors import LensnetError
     from lensnet.studies.detectability import StudySpec, dataset_config

@@ -65,6 +65,7 @@ def moving_stats(model: keras.Model) -> list[np.ndarray]:
     return [np.array(v.numpy()) for la in batch_norm_layers(model) for v in (la.moving_mean, la.moving_variance)]
 
 
+@pytest.mark.slow
 def test_collapse_on_tiny_data_and_recalibration_removes_it():
     model = bn_classifier()
     history = model.fit(*TRAIN, batch_size=BATCH, epochs=EPOCHS, validation_data=VAL, shuffle=False, verbose=0)
@@ -86,6 +87,7 @@ def test_collapse_on_tiny_data_and_recalibration_removes_it():
             np.testing.assert_array_equal(v.numpy(), before)
 
 
+@pytest.mark.slow
 def test_callback_recalibrates_before_each_validation_and_the_checkpoint_keeps_it(tmp_path):
     model = bn_classifier()
     precise = PreciseBatchNorm(train_batches, num_batches=10)  # a dataset_fn: a fresh pass each time
@@ -104,6 +106,7 @@ def test_callback_recalibrates_before_each_validation_and_the_checkpoint_keeps_i
     assert all(la.momentum == 0.99 for la in batch_norm_layers(model))  # momentum restored
 
 
+@pytest.mark.slow
 def test_an_epoch_without_validation_is_recalibrated_at_its_end():
     model = bn_classifier()
     precise = PreciseBatchNorm(train_batches(), num_batches=4)  # a dataset, iterated from its start each time
@@ -135,6 +138,7 @@ def test_statistics_are_the_size_weighted_average_of_the_batch_statistics():
     np.testing.assert_allclose(bn.moving_mean.numpy(), means[0], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_recalibration_is_deterministic_and_changes_only_the_moving_statistics():
     model = bn_classifier(momentum=0.9, dropout=0.3)  # dropout: the pass must not advance its seed state
     model.fit(*TRAIN, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)

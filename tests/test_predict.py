@@ -53,6 +53,7 @@ def rng_images(n: int, seed: int = 0, shape: tuple = SHAPE) -> np.ndarray:
     return (5.0 + 2.0 * np.random.default_rng(seed).standard_normal((n, *shape))).astype("float32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["onnx", "tf"])
 def test_files_and_folders_match_keras(tmp_path, exported, runtime):
     from astropy.io import fits
@@ -86,6 +87,7 @@ def test_files_and_folders_match_keras(tmp_path, exported, runtime):
     assert [r[1] for r in rows] == [f"c{k}" for k in reference.argmax(1)]
 
 
+@pytest.mark.slow
 def test_tfrecord_dataset_rows_are_record_ids(tmp_path, exported):
     from lensnet.data.pipeline import load
     from lensnet.data.synthetic import write_synthetic
@@ -111,6 +113,7 @@ def test_tfrecord_dataset_rows_are_record_ids(tmp_path, exported):
     assert [r[1] for r in rows] == ["lens" if p >= 0.5 else "non_lens" for p in p_lens]
 
 
+@pytest.mark.slow
 def test_regression_rows_hold_the_target_value(tmp_path, exported):
     images = rng_images(3, seed=4)
     np.save(tmp_path / "x.npy", images)
@@ -122,6 +125,7 @@ def test_regression_rows_hold_the_target_value(tmp_path, exported):
     np.testing.assert_allclose([float(r[1]) for r in rows], reference, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "array, fragment",
     [
@@ -142,6 +146,7 @@ def test_wrong_shapes_name_the_file_and_the_expected_shape(tmp_path, exported, c
     assert not (tmp_path / "o.csv").exists()
 
 
+@pytest.mark.slow
 def test_nan_pixels_fail_or_are_skipped(tmp_path, exported, capsys):
     images = rng_images(4, seed=2)
     images[1, 3, 3, 0] = np.nan
@@ -173,6 +178,7 @@ class _Payload:
         return (os.mkdir, (self.marker,))
 
 
+@pytest.mark.slow
 def test_pickled_npy_is_refused_and_never_unpickled(tmp_path, exported, capsys):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.npy"
@@ -183,6 +189,7 @@ def test_pickled_npy_is_refused_and_never_unpickled(tmp_path, exported, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_trusted_pickles_are_read_like_convert_reads_them(tmp_path, exported):
     """DeepLense axion files ([image, mass] object arrays) score with --trust-pickle, as convert imports them."""
     image = rng_images(1, seed=6)[0, :, :, 0]
@@ -195,6 +202,7 @@ def test_trusted_pickles_are_read_like_convert_reads_them(tmp_path, exported):
     np.testing.assert_allclose([float(v) for v in rows[0][2:]], reference[0], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_csv_is_written_atomically(tmp_path, exported):
     images = rng_images(5, seed=3)
     images[4, 0, 0, 0] = np.nan
@@ -209,6 +217,7 @@ def test_csv_is_written_atomically(tmp_path, exported):
     assert os.listdir(out.parent) == ["p.csv"]
 
 
+@pytest.mark.slow
 def test_fits_hdu_selection(tmp_path, exported, capsys):
     from astropy.io import fits
 
@@ -229,6 +238,7 @@ def test_fits_hdu_selection(tmp_path, exported, capsys):
     assert "no HDU 9; HDUs: 0:PRIMARY, 1:WHT, 2:SCI" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_versions_and_missing_inputs(tmp_path, exported, capsys):
     np.save(tmp_path / "a.npy", rng_images(1)[0])
     assert predict("--model", exported["multiclass"], tmp_path / "a.npy", "--version", "1",
@@ -258,6 +268,7 @@ def test_as_image_batch_layouts():
         as_image_batch(np.zeros((3, 2)), (2, 3, 1), "y")
 
 
+@pytest.mark.slow
 def test_predict_command_line(tmp_path, exported):
     np.save(tmp_path / "a.npy", rng_images(2))
     out = tmp_path / "p.csv"
@@ -272,6 +283,7 @@ def test_predict_command_line(tmp_path, exported):
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'a.npy'}: image shape (8, 8)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_format", ["npy", "fits"])
 def test_image_outputs_are_written_one_file_per_image(tmp_path, exported, image_format):
     from astropy.io import fits
@@ -311,7 +323,7 @@ def test_image_outputs_are_written_one_file_per_image(tmp_path, exported, image_
 
 
 def test_values_and_score_rows_come_from_the_output_kind():
-    from lensnet.tasks.outputs import OutputSpec, PredictSettings
+    from lensnet.artifacts.outputs import OutputSpec, PredictSettings
 
     values = OutputSpec("values", "value", columns=("theta_E", "q"), units=("arcsec", ""))
     assert values.handler.csv_header(values) == ["theta_E", "q"]

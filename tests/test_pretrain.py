@@ -50,6 +50,7 @@ def runs(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHODS))
 def test_each_method_trains_and_resumes_bit_identically(runs: Path, method: str) -> None:
     run = runs / method
@@ -76,6 +77,7 @@ def test_each_method_trains_and_resumes_bit_identically(runs: Path, method: str)
     assert len(best.outputs) == 1 and best.output.shape[-1] == len(info["output"]["columns"])
 
 
+@pytest.mark.slow
 def test_byol_target_follows_the_online_network_by_ema(runs: Path) -> None:
     model = load(runs / "byol" / "checkpoints" / "last.keras")
     pairs = model.pairs()
@@ -89,6 +91,7 @@ def test_byol_target_follows_the_online_network_by_ema(runs: Path) -> None:
                                    atol=1e-6)
 
 
+@pytest.mark.slow
 def test_byol_target_normalises_with_batch_statistics(runs: Path) -> None:
     """BYOL's target network normalises with the batch's statistics, as the online one; a non-trainable
     Keras BatchNormalization would silently use its moving averages (the collapse this guards against)."""
@@ -112,6 +115,7 @@ def test_byol_target_normalises_with_batch_statistics(runs: Path) -> None:
         np.testing.assert_array_equal(np.asarray(v), old)
 
 
+@pytest.mark.slow
 def test_mae_loss_counts_masked_patches_only(runs: Path) -> None:
     import tensorflow as tf
 
@@ -133,6 +137,7 @@ def test_mae_loss_counts_masked_patches_only(runs: Path) -> None:
     assert float(tf.reduce_mean(masked_patch_loss(bumped, mask))) == pytest.approx(float(loss), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_mae_encoder_sees_the_visible_tokens_only(runs: Path) -> None:
     import tensorflow as tf
 
@@ -147,6 +152,7 @@ def test_mae_encoder_sees_the_visible_tokens_only(runs: Path) -> None:
     np.testing.assert_allclose(model.encoder.encode(images, everything).numpy(), full.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_swin_pretrains_the_simmim_way(synthetic_dataset: Path, tmp_path: Path) -> None:
     swin = ["--model", "swin_tiny", "--set", "model.args.patch_size=2", "--set", "model.args.window_size=2",
             "--set", "model.args.depths=[1,1]", "--set", "model.args.num_heads=[1,1]", "--set",
@@ -181,6 +187,7 @@ def test_lens_views_are_seeded_and_keep_channels() -> None:
         np.testing.assert_array_equal(np.sort(x[..., 0].ravel()), np.sort(y[..., 0].ravel()))  # bands not mixed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, message", [
     (["--set", "task.mask_ratio=1.0", *TINY_VIT], "task.mask_ratio must be in (0, 1)"),
     (["--set", "task.mask_ratio=0", *TINY_VIT], "task.mask_ratio must be in (0, 1)"),
@@ -209,6 +216,7 @@ def supervised_argv(data: Path, runs: Path, name: str, *extra: str) -> list[str]
             "--data", str(data), "--runs", str(runs), "--run-name", name, "--epochs", "1", *extra]
 
 
+@pytest.mark.slow
 def test_fine_tune_starts_from_the_pretrained_weights(runs: Path, synthetic_info) -> None:
     from lensnet.tasks.base import task_from_config
     from lensnet.training.config import resolve_fit_config
@@ -223,6 +231,7 @@ def test_fine_tune_starts_from_the_pretrained_weights(runs: Path, synthetic_info
         assert all(same) if init else not all(same)
 
 
+@pytest.mark.slow
 def test_linear_probe_leaves_the_backbone_unchanged(runs: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
     argv = supervised_argv(synthetic_dataset, tmp_path, "probe", "--init", str(runs / "simclr"), "--freeze",
                            "backbone")
@@ -246,6 +255,7 @@ def test_linear_probe_leaves_the_backbone_unchanged(runs: Path, synthetic_datase
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_init_from_another_architecture_is_one_line(capsys, runs: Path, synthetic_dataset: Path,
                                                     tmp_path: Path) -> None:
     code = run_cli(fit_main, supervised_argv(synthetic_dataset, tmp_path, "bad", "--init", str(runs / "mae")))
@@ -258,6 +268,7 @@ def test_init_from_another_architecture_is_one_line(capsys, runs: Path, syntheti
     assert code == 2 and "nope" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_embedding_exports_and_predicts(runs: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
     from lensnet.export import main as export_main
     from lensnet.predict import main as predict_main
@@ -272,6 +283,7 @@ def test_embedding_exports_and_predicts(runs: Path, synthetic_dataset: Path, tmp
     assert len(rows) == 16 and {"emb_0", "emb_15"} <= set(rows[0])
 
 
+@pytest.mark.slow
 def test_byol_trains_on_two_workers_with_its_ema(synthetic_dataset: Path, tmp_path: Path) -> None:
     """The EMA lives in compute_step, so the multi-worker custom loop applies it too. With ema 0 and two
     steps, the target ends as the online network after step 1: one Adam step (lr x sign of the gradient,

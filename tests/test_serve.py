@@ -55,12 +55,13 @@ def images(n: int, seed: int = 0) -> np.ndarray:
 
 
 def expected(model_dir: Path, version: int, batch: np.ndarray) -> np.ndarray:
-    from lensnet.serving.loading import load_export
+    from lensnet.artifacts.exports import load_export
     from lensnet.serving.runtimes import open_runner
 
     return open_runner(load_export(model_dir, version), "onnx")(batch)
 
 
+@pytest.mark.slow
 def test_status_lists_versions_newest_first(url):
     status, body = call(url)
     assert status == 200
@@ -70,6 +71,7 @@ def test_status_lists_versions_newest_first(url):
     assert status == 200 and [v["version"] for v in body["model_version_status"]] == ["1"]
 
 
+@pytest.mark.slow
 def test_metadata_describes_the_signature(url):
     status, body = call(f"{url}/metadata")
     assert status == 200
@@ -83,6 +85,7 @@ def test_metadata_describes_the_signature(url):
     assert call(f"{url}/versions/1/metadata")[1]["model_spec"]["version"] == "1"
 
 
+@pytest.mark.slow
 def test_row_and_columnar_predict_match_the_model(url, model_dir):
     batch = images(3)
     newest, oldest = expected(model_dir, 2, batch), expected(model_dir, 1, batch)
@@ -143,6 +146,7 @@ BAD_REQUESTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_bad_requests_get_a_json_4xx_and_the_server_keeps_serving(url, case):
     body, code, fragment = BAD_REQUESTS[case]
@@ -152,6 +156,7 @@ def test_bad_requests_get_a_json_4xx_and_the_server_keeps_serving(url, case):
     assert call(f"{url}:predict", {"instances": [IMAGE]})[0] == 200
 
 
+@pytest.mark.slow
 def test_unknown_models_versions_and_paths(url):
     base = url.rsplit("/", 1)[0]
     cases = [
@@ -171,6 +176,7 @@ def test_unknown_models_versions_and_paths(url):
     assert call(url)[0] == 200
 
 
+@pytest.mark.slow
 def test_oversized_declared_length_is_refused_before_reading(url):
     import http.client
     from urllib.parse import urlsplit
@@ -188,6 +194,7 @@ def test_oversized_declared_length_is_refused_before_reading(url):
     assert call(url)[0] == 200
 
 
+@pytest.mark.slow
 def test_tf_runtime_serves_the_same_answers(model_dir):
     from lensnet.serving.server import ModelServer, serve_in_thread
 
@@ -198,6 +205,7 @@ def test_tf_runtime_serves_the_same_answers(model_dir):
     np.testing.assert_allclose(body["predictions"], expected(model_dir, 2, batch), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_serve_command_line(model_dir):
     command = [sys.executable, "-m", "lensnet.serve", "--model", str(model_dir), "--port", "0", "--name", "finder",
                "--seed", "0"]
@@ -224,6 +232,7 @@ def test_serve_command_line(model_dir):
     assert missing.stderr.strip().splitlines()[-1].startswith("error: model directory not found")
 
 
+@pytest.mark.slow
 def test_keep_alive_requests_are_not_delayed_by_nagle(url):
     """Responses are two socket writes (headers, body); without TCP_NODELAY on accepted sockets each
     keep-alive request stalls ~40 ms on the client's delayed ACK. Sequential requests must be fast."""
@@ -246,6 +255,7 @@ def test_keep_alive_requests_are_not_delayed_by_nagle(url):
     assert sorted(times)[len(times) // 2] < 0.02, times
 
 
+@pytest.mark.slow
 def test_new_versions_are_picked_up_while_serving(tmp_path, model_dir):
     """As TF Serving polls its base path: a version exported while the server runs becomes the
     default within the poll interval, and a deleted one goes away."""
@@ -277,6 +287,7 @@ def test_new_versions_are_picked_up_while_serving(tmp_path, model_dir):
         assert call(f"{address}/versions/1:predict", {"instances": batch.tolist()})[0] == 404
 
 
+@pytest.mark.slow
 def test_image_outputs_are_served_as_nested_lists(tmp_path):
     from lensnet.serving.export import export_run
     from lensnet.serving.server import ModelServer, serve_in_thread

@@ -16,7 +16,8 @@ import pytest
 from lensnet.core.errors import LensnetError, run_cli
 from lensnet.core.fileio import sha256_file
 from lensnet.data.tfrecord import iter_records
-from lensnet.simulate.command import main, simulate_dataset
+from lensnet.simulate.__main__ import main
+from lensnet.simulate.dataset import simulate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"image": {"size": 16}, "records_per_shard": 8}
@@ -57,6 +58,7 @@ def test_cli_writes_balanced_splits_and_manifest(tmp_path: Path, capsys) -> None
     assert stats["finite"] == 6 and -24 <= stats["min"] <= stats["max"] <= -22
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
     one = simulate_dataset("model_ii", tmp_path / "one", num=40, seed=7, overrides=TINY, workers=1, progress=False)
     two = simulate_dataset("model_ii", tmp_path / "two", num=40, seed=7, overrides=TINY, workers=2, progress=False)
@@ -66,6 +68,7 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
     assert other.manifest and shard_hashes(tmp_path / "other") != shard_hashes(tmp_path / "one")
 
 
+@pytest.mark.slow
 def test_parts_form_one_dataset(tmp_path: Path) -> None:
     whole = tmp_path / "whole"
     simulate_dataset("model_ii", whole, num=40, seed=1, overrides=TINY, progress=False)
@@ -83,6 +86,7 @@ def test_parts_form_one_dataset(tmp_path: Path) -> None:
     assert a["splits"] == b["splits"] and a["pixel_stats"] == b["pixel_stats"]
 
 
+@pytest.mark.slow
 def test_rerun_skips_complete_shards_and_refuses_another_dataset(tmp_path: Path) -> None:
     out = tmp_path / "d"
     first = simulate_dataset("model_ii", out, num=24, seed=0, overrides=TINY, progress=False)
@@ -94,6 +98,7 @@ def test_rerun_skips_complete_shards_and_refuses_another_dataset(tmp_path: Path)
     assert replaced.manifest and json.loads((out / "manifest.json").read_text())["seed"] == 1
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_partial_shard_and_rerun_finishes(tmp_path: Path) -> None:
     out = tmp_path / "killed"
     reference = tmp_path / "reference"
@@ -133,6 +138,21 @@ def test_killed_run_leaves_no_partial_shard_and_rerun_finishes(tmp_path: Path) -
         (["--dataset", "deeplense_model_i", "--set", "substructure.n_mean=40"], "substructure.n_mean"),
         (["--dataset", "deeplense_model_iii", "--set", "instrument.name=Euclid"], "instrument.name"),
         (["--dataset", "model_ii", "--set", "substructure.f_sub=1.5"], "substructure.f_sub"),
+        # redshift conventions and pinned instruments (the replicas' settings, usable by any preset)
+        (["--dataset", "model_ii", "--set", "cosmology.multi_plane={z_source_convention: 2.5, H0: 67.5, Om0: 0.3}"],
+         "cosmology.multi_plane.Ob0"),
+        (["--dataset", "model_ii", "--set", "cosmology.multi_plane={z_convention: 2.5, H0: 67.5, Om0: 0.3, Ob0: 0.05}"],
+         "cosmology.multi_plane.z_convention"),
+        (["--dataset", "model_ii", "--set",
+          "cosmology.multi_plane={z_source_convention: 0.2, H0: 67.5, Om0: 0.3, Ob0: 0.05}"],
+         "cosmology.multi_plane.z_source_convention"),
+        (["--dataset", "model_ii", "--set", "cosmology.multi_plane=2.5"], "cosmology.multi_plane"),
+        (["--dataset", "model_ii", "--set", "instrument.pinned={VIS: {pixel_scale: 0.1}}"],
+         "instrument.pinned.VIS.seeing"),
+        (["--dataset", "model_ii", "--set", "instrument.pinned={VIS: {pixel_scale: 0.101, seeing: 0.16, "
+          "psf_type: GAUSSIAN, magnitude_zero_point: 24.0, exposure_time: 565.0, num_exposures: 4, "
+          "sky_brightness: 22.35, read_noise: 4.2, ccd_gain: 3.1, gain: 2}}"], "instrument.pinned.VIS.gain"),
+        (["--dataset", "model_ii", "--set", "instrument.pinned={R: {pixel_scale: 0.1}}"], "instrument.pinned.VIS"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path: Path, capsys, argv: list[str], message: str) -> None:

@@ -38,6 +38,7 @@ def test_pair_auc_and_interval() -> None:
     assert missing["auc"] is None
 
 
+@pytest.mark.slow
 def test_study_runs_and_resumes(tmp_path: Path) -> None:
     spec = tiny_spec()
 

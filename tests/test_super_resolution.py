@@ -29,7 +29,7 @@ def fit_argv(data: Path, runs: Path, model: str, name: str, *extra: str) -> list
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The super_resolution preset at LR 16x16 / HR 32x32 (48 records)."""
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
 
     out = tmp_path_factory.mktemp("sr") / "pairs"
     simulate_dataset("super_resolution", out, num=48, seed=0, progress=False,
@@ -69,6 +69,7 @@ def numpy_bicubic(lr: np.ndarray, scale: int) -> np.ndarray:
     return along(along(lr.astype(np.float64), 1), 2)
 
 
+@pytest.mark.slow
 def test_every_model_trains_one_epoch_and_round_trips_its_config(runs: Path) -> None:
     import keras
 
@@ -92,9 +93,10 @@ def test_every_model_trains_one_epoch_and_round_trips_its_config(runs: Path) -> 
     assert create_model("swinir", (16, 16, 1), scale=4).output.shape[1:] == (64, 64, 1)
 
 
+@pytest.mark.slow
 def test_bicubic_has_no_weights_and_its_psnr_is_reproduced_independently(runs: Path, pairs: Path) -> None:
-    from lensnet.core.runs import load_model
     from lensnet.data import load
+    from lensnet.tasks.checkpoints import load_model
 
     model = load_model(runs / "bicubic")
     assert model.count_params() == 0 and not model.trainable_weights
@@ -110,6 +112,7 @@ def test_bicubic_has_no_weights_and_its_psnr_is_reproduced_independently(runs: P
     assert metrics["image_quality"]["rows"]["model"]["per_image"]["psnr"] == pytest.approx(list(psnr), abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     (["--model", "edsr", "--set", "model.args.scale=4"], "scale 4) but the dataset's HR images are 32x32x1 (scale 2)"),
     (["--model", "cnn_small"], "'cnn_small' is a backbone model, but this task needs a super_resolution model"),
@@ -125,6 +128,7 @@ def test_bad_sr_setups_are_one_line_errors_and_write_nothing(capsys, pairs: Path
     assert message in err and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_wrong_data_and_classifiers_on_sr_models_are_one_line_errors(capsys, synthetic_dataset, pairs, tmp_path):
     code = run_cli(fit_main, fit_argv(synthetic_dataset, tmp_path, "edsr", "x"))
     err = capsys.readouterr().err
@@ -161,6 +165,7 @@ def test_degrade_makes_aligned_pairs_and_d4_keeps_them_aligned(tmp_path: Path) -
     assert 0.05 < np.std(a - b) < 1.0  # blur and noise changed the LR images
 
 
+@pytest.mark.slow
 def test_scores_per_class_beside_bicubic(pairs: Path) -> None:
     from lensnet.data import open_dataset
     from lensnet.tasks import get_task_class
@@ -177,6 +182,7 @@ def test_scores_per_class_beside_bicubic(pairs: Path) -> None:
     assert set(scores["image_quality"]["rows"]["model"]["per_class"]) == {"a", "b"}
 
 
+@pytest.mark.slow
 def test_sr_export_verifies_and_predict_writes_fits_with_the_new_pixel_scale(runs: Path, tmp_path: Path) -> None:
     from astropy.io import fits
     from helpers import keras_outputs, three_way
@@ -212,7 +218,7 @@ def test_sr_export_verifies_and_predict_writes_fits_with_the_new_pixel_scale(run
 
 
 def test_serve_answers_image_outputs_as_nested_lists() -> None:
-    from lensnet.tasks.outputs import OutputSpec
+    from lensnet.artifacts.outputs import OutputSpec
 
     spec = OutputSpec("image", "sr_image", image={"shape": [4, 4, 1], "inverse": None})
     body = spec.handler.json_outputs(spec, np.zeros((2, 4, 4, 1), np.float32))

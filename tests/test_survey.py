@@ -59,6 +59,7 @@ def pipeline(*args) -> int:
     return run_cli(main, [*map(str, args), "--no-progress"])
 
 
+@pytest.mark.slow
 def test_finds_injected_lenses_with_sky_positions(tmp_path, exports, tile):
     from astropy.io import fits
     from astropy.wcs import WCS
@@ -93,6 +94,7 @@ def test_finds_injected_lenses_with_sky_positions(tmp_path, exports, tile):
     assert meta["totals"]["tiles"] > 0 and "versions" in meta
 
 
+@pytest.mark.slow
 def test_random_survey_recall(tmp_path, exports):
     positions = lens_positions(160, 160, 6, seed=5, spacing=40)
     image = survey_image(160, 160, positions, seed=6)
@@ -105,6 +107,7 @@ def test_random_survey_recall(tmp_path, exports):
     assert recall >= 5 / 6 and precision >= 0.8
 
 
+@pytest.mark.slow
 def test_kill_and_resume_never_duplicates_rows(tmp_path, exports, monkeypatch):
     from lensnet.survey.run import Pipeline
 
@@ -148,6 +151,7 @@ def test_kill_and_resume_never_duplicates_rows(tmp_path, exports, monkeypatch):
     assert pipeline(*args, "--out", out, "--threshold", "0.9") == 2
 
 
+@pytest.mark.slow
 def test_nonfinite_rule_and_bad_inputs(tmp_path, exports, capsys):
     image = survey_image(SIZE, SIZE, [(16, 16)], seed=1)
     image[:4] = np.nan
@@ -168,6 +172,7 @@ def test_nonfinite_rule_and_bad_inputs(tmp_path, exports, capsys):
     assert len(meta["totals"]["skipped"]) == 1
 
 
+@pytest.mark.slow
 def test_tfrecord_dataset_rows_carry_record_ids_and_true_classes(tmp_path, synthetic_dataset, synthetic_info):
     from lensnet.serving.export import export_run
 
@@ -202,6 +207,7 @@ def test_tiles_cover_the_image_and_nms_keeps_the_best_of_overlaps():
     assert fill_nonfinite(images, "zero", "x")[0, 0, 0, 0] == 0.0
 
 
+@pytest.mark.slow
 def test_top_k_keeps_the_best_candidates(tmp_path, exports):
     folder = tmp_path / "cutouts"
     folder.mkdir()

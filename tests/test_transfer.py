@@ -82,6 +82,7 @@ def test_weights_for_another_architecture_or_missing_are_one_line_errors(tmp_pat
         create_model("vit_tiny", (16, 16, 1), weights=os.fspath(tmp_path), **TINY["vit_tiny"])
 
 
+@pytest.mark.slow
 def test_fit_with_model_weights(capsys, synthetic_dataset, tmp_path):
     from lensnet.fit import main as fit_main
 

@@ -73,6 +73,7 @@ def space(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_random_search_summary_best_hparams_resume_and_retrain(capsys, three_class: Path, space: Path,
                                                                tmp_path: Path) -> None:
     directory = tmp_path / "tuning" / "random"
@@ -125,6 +126,7 @@ def test_random_search_summary_best_hparams_resume_and_retrain(capsys, three_cla
     assert code == 2 and "holds another search (tuner differs" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_bayesian_regression_minimises_val_mae(capsys, synthetic_dataset: Path, space: Path, tmp_path: Path) -> None:
     directory = tmp_path / "bayes"
     code, out, err = tune(capsys, "--task", "regression", "--target", "amplitude", "--data", synthetic_dataset,
@@ -140,6 +142,7 @@ def test_bayesian_regression_minimises_val_mae(capsys, synthetic_dataset: Path, 
     assert f"best: trial {min(scores, key=scores.get)}," in out
 
 
+@pytest.mark.slow
 def test_hyperband_warm_starts_from_an_earlier_trial(capsys, synthetic_dataset: Path, space: Path,
                                                      tmp_path: Path) -> None:
     # max_epochs 3, factor 3: three 1-epoch trials, then the best continues to epoch 3
@@ -165,6 +168,7 @@ def test_hyperband_warm_starts_from_an_earlier_trial(capsys, synthetic_dataset: 
     assert json.loads((child / "run.json").read_text())["epochs_done"] == 3
 
 
+@pytest.mark.slow
 def test_invalid_combination_fails_its_trial_not_the_search(capsys, synthetic_dataset: Path,
                                                             tmp_path: Path) -> None:
     space = tmp_path / "vit.yaml"
@@ -185,6 +189,7 @@ def test_invalid_combination_fails_its_trial_not_the_search(capsys, synthetic_da
     assert "FAILED: model 'vit_tiny': hidden_dim 16 must be divisible by num_heads 3" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("space_text", "extra", "message"),
     [
@@ -281,6 +286,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_chief_and_two_workers_account_for_every_trial_once(three_class: Path, space: Path, tmp_path: Path) -> None:
     directory = tmp_path / "shared"
     port = _free_port()

@@ -13,6 +13,8 @@ import csv
 import tempfile
 from pathlib import Path
 
+SUMMARY = "Classifier accuracy / macro AUC on a fixed model_ii-style set, per model"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="cnn_small,resnet18,effnetv2_b0,vit_tiny,deit_tiny,swin_tiny,cvt_tiny",
@@ -34,8 +36,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     from lensnet.bench.train import model_names
     from lensnet.core.config import deep_update, parse_set
-    from lensnet.core.runs import load_model
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
+    from lensnet.tasks.checkpoints import load_model
     from lensnet.training.config import resolve_fit_config
     from lensnet.training.trainer import run_fit
 

@@ -31,26 +31,6 @@ def save_results(name: str, rows: Sequence[dict], args: dict, command: str) -> P
     return path
 
 
-def format_table(rows: Sequence[dict]) -> str:
-    if not rows:
-        return "(no rows)"
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
-        return "" if value is None else str(value)
-
-    cells = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
 def interleaved_rates(cases: dict[str, Callable[[], int]], rounds: int = 3) -> dict[str, float]:
     """Items/s of each case, run in alternation `rounds` times so machine noise hits all alike.
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+SUMMARY = "Teacher, student, student + teacher at one budget: AUC, params, FLOPs, CPU latency"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory (e.g. a DeepLense replica)")
@@ -69,8 +71,9 @@ def train(name: str, model: str, args: argparse.Namespace, runs: Path, epochs: i
 def run(args: argparse.Namespace) -> list[dict]:
     import keras
 
+    from lensnet.artifacts.runs import read_run
     from lensnet.bench.common import model_flops
-    from lensnet.core.runs import load_model, read_run
+    from lensnet.tasks.checkpoints import load_model
 
     if args.attention_block is not None:
         check_attention_teacher(args)  # before hours of training, not after
@@ -115,8 +118,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def check_attention_teacher(args: argparse.Namespace) -> None:
     """Attention distillation needs transformer blocks on both sides: a one-line error otherwise."""
+    from lensnet.artifacts.runs import read_run
     from lensnet.core.errors import LensnetError
-    from lensnet.core.runs import read_run
     from lensnet.models import model_info
     from lensnet.models.tokens import TRANSFORMER_FAMILIES
 

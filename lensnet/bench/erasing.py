@@ -13,6 +13,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+SUMMARY = "Iterative erasing vs none vs random erasing: AUC clean and with 10% of each test image erased"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory")
@@ -47,9 +49,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     import keras
 
     from lensnet.core.config import deep_update, parse_set
-    from lensnet.core.runs import load_model
     from lensnet.data import open_dataset
     from lensnet.tasks.base import task_from_config
+    from lensnet.tasks.checkpoints import load_model
     from lensnet.training.config import resolve_fit_config
     from lensnet.training.evaluation import predict_split
     from lensnet.training.trainer import run_fit

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+SUMMARY = "Inference images/s and latency: Keras vs SavedModel vs onnxruntime (float32 and int8)"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", action="append", default=None, help="run directory to export and time (repeatable)")
@@ -36,9 +38,9 @@ def scratch_run(run_dir: Path, model: str, shape: tuple[int, int, int], seed: in
     """A run directory with a randomly initialised registry model + softmax head (no training)."""
     import keras
 
-    from lensnet.core.runs import BEST, RunInfo, write_run
+    from lensnet.artifacts.outputs import OutputSpec
+    from lensnet.artifacts.runs import BEST, RunInfo, write_run
     from lensnet.models import create_model, pool_features
-    from lensnet.tasks.outputs import OutputSpec
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape, name="images")
@@ -97,13 +99,14 @@ def _calibrated(fn: Callable[[], None], batch: int, seconds: float) -> Callable[
 def time_export(
     run: Path, export_dir: Path, batch_sizes: list[int], rounds: int, seconds: float, seed: int
 ) -> list[dict]:
+    from lensnet.artifacts.exports import load_export
+    from lensnet.artifacts.runs import read_run
     from lensnet.bench.common import interleaved_rates, model_flops
-    from lensnet.core.runs import load_model, read_run
     from lensnet.data.normalise import apply_normalisation
     from lensnet.serving.export import float32_model
-    from lensnet.serving.loading import load_export
     from lensnet.serving.runtimes import open_runner
     from lensnet.serving.verification import max_abs_diff
+    from lensnet.tasks.checkpoints import load_model
 
     info = read_run(run)
     model, _ = float32_model(load_model(run))

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from lensnet.core.errors import LensnetError
 
+SUMMARY = "Scratch vs linear probe vs fine-tune from a pretraining run at 1%, 10%, 100% of the labels"
+
 MODES = ("scratch", "probe", "finetune")
 # Issue 10's published anchors, printed beside the measured rows.
 ANCHORS = (
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise LensnetError("--task regression needs --target NAME")
     data = args.data
     if not data:
-        from lensnet.simulate.command import simulate_dataset
+        from lensnet.simulate.dataset import simulate_dataset
 
         data = f"tfrecords/bench-{args.dataset}-{args.num}-seed{args.seed}"
         if not (Path(data) / "manifest.json").is_file():

@@ -13,6 +13,8 @@ import argparse
 
 import numpy as np
 
+SUMMARY = "Line-of-sight haloes: lensnet's Born approximation vs lenstronomy multi-plane ray tracing"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num", type=int, default=5, help="scenes")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+SUMMARY = "tf.data reader images/s (parse, normalise, augment, batch)"
+
 MIN_RATE = 5000.0
 MODEL_FACTOR = 10.0
 

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+SUMMARY = "lensnet.pipeline tiles/s on synthetic survey images + recall/precision of injected lenses"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=4, help="synthetic survey images (default 4)")

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+SUMMARY = "Cost of the dark-matter population draws alone (CDM, WDM, line of sight), per image"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num", type=int, default=200, help="draws per case")

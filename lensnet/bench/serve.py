@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+SUMMARY = "REST server under load: requests/s, p50/p99 latency, failures"
+
 _START_TIMEOUT = 120.0
 
 
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             from lensnet.bench.infer import scratch_export
 
             _, model_dir, _ = scratch_export(Path(tmp), "cnn_small", (args.size, args.size, 1), args.seed)
-        from lensnet.serving.loading import load_export
+        from lensnet.artifacts.exports import load_export
 
         exported = load_export(model_dir)
         rng = np.random.default_rng(args.seed)

@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+SUMMARY = "Simulation images/s per core vs a plain lenstronomy loop; 1 vs 2 workers"
+
 CHUNK = 25
 
 
@@ -155,7 +157,7 @@ def _workers_rows(num: int, seed: int) -> list[dict]:
     import shutil
     import tempfile
 
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
 
     rates = {}
     root = tempfile.mkdtemp(prefix="lensnet-bench-sim-")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+SUMMARY = "Axion-mass regressor trained on HR, scored on HR / bicubic LR / super-resolved LR"
+
 PUBLISHED_MSE = {"HR": 0.2121, "bicubic LR": 0.2441, "SR LR": 0.2200}
 SOURCE = "DeepLense regression MSE as quoted in lensnet issue 11 (RDN super-resolution)"
 
@@ -45,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dataset(args: argparse.Namespace) -> Path:
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.simulate.dataset import simulate_dataset
 
     path = Path(args.data_dir) / f"bench-{args.dataset}-{args.num}-lr{args.lr_size}-seed{args.seed}"
     simulate_dataset(args.dataset, path, num=args.num, seed=args.seed, workers=os.cpu_count() or 1, progress=False,
@@ -99,8 +101,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     import tensorflow as tf
 
     from lensnet.bench.deeplense import bench_fit
-    from lensnet.core.runs import load_model
     from lensnet.tasks import image_quality as iq
+    from lensnet.tasks.checkpoints import load_model
 
     t0 = time.perf_counter()
     data = _dataset(args)

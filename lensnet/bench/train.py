@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+SUMMARY = "Training throughput through lensnet.fit vs plain model.fit, per model"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="all", help="comma-separated registry names (default: all)")

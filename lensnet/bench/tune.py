@@ -21,6 +21,8 @@ from pathlib import Path
 
 from lensnet.core.errors import LensnetError
 
+SUMMARY = "Tuners (random, bayesian, hyperband, pbt, evolution, + median pruning) at one budget of training epochs"
+
 SPACE = """\
 train.learning_rate: {log_uniform: [3.0e-4, 1.0e-2]}
 model.args.filters: {choice: [[8, 16], [16, 32], [32, 64]]}

@@ -13,7 +13,19 @@ import yaml
 
 from lensnet.core.errors import LensnetError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+def _config_dir() -> Path:
+    """The shipped YAML presets: package data lensnet/configs when installed (setup.py maps the source tree's
+    top-level configs/ there), else the source tree's configs/ itself (running from a checkout)."""
+    from importlib.resources import files
+
+    packaged = files("lensnet") / "configs"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+CONFIG_DIR = _config_dir()
 
 
 def load_yaml(path: str | os.PathLike, what: str = "config") -> dict:

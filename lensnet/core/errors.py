@@ -24,16 +24,20 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
 
 
 def cli_exit(main: Callable[[Sequence[str] | None], int | None], tensorflow: bool = False) -> None:
-    """`if __name__ == "__main__": cli_exit(main)`; `tensorflow=True` imports it first, without its chatter.
+    """`if __name__ == "__main__": cli_exit(main)`; `tensorflow=True` imports it first.
 
+    TensorFlow's start-up logs are silenced before anything imports it, unless the command line holds
+    `--verbose` (taken off before `main` sees it; lensnet.core.tfboot).
     stdout becomes line-buffered: off a terminal (`> log`, CI, a batch job) Python block-buffers it,
     and per-epoch lines would appear minutes late.
     """
+    from lensnet.core.tfboot import quiet_import, quiet_tensorflow, take_verbose
+
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if callable(reconfigure):
         reconfigure(line_buffering=True)
+    argv, verbose = take_verbose(sys.argv[1:])
+    quiet_tensorflow(verbose)
     if tensorflow:
-        from lensnet.core.tfboot import quiet_import
-
         quiet_import()
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, argv))

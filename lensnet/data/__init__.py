@@ -4,6 +4,8 @@ The reader API is re-exported lazily: importing `lensnet.data.schema` (as the
 simulator's worker processes do) must not pull in TensorFlow.
 
     from lensnet.data import open_dataset, load, normalisation_spec, apply_normalisation
+
+Layer: above core, beside models (the two never import each other). May import lensnet.core only.
 """
 
 from __future__ import annotations

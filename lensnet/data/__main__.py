@@ -13,6 +13,8 @@ from pathlib import Path
 
 from lensnet.core.errors import cli_exit
 
+SUMMARY = "check or describe a dataset"  # its line in `lensnet --help`
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -235,7 +235,7 @@ def _fmt(values: Sequence[float]) -> str:
 
 def format_summary(info: DatasetInfo, report: CheckReport | None = None) -> str:
     """Human summary of a dataset (from the manifest, plus verification results when given)."""
-    from lensnet.bench.common import format_table
+    from lensnet.core.tables import format_table
 
     manifest = info.manifest
     lines = [f"dataset   {info.name} (kind {manifest.get('kind', '?')}) at {info.path}"]
@@ -288,7 +288,7 @@ def run_audit(report: CheckReport) -> dict:
 
 
 def format_audit(result: dict) -> str:
-    from lensnet.bench.common import format_table
+    from lensnet.core.tables import format_table
 
     rows = [
         {"param": name, "min_p": r["min_p"], "pair": " vs ".join(r["pair"] or []),

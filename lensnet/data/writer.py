@@ -151,6 +151,22 @@ class WriteSummary:
         return self.records_written / self.seconds if self.seconds > 0 else 0.0
 
 
+def print_summary(summary: WriteSummary) -> None:
+    """What a write did and where (the end-of-command summary of simulate, convert and degrade)."""
+    out = summary.out
+    if summary.written:
+        rate = summary.images_per_second
+        print(f"wrote {len(summary.written)} shard(s), {summary.records_written} records, to {out} "
+              f"in {summary.seconds:.1f} s ({rate:.0f} records/s, {summary.setup_seconds:.1f} s start-up)")
+    if summary.skipped:
+        print(f"kept {len(summary.skipped)} complete shard(s) from an earlier run")
+    if summary.manifest is not None:
+        print(f"dataset complete: {summary.manifest}")
+    else:
+        print(f"this part is done; {summary.pending_shards} shard(s) of other parts are still missing "
+              f"(the manifest is written by whichever part finishes last)")
+
+
 def _sidecar_path(out: Path, plan: ShardPlan) -> Path:
     return out / PARTS_DIR / f"{plan.file}.json"
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from lensnet.core.errors import LensnetError, cli_exit
 
+SUMMARY = "list the registered models"  # its line in `lensnet --help`
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lensnet.models", description=__doc__.splitlines()[0])

@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from lensnet.artifacts.export_layout import CARD_FORMAT, INPUT_NAME, ONNX_FILE, SIGNATURE, TMP_PREFIX
+from lensnet.artifacts.outputs import OutputSpec
+from lensnet.artifacts.runs import RunInfo, read_run
+from lensnet.artifacts.versions import publish, remove_stale_temporaries
 from lensnet.core.errors import LensnetError
-from lensnet.core.runs import RunInfo, read_run
-from lensnet.serving.layout import CARD_FORMAT, INPUT_NAME, ONNX_FILE, SIGNATURE, TMP_PREFIX
 from lensnet.serving.verification import (
     DEFAULT_ATOL,
     keras_reference,
@@ -39,8 +41,6 @@ from lensnet.serving.verification import (
     verification_images,
     verify,
 )
-from lensnet.serving.versions import publish, remove_stale_temporaries
-from lensnet.tasks.outputs import OutputSpec
 
 
 @dataclass
@@ -170,9 +170,10 @@ def export_run(
 
     quantize="int8" also writes model.int8.onnx, calibrated on `calibration` (default: the run's
     dataset), compared with the float model on the run's test images (lensnet.serving.quantize)."""
+    from lensnet.artifacts.runs import best_model_path
     from lensnet.core.runinfo import package_versions
-    from lensnet.core.runs import best_model_path, load_model
     from lensnet.serving.onnx_convert import DEFAULT_OPSET, convert_function
+    from lensnet.tasks.checkpoints import load_model
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     info = read_run(run_dir)

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 
+from lensnet.artifacts.export_layout import INPUT_NAME, SIGNATURE
+from lensnet.artifacts.exports import ExportedModel
 from lensnet.core.errors import LensnetError
-from lensnet.serving.layout import INPUT_NAME, SIGNATURE
-from lensnet.serving.loading import ExportedModel
 
 RUNTIMES = ("onnx", "onnx-int8", "tf")
 CARD_RUNTIME = "card"  # the version's own choice: card.json "runtime" (onnx-int8 when its int8 model passed)

@@ -7,10 +7,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lensnet.artifacts.exports import ExportedModel
+from lensnet.artifacts.outputs import PredictSettings
 from lensnet.serving.inputs import Chunk, InputOptions, count_images, finite_images, read_input, rebatch
-from lensnet.serving.loading import ExportedModel
 from lensnet.serving.runtimes import Runner
-from lensnet.tasks.outputs import PredictSettings
 
 
 def score(

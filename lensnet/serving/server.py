@@ -18,20 +18,19 @@ import contextlib
 import json
 import os
 import re
-import socket
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lensnet.artifacts.export_layout import INPUT_NAME, SIGNATURE
+from lensnet.artifacts.exports import ExportedModel, load_export
+from lensnet.artifacts.versions import list_versions
 from lensnet.core.errors import LensnetError
-from lensnet.serving.layout import INPUT_NAME, SIGNATURE
-from lensnet.serving.loading import ExportedModel, load_export
+from lensnet.core.http import app_in_thread
 from lensnet.serving.runtimes import Runner, open_runner
-from lensnet.serving.versions import list_versions
 
 DEFAULT_MAX_BODY_MB = 16.0
 DEFAULT_MAX_BATCH = 256
@@ -330,33 +329,6 @@ async def _watch(server: ModelServer, seconds: float) -> None:
             print(f"serving new version(s) {', '.join(map(str, added))} of {server.name}", file=sys.stderr, flush=True)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port (port 0: a free one); failure is a one-line error."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on sockets that say they are TCP, and
-    # without it every response waits ~40 ms for a delayed ACK (headers and body are two writes).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise LensnetError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    # Listening now, so connections queue from the moment the address is announced, before
-    # uvicorn's loop starts accepting.
-    sock.listen(2048)
-    return sock
-
-
-def uvicorn_server(app: Any, access_log: bool = False) -> Any:
-    import uvicorn
-
-    config = uvicorn.Config(
-        app, log_level="warning", access_log=access_log, lifespan="on", http="h11", timeout_keep_alive=30
-    )
-    return uvicorn.Server(config)
-
-
 @contextlib.contextmanager
 def serve_in_thread(
     server: ModelServer, host: str = "127.0.0.1", poll_seconds: float = DEFAULT_POLL_SECONDS
@@ -364,25 +336,3 @@ def serve_in_thread(
     """Run `server` on a free local port in a background thread; yields its base URL."""
     with app_in_thread(create_app(server, poll_seconds), host) as base:
         yield base
-
-
-@contextlib.contextmanager
-def app_in_thread(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
-    """Run an ASGI `app` under uvicorn on a free local port in a background thread; yields its base URL."""
-    import time
-
-    sock = bind(host, 0)
-    http = uvicorn_server(app)
-    thread = threading.Thread(target=http.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not http.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("server thread did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        http.should_exit = True
-        thread.join(timeout=30)
-        sock.close()

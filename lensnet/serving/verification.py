@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from lensnet.artifacts.exports import ExportedModel, spec_from_card
+from lensnet.artifacts.outputs import OutputSpec
+from lensnet.artifacts.runs import RunInfo
 from lensnet.core.errors import LensnetError
-from lensnet.core.runs import RunInfo
-from lensnet.serving.loading import ExportedModel, spec_from_card
 from lensnet.serving.runtimes import OnnxRunner, TFRunner
-from lensnet.tasks.outputs import OutputSpec
 
 DEFAULT_ATOL = 1e-4
 

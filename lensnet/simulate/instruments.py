@@ -73,10 +73,40 @@ def observation_kwargs(name: str, band: str, psf_type: str = "GAUSSIAN", **optio
     return kwargs
 
 
-def _preset_band(name: str, band: str, psf_type: str, options: dict, exposure_time: float | None = None) -> Band:
+# what lenstronomy's ObservationConfig presets return (kwargs_single_band), all a pinned band must write out
+SINGLE_BAND_KEYS = ("pixel_scale", "seeing", "psf_type", "magnitude_zero_point", "exposure_time", "num_exposures",
+                    "sky_brightness", "read_noise", "ccd_gain")
+
+
+def pinned_kwargs(pinned: Any, band: str, psf_type: str) -> dict:
+    """instrument.pinned[band]: a full kwargs_single_band, validated (errors name the key)."""
+    where = f"instrument.pinned.{band}"
+    if not isinstance(pinned, dict) or band not in pinned:
+        raise LensnetError(f"{where}: missing; a pinned instrument writes out every band it lists")
+    kwargs = pinned[band]
+    if not isinstance(kwargs, dict):
+        raise LensnetError(f"{where}: expected a mapping of {', '.join(SINGLE_BAND_KEYS)}, got {kwargs!r}")
+    for key in kwargs:
+        if key not in SINGLE_BAND_KEYS:
+            raise LensnetError(f"{where}.{key}: unknown key; a pinned band defines {', '.join(SINGLE_BAND_KEYS)}")
+    for key in SINGLE_BAND_KEYS:
+        if key not in kwargs:
+            raise LensnetError(f"{where}.{key}: missing; a pinned band defines {', '.join(SINGLE_BAND_KEYS)}")
+        if key != "psf_type" and (isinstance(kwargs[key], bool) or not isinstance(kwargs[key], (int, float))):
+            raise LensnetError(f"{where}.{key}: expected a number, got {kwargs[key]!r}")
+    if kwargs["psf_type"] != psf_type:
+        raise LensnetError(f"{where}.psf_type: pinned {kwargs['psf_type']!r} but instrument.psf_type is {psf_type!r}")
+    return dict(kwargs)
+
+
+def _preset_band(name: str, band: str, psf_type: str, options: dict, exposure_time: float | None = None,
+                 pinned: dict | None = None) -> Band:
     from lenstronomy.SimulationAPI.observation_api import SingleBand
 
-    kwargs = observation_kwargs(name, band, psf_type, **options)
+    if pinned is None:
+        kwargs = observation_kwargs(name, band, psf_type, **options)
+    else:
+        kwargs = pinned_kwargs(pinned, band, psf_type)
     if exposure_time is not None:  # the same number of exposures, each scaled to the requested total
         kwargs["exposure_time"] = float(exposure_time) / int(kwargs.get("num_exposures") or 1)
     if psf_type == "PIXEL" and kwargs.get("kernel_point_source") is None:
@@ -148,4 +178,11 @@ def resolve_bands(instrument: dict) -> list[Band]:
     if exposure_time is not None and (isinstance(exposure_time, bool) or not isinstance(exposure_time, (int, float))
                                       or not 0 < float(exposure_time) < float("inf")):
         raise LensnetError(f"instrument.exposure_time must be a positive number of seconds, got {exposure_time!r}")
-    return [_preset_band(name, band, psf_type, options, exposure_time) for band in bands]
+    pinned = instrument.get("pinned")
+    if pinned is not None:
+        if name not in OBSERVATION_PRESETS:
+            raise LensnetError(f"instrument.name: unknown instrument '{name}'; choose custom or one of "
+                               f"{', '.join(OBSERVATION_PRESETS)}")
+        if not isinstance(pinned, dict):
+            raise LensnetError(f"instrument.pinned: expected null or a mapping band -> settings, got {pinned!r}")
+    return [_preset_band(name, band, psf_type, options, exposure_time, pinned) for band in bands]

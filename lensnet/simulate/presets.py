@@ -6,14 +6,17 @@ import copy
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lensnet.core.config import load_yaml, merge
+from lensnet.core.config import CONFIG_DIR, load_yaml, merge
 from lensnet.core.errors import LensnetError
 from lensnet.simulate.halo_models import HALO_MODEL_DEFAULTS
 from lensnet.simulate.priors import is_prior_spec
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
+if TYPE_CHECKING:
+    from lensnet.simulate.scene_spec import SceneSpec
+
+PRESET_DIR = CONFIG_DIR / "datasets"
 
 # Every valid key exists here (lensnet.core.config.merge rejects the others). Priors are a number or a one-key
 # mapping ({uniform: [a, b]}, ...; see lensnet.simulate.priors). The scene is the DeepLense Model II one.
@@ -40,6 +43,9 @@ DATASET_DEFAULTS: dict = {
         # total exposure time in seconds, replacing the preset's (lenstronomy recomputes the background rms
         # from it): the noise-level knob of a preset instrument; custom instruments set custom.exposure_time
         "exposure_time": None,
+        # band -> lenstronomy kwargs_single_band written out in full: used instead of the installed
+        # lenstronomy's ObservationConfig, so an upgrade cannot change the data (replicas pin their reference's)
+        "pinned": None,
         "custom": {
             "pixel_scale": 0.05,
             "psf_fwhm": 0.087,
@@ -52,6 +58,10 @@ DATASET_DEFAULTS: dict = {
     "noise": {"enabled": True, "poisson": True, "background": True, "scheme": "lensnet"},
     # mass_to_angle: angular_diameter (lenstronomy's LensCosmo) | deeplense_luminosity (DeepLenseSim's quirk)
     "cosmology": {"H0": 70.0, "Om0": 0.3, "z_lens": 0.5, "z_source": 1.0, "mass_to_angle": "angular_diameter",
+                  # null: single lens plane. Or lenstronomy's multi-plane redshift convention as a reference
+                  # called it ({z_source_convention, H0, Om0, Ob0}): every profile's normalisation is then a
+                  # deflection for a source at z_source_convention, ray-traced to z_source in that cosmology
+                  "multi_plane": None,
                   # read only by the colossus halo-model relations (concentrations, Sheth-Tormen): Planck 2018
                   "halo_model": dict(HALO_MODEL_DEFAULTS)},
     "lens": {
@@ -152,7 +162,7 @@ DATASET_DEFAULTS: dict = {
 }
 
 SYMMETRIES = ("d4", "flips", "none")
-OPEN_KEYS = ("source.colors", "lens_light.colors")
+OPEN_KEYS = ("source.colors", "lens_light.colors", "instrument.pinned")  # pinned: band -> settings
 
 
 def list_presets() -> list[tuple[str, str]]:
@@ -223,13 +233,20 @@ REPLICA_FREE = ("name", "description", "num", "splits", "records_per_shard", "cl
                 "noise.enabled", "noise.poisson", "noise.background")
 
 
-def resolve_dataset_config(preset_or_path: str | None, overrides: dict | None = None) -> dict:
-    """Preset name or YAML path (None: the defaults) + overrides -> fully resolved, validated config."""
+def resolve_dataset(preset_or_path: str | None, overrides: dict | None = None) -> tuple[dict, SceneSpec]:
+    """Preset name or YAML path (None: the defaults) + overrides -> (fully resolved config, its parsed scene).
+
+    The scene is parsed here once; the simulator and its worker processes receive it (see SimulationSource).
+    """
     config = _load(preset_or_path, ()) if preset_or_path else copy.deepcopy(DATASET_DEFAULTS)
     if overrides:
         config = _merge(config, overrides, where="dataset")
-    validate(config)
-    return config
+    return config, validate(config)
+
+
+def resolve_dataset_config(preset_or_path: str | None, overrides: dict | None = None) -> dict:
+    """Preset name or YAML path (None: the defaults) + overrides -> fully resolved, validated config."""
+    return resolve_dataset(preset_or_path, overrides)[0]
 
 
 def _first_difference(ours: Any, theirs: Any, where: str) -> str | None:
@@ -274,9 +291,9 @@ def _check_int(value: Any, field: str, minimum: int) -> None:
         raise LensnetError(f"{field}: expected an integer >= {minimum}, got {value!r}")
 
 
-def validate(config: dict) -> None:
-    """Raise a LensnetError naming the first bad field; the scene parser checks the physics sections."""
-    from lensnet.simulate.scenes import parse_scene
+def validate(config: dict) -> SceneSpec:
+    """The parsed scene, or a LensnetError naming the first bad field (the scene parser checks the physics)."""
+    from lensnet.simulate.scene_spec import parse_scene
 
     if not isinstance(config["name"], str) or not config["name"].strip():
         raise LensnetError(f"name: expected a non-empty string, got {config['name']!r}")
@@ -297,4 +314,4 @@ def validate(config: dict) -> None:
     if splits["train"] <= 0:
         raise LensnetError("splits.train: must be > 0")
     check_replica(config)  # first: a replica's refusal says more than the physics error it would cause
-    parse_scene(config)
+    return parse_scene(config)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from lensnet.data.audit import image_statistics
 from lensnet.data.schema import Schema
 from lensnet.data.writer import RecordBatch, ShardPlan, image_stats
+
+if TYPE_CHECKING:
+    from lensnet.simulate.scene_spec import SceneSpec
 
 
 def record_seed(seed: int, index: int) -> int:
@@ -17,11 +22,12 @@ def record_seed(seed: int, index: int) -> int:
 class SimulationSource:
     """Builds its lenstronomy objects once per process (`setup`) and simulates records by index."""
 
-    def __init__(self, config: dict, seed: int) -> None:
+    def __init__(self, config: dict, seed: int, spec: SceneSpec | None = None) -> None:
         from lensnet.simulate.scenes import build_simulator
 
-        simulator = build_simulator(config)
+        simulator = build_simulator(config, spec)
         self.config = config
+        self.spec = simulator.spec  # parsed once: workers rebuild their simulator from it, not from the config
         self.seed = int(seed)
         self.class_names = list(simulator.class_names)
         self.schema = Schema.standard(simulator.image_shapes, simulator.param_names)
@@ -37,7 +43,7 @@ class SimulationSource:
         if self._simulator is None:
             from lensnet.simulate.scenes import build_simulator
 
-            self._simulator = build_simulator(self.config)
+            self._simulator = build_simulator(self.config, self.spec)
 
     def label_of(self, plan: ShardPlan, index: int) -> int:
         """Classes cycle within each split, so every split is balanced."""

@@ -191,8 +191,8 @@ def _train(config: dict, run_dir: Path, log: Callable[[str], None]) -> None:
 
 
 def run_point(spec: StudySpec, index: int, value: float, root: Path, log: Callable[[str], None]) -> dict:
-    from lensnet.core.runs import read_run
-    from lensnet.simulate.command import simulate_dataset
+    from lensnet.artifacts.runs import read_run
+    from lensnet.simulate.dataset import simulate_dataset
 
     point = root / "points" / f"{index:02d}"
     done = point / "result.json"

@@ -9,4 +9,7 @@
     run        the resumable pipeline into a results folder
     dashboard  the web app over a results folder (and a training run); its client is in static/
     synthetic  survey images with injected lenses and an untrained peak finder (tests, bench pipeline-e2e)
+
+Layer: above training and serving, beside tuning and studies (none imports another). May import every
+layer below: core, data, models, artifacts, simulate, tasks, training, serving.
 """

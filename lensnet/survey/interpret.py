@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from lensnet.artifacts.export_layout import INPUT_NAME, SIGNATURE
+from lensnet.artifacts.exports import ExportedModel
 from lensnet.core.errors import LensnetError
-from lensnet.serving.layout import INPUT_NAME, SIGNATURE
-from lensnet.serving.loading import ExportedModel
 
 METHODS = ("integrated_gradients", "gradcam", "attention_rollout")
 

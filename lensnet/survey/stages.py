@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from lensnet.artifacts.exports import ExportedModel, load_export
+from lensnet.artifacts.outputs import PredictSettings
 from lensnet.core.errors import LensnetError
-from lensnet.serving.loading import ExportedModel, load_export
 from lensnet.serving.runtimes import Runner, open_runner
-from lensnet.tasks.outputs import PredictSettings
 
 STAGES = ("finder", "classifier", "regressor", "anomaly")
 

@@ -80,8 +80,8 @@ def peak_finder_run(run_dir: str | Path, size: int = 32, level: float = 6.0, sha
     """A run directory (as lensnet.fit leaves it) of the peak finder, ready for lensnet.export."""
     import keras
 
-    from lensnet.core.runs import RunInfo, write_run
-    from lensnet.tasks.outputs import OutputSpec
+    from lensnet.artifacts.outputs import OutputSpec
+    from lensnet.artifacts.runs import RunInfo, write_run
 
     inputs = keras.Input((size, size, 1), name="images")
     peak = keras.layers.GlobalMaxPooling2D(name="peak")(inputs)

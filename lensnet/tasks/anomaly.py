@@ -33,11 +33,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from lensnet.artifacts.outputs import OutputSpec
 from lensnet.core.errors import LensnetError
 from lensnet.tasks import plots, scores
 from lensnet.tasks.base import BackboneFactory, BatchContext, Task, register_task
 from lensnet.tasks.model import MetricInputs, TaskModel, average_loss
-from lensnet.tasks.outputs import OutputSpec
 
 MODELS = ("ae", "vae", "transformer")
 SCORES = ("recon", "elbo")

@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from lensnet.artifacts.outputs import OutputSpec
 from lensnet.core.errors import LensnetError
-from lensnet.tasks.outputs import OutputSpec
 
 _TASKS: dict[str, type[Task]] = {}
 

@@ -132,7 +132,7 @@ class Teacher:
 def load_teacher(path: str, task: str, class_names: list[str], image_shape: tuple, student_spec: dict) -> Teacher:
     """The teacher at `path` (a run or an export directory), checked against the student's task,
     classes, image shape and normalisation."""
-    from lensnet.core.runs import read_run
+    from lensnet.artifacts.runs import read_run
 
     where = Path(path)
     if not where.exists():
@@ -142,7 +142,7 @@ def load_teacher(path: str, task: str, class_names: list[str], image_shape: tupl
         kind, spec, shape, normalisation = info.task, info.output, info.input_shape, info.normalisation
         source = "run"
     else:
-        from lensnet.serving.loading import load_export
+        from lensnet.artifacts.exports import load_export
 
         exported = load_export(where)
         card = exported.card
@@ -165,7 +165,7 @@ def load_teacher(path: str, task: str, class_names: list[str], image_shape: tupl
         )
     order = [teacher_classes.index(c) for c in class_names]
     if source == "run":
-        from lensnet.core.runs import load_model
+        from lensnet.tasks.checkpoints import load_model
 
         model = load_model(where)
         model.trainable = False
@@ -175,7 +175,7 @@ def load_teacher(path: str, task: str, class_names: list[str], image_shape: tupl
 
 
 def _load_signature(exported: Any) -> Any:
-    from lensnet.serving.layout import SIGNATURE
+    from lensnet.artifacts.export_layout import SIGNATURE
 
     try:
         loaded = tf.saved_model.load(str(exported.path))

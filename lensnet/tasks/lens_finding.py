@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from lensnet.artifacts.outputs import OutputSpec
 from lensnet.core.errors import LensnetError
 from lensnet.tasks import plots, scores
 from lensnet.tasks.base import BackboneFactory, BatchContext, pooled_network, register_task
 from lensnet.tasks.classification import ClassificationTask
-from lensnet.tasks.outputs import OutputSpec
 
 
 @dataclass

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from lensnet.artifacts.outputs import OutputSpec
 from lensnet.core.errors import LensnetError
 from lensnet.tasks.base import BackboneFactory, BatchContext, Task, pooled_network, register_task
-from lensnet.tasks.outputs import OutputSpec
 
 METHODS = ("simclr", "byol", "mae")
 KNN = 5

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from lensnet.artifacts.outputs import OutputSpec
 from lensnet.core.errors import LensnetError
 from lensnet.tasks import plots, scores
 from lensnet.tasks.base import BackboneFactory, BatchContext, Task, pooled_network, register_task
-from lensnet.tasks.outputs import OutputSpec
 
 LOSSES = ("mse", "huber", "mae")
 # Flips and rotations change these (ellipticity, shear, positions, angles) but not the stored value.

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from lensnet.artifacts.outputs import OutputSpec
 from lensnet.tasks import plots, scores
 from lensnet.tasks.base import BackboneFactory, BatchContext, pooled_network, register_task
 from lensnet.tasks.classification import ClassificationTask
 from lensnet.tasks.distillation import DistillationOptions, build_student, check_options
-from lensnet.tasks.outputs import OutputSpec
 
 
 @register_task

@@ -28,11 +28,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lensnet.artifacts.outputs import OutputSpec
 from lensnet.core.errors import LensnetError
 from lensnet.tasks import image_quality as iq
 from lensnet.tasks.base import BackboneFactory, BatchContext, Task, register_task
 from lensnet.tasks.model import MetricInputs, TaskModel, average_loss
-from lensnet.tasks.outputs import OutputSpec
 
 LOSSES = ("l1", "l2")
 IN_MODEL_NORMALISATIONS = ("standard", "minmax")

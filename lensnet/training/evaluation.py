@@ -127,11 +127,12 @@ def open_run_on(run_dir: str | Path, data: str | Path | None, split: str) -> tup
     classes, positive class or target standardisation are the trained model's; the task itself
     checks that the dataset fits and maps its labels by class name. Only `split` is required.
     """
+    from lensnet.artifacts.runs import read_run
     from lensnet.core.config import load_yaml
     from lensnet.core.errors import LensnetError
-    from lensnet.core.runs import load_model, read_run
     from lensnet.data import open_dataset
     from lensnet.tasks.base import require_splits, task_from_config
+    from lensnet.tasks.checkpoints import load_model
 
     run_dir = Path(run_dir)
     run = read_run(run_dir)

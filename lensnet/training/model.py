@@ -69,8 +69,9 @@ def load_backbone_weights(model: Any, run_dir: Path, config: dict) -> None:
     The architecture must match exactly (registry name, builder arguments, input shape): a
     mismatch is one LensnetError naming both.
     """
+    from lensnet.artifacts.runs import read_run
     from lensnet.core.config import load_yaml
-    from lensnet.core.runs import load_model, read_run
+    from lensnet.tasks.checkpoints import load_model
 
     run = read_run(run_dir)
     source_model = load_yaml(run_dir / "config.yaml", "run config").get("model") or {}

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lensnet.artifacts.runs import RunInfo, read_run, write_run
 from lensnet.core.config import dump_yaml
 from lensnet.core.errors import LensnetError
 from lensnet.core.fileio import write_json, write_text
 from lensnet.core.runinfo import package_versions
-from lensnet.core.runs import RunInfo, read_run, write_run
 from lensnet.training.distribute import is_chief
 
 DEFAULT_DATASET_SEED = 0  # the default dataset is the same for every run seed
@@ -45,7 +45,8 @@ def resolve_dataset(config: dict, progress: bool = True):
     if not (path / "manifest.json").is_file() and not is_chief():
         _wait_for_chief_dataset(path)
     if not (path / "manifest.json").is_file():
-        from lensnet.simulate.command import print_summary, simulate_dataset
+        from lensnet.data.writer import print_summary
+        from lensnet.simulate.dataset import simulate_dataset
 
         print(f"no dataset at {path}: simulating the default '{preset}' dataset "
               f"({data['default_num']} records, seed {DEFAULT_DATASET_SEED})", flush=True)
@@ -257,7 +258,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True,
                 "Lower train.learning_rate or set train.clipnorm"
             )
 
-    from lensnet.core.runs import load_model
+    from lensnet.tasks.checkpoints import load_model
 
     metrics = {}
     if chief:  # the chief wrote the checkpoints; the other workers have nothing to report

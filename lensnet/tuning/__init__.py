@@ -12,4 +12,7 @@ A tuning directory (`python -m lensnet.tune --directory tuning/NAME`) holds:
 Modules: `space` (search-space YAML -> KerasTuner HyperParameters -> fit configs),
 `tuner` (oracles that resume cleanly, the Tuner that runs trials, the chief's server),
 `report` (summary.csv, best.yaml, HParams, progress lines).
+
+Layer: above training and serving, beside studies and survey (none imports another). May import every
+layer below: core, data, models, artifacts, simulate, tasks, training, serving.
 """

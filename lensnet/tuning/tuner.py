@@ -310,7 +310,7 @@ class LensnetTuner(base_tuner.BaseTuner):
 
     def _prepare(self, run_dir: Path, config: dict, parent: str | None) -> str:
         """done (finished run of this trial: read it) | resume (its checkpoint) | fresh."""
-        from lensnet.core.runs import read_run
+        from lensnet.artifacts.runs import read_run
         from lensnet.training.callbacks import STATE
 
         saved = run_dir / "config.yaml"

@@ -11,7 +11,7 @@
       plots/*.png
 
 A saved model takes normalised images (N, H, W, C) float32 and returns what `output` (the task's
-OutputSpec, lensnet.tasks.outputs) describes: class probabilities, named values, a score or an
+OutputSpec, lensnet.artifacts.outputs) describes: class probabilities, named values, a score or an
 image. Read it with `OutputSpec.from_json(run.output)`; every stage dispatches on it.
 """
 
@@ -73,17 +73,3 @@ def best_model_path(run_dir: str | os.PathLike) -> Path:
         if candidate.is_file():
             return candidate
     raise LensnetError(f"{run_dir} holds no trained model ({BEST} is missing)")
-
-
-def load_model(run_dir: str | os.PathLike, compile: bool = False):
-    """The run's best model, loaded with Keras safe_mode."""
-    import keras
-
-    import lensnet.models  # noqa: F401  (registers custom layers)
-    import lensnet.tasks  # noqa: F401  (registers heads, losses)
-
-    path = best_model_path(run_dir)
-    try:
-        return keras.models.load_model(path, compile=compile, safe_mode=True)
-    except Exception as exc:  # corrupt or foreign file: name it, no traceback
-        raise LensnetError(f"cannot load model {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None

@@ -7,10 +7,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lensnet.artifacts.export_layout import CARD, CARD_FORMAT, ONNX_FILE
+from lensnet.artifacts.outputs import OutputKind, OutputSpec
+from lensnet.artifacts.versions import version_dir
 from lensnet.core.errors import LensnetError
-from lensnet.serving.layout import CARD, CARD_FORMAT, ONNX_FILE
-from lensnet.serving.versions import version_dir
-from lensnet.tasks.outputs import OutputKind, OutputSpec
 
 
 def spec_from_card(card: dict) -> OutputSpec:

@@ -8,9 +8,9 @@ import re
 import shutil
 from pathlib import Path
 
+from lensnet.artifacts.export_layout import CARD, TMP_PREFIX
 from lensnet.core.errors import LensnetError
 from lensnet.core.fileio import write_json
-from lensnet.serving.layout import CARD, TMP_PREFIX
 
 _VERSION = re.compile(r"^[1-9][0-9]*$")
 _NUMERIC = re.compile(r"^[0-9]+$")

@@ -3,7 +3,9 @@
 A task declares one `OutputSpec` (`Task.output_spec()`); it is stored in run.json and card.json,
 and every stage downstream dispatches on `spec.kind` through the registry below, never through
 `if kind == ...` chains of its own. An output kind is one `OutputKind` subclass registered with
-`@register_output_kind`; adding one never edits export, predict or serve.
+`@register_output_kind`; adding one never edits export, predict or serve. A kind registers when its
+module is imported: the four below always; one defined in a task module once lensnet.tasks is imported
+(this module sits below the tasks and never imports them).
 
 Kinds:
     probabilities  (N, K) class probabilities in `class_names` order; a binary task returns (N, 1),
@@ -132,8 +134,6 @@ def register_output_kind(cls: type[OutputKind]) -> type[OutputKind]:
 
 
 def output_kind(name: str) -> OutputKind:
-    if name not in _KINDS:
-        import lensnet.tasks  # noqa: F401  (a kind defined in its own file under lensnet/tasks registers on import)
     if name not in _KINDS:
         raise LensnetError(f"unknown output kind {name!r}; known kinds: {', '.join(sorted(_KINDS))}")
     return _KINDS[name]
