@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternation rounds (default 3)")
     parser.add_argument("--unit-seconds", type=float, default=0.5, help="timed work per case and round")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and images")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads of every runtime (default: each runtime's choice)")
     parser.add_argument("--no-int8", action="store_true",
                         help="skip the int8 model (export --quantize int8; scratch runs calibrate on random pixels)")
 
@@ -97,7 +99,8 @@ def _calibrated(fn: Callable[[], None], batch: int, seconds: float) -> Callable[
 
 
 def time_export(
-    run: Path, export_dir: Path, batch_sizes: list[int], rounds: int, seconds: float, seed: int
+    run: Path, export_dir: Path, batch_sizes: list[int], rounds: int, seconds: float, seed: int,
+    threads: int | None = None,
 ) -> list[dict]:
     from lensnet.artifacts.exports import load_export
     from lensnet.artifacts.runs import read_run
@@ -112,9 +115,10 @@ def time_export(
     model, _ = float32_model(load_model(run))
     exported = load_export(export_dir)
     spec = exported.spec
-    runners = {"savedmodel": open_runner(exported, "tf"), "onnxruntime": open_runner(exported, "onnx")}
+    runners = {"savedmodel": open_runner(exported, "tf", threads),
+               "onnxruntime": open_runner(exported, "onnx", threads)}
     if exported.int8_path:
-        runners["onnxruntime-int8"] = open_runner(exported, "onnx-int8")
+        runners["onnxruntime-int8"] = open_runner(exported, "onnx-int8", threads)
     params, flops = int(model.count_params()), model_flops(model, exported.input_shape)
     rows = []
     for batch in batch_sizes:
@@ -164,12 +168,14 @@ def run(args: argparse.Namespace) -> list[dict]:
                 result = export_run(run_dir, work / "export" / f"run{index}", seed=args.seed,
                                     quantize=None if args.no_int8 else "int8")
                 rows += time_export(
-                    Path(run_dir), result.path.parent, batch_sizes, args.rounds, args.unit_seconds, args.seed
+                    Path(run_dir), result.path.parent, batch_sizes, args.rounds, args.unit_seconds, args.seed,
+                    args.threads,
                 )
         else:
             shape = (args.size, args.size, args.channels)
             for model in [m.strip() for m in args.models.split(",") if m.strip()]:
                 run_dir, export_dir, _ = scratch_export(work, model, shape, args.seed, int8=not args.no_int8)
-                rows += time_export(run_dir, export_dir, batch_sizes, args.rounds, args.unit_seconds, args.seed)
+                rows += time_export(run_dir, export_dir, batch_sizes, args.rounds, args.unit_seconds, args.seed,
+                                    args.threads)
     return rows
 
