@@ -120,7 +120,8 @@ class PBTOracle(kt.Oracle):
             values = self._random_values()
             if values is None:
                 return {"status": TrialStatus.STOPPED}
-            return {"status": TrialStatus.RUNNING, "values": {**values, **epochs, WARM_START: None}}
+            # no parent key at all: gRPC cannot carry a None value to a worker
+            return {"status": TrialStatus.RUNNING, "values": {**values, **epochs}}
         previous = rounds[round_ - 1]
         ranked = sorted((m for m in previous if self.ready_value(previous[m]) is not None),
                         key=lambda m: (_better(self.objective.direction)(self.ready_value(previous[m])), m))
@@ -158,7 +159,7 @@ class EvolutionOracle(kt.Oracle):
             values = self._random_values()
             if values is None:
                 return {"status": TrialStatus.STOPPED}
-            return {"status": TrialStatus.RUNNING, "values": {**values, PARENT: None}}
+            return {"status": TrialStatus.RUNNING, "values": values}
         alive = [self.trials[t] for t in self.end_order if self.trials[t].status == TrialStatus.COMPLETED]
         alive = alive[-self.population:]  # the oldest age out, however good they were
         if not alive:
