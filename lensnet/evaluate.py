@@ -13,6 +13,7 @@ import argparse
 from collections.abc import Sequence
 
 from lensnet.core.errors import cli_exit
+from lensnet.data.augment import GROUPS
 
 SUMMARY = "score a trained run on a dataset split"  # its line in `lensnet --help`
 
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="output directory (default: RUN/eval/<dataset>-<split>)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="accepted for symmetry; evaluation is deterministic")
-    parser.add_argument("--tta", choices=("flips", "d4"),
+    parser.add_argument("--tta", choices=tuple(GROUPS),
                         help="test-time augmentation: average class probabilities over this symmetry group of "
                              "each image (use the dataset's own: config.symmetry in its manifest)")
     args = parser.parse_args(argv)
@@ -39,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(f"{args.split} of {metrics['dataset']}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()),
           flush=True)
+    if "survey" in metrics:
+        from lensnet.tasks.survey_metrics import format_survey
+
+        print("\n".join(format_survey(metrics["survey"])), flush=True)
+    for warning in metrics.get("warnings") or ():
+        print(f"warning: {warning}", flush=True)
     print(f"  metrics  {out_dir / 'metrics.json'}\n  plots    {out_dir / 'plots'}", flush=True)
     return 0
 

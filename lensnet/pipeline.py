@@ -4,8 +4,9 @@ and explain lens candidates.
 INPUT is what predict reads (.npy / FITS cutouts or stacks, folders of them, a TFRecord dataset directory),
 or a FITS/.npy image larger than the finder's input (a survey tile), cut into tiles of the finder's size
 overlapping by --overlap pixels; a FITS header's WCS gives each candidate's RA/Dec. The finder scores every
-tile; tiles at or above --threshold (at most --top-k per input and overall) are merged where they overlap
-(NMS, --iou) and go on to the classifier, regressor and anomaly scorer, then to interpretation (integrated
+tile; tiles at or above --threshold (at most --top-k per input and overall) are merged where they saw the same
+object (their brightest spots within --merge-radius; or box NMS with --iou) and go on to the classifier,
+regressor and anomaly scorer, then to interpretation (integrated
 gradients from the SavedModel; Grad-CAM and attention rollout from a Keras model beside the export or the
 run checkpoint its card names; see lensnet.survey.interpret). RESULTS gets candidates.csv,
 thumbnails, overlays, maps and pipeline.json (see lensnet.survey.run). A rerun with the same arguments resumes.
@@ -36,8 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.5, help="finder score a candidate needs (default 0.5)")
     parser.add_argument("--top-k", type=int, default=None, help="keep at most K candidates (per input and overall)")
     parser.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: a quarter tile)")
-    parser.add_argument("--iou", type=float, default=0.0,
-                        help="detections overlapping by more than this IoU merge (default 0: any overlap)")
+    parser.add_argument("--merge-radius", type=float, default=None,
+                        help="detections whose tiles' brightest spots lie within this many px are one candidate "
+                             "(default: a quarter tile; two lenses a tile apart stay two)")
+    parser.add_argument("--iou", type=float, default=None,
+                        help="merge by box overlap instead: detections overlapping by more than this IoU merge")
     parser.add_argument("--fill-nonfinite", choices=FILL_RULES, default="median",
                         help="NaN/Inf pixels: the tile's finite median per channel (default), zero, or error")
     parser.add_argument("--max-blank", type=float, default=0.5,
@@ -76,11 +80,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     overlap = size[0] // 4 if args.overlap is None else args.overlap
     if not 0 <= overlap < min(size[:2]):
         raise LensnetError(f"--overlap must be within [0, {min(size[:2])}) for {size[0]}x{size[1]} tiles")
+    merge_radius = size[0] / 4 if args.merge_radius is None else args.merge_radius
+    if not merge_radius >= 0:
+        raise LensnetError("--merge-radius must be a number >= 0")
+    if args.iou is not None and not 0 <= args.iou <= 1:
+        raise LensnetError("--iou must be within [0, 1]")
     hdu = int(args.hdu) if args.hdu is not None and args.hdu.lstrip("-").isdigit() else args.hdu
     items = expand_inputs(args.inputs)
     settings = Settings(
         inputs=[str(p) for _, p in items], threshold=args.threshold, top_k=args.top_k, overlap=overlap,
-        iou=args.iou, fill_nonfinite=args.fill_nonfinite, max_blank=args.max_blank, methods=methods,
+        iou=args.iou, merge_radius=merge_radius, fill_nonfinite=args.fill_nonfinite, max_blank=args.max_blank,
+        methods=methods,
         explain=args.explain, hdu=hdu, batch_size=args.batch_size, labels=args.labels, seed=args.seed,
     )
     options = InputOptions(hdu=hdu, splits=args.split, batch_size=args.batch_size, skip_bad=args.skip_bad)

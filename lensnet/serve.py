@@ -19,7 +19,7 @@ import gc
 from collections.abc import Sequence
 
 from lensnet.core.errors import LensnetError, cli_exit
-from lensnet.core.http import bind, uvicorn_server
+from lensnet.core.http import Access, bind, network_warning, uvicorn_server, warn
 from lensnet.serving.runtimes import RUNTIMES
 from lensnet.serving.server import (
     DEFAULT_MAX_BATCH,
@@ -37,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="export directory export/NAME (every version is served)")
     parser.add_argument("--name", default=None, help="model name in URLs (default: the directory name)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests whose Host header is NAME (a DNS name of this machine)")
     parser.add_argument("--port", type=int, default=8501, help="port (default 8501, TF Serving's; 0 = any free)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="onnx (default) or tf (SavedModel)")
     parser.add_argument("--threads", type=int, default=1, help="threads per inference call (default 1)")
@@ -79,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
+    warn(network_warning(args.host, "lensnet.serve"))
+    access = Access(args.host, port, args.allow_host, require_token=False)
     versions = ", ".join(map(str, sorted(server.models)))
     print(
         f"serving {server.name} versions {versions} (newest {server.latest}, runtime {args.runtime}) "
@@ -90,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (TF runtime p99 went from ~400 ms to ~100 ms under 8 clients).
     gc.collect()
     gc.freeze()
-    uvicorn_server(create_app(server, args.poll_seconds), access_log=args.access_log).run(sockets=[sock])
+    uvicorn_server(create_app(server, args.poll_seconds, access), access_log=args.access_log).run(sockets=[sock])
     return 0
 
 

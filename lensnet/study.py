@@ -7,6 +7,13 @@ detectability: sweep one physics knob (f_sub, m_min, m_hm, vortex_mass, exposure
 train the same model for the same budget at every value, and write test ROC AUC (CDM vs no_sub, axion
 vs no_sub, 95% bootstrap intervals) as a table and a plot under runs/studies/<name>/. A killed study
 continues where it stopped when the same command is run again.
+
+    python -m lensnet.study population --run runs/POSTERIOR --target f_sub --mean 0.02 --width 0.005 --seed 0
+
+population: draw populations of N held-out lenses with a known mean of a target (rejection sampling on
+their true values), combine the run's per-lens posteriors hierarchically (importance-reweighting its
+NPE prior to the population), and forecast the population posterior's width and coverage per N under
+runs/studies/<name>/ (forecast.csv, forecast.png, population.json).
 """
 
 from __future__ import annotations
@@ -42,12 +49,48 @@ def build_parser() -> argparse.ArgumentParser:
                      help="training config override, e.g. train.learning_rate=3e-4 (repeatable)")
     det.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     det.add_argument("--seed", type=int, default=0)
+
+    pop = sub.add_parser("population", help="hierarchical inference of a population mean from per-lens posteriors")
+    pop.add_argument("--run", required=True, help="a finished --task posterior run")
+    pop.add_argument("--target", required=True, help="one of the run's targets")
+    pop.add_argument("--mean", type=float, required=True, help="the population's true mean")
+    pop.add_argument("--width", type=float, required=True, help="the population's (known) width")
+    pop.add_argument("--data", help="dataset of the held-out lenses (default: the run's own)")
+    pop.add_argument("--split", default="test")
+    pop.add_argument("--n", help="comma-separated lens counts (default 10,30,100,300,1000 capped at the pool)")
+    pop.add_argument("--repeats", type=int, default=50, help="populations drawn per N (default 50)")
+    pop.add_argument("--grid", type=int, default=1000, help="grid points of the population mean (default 1000)")
+    pop.add_argument("--name", help="study name (default population-<target>)")
+    pop.add_argument("--studies-dir", default=str(STUDIES_DIR), help=f"parent directory (default {STUDIES_DIR})")
+    pop.add_argument("--seed", type=int, default=0)
+    pop.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def population(args: argparse.Namespace) -> int:
+    from lensnet.studies.population import PopulationSpec, parse_sizes, run_population
+
+    sizes = parse_sizes(args.n) if args.n else None
+    spec = PopulationSpec(run=args.run, target=args.target, mean=args.mean, width=args.width, data=args.data,
+                          split=args.split, sizes=sizes, repeats=args.repeats, grid=args.grid, seed=args.seed)
+    root = Path(args.studies_dir) / (args.name or f"population-{args.target}")
+    result = run_population(spec, root, lambda line: print(line, flush=True), progress=not args.no_progress)
+    print((root / "forecast.csv").read_text(), end="")
+    for note in result["notes"]:
+        print(f"note: {note}")
+    for what, name in (("table", "forecast.csv"), ("plot", "forecast.png"), ("result", "population.json")):
+        print(f"  {what:6s} {root / name}")
+    sys.stdout.flush()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lensnet.core.tfboot import quiet_import
+
+    if args.study == "population":
+        quiet_import()
+        return population(args)
     from lensnet.studies.detectability import StudySpec, parse_grid, run_study
 
     quiet_import()

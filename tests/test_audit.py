@@ -118,3 +118,75 @@ def test_image_audit_flags_a_ring_shortcut_and_replicas_report_it() -> None:
     assert reported["separating"] == ["ring_radius"] and "DeepLenseSim" in reported["expected"]
     assert combined_ok({"ok": True, "params_ok": True, "images": reported})
     assert not combined_ok({"ok": False, "params_ok": False, "images": reported})  # parameters still gate
+
+
+# ---- power: what a pass can mean -----------------------------------------------------------------------------
+
+
+def test_minimum_detectable_shift_has_the_power_it_claims() -> None:
+    from scipy.stats import ks_2samp
+
+    from lensnet.data.audit import minimum_detectable_shift
+
+    alpha = 0.01
+    mde = minimum_detectable_shift(40, 40, alpha)
+    assert minimum_detectable_shift(400, 400, alpha) < mde < minimum_detectable_shift(15, 15, alpha)
+    gen = np.random.default_rng(123)  # independent of the function's own draws, scipy's exact KS p-values
+
+    def power(shift: float) -> float:
+        return float(np.mean([ks_2samp(gen.normal(size=40), gen.normal(size=40) + shift).pvalue < alpha
+                              for _ in range(400)]))
+
+    assert power(mde) >= 0.72  # claimed 0.8 (asymptotic critical value: a little conservative)
+    assert power(0.6 * mde) < 0.6
+    assert minimum_detectable_shift(5, 5, 1e-4) == float("inf")  # no shift can be detected at all
+
+
+def test_small_audit_says_not_seen_and_warns_large_audit_says_no() -> None:
+    from lensnet.data.audit import audit_images
+    from lensnet.data.check import format_audit
+
+    gen = np.random.default_rng(1)
+    for per_class, underpowered in ((30, True), (3000, False)):
+        labels = np.repeat([0, 1, 2], per_class)
+        stats = gen.normal(size=(3 * per_class, 6))
+        result = audit_images(stats, labels, ["no_sub", "cdm", "axion"])
+        power = result["power"]
+        assert power["underpowered"] is underpowered and power["n_per_class"]["cdm"] == per_class
+        assert (power["warning"] is not None) is underpowered
+        assert result["params"]["ring_radius"]["mde"] == pytest.approx(power["mde_sd"], rel=0.25)  # unit-sd data
+        text = format_audit({"params": {}, "images": result})
+        verdicts = [line.split()[-1] for line in text.splitlines() if line.startswith(("ring_radius", "total_flux"))]
+        assert verdicts == (["seen"] * 3 if underpowered else ["no"] * 3), text  # "not seen" ends with "seen"
+        assert ("warning: underpowered" in text) is underpowered
+
+
+def test_ring_statistic_without_lens_light_ignores_a_bright_lens_galaxy() -> None:
+    from lensnet.data.audit import IMAGE_STATISTICS, image_statistics
+
+    y, x = np.mgrid[:41, :41] - 20.0
+    r = np.hypot(x, y)
+    ring = np.exp(-0.5 * ((r - 10.0) / 1.0) ** 2)
+    galaxy = 20.0 * np.exp(-7.67 * ((r / 6.0) ** 0.25 - 1.0))  # de Vaucouleurs, R_e 6 px, never rising outward
+    stats = image_statistics(np.stack([ring, ring + galaxy, galaxy])[..., None])
+    col = {name: stats[:, i] for i, name in enumerate(IMAGE_STATISTICS)}
+    assert col["ring_radius"][1] < 0.8 * col["ring_radius"][0]  # lens light drags the plain statistic inward
+    assert col["ring_radius_no_lens_light"][0] == pytest.approx(10.0, abs=0.3)
+    assert col["ring_radius_no_lens_light"][1] == pytest.approx(10.0, abs=0.5)
+    assert col["ring_radius_no_lens_light"][2] == 0.0  # nothing rises above a galaxy alone
+
+
+def test_check_audit_on_90_replica_images_says_it_could_not_see(tmp_path, capsys) -> None:
+    from lensnet.core.errors import run_cli
+    from lensnet.data.__main__ import main as data_main
+    from lensnet.simulate.__main__ import main as simulate_main
+
+    out = tmp_path / "replica"
+    assert run_cli(simulate_main, ["--dataset", "deeplense_model_ii", "--num", "90", "--out", str(out), "--workers",
+                                   "1", "--set", "image.size=32", "--no-progress", "--seed", "0"]) == 0
+    capsys.readouterr()
+    assert run_cli(data_main, ["check", str(out), "--audit", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    rows = [line.split() for line in text.splitlines() if line.startswith(("ring_radius", "total_flux", "source_"))]
+    assert len(rows) >= 4 and all(row[-1] in ("seen", "YES") for row in rows), text  # "not seen", never "no"
+    assert "warning: underpowered" in text and "ring_radius_no_lens_light" in text

@@ -26,9 +26,15 @@ def get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+TOKEN = "test-token-0123456789"
+
+
+def post(url: str, body: dict | bytes, headers: dict | None = None) -> tuple[int, dict]:
+    """A POST as the dashboard's own page sends it: its origin, the launch token (unless `headers` differ)."""
+    origin = "/".join(url.split("/")[:3])
+    sent = {"Content-Type": "application/json", "Origin": origin, "X-Lensnet-Token": TOKEN, **(headers or {})}
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST", headers={k: v for k, v in sent.items() if v})
     try:
         with urllib.request.urlopen(request) as response:
             return response.status, json.loads(response.read())
@@ -47,11 +53,12 @@ def raw_get(base: str, path: str) -> int:
     return status
 
 
-def serve(results: Path, run: Path | None = None):
-    from lensnet.core.http import app_in_thread
+def serve(results: Path, run: Path | None = None, truth: Path | None = None, **access):
+    from lensnet.core.http import Access, app_in_thread
     from lensnet.survey.dashboard import Results, RunView, create_app
 
-    return app_in_thread(create_app(Results(results), RunView(run) if run else None))
+    access = Access(access.pop("host", "127.0.0.1"), 0, token=TOKEN, **access)
+    return app_in_thread(create_app(Results(results, truth), RunView(run) if run else None, access))
 
 
 def test_pages_files_and_path_traversal(tmp_path):
@@ -80,13 +87,13 @@ def test_marks_survive_a_restart_and_export_csv(tmp_path):
     with serve(results) as base:
         assert post(base + "/api/marks", {"id": "c00003", "mark": "lens"})[0] == 200
         assert post(base + "/api/marks", {"id": "c00005", "mark": "unsure"})[0] == 200
-        assert post(base + "/api/marks", {"id": "c00005", "mark": None})[1]["marks"] == {"c00003": "lens"}
+        assert post(base + "/api/marks", {"id": "c00005", "mark": None})[1]["marks"] == {"default": {"c00003": "lens"}}
         assert post(base + "/api/marks", {"id": "nope", "mark": "lens"})[0] == 400
         assert post(base + "/api/marks", {"id": "c00003", "mark": "maybe"})[0] == 400
     assert not list(results.glob(".marks.json*"))  # written through a temporary name, nothing left over
     with serve(results) as base:
         data = json.loads(get(base + "/api/results")[1])
-        assert data["marks"] == {"c00003": "lens"}
+        assert data["marks"] == {"default": {"c00003": "lens"}}
         status, body = get(base + "/api/export.csv?marked=1")
         rows = list(csv.DictReader(io.StringIO(body.decode())))
         assert status == 200 and [(r["id"], r["mark"]) for r in rows] == [("c00003", "lens")]
@@ -107,6 +114,7 @@ def test_run_view(tmp_path):
         assert data["metrics"]["test"]["auc"] == 0.93
         assert data["plots"] == ["plots/roc.png"] and data["samples"] == ["plots/sample_predictions.png"]
         assert get(base + "/run/files/plots/roc.png")[0] == 200
+        assert get(base + "/run/files/run.json")[0] == 404  # only images: never checkpoints or configs
         assert raw_get(base, "/run/files/../results/candidates.csv") in (400, 404)
 
 

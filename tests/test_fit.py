@@ -359,7 +359,7 @@ def test_checkpoints_hold_precise_batch_norm_statistics(capsys, synthetic_datase
 
 @pytest.mark.slow
 def test_auto_augmentation_follows_the_dataset_symmetry(capsys, synthetic_dataset: Path, tmp_path: Path) -> None:
-    """data.augment=auto (the substructure default) takes the manifest's symmetry: flips for a DeepLense
+    """data.augment=auto (the substructure default) takes the manifest's symmetry: rot180 for a DeepLense
     replica (its fixed macro model is not invariant under quarter turns), d4 when none is recorded."""
     import yaml
 
@@ -368,7 +368,7 @@ def test_auto_augmentation_follows_the_dataset_symmetry(capsys, synthetic_datase
     replica = tmp_path / "replica"
     simulate_dataset("deeplense_model_ii", replica, num=30, seed=0, overrides={"image": {"size": 16}},
                      progress=False)
-    for data, name, expected in ((replica, "rep", "flips"), (synthetic_dataset, "syn", "d4")):
+    for data, name, expected in ((replica, "rep", "rot180"), (synthetic_dataset, "syn", "d4")):
         code, _, err = fit(capsys, "--task", "substructure", "--model", "cnn_small", "--data", str(data),
                            "--epochs", "1", "--runs", str(tmp_path), "--run-name", name, "--set",
                            "data.batch_size=8", *TINY)

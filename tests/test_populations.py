@@ -103,7 +103,7 @@ def test_sigma_sub_gives_pyhalos_mean_count() -> None:
     assert pop.expected_count_sigma_sub(0.025) == pytest.approx(expected, rel=1e-3)
     counts = [pop.draw(np.random.default_rng(s), 0.0, 0.0, 1.2)[1][0] for s in range(200)]
     assert abs(np.mean(counts) - expected) <= 4 * math.sqrt(expected / 200)
-    assert pop.param_names[-1] == "sigma_sub"
+    assert pop.param_names[-2:] == ("sigma_sub", "sigma_sub_drawn")
 
 
 @pytest.mark.parametrize("model", ["diemer19", "ludlow16"])

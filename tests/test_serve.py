@@ -232,27 +232,36 @@ def test_serve_command_line(model_dir):
     assert missing.stderr.strip().splitlines()[-1].startswith("error: model directory not found")
 
 
-@pytest.mark.slow
-def test_keep_alive_requests_are_not_delayed_by_nagle(url):
+def test_accepted_sockets_are_not_delayed_by_nagle():
     """Responses are two socket writes (headers, body); without TCP_NODELAY on accepted sockets each
-    keep-alive request stalls ~40 ms on the client's delayed ACK. Sequential requests must be fast."""
-    import http.client
-    import time
-    from urllib.parse import urlsplit
+    keep-alive request stalls ~40 ms on the client's delayed ACK. asyncio (under uvicorn) sets TCP_NODELAY only
+    on sockets created as TCP: a connection accepted from `bind`'s socket must have it (no timing involved)."""
+    import asyncio
+    import socket
 
-    parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    body = json.dumps({"instances": [IMAGE]}).encode()
-    times = []
-    for _ in range(15):
-        start = time.perf_counter()
-        connection.request("POST", f"{parts.path}:predict", body=body, headers={"Content-Type": "application/json"})
-        response = connection.getresponse()
-        assert response.status == 200
-        response.read()
-        times.append(time.perf_counter() - start)
-    connection.close()
-    assert sorted(times)[len(times) // 2] < 0.02, times
+    from lensnet.core.http import bind
+
+    async def check() -> int:
+        seen: list[int] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        listening = bind("127.0.0.1", 0)
+        server = await asyncio.start_server(handle, sock=listening)
+        _, writer = await asyncio.open_connection(*listening.getsockname())
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return seen[0]
+
+    assert asyncio.run(check()) != 0
 
 
 @pytest.mark.slow

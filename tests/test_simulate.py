@@ -46,7 +46,8 @@ def test_cli_writes_balanced_splits_and_manifest(tmp_path: Path, capsys) -> None
     # parameters and image statistics are drawn alike in every class: nothing separates them
     assert audit["ok"] is True and audit["params_ok"] is True and audit["separating"] == []
     assert "theta_E" in audit["params"] and "log10_m_axion" in audit["skipped"]
-    assert audit["images"]["statistics"] == ["total_flux", "ring_radius", "q_xx", "q_yy", "q_xy"]
+    assert audit["images"]["statistics"] == ["total_flux", "ring_radius", "q_xx", "q_yy", "q_xy",
+                                                    "ring_radius_no_lens_light"]
     assert audit["images"]["ok"] is True
     assert set(audit["images"]["medians"]["ring_radius"]) == {"no_sub", "cdm", "axion"}
     for shard in manifest["splits"]["train"]["shards"]:
@@ -171,7 +172,7 @@ def test_replica_records_pass_check_audit_and_report_image_statistics(tmp_path: 
                           "--set", "image.size=32", "--set", "records_per_shard=30", "--no-progress"])
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["config"]["symmetry"] == "flips" and manifest["config"]["replica"] == "deeplense_model_ii"
+    assert manifest["config"]["symmetry"] == "rot180" and manifest["config"]["replica"] == "deeplense_model_ii"
     assert manifest["audit"]["ok"] is True and manifest["audit"]["separating"] == []
     capsys.readouterr()
     assert run_cli(data_main, ["check", str(out), "--audit", "--no-progress"]) == 0

@@ -218,3 +218,68 @@ def test_top_k_keeps_the_best_candidates(tmp_path, exports):
                     "--threshold", "0") == 0
     rows = read_rows(out / "candidates.csv")
     assert sorted(Path(r["source"]).name for r in rows) == ["cut1.npy", "cut3.npy"]
+
+
+def test_truths_give_survey_metrics_over_every_scored_tile(tmp_path, synthetic_dataset, synthetic_info, capsys):
+    from lensnet.serving.export import export_run
+    from lensnet.tasks.survey_metrics import survey_scores
+
+    export_run(peak_finder_run(tmp_path / "run16", 16), tmp_path / "export" / "finder16")
+    first = tmp_path / "first"
+    assert pipeline(synthetic_dataset, "--finder", tmp_path / "export" / "finder16", "--out", first,
+                    "--threshold", "0", "--split", "test", "--methods", "none") == 0
+    rows = read_rows(first / "candidates.csv")
+    labels = {r["source"]: str(i % 3 == 0) == "True" for i, r in enumerate(rows)}  # every third tile a "lens"
+    with open(tmp_path / "labels.csv", "w") as handle:
+        handle.write("source,label\n" + "".join(f"{s},{int(v)}\n" for s, v in labels.items()))
+    out = tmp_path / "labelled"
+    # a threshold of 0.99 keeps few candidates; the survey metrics still score every tile with a truth
+    assert pipeline(synthetic_dataset, "--finder", tmp_path / "export" / "finder16", "--out", out,
+                    "--threshold", "0.99", "--split", "test", "--methods", "none",
+                    "--labels", tmp_path / "labels.csv") == 0
+    assert "survey metrics:" in capsys.readouterr().err
+    survey = json.loads((out / "pipeline.json").read_text())["totals"]["survey"]
+    y = np.array([labels[r["source"]] for r in rows], dtype=float)
+    s = np.array([float(r["finder_score"]) for r in rows])
+    expected = survey_scores(y, s)
+    assert survey["n_positive"] == int(y.sum()) and survey["n_negative"] == int((1 - y).sum())
+    # the CSV rounds scores to 6 digits: the figures (not the thresholds) must agree
+    assert survey["recall_at_zero_fp"]["value"] == pytest.approx(expected["recall_at_zero_fp"]["value"])
+    for key, entry in expected["purity_at_completeness"].items():
+        assert survey["purity_at_completeness"][key]["value"] == pytest.approx(entry["value"])
+        assert survey["purity_at_completeness"][key]["ci95"] == pytest.approx(entry["ci95"])
+    assert survey["tpr_at_fpr"]["1e-4"]["value"] is None  # a handful of negatives cannot measure FPR 1e-4
+
+
+def test_two_lenses_a_tile_apart_stay_two_candidates(tmp_path, exports):
+    """The default merge (by the position of what each tile saw, then cut again around it) keeps both, each
+    centred in its candidate; box overlap (--iou 0, the old default) merged the overlapping tiles and kept one
+    that shows only part of a ring."""
+    pair = [(36, 60), (36 + SIZE, 60)]
+    image = survey_image(128, 128, pair, seed=11)
+    path = write_survey_fits(tmp_path / "pair.fits", image, survey_header(128, 128))
+    base = [path, "--finder", exports["finder"], "--methods", "none"]
+    assert pipeline(*base, "--out", tmp_path / "default") == 0
+    rows = read_rows(tmp_path / "default" / "candidates.csv")
+    boxes = np.array([[int(r[k]) for k in ("x0", "y0", "x1", "y1")] for r in rows])
+    recall, precision, found = recall_precision(boxes, pair)
+    assert (found, len(rows), precision) == (2, 2, 1.0)
+    for row, (x, y) in zip(rows, pair):  # centred on the lens (its brightest smoothed spot)
+        centre = (int(row["x0"]) + int(row["x1"]) - 1) / 2, (int(row["y0"]) + int(row["y1"]) - 1) / 2
+        assert np.hypot(centre[0] - x, centre[1] - y) <= 1.5
+    assert pipeline(*base, "--out", tmp_path / "iou", "--iou", "0") == 0
+    rows = read_rows(tmp_path / "iou" / "candidates.csv")
+    assert recall_precision(np.array([[int(r[k]) for k in ("x0", "y0", "x1", "y1")] for r in rows]), pair)[2] < 2
+
+
+def test_merge_by_peak_keeps_separate_objects():
+    from lensnet.survey.merge import merge_by_peak, tile_peaks
+
+    images = np.zeros((3, 8, 8, 1), "float32")
+    images[0, 4, 5] = images[1, 4, 1] = 10.0  # one object seen by two tiles 4 px apart
+    images[2, 2, 2] = 9.0  # another object
+    boxes = np.array([[0, 0, 8, 8], [4, 0, 12, 8], [8, 0, 16, 8]])
+    peaks = tile_peaks(images, boxes)
+    assert peaks.tolist() == [[5, 4], [5, 4], [10, 2]]
+    assert merge_by_peak(peaks, np.array([0.9, 0.8, 0.7]), 2.0).tolist() == [0, 2]
+    assert merge_by_peak(peaks, np.array([0.9, 0.8, 0.7]), 6.0).tolist() == [0]

@@ -4,7 +4,7 @@ A task declares one `OutputSpec` (`Task.output_spec()`); it is stored in run.jso
 and every stage downstream dispatches on `spec.kind` through the registry below, never through
 `if kind == ...` chains of its own. An output kind is one `OutputKind` subclass registered with
 `@register_output_kind`; adding one never edits export, predict or serve. A kind registers when its
-module is imported: the four below always; one defined in a task module once lensnet.tasks is imported
+module is imported: the five below always; one defined in a task module once lensnet.tasks is imported
 (this module sits below the tasks and never imports them).
 
 Kinds:
@@ -14,6 +14,7 @@ Kinds:
     image          (N, H, W, C) an image in the units of the input pixels (`image` holds its shape
                    and how the model's normalised output is mapped back: see `Image`)
     score          (N, 1) one number per image; `meaning` says what a high score means
+    samples        (N, S, D) S posterior samples of the D parameters named by `columns`, in `units`
 
 Each kind's methods: check_spec, check_shape (export refuses a model that does not fit),
 postprocess (TF ops inside the exported function), tolerance (export verification),
@@ -233,6 +234,57 @@ class Score(OutputKind):
 
     def csv_header(self, spec: OutputSpec) -> list[str]:
         return ["score"]
+
+
+SUMMARY_QUANTILES = (0.05, 0.16, 0.5, 0.84, 0.95)  # predict's CSV: posterior quantiles per parameter
+
+
+@register_output_kind
+class Samples(OutputKind):
+    """Posterior samples: (N, S, D), S samples of the D parameters named by `columns`, in `units`.
+
+    predict writes, per parameter, the posterior mean, std and quantiles (SUMMARY_QUANTILES); serve
+    returns the samples themselves.
+    """
+
+    name = "samples"
+
+    def check_spec(self, spec: OutputSpec) -> None:
+        if not spec.columns:
+            raise LensnetError(f"output spec {spec.name!r}: samples need at least one column (parameter) name")
+        if spec.units and len(spec.units) != len(spec.columns):
+            raise LensnetError(f"output spec {spec.name!r}: {len(spec.units)} units for {len(spec.columns)} columns")
+
+    def check_shape(self, spec: OutputSpec, shape: tuple[int | None, ...]) -> None:
+        if len(shape) != 3 or shape[2] != len(spec.columns):
+            raise LensnetError(f"a samples output ({', '.join(spec.columns)}) has shape (N, S, {len(spec.columns)}); "
+                               f"the model returns {tuple(shape)}")
+
+    def tolerance(self, spec: OutputSpec, reference: np.ndarray, atol: float) -> float:
+        # float32 rounding grows with the samples' magnitude (a log10 mass near -23): relative to it
+        scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+        return float(atol) * max(1.0, scale)
+
+    def csv_header(self, spec: OutputSpec) -> list[str]:
+        stats = ["mean", "std", *(f"q{round(q * 100):02d}" for q in SUMMARY_QUANTILES)]
+        return [f"{c}_{s}" for c in spec.columns for s in stats]
+
+    def csv_rows(self, spec: OutputSpec, outputs: np.ndarray, sources: list[str],
+                 settings: PredictSettings) -> list[list[str]]:
+        samples = np.asarray(outputs, dtype=np.float64)
+        mean, std = samples.mean(axis=1), samples.std(axis=1)
+        quantiles = np.quantile(samples, SUMMARY_QUANTILES, axis=1)  # (Q, N, D)
+        rows = []
+        for n in range(len(samples)):
+            row = []
+            for d in range(samples.shape[2]):
+                row += [mean[n, d], std[n, d], *quantiles[:, n, d]]
+            rows.append([format(float(v), ".7g") for v in row])
+        return rows
+
+    def truth_label(self, spec: OutputSpec, value: Any) -> str:
+        values = np.atleast_1d(np.asarray(value, dtype=np.float64))
+        return "true " + ", ".join(f"{v:.3g}" if np.isfinite(v) else "n/a" for v in values)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -124,13 +124,14 @@ def _train_images(data: str) -> int:
 
 
 def _tta_scores(run_dir: Path, data: str) -> dict:
-    """Accuracy and macro AUC with the predictions averaged over the dataset's symmetry group (flips or d4)."""
+    """Accuracy and macro AUC with the predictions averaged over the dataset's symmetry group (rot180, flips, d4)."""
     from lensnet.data import open_dataset
+    from lensnet.data.augment import GROUPS
     from lensnet.training.evaluation import evaluate_run
     from lensnet.training.trainer import dataset_symmetry
 
     group = dataset_symmetry(open_dataset(data))
-    if group not in ("flips", "d4"):
+    if group not in GROUPS:
         return {}
     metrics, _ = evaluate_run(run_dir, data, "test", tta=group)
     return {"tta": group, "accuracy_tta": metrics.get("accuracy"), "macro_auc_tta": metrics.get("macro_roc_auc")}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -10,8 +10,8 @@ def format_table(rows: Sequence[dict]) -> str:
     if not rows:
         return "(no rows)"
     columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
+    for row in rows:  # nested figures (mappings) belong in a results JSON, not in the table
+        columns += [k for k in row if k not in columns and not isinstance(row[k], Mapping)]
 
     def cell(value: object) -> str:
         if isinstance(value, float):

@@ -287,30 +287,56 @@ def run_audit(report: CheckReport) -> dict:
     return result
 
 
+def _verdict(separates: bool, power: dict) -> str:
+    """YES, or what a non-separation means at this power: 'no' only when the audit could have seen one."""
+    if separates:
+        return "YES"
+    return "not seen" if power.get("underpowered", True) else "no"
+
+
+def _power_lines(power: dict | None) -> list[str]:
+    if not power:
+        return []
+    sizes = "/".join(str(v) for v in power.get("n_per_class", {}).values())
+    mde = power.get("mde_sd", float("inf"))
+    lines = [f"power: N per class {sizes}; the smallest class difference detected with probability "
+             f"{power.get('power', 0.8):g} at the per-test threshold {power.get('alpha_per_test', 0):.3g} is "
+             f"{mde:.3g} sd" + (" (none can be detected)" if mde == float("inf") else "")]
+    if power.get("warning"):
+        lines.append(f"warning: {power['warning']}")
+    return lines
+
+
 def format_audit(result: dict) -> str:
     from lensnet.core.tables import format_table
 
+    power = result.get("power") or {}
     rows = [
         {"param": name, "min_p": r["min_p"], "pair": " vs ".join(r["pair"] or []),
-         "separates": "YES" if r["separates"] else "no"}
+         "mde": r.get("mde", float("nan")), "separates": _verdict(r["separates"], power)}
         for name, r in sorted(result.get("params", {}).items())
     ]
     lines = [f"audit (two-sample KS, Bonferroni threshold {result.get('threshold', 0):.3g}, "
-             f"{result.get('n_tests', 0)} tests)"]
+             f"{result.get('n_tests', 0)} tests; mde = smallest detectable difference in the parameter's units)"]
     lines.append(format_table(rows) if rows else "(no shared parameter to test)")
+    lines += _power_lines(power)
     skipped = result.get("skipped", {})
     if skipped:
         lines.append("skipped: " + ", ".join(f"{n} ({why})" for n, why in sorted(skipped.items())))
     images = result.get("images")
     if images:
         medians = images.get("medians", {})
+        image_power = images.get("power") or {}
         rows = [
             {"statistic": name, **{c: v for c, v in medians.get(name, {}).items()}, "min_p": r["min_p"],
-             "separates": "YES" if r["separates"] else "no"}
+             "mde": r.get("mde", float("nan")), "observed_sd": r.get("observed_sd", float("nan")),
+             "separates": _verdict(r["separates"], image_power)}
             for name, r in images.get("params", {}).items()
         ]
-        lines += ["", f"image statistics per class (median; KS threshold {images.get('threshold', 0):.3g})"]
+        lines += ["", f"image statistics per class (median; KS threshold {images.get('threshold', 0):.3g}; "
+                      "mde and the largest class difference observed_sd in sd, see lensnet.data.audit)"]
         lines.append(format_table(rows) if rows else "(nothing to test)")
+        lines += _power_lines(image_power)
         if images.get("expected"):
             lines.append(f"reported: {images['expected']}")
     return "\n".join(lines)

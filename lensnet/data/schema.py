@@ -26,6 +26,21 @@ SCHEMA_VERSION = 1
 KINDS = ("image", "float", "int", "bytes")
 CORE_FIELDS = ("id", "seed", "label", "class_name")
 
+# The substructure label fields (float parameters; lensnet.simulate.substructure says how they are drawn). Any
+# stored parameter is a regression target by name, so a realised quantity and the normalisation it was drawn from
+# have different names: `f_sub` is what the image holds, `f_sub_drawn` what was asked for.
+SUBSTRUCTURE_LABELS = {
+    "n_subhalo": "number of subhaloes in the image",
+    "m_sub_total": "sum of the subhaloes' drawn masses (M200c for TNFW), Msun",
+    "m_sub_lensing": "sum of the subhaloes' lensing masses (truncated TNFW total mass; point mass m), Msun",
+    "f_sub": "REALISED projected substructure mass fraction: lensing mass of the subhaloes centred in "
+             "theta_E/2 <= R <= 3 theta_E/2 over pi Sigma_crit theta_E^2 (kappa_sub / kappa_macro there)",
+    "f_sub_drawn": "the requested f_sub (normalisation f_sub); the count is calibrated so that the median of "
+                   "the realised f_sub equals it",
+    "sigma_sub": "REALISED pyHalo sigma_sub: sigma_sub_drawn x (CDM count / its expectation), kpc^-2",
+    "sigma_sub_drawn": "the drawn pyHalo sigma_sub (normalisation sigma_sub), kpc^-2",
+}
+
 
 @dataclass(frozen=True)
 class Feature:
@@ -53,8 +68,13 @@ class Schema:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def standard(cls, image_shapes: Mapping[str, Sequence[int]], param_names: Iterable[str] = ()) -> Schema:
-        """Core fields, the named images and one float per physical parameter."""
+    def standard(cls, image_shapes: Mapping[str, Sequence[int]], param_names: Iterable[str] = (),
+                 text_names: Iterable[str] = ()) -> Schema:
+        """Core fields, the named images, one float per physical parameter and one string per text field.
+
+        Text fields hold per-record categories that are not numbers, e.g. a lens-finding non-lens's
+        `subtype` ("spiral", "ring", ...); their integer code is stored beside them as a float parameter.
+        """
         features = [
             Feature("id", "bytes"),
             Feature("seed", "int"),
@@ -63,6 +83,7 @@ class Schema:
         ]
         features += [Feature(name, "image", tuple(int(s) for s in shape)) for name, shape in image_shapes.items()]
         features += [Feature(name, "float") for name in param_names]
+        features += [Feature(name, "bytes") for name in text_names]
         return cls(features)
 
     @classmethod
@@ -95,6 +116,11 @@ class Schema:
     @property
     def param_names(self) -> list[str]:
         return [f.name for f in self.features if f.kind == "float"]
+
+    @property
+    def text_names(self) -> list[str]:
+        """Per-record string fields beyond the core ones (e.g. `subtype`)."""
+        return [f.name for f in self.features if f.kind == "bytes" and f.name not in CORE_FIELDS]
 
     # ---- encoding (no TensorFlow) ---------------------------------------------------------
     def encode(self, record: Mapping[str, Any]) -> bytes:

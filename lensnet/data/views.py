@@ -24,19 +24,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from lensnet.core.errors import LensnetError
+from lensnet.data.augment import AUGMENTATIONS
 
 
 @dataclass(frozen=True)
 class ViewOptions:
-    symmetry: str | None = "d4"  # d4 | flips | None
+    symmetry: str | None = "d4"  # a lensnet.data.augment group (d4 | flips | rot180) or None
     shift: int = 2  # max integer shift, pixels
     blur: float = 1.0  # max gaussian sigma, pixels (0 = no blur)
     flux: float = 1.25  # flux scale range [1/flux, flux] (1 = no scaling)
     noise: float = 0.1  # std of the re-drawn noise, as a fraction of the image std (0 = none)
 
     def check(self, where: str = "task") -> None:
-        if self.symmetry not in (None, "d4", "flips", "flip"):
-            raise LensnetError(f"{where}.symmetry must be d4, flips or none, got {self.symmetry!r}")
+        if self.symmetry is not None and self.symmetry not in AUGMENTATIONS:
+            raise LensnetError(f"{where}.symmetry must be one of {', '.join(AUGMENTATIONS)} or none, "
+                               f"got {self.symmetry!r}")
         if not isinstance(self.shift, int) or self.shift < 0:
             raise LensnetError(f"{where}.view_shift must be an integer >= 0, got {self.shift!r}")
         for key, value, low in (("view_blur", self.blur, 0.0), ("view_noise", self.noise, 0.0),
@@ -80,7 +82,7 @@ def lens_views(images: Any, seed: Any, options: ViewOptions) -> Any:
     n = tf.shape(x)[0]
     seeds = [tf.random.experimental.stateless_fold_in(seed, k) for k in range(6)]
     if options.symmetry:
-        x = augment_batch({"image": x}, "d4" if options.symmetry == "d4" else "flips", seeds[0])["image"]
+        x = augment_batch({"image": x}, options.symmetry, seeds[0])["image"]
     if options.shift:
         offsets = tf.random.stateless_uniform([n, 2], seeds[1], minval=-options.shift, maxval=options.shift + 1,
                                               dtype=tf.int32)

@@ -398,6 +398,10 @@ def finalize(
         params = {
             n: np.concatenate([np.asarray(m["params"][n], dtype=np.float64) for m in metas]) for n in param_names
         }
+        summarise = getattr(source, "population_summary", None)
+        population = summarise(params, labels) if summarise else None
+        if population is not None:
+            manifest["population"] = population
         result = (audit or default_audit)(params, labels, class_names, exclude=source.class_specific_params)
         if all("image_summary" in m for m in metas):
             from lensnet.data.audit import audit_images, combined_ok, image_separation_note

@@ -34,6 +34,7 @@ from lensnet.artifacts.outputs import OutputSpec
 from lensnet.artifacts.runs import RunInfo, read_run
 from lensnet.artifacts.versions import publish, remove_stale_temporaries
 from lensnet.core.errors import LensnetError
+from lensnet.core.fileio import follow_umask
 from lensnet.serving.verification import (
     DEFAULT_ATOL,
     keras_reference,
@@ -230,6 +231,7 @@ def export_run(
     remove_stale_temporaries(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=out_dir))
     try:
+        follow_umask(tmp, directory=True)
         function = serving_function(model, info.normalisation, shape, spec)
         write_savedmodel(model, function, tmp)
         convert_function(function, [tf.TensorSpec([None, *shape], tf.float32, name=INPUT_NAME)], tmp / ONNX_FILE, opset)

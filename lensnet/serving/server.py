@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import sys
@@ -29,23 +28,22 @@ from lensnet.artifacts.export_layout import INPUT_NAME, SIGNATURE
 from lensnet.artifacts.exports import ExportedModel, load_export
 from lensnet.artifacts.versions import list_versions
 from lensnet.core.errors import LensnetError
-from lensnet.core.http import app_in_thread
+from lensnet.core.http import (
+    Access,
+    ClientError,
+    Guard,
+    app_in_thread,
+    json_errors,
+    one_line,
+    parse_json,
+    read_body,
+)
 from lensnet.serving.runtimes import Runner, open_runner
 
 DEFAULT_MAX_BODY_MB = 16.0
 DEFAULT_MAX_BATCH = 256
 DEFAULT_POLL_SECONDS = 2.0
-_DRAIN_BYTES = 64 << 20  # discarded past the limit so the client can read the 413
 _PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<tail>/metadata|:[A-Za-z]+)?$")
-
-
-class ClientError(Exception):
-    """A bad request: answered with `status` and {"error": message}."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class ModelServer:
@@ -186,7 +184,7 @@ class ModelServer:
         try:
             array = np.asarray(value)
         except (ValueError, TypeError) as exc:
-            raise ClientError(400, f"{what}: not a rectangular array of numbers ({_one_line(exc)})") from None
+            raise ClientError(400, f"{what}: not a rectangular array of numbers ({one_line(exc)})") from None
         if array.dtype.kind not in "iuf":
             found = {"U": "strings", "S": "strings", "b": "booleans", "O": "mixed or non-numeric values"}
             kind = found.get(array.dtype.kind, str(array.dtype))
@@ -223,53 +221,17 @@ def _named_input(item: dict, what: str) -> Any:
     return item[INPUT_NAME]
 
 
-def _reject_constant(token: str) -> None:
-    raise ValueError(f"{token} is not valid JSON (send finite numbers)")
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ClientError(400, f"malformed JSON: {_one_line(exc)}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
-
-
 # ---- HTTP ------------------------------------------------------------------------------------------
 
 
-async def read_body(request: Any, limit: int) -> bytes:
-    """The request body, refused with 413 once it passes `limit` bytes; never more than `limit` is kept.
+def create_app(server: ModelServer, poll_seconds: float = DEFAULT_POLL_SECONDS, access: Access | None = None) -> Any:
+    """The starlette application serving `server`; new versions on disk are picked up every `poll_seconds`.
 
-    The rest of an oversized body is read and discarded (up to `_DRAIN_BYTES` more) before the
-    413 goes out: closing a connection with unread data makes the kernel reset it, and the
-    client would see "connection reset" instead of the JSON error. Past that the connection
-    is dropped.
+    `access` puts lensnet.core.http's Guard in front: the Host check (DNS rebinding) always, the token
+    only if it asks for one. No same-origin check: :predict changes nothing, and TF Serving clients send no
+    token.
     """
-    declared = request.headers.get("content-length")
-    if declared is not None and not declared.isdigit():
-        raise ClientError(400, "invalid Content-Length")
-    if declared is not None and int(declared) > limit + _DRAIN_BYTES:
-        raise ClientError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
-        elif size > limit + _DRAIN_BYTES:
-            break
-    if size > limit:
-        raise ClientError(413, f"request body exceeds the limit of {limit} bytes")
-    return b"".join(chunks)
-
-
-def create_app(server: ModelServer, poll_seconds: float = DEFAULT_POLL_SECONDS) -> Any:
-    """The starlette application serving `server`; new versions on disk are picked up every `poll_seconds`."""
     from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -299,10 +261,7 @@ def create_app(server: ModelServer, poll_seconds: float = DEFAULT_POLL_SECONDS) 
         except ClientError as exc:
             return error(exc.status, exc.message)
         except Exception as exc:  # inference failure: answer 500 and keep serving
-            return error(500, f"internal error: {type(exc).__name__}: {_one_line(exc)}")
-
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
+            return error(500, f"internal error: {type(exc).__name__}: {one_line(exc)}")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
@@ -316,7 +275,8 @@ def create_app(server: ModelServer, poll_seconds: float = DEFAULT_POLL_SECONDS) 
                     await watcher
 
     routes = [Route("/v1/models/{rest:path}", models, methods=["GET", "POST"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app = Starlette(routes=routes, exception_handlers=json_errors(), lifespan=lifespan)
+    return Guard(app, access, csrf=False) if access is not None else app
 
 
 async def _watch(server: ModelServer, seconds: float) -> None:
@@ -334,5 +294,6 @@ def serve_in_thread(
     server: ModelServer, host: str = "127.0.0.1", poll_seconds: float = DEFAULT_POLL_SECONDS
 ) -> Iterator[str]:
     """Run `server` on a free local port in a background thread; yields its base URL."""
-    with app_in_thread(create_app(server, poll_seconds), host) as base:
+    access = Access(host, 0, require_token=False)
+    with app_in_thread(create_app(server, poll_seconds, access), host) as base:
         yield base

@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lensnet.simulate.presets import list_presets
 
         for name, description in list_presets():
-            print(f"{name:18s} {description}")
+            print(f"{name:26s} {description}")
         return 0
     if not args.dataset and not args.config:
         raise LensnetError("give --dataset NAME or --config FILE (see --list)")

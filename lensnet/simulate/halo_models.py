@@ -131,3 +131,51 @@ class WdmModel:
     def concentration_suppression(self, m: np.ndarray, m_hm: float) -> np.ndarray:
         scale, inner, power = WDM_CONCENTRATIONS[self.concentration]
         return (1.0 + scale * (m_hm / m) ** inner) ** power
+
+
+class HostDepth:
+    """Line-of-sight depths of subhaloes in an NFW host: |z| given R from rho_host(sqrt(R² + z²)), R² + z² < r200².
+
+    pyHalo gives every subhalo a 3D radius drawn from its host's NFW profile out to r200 (dangilman/pyHalo
+    492d543, Rendering/SpatialDistributions/nfw.py ProjectedNFW.draw: r3d drawn independently of the projected
+    radius); here the depth is drawn conditioned on the projected radius R, so r3d = sqrt(R² + z²) >= R always.
+    The host is M200c `m200` with concentration `c200`; the inverse CDFs are tabulated once on a grid of R
+    (physical kpc) and interpolated per halo (bilinear in R and the uniform u).
+    """
+
+    N_R = 33
+    N_U = 513
+    N_Z = 4097
+
+    def __init__(self, m200: float, c200: float, rho_crit: float, r_min: float, r_max: float) -> None:
+        """rho_crit in Msun/kpc³ at the host's redshift; [r_min, r_max] the projected radii (kpc) to tabulate."""
+        self.r200 = (3.0 * m200 / (4.0 * math.pi * 200.0 * rho_crit)) ** (1.0 / 3.0)
+        self.rs = self.r200 / c200
+        if not 0 < r_min <= r_max < self.r200:
+            raise LensnetError(f"substructure.radius: projected radii [{r_min:.3g}, {r_max:.3g}] kpc must lie inside "
+                               f"the host's r200 = {self.r200:.3g} kpc")
+        self._r = np.linspace(r_min, r_max, self.N_R)
+        self._u = np.linspace(0.0, 1.0, self.N_U)
+        s = np.linspace(0.0, 1.0, self.N_Z) ** 3  # dense near z = 0, where the density peaks
+        rows = []
+        for big_r in self._r:
+            z = s * math.sqrt(self.r200**2 - big_r**2)
+            x = np.sqrt(big_r**2 + z**2) / self.rs
+            rho = 1.0 / (x * (1.0 + x) ** 2)
+            cdf = np.concatenate([[0.0], np.cumsum(0.5 * (rho[1:] + rho[:-1]) * np.diff(z))])
+            rows.append(np.interp(self._u, cdf / cdf[-1], z))
+        self._z = np.stack(rows)
+
+    def depth(self, r_kpc: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """|z| (kpc) for projected radii r_kpc and uniforms u (same shapes)."""
+        step = self._r[1] - self._r[0] if self.N_R > 1 and self._r[-1] > self._r[0] else 1.0
+        t = np.clip((np.asarray(r_kpc) - self._r[0]) / step, 0.0, self.N_R - 1.000001)
+        i = t.astype(np.int64)
+        fi = t - i
+        k = np.clip(np.asarray(u) * (self.N_U - 1), 0.0, self.N_U - 1.000001)
+        j = k.astype(np.int64)
+        fj = k - j
+        z = self._z
+        lo = z[i, j] * (1.0 - fj) + z[i, j + 1] * fj
+        hi = z[i + 1, j] * (1.0 - fj) + z[i + 1, j + 1] * fj
+        return lo * (1.0 - fi) + hi * fi

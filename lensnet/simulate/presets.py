@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from lensnet.core.config import CONFIG_DIR, load_yaml, merge
 from lensnet.core.errors import LensnetError
+from lensnet.data.augment import GROUPS
 from lensnet.simulate.halo_models import HALO_MODEL_DEFAULTS
 from lensnet.simulate.priors import is_prior_spec
 
 if TYPE_CHECKING:
     from lensnet.simulate.scene_spec import SceneSpec
+    from lensnet.simulate.survey_population import SurveySpec
 
 PRESET_DIR = CONFIG_DIR / "datasets"
 
@@ -26,10 +28,14 @@ DATASET_DEFAULTS: dict = {
     "num": 3000,
     "splits": {"train": 0.8, "val": 0.1, "test": 0.1},
     "records_per_shard": 1000,
-    "kind": "substructure",  # substructure | lens_finding | super_resolution
+    "kind": "substructure",  # substructure | lens_finding | lens_finding_survey | super_resolution
+    # lens finding only: the share of lenses per split (None: classes alternate, balanced); survey-mode
+    # evaluation sets use e.g. 0.001 (lenses evenly spaced through each split)
+    "prevalence": None,
     "replica": None,  # a replica preset's name: its physics is fixed (see REPLICA_FREE)
     # the augmentation that keeps the data's symmetry (recorded in the manifest's config for trainers):
-    # d4 when lenses are randomly oriented, flips ({id, flip x, flip y, rot 180}) for a fixed macro model
+    # d4 when lenses are randomly oriented, flips ({id, flip x, flip y, rot 180}) for a fixed macro model,
+    # rot180 when the source shape is fixed too (DeepLense's e2 = +0.1 changes sign under a flip)
     "symmetry": "d4",
     "classes": ["no_sub", "cdm", "axion"],  # substructure: any of these; lens_finding: [lens, non_lens]
     "image": {"size": 64, "supersampling": 2, "flux_scale": 1.0},
@@ -113,7 +119,9 @@ DATASET_DEFAULTS: dict = {
         "placement": "area",  # area (uniform surface density) | radius (uniform in radius, as DeepLense)
         "subtract_from_macro": True,  # substructure (and vortex) mass is taken out of the smooth lens
         "concentration": {"model": "diemer19", "scatter_dex": 0.1},  # diemer19 | ludlow16 (colossus) | duffy08
-        "truncation": "tidal",  # tidal | tau = r_trunc / r_s
+        # roche (pyHalo's TRUNCATION_ROCHE at the 3D radius) | tidal (Jacobi, 3D) | tidal_projected (the former
+        # rule, at the projected radius) | tau = r_trunc / r_s
+        "truncation": "roche",
     },
     "wdm": {  # the wdm class: the cdm population thinned by a half-mode mass (lensnet/simulate/halo_models.py)
         "log10_m_hm": {"uniform": [6.0, 10.0]},  # log10 half-mode mass, Msun, within [4, 12]
@@ -155,6 +163,55 @@ DATASET_DEFAULTS: dict = {
         },
         "field_galaxies": {"mean": 0.4, "max_count": 3, "separation": {"uniform": [2.5, 6.0]}},
     },
+    # kind lens_finding_survey (lensnet/simulate/survey_population.py; the presets cite every relation)
+    "survey_population": {
+        "snr_band": "r",
+        "deflector": {
+            "z": {"truncated_normal": [0.5, 0.2, 0.15, 1.0]},
+            "vdf": {"sigma_star": 161.0, "alpha": 2.32, "beta": 2.67, "weight_power": 4.0,
+                    "sigma_min": 180.0, "sigma_max": 400.0},
+            "mag_scatter": 0.5,
+            "size_scatter_dex": 0.11,
+            "k_correction_per_z": 1.1,
+            "axis_ratio": {"truncated_normal": [0.75, 0.15, 0.4, 1.0]},
+            "n_sersic": {"uniform": [3.0, 5.0]},
+            "mass_light_misalignment_deg": 10.0,
+            "shear": {"truncated_normal": [0.0, 0.04, -0.15, 0.15]},
+            "center": {"uniform": [-0.1, 0.1]},
+            "colors": {},  # band -> [intercept, slope, scatter] of m_band - m_r against z
+        },
+        "source": {
+            "z": {"truncated_normal": [2.0, 0.7, 0.7, 4.0]},
+            "luminosity_function": {"M_star": -21.0, "alpha": -1.3, "M_bright": -23.0, "M_faint": -18.0},
+            "size": {"R0_kpc": 1.5, "slope": 0.27, "z_power": -1.0, "scatter_dex": 0.2},
+            "n_sersic": {"truncated_normal": [1.0, 0.5, 0.5, 3.0]},
+            "axis_ratio": {"uniform": [0.3, 1.0]},
+            "clumps": {"probability": 0.5, "max_count": 4, "flux_fraction": {"uniform": [0.1, 0.3]},
+                       "size_fraction": 0.2},
+            "position_radius": 1.0,
+            "colors": {},
+        },
+        "selection": {"min_arc_snr": 8.0, "min_magnification": 2.0, "max_tries": 10},
+        "field_galaxies": {"mean": 0.5, "max_count": 3, "separation": [2.5, 6.0],
+                           "z": {"uniform": [0.3, 2.0]}},
+        "impostors": {
+            "shares": {"elliptical": 0.2, "spiral": 0.15, "ring": 0.1, "merger": 0.1, "edge_on": 0.1,
+                       "group": 0.1, "blue_neighbours": 0.15, "star": 0.1},
+            "disc_colors": {},
+            "spiral": {"bulge_fraction": [0.1, 0.4], "disc_R_e": [0.8, 2.5], "bulge_R_e": [0.2, 0.5],
+                       "axis_ratio": [0.4, 1.0], "pitch_deg": [10.0, 30.0], "arms": [2, 3],
+                       "arm_contrast": [0.5, 0.9]},
+            "ring": {"radius": [0.8, 2.5], "width": [0.1, 0.3], "axis_ratio": [0.6, 1.0], "modulation": [0.0, 0.8],
+                     "fainter_by": [1.0, 3.0], "blue_fraction": 0.7},
+            "merger": {"separation": [0.8, 2.5], "max_features": 3, "radius": [1.0, 3.0], "width": [0.1, 0.3],
+                       "opening_deg": [30.0, 120.0], "fainter_by": [1.5, 3.5]},
+            "edge_on": {"separation": [0.8, 3.0], "R_e": [0.4, 1.2], "axis_ratio": [0.08, 0.2],
+                        "fainter_by": [1.0, 3.5]},
+            "group": {"separation": [1.5, 4.5], "max_members": 3},
+            "blue_neighbours": {"separation": [0.8, 3.0], "max_count": 3, "z": {"uniform": [0.3, 1.2]}},
+            "star": {"separation": [0.5, 4.0], "max_count": 2, "magnitude": [18.0, 24.0], "colors": {}},
+        },
+    },
     "super_resolution": {
         "factor": 2,
         "population": "no_sub",  # no_sub | cdm | axion
@@ -163,8 +220,10 @@ DATASET_DEFAULTS: dict = {
     },
 }
 
-SYMMETRIES = ("d4", "flips", "none")
-OPEN_KEYS = ("source.colors", "lens_light.colors", "instrument.pinned")  # pinned: band -> settings
+SYMMETRIES = (*GROUPS, "none")  # lensnet.data.augment's groups
+OPEN_KEYS = ("source.colors", "lens_light.colors", "instrument.pinned",  # pinned: band -> settings
+             "survey_population.deflector.colors", "survey_population.source.colors",
+             "survey_population.impostors.disc_colors", "survey_population.impostors.star.colors")
 
 
 def list_presets() -> list[tuple[str, str]]:
@@ -235,7 +294,8 @@ REPLICA_FREE = ("name", "description", "num", "splits", "records_per_shard", "cl
                 "noise.enabled", "noise.poisson", "noise.background")
 
 
-def resolve_dataset(preset_or_path: str | None, overrides: dict | None = None) -> tuple[dict, SceneSpec]:
+def resolve_dataset(preset_or_path: str | None, overrides: dict | None = None
+                    ) -> tuple[dict, SceneSpec | SurveySpec]:
     """Preset name or YAML path (None: the defaults) + overrides -> (fully resolved config, its parsed scene).
 
     The scene is parsed here once; the simulator and its worker processes receive it (see SimulationSource).
@@ -293,7 +353,7 @@ def _check_int(value: Any, field: str, minimum: int) -> None:
         raise LensnetError(f"{field}: expected an integer >= {minimum}, got {value!r}")
 
 
-def validate(config: dict) -> SceneSpec:
+def validate(config: dict) -> SceneSpec | SurveySpec:
     """The parsed scene, or a LensnetError naming the first bad field (the scene parser checks the physics)."""
     from lensnet.simulate.scene_spec import parse_scene
 
@@ -316,4 +376,14 @@ def validate(config: dict) -> SceneSpec:
     if splits["train"] <= 0:
         raise LensnetError("splits.train: must be > 0")
     check_replica(config)  # first: a replica's refusal says more than the physics error it would cause
+    prevalence = config["prevalence"]
+    if prevalence is not None:
+        if config["kind"] not in ("lens_finding", "lens_finding_survey"):
+            raise LensnetError("prevalence: applies to lens-finding datasets only (give null)")
+        if isinstance(prevalence, bool) or not isinstance(prevalence, (int, float)) or not 0 < prevalence < 1:
+            raise LensnetError(f"prevalence: expected a share of lenses in (0, 1) or null, got {prevalence!r}")
+    if config["kind"] == "lens_finding_survey":
+        from lensnet.simulate.survey_population import parse_survey
+
+        return parse_survey(config)
     return parse_scene(config)

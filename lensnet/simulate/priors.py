@@ -198,3 +198,26 @@ def inverse_cdf(prior: Prior, u: np.ndarray) -> np.ndarray:
     mu, sigma, t_lo, t_hi = a
     c_lo, c_hi = ndtr((t_lo - mu) / sigma), ndtr((t_hi - mu) / sigma)
     return np.clip(mu + sigma * ndtri(c_lo + (c_hi - c_lo) * u), t_lo, t_hi)
+
+
+def log_density(prior: Prior, x: np.ndarray) -> np.ndarray:
+    """log p(x) of one non-constant prior, -inf outside its support (importance weights of population
+    inference divide by it: lensnet.studies.population)."""
+    x = np.asarray(x, dtype=np.float64)
+    a = prior.args
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if prior.kind == "uniform":
+            out = np.full(x.shape, -math.log(a[1] - a[0]))
+            lo, hi = a
+        elif prior.kind in ("log_uniform", "log10_uniform"):
+            lo, hi = prior.support()
+            out = -np.log(x) - math.log(math.log(hi / lo))  # p(x) = 1 / (x ln(hi / lo))
+        elif prior.kind == "normal":
+            return -0.5 * ((x - a[0]) / a[1]) ** 2 - math.log(a[1] * math.sqrt(2 * math.pi))
+        elif prior.kind == "truncated_normal":
+            mu, sigma, lo, hi = a
+            mass = ndtr((hi - mu) / sigma) - ndtr((lo - mu) / sigma)
+            out = -0.5 * ((x - mu) / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi) * mass)
+        else:
+            raise LensnetError(f"a constant prior ({a[0]:g}) has no density")
+        return np.where((x >= lo) & (x <= hi), out, -np.inf)

@@ -278,7 +278,7 @@ def parse_scene(config: dict) -> SceneSpec:
     """Validate the physics sections of a resolved config (errors name the field) and return the scene."""
     kind = config["kind"]
     if kind not in KINDS:
-        raise LensnetError(f"kind: unknown kind '{kind}'; choose one of {', '.join(KINDS)}")
+        raise LensnetError(f"kind: unknown kind '{kind}'; choose one of {', '.join(KINDS)}, lens_finding_survey")
     classes = config["classes"]
     if kind == "substructure":
         if not isinstance(classes, list) or not classes or len(set(classes)) != len(classes):

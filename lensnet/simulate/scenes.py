@@ -21,22 +21,29 @@ stored image (DeepLense Models II/III save `image_model + image_model`).
 Where the parts live: lensnet.simulate.scene_spec (the config sections validated into a SceneSpec),
 lensnet.simulate.rendering (lenstronomy ImageModels, Sersic light), lensnet.simulate.simulator (the base
 class: magnitudes and noise), lensnet.simulate.substructure_scenes (no_sub/cdm/wdm/axion and
-super-resolution pairs), lensnet.simulate.lens_finding_scenes (lenses vs confusers).
+super-resolution pairs), lensnet.simulate.lens_finding_scenes (lenses vs confusers); kind lens_finding_survey:
+lensnet.simulate.survey_population (its own spec and simulator).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from lensnet.simulate.lens_finding_scenes import LensFindingSimulator
-from lensnet.simulate.scene_spec import SceneSpec, parse_scene
+from lensnet.simulate.scene_spec import parse_scene
 from lensnet.simulate.simulator import Simulator
 from lensnet.simulate.substructure_scenes import SubstructureSimulator, SuperResolutionSimulator
 
 
-def build_simulator(config: dict, spec: SceneSpec | None = None) -> Simulator:
+def build_simulator(config: dict, spec: Any = None) -> Simulator:
     """Simulator for a config as returned by lensnet.simulate.presets.resolve_dataset_config.
 
     `spec` is the config's scene as the resolver parsed it (lensnet.simulate.presets.resolve_dataset); without it
     the config is parsed here."""
+    if config["kind"] == "lens_finding_survey":
+        from lensnet.simulate.survey_population import SurveyLensFindingSimulator
+
+        return SurveyLensFindingSimulator(config, spec)
     if spec is None:
         spec = parse_scene(config)
     if spec.kind == "substructure":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,7 +31,9 @@ class SimulationSource:
         self.spec = simulator.spec  # parsed once: workers rebuild their simulator from it, not from the config
         self.seed = int(seed)
         self.class_names = list(simulator.class_names)
-        self.schema = Schema.standard(simulator.image_shapes, simulator.param_names)
+        self.schema = Schema.standard(simulator.image_shapes, simulator.param_names,
+                                      getattr(simulator, "text_fields", ()))
+        self.prevalence = config.get("prevalence")
         self.class_specific_params = set(getattr(simulator, "class_specific_params", ()))
         self._simulator = simulator
 
@@ -46,10 +49,24 @@ class SimulationSource:
             self._simulator = build_simulator(self.config, self.spec)
 
     def label_of(self, plan: ShardPlan, index: int) -> int:
-        """Classes cycle within each split, so every split is balanced."""
+        """Classes cycle within each split, so every split is balanced; with a prevalence p (lens finding)
+        record i of a split is a lens (class 0) when floor((i + 1) p) > floor(i p): lenses evenly spaced."""
         if not self.class_names:
             return -1
-        return (index - plan.split_start) % len(self.class_names)
+        i = index - plan.split_start
+        if self.prevalence is not None:
+            p = float(self.prevalence)
+            return 0 if math.floor((i + 1) * p) > math.floor(i * p) else 1
+        return i % len(self.class_names)
+
+    def population_summary(self, params: dict, labels: np.ndarray) -> dict | None:
+        """The simulator's own summary of the drawn population for the manifest (None when it has none)."""
+        summarise = getattr(self._simulator or self._build(), "summarise", None)
+        return summarise(params, labels) if summarise else None
+
+    def _build(self) -> object:
+        self.setup()
+        return self._simulator
 
     def records(self, plan: ShardPlan, start: int, stop: int) -> RecordBatch:
         simulator = self._simulator

@@ -40,7 +40,8 @@ class SubstructureSimulator(Simulator):
         self.mass_factor = factor
         self._sigma_crit = float(lens_cosmo.sigma_crit_angle)
         halo_model = spec.halo_model
-        self._cdm = (SubhaloPopulation(spec.subhalos, lens_cosmo, spec.z_lens, h, factor, spec.Om0, halo_model)
+        self._cdm = (SubhaloPopulation(spec.subhalos, lens_cosmo, spec.z_lens, h, factor, spec.Om0, halo_model,
+                                       spec.lens["theta_E"].support(), spec.deflection_scale)
                      if spec.subhalos else None)
         self._axion = AxionVortex(spec.axion, lens_cosmo, factor) if spec.axion else None
         self._wdm = spec.wdm

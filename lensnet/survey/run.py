@@ -3,7 +3,8 @@
     RESULTS/
       pipeline.json        inputs, settings, stages (each export's card and version), methods, counts, status
       candidates.csv       one row per candidate (columns: `CANDIDATE_COLUMNS`, then each stage's, then files)
-      thumbs/ID.png        the candidate's cutout; overlays/ID.METHOD.png its saliency over it
+      thumbs/ID.png        the candidate's colour composite, north up; overlays/ID.METHOD.png its saliency over it
+      cutouts/ID.npy       its raw pixels (H, W, C) float32; cutouts/ID.json its bands and WCS orientation
       maps/ID.METHOD.npy   the saliency map (H, W) float32 in [0, 1]
       parts/               one CSV + one JSON per finished unit (a file, or a batch of a dataset)
 
@@ -26,8 +27,8 @@ import numpy as np
 
 from lensnet.core.errors import LensnetError
 from lensnet.core.fileio import atomic_open, write_json, write_text
-from lensnet.survey.layout import CANDIDATES, PARTS, PIPELINE_JSON
-from lensnet.survey.merge import nms
+from lensnet.survey.layout import CANDIDATES, CUTOUTS, PARTS, PIPELINE_JSON
+from lensnet.survey.merge import merge_by_peak, nms, tile_peaks
 from lensnet.survey.stages import Stage, detection_scores
 from lensnet.survey.tiles import TileSet, read_tiles
 
@@ -43,7 +44,8 @@ class Settings:
     threshold: float = 0.5
     top_k: int | None = None
     overlap: int = 0
-    iou: float = 0.0
+    iou: float | None = None  # box NMS at this IoU instead of merging by peak position
+    merge_radius: float = 8.0  # px: detections whose tiles' brightest spots are this close are one
     fill_nonfinite: str = "median"
     max_blank: float = 0.5
     methods: list[str] = field(default_factory=lambda: ["integrated_gradients", "gradcam"])
@@ -136,6 +138,7 @@ class Pipeline:
         self.prepare(restart)
         expected = self.finder.exported.input_shape
         totals = {"inputs": len(items), "tiles": 0, "candidates": 0, "resumed_units": 0, "notes": []}
+        scored: list = []  # [finder score, truth 0/1] of every tile whose truth is known
         with Progress(len(items), "pipeline", "input", enabled=self.progress) as bar:
             for i, (kind, path) in enumerate(items):
                 for j, tiles in enumerate(read_tiles(kind, path, expected, self.options, self.settings.overlap,
@@ -148,11 +151,18 @@ class Pipeline:
                         done = self.unit(f"c{i:05d}_{j:04d}", tiles, marker)
                     totals["tiles"] += done["tiles"]
                     totals["candidates"] += done["candidates"]
+                    scored += done.get("scored", [])
                     totals["notes"] += done.get("notes", [])
                 bar.update(1)
         rows = self.collect()
         totals["candidates"] = len(rows)
         totals["skipped"] = list(self.options.skipped)
+        if scored:
+            from lensnet.tasks.survey_metrics import survey_scores
+
+            values = np.asarray(scored, dtype=np.float64)
+            totals["survey"] = survey_scores(values[:, 1], values[:, 0])
+            totals["survey"]["scope"] = "every tile with a known truth, scored by the finder before --threshold"
         from lensnet.core.runinfo import package_versions
 
         write_json(self.out / PIPELINE_JSON, {**self.header(), "status": "done", "totals": totals,
@@ -189,12 +199,25 @@ class Pipeline:
             scores = detection_scores(self.finder, self._batched(self.finder, tiles.images))
             keep = np.flatnonzero(scores >= self.settings.threshold)
             if tiles.full_image is not None and keep.size > 1:  # overlapping tiles of one image: one detection
-                keep = keep[nms(tiles.boxes[keep], scores[keep], self.settings.iou)]
+                if self.settings.iou is not None:
+                    keep = keep[nms(tiles.boxes[keep], scores[keep], self.settings.iou)]
+                else:
+                    peaks = tile_peaks(tiles.images[keep], tiles.boxes[keep])
+                    kept = merge_by_peak(peaks, scores[keep], self.settings.merge_radius)
+                    keep = keep[kept]
+                    # The best tile of an object may see it at its edge: cut it again around the object (twice:
+                    # the second cut sees all of it) and score that too (the score is the better of the two).
+                    fill = self.settings.fill_nonfinite
+                    tiles.recentre(keep, peaks[kept], fill)
+                    tiles.recentre(keep, tile_peaks(tiles.images[keep], tiles.boxes[keep]), fill)
+                    again = detection_scores(self.finder, self._batched(self.finder, tiles.images[keep]))
+                    scores[keep] = np.maximum(scores[keep], again)
             keep = keep[np.argsort(-scores[keep], kind="stable")]
             if self.settings.top_k is not None:
                 keep = keep[: self.settings.top_k]
             keep = np.sort(keep)
         rows = [self._row(prefix, tiles, int(t), float(scores[t])) for t in keep]
+        scored = self._truths(tiles, scores) if n and (self.labels or self.truth_classes) else []
         if keep.size:
             images = tiles.images[keep]
             sources = [tiles.sources[t] for t in keep]
@@ -210,15 +233,28 @@ class Pipeline:
                 for row, source, truth in zip(rows, sources, truths):
                     given = self.labels.get(source, self.labels.get(tiles.unit, ""))
                     row.append(given if given or not truth else str(int(truth == self.positive)))
-            self._files(rows, images)
+            self._files(rows, images, tiles)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(self.columns)
         writer.writerows(rows)
         write_text(marker.with_suffix(".csv"), buffer.getvalue())
         done = {"tiles": n, "candidates": len(rows), "notes": tiles.notes}
+        if scored:
+            done["scored"] = scored
         write_json(marker, done)  # last: the unit is finished only once its marker exists
         return done
+
+    def _truths(self, tiles: TileSet, scores: np.ndarray) -> list[list[float]]:
+        """[score, 1 lens / 0 not] of every tile of the unit whose truth is known (survey metrics)."""
+        out = []
+        for t, source in enumerate(tiles.sources):
+            given = self.labels.get(source, self.labels.get(tiles.unit, ""))
+            truth = tiles.class_names[t] if tiles.class_names else ""
+            label = given if given else (str(int(truth == self.positive)) if truth else "")
+            if label in ("0", "1"):
+                out.append([float(scores[t]), float(label)])
+        return out
 
     def _row(self, prefix: str, tiles: TileSet, t: int, score: float) -> list:
         box = tiles.boxes[t]
@@ -226,19 +262,27 @@ class Pipeline:
         return [f"{prefix}_{t:05d}", tiles.sources[t], tiles.unit, *map(int, box), _degrees(ra), _degrees(dec),
                 format(score, ".6g")]
 
-    def _files(self, rows: list[list], images: np.ndarray) -> None:
-        from lensnet.survey.pngs import display, overlay, upscale_for, write_png
+    def _files(self, rows: list[list], images: np.ndarray, tiles: TileSet) -> None:
+        """Per candidate: its raw pixels (cutouts/ID.npy, array orientation) and what the dashboard needs to
+        draw them (cutouts/ID.json: bands, the WCS's arcsec-per-pixel matrix); the thumbnail (a Lupton colour
+        composite) and overlays drawn north up, east left when the WCS says where north is."""
+        from lensnet.survey.pngs import lupton_rgb, north_up, overlay, upscale_for, write_png
 
         scale = upscale_for(images.shape[1])
         maps = self.explainer.explain(images) if self.explainer else {}
+        cd = tiles.cd
         for index, row in enumerate(rows):
             cid = row[0]
+            with atomic_open(self.out / CUTOUTS / f"{cid}.npy", "wb") as handle:
+                np.save(handle, images[index].astype(np.float32), allow_pickle=False)
+            write_json(self.out / CUTOUTS / f"{cid}.json", {
+                "bands": tiles.bands, "cd_arcsec": None if cd is None else np.asarray(cd).tolist()})
             thumb = f"thumbs/{cid}.png"
-            write_png(self.out / thumb, display(images[index]), scale)
+            write_png(self.out / thumb, north_up(lupton_rgb(images[index]), cd), scale)
             row.append(thumb)
             for method, values in maps.items():
                 png, npy = f"overlays/{cid}.{method}.png", f"maps/{cid}.{method}.npy"
-                write_png(self.out / png, overlay(images[index], values[index]), scale)
+                write_png(self.out / png, north_up(overlay(images[index], values[index]), cd), scale)
                 with atomic_open(self.out / npy, "wb") as handle:
                     np.save(handle, values[index].astype(np.float32), allow_pickle=False)
                 row += [png, npy]
@@ -253,3 +297,7 @@ def report(totals: dict, out: Path) -> None:
     resumed = f", {totals['resumed_units']} unit(s) resumed from an earlier run" if totals["resumed_units"] else ""
     print(f"searched {totals['tiles']} tiles in {totals['inputs']} input(s): {totals['candidates']} candidates "
           f"in {out / CANDIDATES}{resumed}{skipped}", file=sys.stderr)
+    if "survey" in totals:
+        from lensnet.tasks.survey_metrics import format_survey
+
+        print("\n".join(format_survey(totals["survey"])), file=sys.stderr)

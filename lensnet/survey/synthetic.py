@@ -76,25 +76,28 @@ def write_survey_fits(path: str | Path, image: np.ndarray, header: Any) -> Path:
     return Path(path)
 
 
-def peak_finder_run(run_dir: str | Path, size: int = 32, level: float = 6.0, sharpness: float = 2.0) -> Path:
-    """A run directory (as lensnet.fit leaves it) of the peak finder, ready for lensnet.export."""
+def peak_finder_run(run_dir: str | Path, size: int = 32, level: float = 6.0, sharpness: float = 2.0,
+                    channels: int = 1) -> Path:
+    """A run directory (as lensnet.fit leaves it) of the peak finder, ready for lensnet.export. With several
+    channels the score is the sigmoid of the mean of the channels' peaks."""
     import keras
 
     from lensnet.artifacts.outputs import OutputSpec
     from lensnet.artifacts.runs import RunInfo, write_run
 
-    inputs = keras.Input((size, size, 1), name="images")
+    inputs = keras.Input((size, size, channels), name="images")
     peak = keras.layers.GlobalMaxPooling2D(name="peak")(inputs)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="head")(peak)
     model = keras.Model(inputs, outputs, name="peak_finder")
-    model.get_layer("head").set_weights([np.array([[sharpness]], "float32"), np.array([-sharpness * level], "float32")])
+    weights = np.full((channels, 1), sharpness / channels, "float32")
+    model.get_layer("head").set_weights([weights, np.array([-sharpness * level], "float32")])
     run_dir = Path(run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     model.save(run_dir / "checkpoints" / "best.keras")
     spec = OutputSpec("probabilities", "probabilities", columns=("p_lens",), class_names=("non_lens", "lens"),
                       positive_class="lens")
     write_run(run_dir, RunInfo(
-        task="lens_finding", model="peak_finder", input_shape=[size, size, 1], normalisation={"method": "none"},
+        task="lens_finding", model="peak_finder", input_shape=[size, size, channels], normalisation={"method": "none"},
         dataset={"path": "synthetic", "name": "peak-finder", "checksum": "0" * 64}, seed=0, status="finished",
         epochs_done=0, best_epoch=0, output=spec.to_json(),
     ))

@@ -40,6 +40,24 @@ class TileSet:
     full_image: np.ndarray | None = None  # a survey image (H, W, C), for thumbnails with context
     class_names: list[str] | None = None  # the true class of each tile (dataset records)
     notes: list[str] = field(default_factory=list)
+    cd: np.ndarray | None = None  # (2, 2) arcsec per pixel: (x, y) offsets -> (east, north), from the WCS
+    bands: list[str] | None = None  # the planes' band names (FITS keyword BANDS, e.g. "g,r,i")
+    header: Any = None  # the survey image's FITS header (its WCS), for tiles cut again
+
+    def recentre(self, index: np.ndarray, peaks: np.ndarray, fill: str) -> None:
+        """Cut tiles `index` of a survey image again centred on `peaks` (x, y) (kept inside the image), so a
+        candidate shows its object in the middle, with their sources, boxes and sky positions."""
+        h, w = self.images.shape[1:3]
+        height, width = self.full_image.shape[:2]
+        x0 = np.clip(np.rint(peaks[:, 0] - (w - 1) / 2), 0, width - w).astype(np.int64)
+        y0 = np.clip(np.rint(peaks[:, 1] - (h - 1) / 2), 0, height - h).astype(np.int64)
+        boxes = np.stack([x0, y0, x0 + w, y0 + h], axis=1)
+        cut = np.stack([self.full_image[b[1]:b[3], b[0]:b[2]] for b in boxes]).astype(np.float32)
+        self.images[index] = fill_nonfinite(cut, fill, self.unit)
+        self.boxes[index] = boxes
+        self.radec[index] = sky_positions(self.header, boxes)
+        for i, b in zip(index, boxes):
+            self.sources[i] = f"{self.unit}[x={b[0]},y={b[1]}]"
 
 
 def tile_origins(length: int, size: int, overlap: int) -> list[int]:
@@ -97,6 +115,32 @@ def sky_positions(header: Any, boxes: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(ra, float), np.asarray(dec, float)], axis=1)
 
 
+def local_cd(header: Any) -> np.ndarray | None:
+    """The WCS's linear part at the reference pixel in arcsec per pixel ((x, y) offsets -> (east, north)), or
+    None without a celestial WCS: enough to draw a cutout north up, east left with a scale bar."""
+    if header is None:
+        return None
+    import warnings
+
+    from astropy.wcs import WCS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            wcs = WCS(header).celestial
+        except Exception:  # noqa: BLE001  (a malformed WCS is no orientation, not a failure)
+            return None
+        if not wcs.has_celestial:
+            return None
+        matrix = wcs.pixel_scale_matrix * 3600.0
+    return matrix if np.all(np.isfinite(matrix)) and abs(np.linalg.det(matrix)) > 0 else None
+
+
+def band_names(header: Any) -> list[str] | None:
+    value = header.get("BANDS") if header is not None else None
+    return [b.strip() for b in str(value).split(",")] if value else None
+
+
 def box_centres(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """0-based pixel coordinates of the boxes' centres (pixel i covers i-0.5 .. i+0.5, astropy's convention)."""
     boxes = np.asarray(boxes, float)
@@ -147,7 +191,7 @@ def read_tiles(
         boxes = np.tile(np.array([[0, 0, w, h]]), (len(images), 1))
         header = _header_of(kind, path, options) if len(images) == 1 else None
         yield TileSet(f"{path}#{n}", chunk.sources, images, boxes, sky_positions(header, boxes),
-                      class_names=chunk.class_names)
+                      class_names=chunk.class_names, cd=local_cd(header), bands=band_names(header))
 
 
 def _header_of(kind: str, path: Path, options: InputOptions) -> Any:
@@ -199,4 +243,4 @@ def _cut(source: str, image: np.ndarray, header: Any, expected: tuple[int, int, 
     images = fill_nonfinite(np.stack(tiles) if tiles else np.zeros((0, *expected), np.float32), fill, source)
     sources = [f"{source}[x={b[0]},y={b[1]}]" for b in boxes_arr]
     return TileSet(source, sources, images.astype(np.float32), boxes_arr, sky_positions(header, boxes_arr),
-                   full_image=image, notes=notes)
+                   full_image=image, notes=notes, cd=local_cd(header), bands=band_names(header), header=header)

@@ -85,6 +85,7 @@ class Task:
     monitor_mode: ClassVar[str]  # max | min
     Config: ClassVar[type] = NoOptions  # the task's config section: a dataclass, defaults included
     fields: tuple[str, ...] = ("image",)
+    score_fields: tuple[str, ...] = ()  # per-record fields scoring reads beside `fields` (see record_fields)
     model_kind: ClassVar[str] = "backbone"  # the registry kind `build` needs (lensnet.models.registry.MODEL_KINDS)
 
     def __init__(self, config: Any = None, train_config: dict | None = None) -> None:
@@ -159,6 +160,14 @@ class Task:
     def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict:
         """Test metrics as plain floats/lists (JSON-able), never a silent NaN."""
         raise NotImplementedError
+
+    def record_fields(self, batch: dict) -> dict[str, np.ndarray]:
+        """NumPy: the `score_fields` of a batch of records that `score_records` breaks metrics down by."""
+        return {name: np.asarray(batch[name]) for name in self.score_fields if name in batch}
+
+    def score_records(self, y_true: np.ndarray, y_pred: np.ndarray, records: dict[str, np.ndarray]) -> dict:
+        """`score`, with the split's per-record fields (`record_fields`, concatenated) at hand."""
+        return self.score(y_true, y_pred)
 
     def plot(self, y_true: np.ndarray, y_pred: np.ndarray, out_dir: Path) -> dict[str, Path]:
         """Write this task's PNG plots; return {name: path}."""

@@ -13,22 +13,40 @@ from lensnet.core.errors import LensnetError
 from lensnet.tasks import plots, scores
 from lensnet.tasks.base import BackboneFactory, BatchContext, pooled_network, register_task
 from lensnet.tasks.classification import ClassificationTask
+from lensnet.tasks.survey_metrics import SURVEY_FIELDS, headline, survey_scores
 
 
 @dataclass
 class LensFindingConfig:
     positive_class: str | None = None  # which class is "positive"; None = "lens" when the dataset has it
+    # survey metrics (lensnet.tasks.survey_metrics): purity is stated at this prevalence (Euclid Q1: 1:1000)
+    survey_prevalence: float = 0.001
+    bootstrap: int = 200  # bootstrap replicates of every survey figure's interval (0: no intervals)
 
 
 @register_task
 class LensFinding(ClassificationTask):
     name = "lens_finding"
-    description = "binary lens / non-lens; ROC AUC, PR AUC, accuracy, TPR at 0 and 10 false positives"
+    description = ("binary lens / non-lens; ROC AUC, PR AUC, TPR at 0 and 10 false positives, survey metrics "
+                   "(TPR at FPR 1e-3/1e-4, purity at a prevalence, per-bin recall) with bootstrap intervals")
     monitor = "roc_auc"
     monitor_mode = "max"
     Config = LensFindingConfig
 
+    def check_config(self) -> None:
+        p = self.config.survey_prevalence
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
+            raise LensnetError(f"task.survey_prevalence: expected a share of lenses in (0, 1), got {p!r}")
+        b = self.config.bootstrap
+        if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+            raise LensnetError(f"task.bootstrap: expected an integer >= 0, got {b!r}")
+
     def setup(self, info: Any, state: dict | None = None) -> None:
+        # per-record fields the survey metrics break recall and false positives down by, when stored
+        schema = getattr(info, "schema", None)
+        self.score_fields = tuple(name for name in SURVEY_FIELDS if schema is not None and name in schema)
+        population = (getattr(info, "manifest", None) or {}).get("population") or {}
+        self.subtype_names = list(population.get("non_lens_subtypes") or [])
         if len(info.class_names) != 2:
             raise LensnetError(f"task lens_finding needs exactly 2 classes; {info.path} has "
                                f"{', '.join(info.class_names) or 'none'}")
@@ -84,7 +102,16 @@ class LensFinding(ClassificationTask):
 
 
     def score(self, y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-        return scores.binary_scores(y_true, np.asarray(y_pred)[:, 0])
+        return self.score_records(y_true, y_pred, {})
+
+    def score_records(self, y_true: np.ndarray, y_pred: np.ndarray, records: dict[str, np.ndarray]) -> dict:
+        p = np.asarray(y_pred)[:, 0]
+        out = scores.binary_scores(y_true, p)
+        survey = survey_scores(y_true, p, records=records, subtype_names=getattr(self, "subtype_names", None),
+                               prevalence=float(self.config.survey_prevalence), n_boot=int(self.config.bootstrap))
+        out.update(headline(survey))
+        out["survey"] = survey
+        return out
 
     def plot(self, y_true: np.ndarray, y_pred: np.ndarray, out_dir: Path) -> dict[str, Path]:
         p = np.asarray(y_pred)[:, 0]

@@ -41,7 +41,7 @@ class PretrainConfig:
     decoder_depth: int = 2  # mae: decoder transformer blocks
     decoder_heads: int = 4  # mae
     norm_pix_loss: bool = False  # mae: regress per-patch normalised pixels
-    symmetry: str | None = "auto"  # view symmetry: auto (= data.augment, the dataset's symmetry) | d4 | flips | none
+    symmetry: str | None = "auto"  # view symmetry: auto (= data.augment) | d4 | flips | rot180 | none
     view_shift: int = 2  # max integer shift of a view, pixels
     # Off by default: blur and re-drawn noise wash out the few-pixel perturbations substructure makes.
     # Measured on the Model II replica (README, label efficiency): SimCLR with blur 1 px + noise 0.1 made

@@ -15,21 +15,12 @@ def tpr_at_false_positives(y_true: np.ndarray, score: np.ndarray, max_fp: int) -
     """Highest true-positive rate reachable with at most `max_fp` false positives.
 
     The lens-finding challenge figures TPR0 and TPR10 (Metcalf et al. 2019): the
-    threshold slides down the scores until the (max_fp + 1)-th non-lens passes it.
+    threshold slides down the scores until the (max_fp + 1)-th non-lens passes it
+    (ties pass together; lensnet.tasks.survey_metrics holds the one implementation).
     """
-    y_true = np.asarray(y_true).astype(bool)
-    positives = int(y_true.sum())
-    if positives == 0:
-        return None
-    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
-    s, t = np.asarray(score)[order], y_true[order]
-    fp = np.cumsum(~t)
-    tp = np.cumsum(t)
-    # only thresholds between distinct scores can be chosen: ties pass together
-    last_of_tie = np.r_[s[1:] != s[:-1], True]
-    allowed = last_of_tie & (fp <= max_fp)
-    best = int(tp[allowed].max()) if allowed.any() else 0
-    return best / positives
+    from lensnet.tasks.survey_metrics import roc_curve, tpr_at_fp_count
+
+    return tpr_at_fp_count(roc_curve(y_true, score), max_fp)[0]
 
 
 def binary_scores(y_true: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict:

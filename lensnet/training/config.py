@@ -21,8 +21,9 @@ FIT_DEFAULTS: dict[str, Any] = {
         "test_split": "test",
         "batch_size": 64,
         "normalise": "standard",  # standard | minmax | dataset | none
-        # auto: the symmetry the dataset's manifest records (flips for a fixed macro model such as the
-        # DeepLense replicas, d4 for randomly oriented lenses; d4 when it records none) | d4 | flips | none
+        # auto: the symmetry the dataset's manifest records (rot180 for the DeepLense replicas' fixed lens and
+        # source, flips for a fixed lens alone, d4 for randomly oriented lenses; d4 when it records none)
+        # | d4 | flips | rot180 | none
         "augment": "auto",
         "shuffle_buffer": None,
         "cache": "auto",  # true | false | auto (cache splits smaller than cache_limit_mb)
@@ -31,6 +32,12 @@ FIT_DEFAULTS: dict[str, Any] = {
         # record ids (nested: for one subset_seed, the 1% subset is inside the 10% one)
         "train_fraction": 1.0,
         "subset_seed": 0,
+        # records: read the training split | simulate: fresh records from the dataset's own simulator, streamed
+        # from simulate_workers processes (lensnet/simulate/stream.py); stream_start: the first record index
+        # (null = the dataset's record count: no streamed record is one of the dataset's own)
+        "source": "records",
+        "simulate_workers": 2,
+        "stream_start": None,
     },
     "model": {
         "name": "cnn_small",
@@ -163,7 +170,14 @@ def validate(config: dict) -> None:
         raise LensnetError(f"data.train_fraction must be in (0, 1], got {fraction!r}")
     if train["steps_per_epoch"] is not None:
         positive(train, "steps_per_epoch", "train")
+    data.setdefault("source", "records")  # absent from the config.yaml of runs made before it existed
+    data.setdefault("simulate_workers", 2)
+    data.setdefault("stream_start", None)
+    positive(data, "simulate_workers", "data")
+    if data["stream_start"] is not None:
+        positive(data, "stream_start", "data", allow_zero=True)
     choices = {
+        ("data", "source"): ("records", "simulate"),
         ("train", "optimizer"): ("adamw", "adam", "lamb", "sgd"),
         ("train", "schedule"): ("cosine", "constant", "plateau"),
         ("data", "normalise"): ("standard", "minmax", "dataset", "none"),

@@ -110,6 +110,8 @@ def train_batches(info: Any, task: Task, config: dict, initial_epoch: int, cache
 
     data = config["data"]
     batch_size, seed = int(data["batch_size"]), int(config["run"]["seed"])
+    if data.get("source") == "simulate":
+        return simulated_train_batches(info, task, config, initial_epoch)
     batches = load(info, data["train_split"], batch_size=batch_size, fields=task.fields, shuffle=True,
                    augment=data["augment"], normalise=data["normalise"], seed=seed, first_epoch=initial_epoch,
                    repeat=True, shuffle_buffer=data["shuffle_buffer"], cache=cache, classes=task.train_classes(),
@@ -117,6 +119,36 @@ def train_batches(info: Any, task: Task, config: dict, initial_epoch: int, cache
     return prepared(batches, task, seed=seed, training=True, first_epoch=initial_epoch,
                     per_epoch=batches_per_epoch(info, data["train_split"], batch_size,
                                                 count=train_records(info, task, config)))
+
+
+def stream_steps_per_epoch(info: Any, task: Task, config: dict) -> int:
+    """Steps per epoch of a simulated stream: train.steps_per_epoch, or as many as the written training split's."""
+    steps = config["train"]["steps_per_epoch"]
+    if steps:
+        return int(steps)
+    return batches_per_epoch(info, config["data"]["train_split"], int(config["data"]["batch_size"]),
+                             count=train_records(info, task, config))
+
+
+def simulated_train_batches(info: Any, task: Task, config: dict, initial_epoch: int) -> Any:
+    """The prepared training stream of fresh simulations (data.source simulate), from `initial_epoch` on.
+
+    Batch k of the run (epoch * steps_per_epoch + step) is always the same records, so a resumed run
+    sees what an uninterrupted one would; no augmentation (no record is seen twice) and no class filter.
+    """
+    from lensnet.core.errors import LensnetError
+    from lensnet.simulate.stream import simulated_dataset
+
+    data = config["data"]
+    if task.train_classes() is not None or train_subset(config) is not None:
+        raise LensnetError("data.source simulate streams every class of the simulator: it cannot be combined "
+                           "with a task's training classes or data.train_fraction")
+    per_epoch = stream_steps_per_epoch(info, task, config)
+    batches = simulated_dataset(info, start=data["stream_start"], batch_size=int(data["batch_size"]),
+                                first_batch=initial_epoch * per_epoch, workers=int(data["simulate_workers"]),
+                                fields=task.fields, normalise=data["normalise"])
+    return prepared(batches, task, seed=int(config["run"]["seed"]), training=True, first_epoch=initial_epoch,
+                    per_epoch=per_epoch)
 
 
 def eval_batches(info: Any, task: Task, config: dict, split: str, cache: bool = False,

@@ -11,11 +11,12 @@ import tensorflow as tf
 
 from lensnet.core.fileio import write_json
 from lensnet.data import load
+from lensnet.data.augment import GROUPS
 from lensnet.data.pipeline import reader_error
 from lensnet.tasks import plots
 from lensnet.tasks.base import BatchContext, Task
 
-TTA_GROUPS = ("flips", "d4")
+TTA_GROUPS = tuple(GROUPS)  # lensnet.data.augment's symmetry groups
 
 
 def check_tta(tta: str | None, task: Task, image_shape: Any) -> None:
@@ -40,7 +41,7 @@ def predict_split(model: keras.Model, task: Task, info: Any, split: str, normali
     `normalise` is the run's normalisation spec (run.json), so a model scored on another
     dataset sees its inputs scaled exactly as in training. The model's inputs are what the
     task's `prepare` makes of each batch (outside training: no training-time randomness).
-    `tta` (flips | d4): the prediction is the mean over the group's views of each image (classification;
+    `tta` (rot180 | flips | d4): the prediction is the mean over the group's views of each image (classification;
     use the group the dataset is symmetric under, its manifest's config.symmetry).
     """
     from lensnet.core.progress import Progress
@@ -48,10 +49,10 @@ def predict_split(model: keras.Model, task: Task, info: Any, split: str, normali
 
     check_tta(tta, task, info.image_shape)
 
-    fields = tuple(dict.fromkeys((*task.fields, "image", "id")))
+    fields = tuple(dict.fromkeys((*task.fields, *task.score_fields, "image", "id")))
     dataset = load(info, split, batch_size=batch_size, fields=fields, shuffle=False, augment=None,
                    normalise=normalise)
-    y_true, y_pred, ids, images = [], [], [], []
+    y_true, y_pred, ids, images, records = [], [], [], [], []
     if tta:
         predict = tf.function(lambda x: tf.reduce_mean(tf.stack([model(v, training=False)
                                                                  for v in group_views(x, tta)]), axis=0),
@@ -65,6 +66,7 @@ def predict_split(model: keras.Model, task: Task, info: Any, split: str, normali
                 y_pred.append(keras.ops.convert_to_numpy(predict(x)))
                 numpy_batch = {k: v.numpy() for k, v in batch.items()}  # every field: an image task's targets
                 y_true.append(task.targets(numpy_batch))                # may need the input (a baseline)
+                records.append(task.record_fields(numpy_batch))
                 ids.extend(x.decode() for x in numpy_batch["id"])
                 if sum(len(i) for i in images) < keep_images:
                     images.append(batch["image"].numpy())
@@ -72,6 +74,7 @@ def predict_split(model: keras.Model, task: Task, info: Any, split: str, normali
     except tf.errors.OpError as exc:
         raise reader_error(exc, info) from None
     result = {"y_true": np.concatenate(y_true), "y_pred": np.concatenate(y_pred).astype(np.float64), "ids": ids}
+    result["records"] = {k: np.concatenate([r[k] for r in records]) for k in (records[0] if records else {})}
     result["images"] = np.concatenate(images)[:keep_images] if images else np.zeros((0,))
     return result
 
@@ -84,7 +87,7 @@ def report(model: keras.Model, task: Task, info: Any, split: str, normalise: dic
     out_dir = Path(out_dir)
     result = predict_split(model, task, info, split, normalise, batch_size, keep_images=n_images, progress=progress,
                            tta=tta)
-    metrics = task.score(result["y_true"], result["y_pred"])
+    metrics = task.score_records(result["y_true"], result["y_pred"], result["records"])
     metrics = {"split": split, "dataset": str(info.path), "dataset_checksum": info.checksum, **(extra or {}),
                **({"tta": tta} if tta else {}), **metrics}
     write_json(out_dir / "metrics.json", metrics)

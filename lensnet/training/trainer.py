@@ -345,6 +345,8 @@ def print_result(result: FitResult) -> None:
     shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
     if shown:
         print(f"{metrics.get('split', 'test')}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+    for warning in metrics.get("warnings") or ():  # a task's verdict on its own figures (miscalibration...)
+        print(f"warning: {warning}")
     for what, path in (("config", "config.yaml"), ("best model", "checkpoints/best.keras"),
                        ("metrics", "metrics.json"), ("plots", "plots/"), ("history", "history.csv")):
         print(f"  {what:11s} {run_dir / path}")

@@ -14,7 +14,7 @@ from typing import Any
 
 from lensnet.core.config import dump_yaml, load_yaml
 from lensnet.core.errors import LensnetError
-from lensnet.core.fileio import atomic_open, write_json, write_text
+from lensnet.core.fileio import atomic_open, follow_umask, write_json, write_text
 from lensnet.tuning.space import yaml_text
 
 TRIAL_RESULT = "tuning.json"  # in each trial's run directory
@@ -122,6 +122,7 @@ def _replace_dir(final: Path, fill: Callable[[Path], None]) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
+        follow_umask(tmp, directory=True)
         fill(tmp)
         if final.exists():
             shutil.rmtree(final)
