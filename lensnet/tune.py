@@ -29,22 +29,19 @@ SUMMARY = "search hyperparameters with KerasTuner"  # its line in `lensnet --hel
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lensnet.training.flags import add_run_flags
+
     parser = argparse.ArgumentParser(prog="python -m lensnet.tune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     base = parser.add_argument_group("the base run (as lensnet.fit; the search space overrides it per trial)")
-    base.add_argument("--task", help="lens_finding | substructure | regression")
-    base.add_argument("--model", help="model name from the registry (python -m lensnet.fit --list-models)")
-    base.add_argument("--data", help="dataset directory (default: the task's default dataset)")
-    base.add_argument("--target", help="regression target: any stored parameter")
-    base.add_argument("--epochs", type=int, help="epochs per trial (bayesian, random)")
-    base.add_argument("--batch-size", type=int)
-    base.add_argument("--lr", type=float, help="peak learning rate when the space does not tune it")
-    base.add_argument("--seed", type=int, help="the tuner's seed and every trial's run.seed (default 0)")
-    base.add_argument("--config", help="base YAML config")
-    base.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config field")
-    base.add_argument("--strategy", choices=("auto", "default", "mirrored"),
-                      help="per trial: auto mirrors over every visible GPU (or split CPU)")
-    base.add_argument("--cpu-devices", type=int, help="split the CPU into N logical devices (mirroring tests)")
+    add_run_flags(base, strategies=("auto", "default", "mirrored"), help_overrides={
+        "epochs": "epochs per trial (bayesian, random)",
+        "lr": "peak learning rate when the space does not tune it",
+        "seed": "the tuner's seed and every trial's run.seed (default 0)",
+        "config": "base YAML config",
+        "set": "override a base config field (repeatable)",
+        "strategy": "per trial: auto mirrors over every visible GPU (or split CPU)",
+    })
     search = parser.add_argument_group("the search")
     search.add_argument("--tuner", default="bayesian",
                         help="bayesian | hyperband | random | pbt (population-based training) | evolution "
@@ -117,9 +114,9 @@ def check_numbers(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_numbers(args)
-    from lensnet.tuning.search import run_search
+    from lensnet.tuning.search import TuneSettings, run_search
 
-    return run_search(args)
+    return run_search(TuneSettings(**vars(args)))
 
 
 if __name__ == "__main__":
