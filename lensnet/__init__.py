@@ -8,7 +8,9 @@ bench < commands.
 
 import os as _os
 
-# TensorFlow's C++ start-up chatter (CUDA probes, oneDNN notes) hides lensnet's own output.
+# TensorFlow's C++ chatter (CUDA probes, oneDNN notes) hides lensnet's own output; `--verbose` undoes this
+# unless the user set the level (lensnet.core.tfboot).
+USER_TF_LOG_LEVEL = _os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"

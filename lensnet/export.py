@@ -40,7 +40,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"max abs difference (default {DEFAULT_ATOL})")
     parser.add_argument("--opset", type=int, default=None, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random verification images")
+    parser.add_argument("--quantize", metavar="int8",
+                        help="also write model.int8.onnx (onnxruntime static int8, per-channel weights; dynamic for "
+                             "attention models), calibrated on training images and compared on test images")
+    parser.add_argument("--calibration", metavar="DIR", help="dataset to calibrate on (default: the run's dataset)")
+    parser.add_argument("--calibration-images", type=int, default=256, help="calibration images (default 256)")
+    parser.add_argument("--int8-tolerance", type=float, default=0.002,
+                        help="the int8 model becomes the version's default runtime if its test metric moves by at "
+                             "most this much (default 0.002)")
     args = parser.parse_args(argv)
+    if args.quantize is not None and args.quantize != "int8":
+        raise LensnetError(f"--quantize {args.quantize!r} is not supported; valid: int8")
+    if args.calibration_images < 1:
+        raise LensnetError("--calibration-images must be at least 1")
     if args.batch < 1:
         raise LensnetError("--batch must be at least 1")
     if not args.atol > 0:
@@ -50,14 +62,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed_everything(args.seed, deterministic_ops=False)
     from lensnet.serving.export import export_run
 
-    result = export_run(args.run, args.out, batch=args.batch, atol=args.atol, opset=args.opset, seed=args.seed)
+    result = export_run(args.run, args.out, batch=args.batch, atol=args.atol, opset=args.opset, seed=args.seed,
+                        quantize=args.quantize, calibration=args.calibration,
+                        calibration_images=args.calibration_images, int8_tolerance=args.int8_tolerance)
     check = result.card["verification"]
     print(
         f"exported {args.run} -> {result.path} (SavedModel + {ONNX_FILE} + {CARD}); verified on "
         f"{check['images']} images: max |diff| vs Keras SavedModel {check['max_abs_diff_savedmodel']:.2g}, "
         f"onnxruntime {check['max_abs_diff_onnxruntime']:.2g} (allowed {check['tolerance']:.2g})"
     )
+    if "int8" in result.card:
+        print(int8_line(result.card))
     return 0
+
+
+def int8_line(card: dict) -> str:
+    int8 = card["int8"]
+    figures = int8["comparison"]
+    metric, size = figures["metric"], figures["size_bytes"]
+    latency = figures["latency_ms_per_image"]["batch_64"]
+    change = "n/a" if metric["change"] is None else f"{metric['change']:+.4f}"
+    return (f"int8 ({int8['mode']}, per-channel weights; calibrated on {int8['calibration']['images']} images): "
+            f"{metric['name']} {change} vs float32 on {figures['images']} images, size {size['int8'] / 1e6:.2f} MB "
+            f"vs {size['float32'] / 1e6:.2f} MB, {latency['int8']:.3f} vs {latency['float32']:.3f} ms/image at "
+            f"batch 64; default runtime: {card['runtime']}")
 
 
 if __name__ == "__main__":

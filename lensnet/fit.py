@@ -19,29 +19,19 @@ SUMMARY = "train a task's model on a dataset"  # its line in `lensnet --help`
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lensnet.training.flags import add_run_flags
+
     parser = argparse.ArgumentParser(prog="python -m lensnet.fit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", help="lens_finding | substructure | regression (see --list-tasks)")
-    parser.add_argument("--model", help="model name from the registry (see --list-models)")
+    add_run_flags(parser, strategies=("auto", "default", "mirrored", "multiworker"))
     parser.add_argument("--init", metavar="RUN_DIR",
                         help="start from the backbone weights of another run (e.g. --task pretrain)")
     parser.add_argument("--freeze", choices=("backbone",), help="train only the task's head (linear probe)")
-    parser.add_argument("--data", help="dataset directory (default: the task's default dataset, simulated if absent)")
-    parser.add_argument("--target", help="regression target: any stored parameter")
     parser.add_argument("--teacher", metavar="RUN_OR_EXPORT",
                         help="distil from this teacher run or export (task.teacher; see task.distill, task.alpha)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--config", help="YAML config (e.g. a tuner's best.yaml or a run's config.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config field, e.g. --set train.optimizer=lamb (repeatable)")
     parser.add_argument("--run-name", help="run directory name under --runs (default: task-model-time)")
     parser.add_argument("--runs", help="parent directory of runs (default: runs)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last epoch")
-    parser.add_argument("--strategy", choices=("auto", "default", "mirrored", "multiworker"))
-    parser.add_argument("--cpu-devices", type=int, help="split the CPU into N logical devices (mirroring tests)")
     parser.add_argument("--list-models", action="store_true", help="list the registered models and exit")
     parser.add_argument("--list-tasks", action="store_true", help="list the tasks and exit")
     parser.add_argument("--no-progress", action="store_true")

@@ -25,7 +25,7 @@ import numpy as np
 from lensnet.core.errors import LensnetError, cli_exit
 from lensnet.core.fileio import atomic_open
 from lensnet.data.imagefiles import WRITE_FORMATS
-from lensnet.serving.runtimes import RUNTIMES
+from lensnet.serving.runtimes import CARD_RUNTIME, RUNTIMES
 
 SUMMARY = "score image files or datasets with an export, to CSV"  # its line in `lensnet --help`
 
@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="export directory export/NAME")
     parser.add_argument("--version", type=int, default=None, help="model version (default: newest)")
     parser.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="onnx (default) or tf (SavedModel)")
+    parser.add_argument("--runtime", choices=(CARD_RUNTIME, *RUNTIMES), default=CARD_RUNTIME,
+                        help="onnx, onnx-int8 (model.int8.onnx of an export made with --quantize int8) or tf "
+                             "(SavedModel); default card: the version's card.json runtime, else onnx")
     parser.add_argument("--batch-size", type=int, default=64, help="images per inference call (default 64)")
     parser.add_argument("--hdu", default=None, help="FITS HDU index or name (default: first image HDU)")
     parser.add_argument("--split", action="append", default=None, help="dataset split(s) to score (default: all)")
@@ -76,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = expand_inputs(args.inputs)
     exported = load_export(args.model, args.version)
     runner = open_runner(exported, args.runtime, args.threads)
+    args.runtime = runner.runtime
     out = Path(args.out)
     image_dir = Path(args.image_dir) if args.image_dir else out.with_name(f"{out.stem}_images")
     settings = PredictSettings(threshold=args.threshold, image_dir=image_dir, image_format=args.image_format,

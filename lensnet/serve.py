@@ -9,7 +9,7 @@ Requests carry raw images (H, W, C) float numbers; the model normalises them. Wi
 version the newest is used. Every bad request (malformed JSON, wrong shape or dtype, NaN,
 a body over the size limit, an unknown model or version) gets a 4xx with `{"error": "..."}`
 and the server keeps serving. Built on starlette + uvicorn; inference runs in worker
-threads through onnxruntime (default) or the SavedModel.
+threads through onnxruntime (default; the int8 model when the version's card says so) or the SavedModel.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from lensnet.core.errors import LensnetError, cli_exit
 from lensnet.core.http import Access, bind, network_warning, uvicorn_server, warn
-from lensnet.serving.runtimes import RUNTIMES
+from lensnet.serving.runtimes import CARD_RUNTIME, RUNTIMES
 from lensnet.serving.server import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BODY_MB,
@@ -40,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="also answer requests whose Host header is NAME (a DNS name of this machine)")
     parser.add_argument("--port", type=int, default=8501, help="port (default 8501, TF Serving's; 0 = any free)")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="onnx (default) or tf (SavedModel)")
+    parser.add_argument("--runtime", choices=(CARD_RUNTIME, *RUNTIMES), default=CARD_RUNTIME,
+                        help="onnx, onnx-int8 (model.int8.onnx of an export made with --quantize int8) or tf "
+                             "(SavedModel); default card: the version's card.json runtime, else onnx")
     parser.add_argument("--threads", type=int, default=1, help="threads per inference call (default 1)")
     parser.add_argument("--concurrency", type=int, default=None, help="parallel inference calls (default: cores)")
     parser.add_argument(
@@ -85,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     access = Access(args.host, port, args.allow_host, require_token=False)
     versions = ", ".join(map(str, sorted(server.models)))
     print(
-        f"serving {server.name} versions {versions} (newest {server.latest}, runtime {args.runtime}) "
+        f"serving {server.name} versions {versions} (newest {server.latest}, runtime "
+        f"{', '.join(sorted({runner.runtime for _, runner in server.models.values()}))}) "
         f"at http://{host}:{port}/v1/models/{server.name}",
         flush=True,
     )

@@ -3,6 +3,9 @@
     python -m lensnet.tune --task substructure --model vit_tiny --data tfrecords/model_ii \\
         --tuner bayesian --max-trials 20 --directory tuning/vit_m2
     python -m lensnet.tune ... --tuner hyperband --max-epochs 27      # successive halving, warm-started trials
+    python -m lensnet.tune ... --tuner pbt --population 4 --rounds 3 --epochs 2   # population-based training
+    python -m lensnet.tune ... --tuner evolution --population 8 --max-trials 30   # regularised evolution
+    python -m lensnet.tune ... --prune median                        # any tuner: median-stopping rule
     python -m lensnet.tune ... --retrain-best                        # then train the best config as a normal run
 
 The space is configs/tuning/<model family>.yaml unless --space FILE is given. Killing the
@@ -26,24 +29,23 @@ SUMMARY = "search hyperparameters with KerasTuner"  # its line in `lensnet --hel
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lensnet.training.flags import add_run_flags
+
     parser = argparse.ArgumentParser(prog="python -m lensnet.tune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     base = parser.add_argument_group("the base run (as lensnet.fit; the search space overrides it per trial)")
-    base.add_argument("--task", help="lens_finding | substructure | regression")
-    base.add_argument("--model", help="model name from the registry (python -m lensnet.fit --list-models)")
-    base.add_argument("--data", help="dataset directory (default: the task's default dataset)")
-    base.add_argument("--target", help="regression target: any stored parameter")
-    base.add_argument("--epochs", type=int, help="epochs per trial (bayesian, random)")
-    base.add_argument("--batch-size", type=int)
-    base.add_argument("--lr", type=float, help="peak learning rate when the space does not tune it")
-    base.add_argument("--seed", type=int, help="the tuner's seed and every trial's run.seed (default 0)")
-    base.add_argument("--config", help="base YAML config")
-    base.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config field")
-    base.add_argument("--strategy", choices=("auto", "default", "mirrored"),
-                      help="per trial: auto mirrors over every visible GPU (or split CPU)")
-    base.add_argument("--cpu-devices", type=int, help="split the CPU into N logical devices (mirroring tests)")
+    add_run_flags(base, strategies=("auto", "default", "mirrored"), help_overrides={
+        "epochs": "epochs per trial (bayesian, random)",
+        "lr": "peak learning rate when the space does not tune it",
+        "seed": "the tuner's seed and every trial's run.seed (default 0)",
+        "config": "base YAML config",
+        "set": "override a base config field (repeatable)",
+        "strategy": "per trial: auto mirrors over every visible GPU (or split CPU)",
+    })
     search = parser.add_argument_group("the search")
-    search.add_argument("--tuner", choices=("bayesian", "hyperband", "random"), default="bayesian")
+    search.add_argument("--tuner", default="bayesian",
+                        help="bayesian | hyperband | random | pbt (population-based training) | evolution "
+                             "(regularised evolution); default bayesian")
     search.add_argument("--max-trials", type=int,
                         help="trials in all (default 10; hyperband: as many as its brackets need)")
     search.add_argument("--directory", help="tuning directory (default tuning/<task>-<model>-<tuner>)")
@@ -53,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--max-epochs", type=int, help="hyperband: epochs of the longest trials (default --epochs)")
     search.add_argument("--factor", type=int, default=3, help="hyperband: reduction factor (default 3)")
     search.add_argument("--hyperband-iterations", type=int, default=1)
+    search.add_argument("--population", type=int,
+                        help="pbt: members trained together (default 4); evolution: trials alive (default 8)")
+    search.add_argument("--rounds", type=int, default=3,
+                        help="pbt: rounds of --epochs epochs each; exploit and explore between rounds (default 3)")
+    search.add_argument("--sample-size", type=int, default=3,
+                        help="evolution: trials drawn for each tournament (default 3)")
+    search.add_argument("--prune", default="none", metavar="none|median",
+                        help="median: stop a trial whose objective so far is worse than the median of the other "
+                             "trials at the same epoch (any tuner; default none)")
+    search.add_argument("--prune-grace", type=int, default=1, help="epochs every trial trains unpruned (default 1)")
+    search.add_argument("--prune-min-peers", type=int, default=3,
+                        help="trials that must have reached an epoch before the median there counts (default 3)")
     search.add_argument("--initial-points", type=int,
                         help="bayesian: random trials before the Gaussian process (default 3 x parameters)")
     search.add_argument("--max-consecutive-failures", type=int, default=3,
@@ -80,18 +94,29 @@ def check_numbers(args: argparse.Namespace) -> None:
                              ("--hyperband-iterations", args.hyperband_iterations, 1),
                              ("--initial-points", args.initial_points, 1),
                              ("--max-consecutive-failures", args.max_consecutive_failures, 1),
-                             ("--retrain-epochs", args.retrain_epochs, 1)):
+                             ("--retrain-epochs", args.retrain_epochs, 1), ("--population", args.population, 2),
+                             ("--rounds", args.rounds, 1), ("--sample-size", args.sample_size, 1),
+                             ("--prune-grace", args.prune_grace, 0), ("--prune-min-peers", args.prune_min_peers, 1)):
         if value is not None and value < low:
             raise LensnetError(f"{flag} must be at least {low}, got {value}")
+    from lensnet.tuning.pruning import PRUNERS
+    from lensnet.tuning.tuner import TUNERS
+
+    if args.tuner not in TUNERS:
+        raise LensnetError(f"unknown tuner {args.tuner!r}; valid: {', '.join(TUNERS)}")
+    if args.prune not in PRUNERS:
+        raise LensnetError(f"unknown --prune rule {args.prune!r}; valid: {', '.join(PRUNERS)}")
+    if args.tuner == "evolution" and args.sample_size > (args.population or 8):
+        raise LensnetError(f"--sample-size {args.sample_size} is larger than the population {args.population or 8}")
 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_numbers(args)
-    from lensnet.tuning.search import run_search
+    from lensnet.tuning.search import TuneSettings, run_search
 
-    return run_search(args)
+    return run_search(TuneSettings(**vars(args)))
 
 
 if __name__ == "__main__":

@@ -5,11 +5,15 @@
     make_image_run  the same for a tiny image-to-image model whose output spec is an image
     raw_images      random raw pixels
     three_way       max |diff| of the reloaded SavedModel and onnxruntime against Keras
+    get, post, serve, TOKEN   the dashboard over real HTTP (a test server in a thread, requests as its page sends)
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import keras
@@ -33,6 +37,7 @@ _EFF_TINY = {
 _VIT_TINY = {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32, "patch_size": 4}
 _CVT_TINY = {"embed_dims": [8, 8, 16], "depths": [1, 1, 1], "num_heads": [1, 1, 2], "patch_sizes": [3, 3, 3],
              "patch_strides": [2, 2, 2]}
+_CCT_TINY = {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "tokenizer_filters": 8}
 _RESNET_TINY = {"stem_filters": 4, "stage_filters": [4, 8], "stage_blocks": [1, 1]}
 TINY: dict[str, dict] = {
     "cnn_small": {"filters": [4, 8]},
@@ -46,6 +51,10 @@ TINY: dict[str, dict] = {
     "cvt_tiny": _CVT_TINY,
     "cvt_13": _CVT_TINY,
     "swin_tiny": {"embed_dim": 8, "depths": [2, 2], "num_heads": [2, 2], "window_size": 4, "patch_size": 2},
+    "cct_7": _CCT_TINY,
+    "cct_2": _CCT_TINY,
+    "p4cnn_small": {"filters": [4, 8]},
+    "d4cnn_small": {"filters": [4, 8]},
 }
 
 # The output spec each test head kind declares, as its task would.
@@ -221,3 +230,48 @@ def make_results(folder: Path, n: int = 30, seed: int = 0) -> Path:
             "interpretation": {"model": "finder", "methods": ["gradcam"], "notes": {}}, "totals": {"tiles": n}}
     (folder / "pipeline.json").write_text(json.dumps(meta))
     return folder
+
+
+# ---- the dashboard over real HTTP (tests/test_dashboard*.py) ----
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+TOKEN = "test-token-0123456789"
+
+
+def post(url: str, body: dict | bytes, headers: dict | None = None) -> tuple[int, dict]:
+    """A POST as the dashboard's own page sends it: its origin, the launch token (unless `headers` differ)."""
+    origin = "/".join(url.split("/")[:3])
+    sent = {"Content-Type": "application/json", "Origin": origin, "X-Lensnet-Token": TOKEN, **(headers or {})}
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST", headers={k: v for k, v in sent.items() if v})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def raw_get(base: str, path: str) -> int:
+    """A request with the path sent as written (urllib and browsers would normalise `..` away)."""
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.putrequest("GET", path, skip_host=False)
+    connection.endheaders()
+    status = connection.getresponse().status
+    connection.close()
+    return status
+
+
+def serve(results: Path, run: Path | None = None, truth: Path | None = None, **access):
+    from lensnet.core.http import Access, app_in_thread
+    from lensnet.survey.dashboard import Results, RunView, create_app
+
+    access = Access(access.pop("host", "127.0.0.1"), 0, token=TOKEN, **access)
+    return app_in_thread(create_app(Results(results, truth), RunView(run) if run else None, access))

@@ -103,6 +103,7 @@ def test_vae_kl_weight_changes_the_loss(dataset: Path) -> None:
      "--set", "model.args.hidden_dim=16", "--set", "model.args.num_heads=2", "--set", "model.args.mlp_dim=16",
      "--set", "model.args.patch_size=4"],
 ], ids=["vae_elbo", "transformer"])
+@pytest.mark.slow
 def test_other_models_fit_score_and_export(dataset: Path, tmp_path: Path, extra: list[str]) -> None:
     assert fit(dataset, tmp_path, "run", *extra) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -114,6 +115,7 @@ def test_other_models_fit_score_and_export(dataset: Path, tmp_path: Path, extra:
     assert run_cli(export_main, ["--run", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 0
 
 
+@pytest.mark.slow
 def test_fit_export_predict_serve_the_score(dataset: Path, tmp_path: Path) -> None:
     from lensnet.export import main as export_main
     from lensnet.predict import main as predict_main

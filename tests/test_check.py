@@ -152,6 +152,7 @@ def test_check_of_a_non_dataset_is_one_line(tmp_path, capsys):
     assert code == 2 and "not found" in one_line_error(err)
 
 
+@pytest.mark.slow
 def test_check_subprocess_exit_code(synthetic_dataset, copy_dataset):
     directory = copy_dataset(synthetic_dataset)
     shard = directory / SHARD

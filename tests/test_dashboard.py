@@ -5,60 +5,13 @@ missing or damaged results folder is one `error:` line."""
 from __future__ import annotations
 
 import csv
-import http.client
 import io
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
-from helpers import ROOT, make_results
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-TOKEN = "test-token-0123456789"
-
-
-def post(url: str, body: dict | bytes, headers: dict | None = None) -> tuple[int, dict]:
-    """A POST as the dashboard's own page sends it: its origin, the launch token (unless `headers` differ)."""
-    origin = "/".join(url.split("/")[:3])
-    sent = {"Content-Type": "application/json", "Origin": origin, "X-Lensnet-Token": TOKEN, **(headers or {})}
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="POST", headers={k: v for k, v in sent.items() if v})
-    try:
-        with urllib.request.urlopen(request) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def raw_get(base: str, path: str) -> int:
-    """A request with the path sent as written (urllib and browsers would normalise `..` away)."""
-    host, port = base.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=10)
-    connection.putrequest("GET", path, skip_host=False)
-    connection.endheaders()
-    status = connection.getresponse().status
-    connection.close()
-    return status
-
-
-def serve(results: Path, run: Path | None = None, truth: Path | None = None, **access):
-    from lensnet.core.http import Access, app_in_thread
-    from lensnet.survey.dashboard import Results, RunView, create_app
-
-    access = Access(access.pop("host", "127.0.0.1"), 0, token=TOKEN, **access)
-    return app_in_thread(create_app(Results(results, truth), RunView(run) if run else None, access))
+from helpers import ROOT, get, make_results, post, raw_get, serve
 
 
 def test_pages_files_and_path_traversal(tmp_path):

@@ -109,10 +109,10 @@ def test_dashboard_in_headless_chromium(tmp_path):
             wait_for(lambda: detail.is_displayed())
             assert "RA 150.015000" in driver.find_element(By.ID, "detail-sky").text
             assert driver.find_elements(By.CSS_SELECTOR, "#detail-images img.detail-map")
-            loaded = driver.execute_script(
+            # the images load after the panel shows: wait for them (a loaded machine takes a while)
+            wait_for(lambda: driver.execute_script(
                 "return [...document.querySelectorAll('#detail-images img')]"
-                ".every(i => i.complete && i.naturalWidth > 0)")
-            assert loaded
+                ".every(i => i.complete && i.naturalWidth > 0)"))
             # Mark it as a lens: saved on disk at once.
             driver.find_element(By.CSS_SELECTOR, '.mark-btn[data-mark="lens"]').click()
             wait_for(lambda: driver.find_element(By.ID, "detail-mark").text == "marked: lens")

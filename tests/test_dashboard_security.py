@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, make_results
-from test_dashboard import TOKEN, get, post, serve
+from helpers import ROOT, TOKEN, get, make_results, post, serve
 
 
 def request(base: str, method: str, path: str, body: bytes = b"", headers: dict | None = None):

@@ -37,9 +37,9 @@ def spec(classes=CLASSES) -> dict:
 
 
 def constant_teacher(run_dir: Path, favourite: int, classes=CLASSES, task: str = "substructure",
-                     normalisation: dict | None = None) -> Path:
+                     normalisation: dict | None = None, shape: tuple = (16, 16, 1)) -> Path:
     """A teacher run whose model predicts class `favourite` for every image."""
-    inputs = keras.Input((16, 16, 1), name="images")
+    inputs = keras.Input(shape, name="images")
     x = keras.layers.GlobalAveragePooling2D()(inputs)
     head = keras.layers.Dense(len(classes), activation="softmax", name="head")
     outputs = head(x)
@@ -47,7 +47,7 @@ def constant_teacher(run_dir: Path, favourite: int, classes=CLASSES, task: str =
     bias = np.full(len(classes), -5.0, "float32")
     bias[favourite] = 5.0
     head.set_weights([np.zeros((1, len(classes)), "float32"), bias])
-    return write_run_dir(run_dir, net, task=task, model="constant", shape=(16, 16, 1),
+    return write_run_dir(run_dir, net, task=task, model="constant", shape=shape,
                          normalisation=normalisation or {"method": "standard"}, output=spec(classes))
 
 
@@ -206,6 +206,7 @@ def test_feature_distillation_vit_from_vit(capsys, three_class, tmp_path):
     ("classes", "classes (a, b, c) differ"),
     ("missing", "not found"),
     ("option", "task.distill must be one of"),
+    ("shape", "takes images of shape (32, 32, 1), the dataset has (16, 16, 1)"),
 ])
 def test_bad_teachers_are_one_line_and_write_nothing(capsys, three_class, tmp_path, kind, message):
     teacher = tmp_path / "teacher"
@@ -214,6 +215,8 @@ def test_bad_teachers_are_one_line_and_write_nothing(capsys, three_class, tmp_pa
         constant_teacher(teacher, 0, task="lens_finding")
     elif kind == "classes":
         constant_teacher(teacher, 0, classes=["a", "b", "c"])
+    elif kind == "shape":
+        constant_teacher(teacher, 0, shape=(32, 32, 1))
     elif kind == "option":
         constant_teacher(teacher, 0)
         extra = ["--set", "task.distill=lukewarm"]

@@ -94,6 +94,7 @@ def one_and_two_devices(dataset: Path, tmp_path_factory: pytest.TempPathFactory)
     return runs / "one", runs / "two"
 
 
+@pytest.mark.slow
 def test_mirrored_two_logical_cpus_matches_one_device(one_and_two_devices: tuple[Path, Path]) -> None:
     one, two = one_and_two_devices
     assert_complete_run(one)
@@ -111,6 +112,7 @@ def multiworker(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     return runs / "mw", [out for _, out in results]
 
 
+@pytest.mark.slow
 def test_multiworker_two_processes_end_with_identical_weights(
         multiworker: tuple[Path, list[str]], one_and_two_devices: tuple[Path, Path]) -> None:
     run, (chief, other) = multiworker

@@ -22,7 +22,8 @@ from helpers import ROOT, keras_outputs, make_image_run, make_run, raw_images, t
 from lensnet.core.errors import LensnetError, run_cli
 
 FAMILIES = {"cnn": "cnn_small", "resnet": "resnet18", "efficientnet": "effnetv2_b0", "vit": "vit_tiny",
-            "deit": "deit_tiny", "swin": "swin_tiny", "cvt": "cvt_tiny"}
+            "deit": "deit_tiny", "swin": "swin_tiny", "cvt": "cvt_tiny",
+            "cct": "cct_2", "equivariant": "d4cnn_small"}
 
 
 # One registry family each, spread over output kinds, normalisations and channel counts.
@@ -34,6 +35,8 @@ FAMILY_CASES = [
     ("deit", "binary", {"method": "none"}, 1),
     ("swin", "multiclass", {"method": "dataset", "mean": [0.1, 0.2, 0.3], "std": [1.0, 2.0, 3.0]}, 3),
     ("cvt", "multiclass", {"method": "standard"}, 1),
+    ("cct", "multiclass", {"method": "standard"}, 1),
+    ("equivariant", "multiclass", {"method": "standard"}, 1),
 ]
 
 

@@ -176,16 +176,16 @@ def test_verdict_needs_the_margin_and_separate_intervals() -> None:
     assert lines[2].endswith("NOT met")  # 0.95 above the pretrained row's high end 0.94
 
 
-def test_macro_auc_interval_and_weighted_knn() -> None:
-    from lensnet.tasks.scores import macro_auc_interval
+def test_macro_auc_with_interval_and_weighted_knn() -> None:
+    from lensnet.tasks.scores import macro_auc_with_interval
     from lensnet.tasks.ssl_plots import knn_probabilities
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 300)
     probs = rng.dirichlet(np.ones(3), 300) + 0.6 * np.eye(3)[labels]
-    found = macro_auc_interval(labels, probs / probs.sum(1, keepdims=True), bootstrap=200, seed=0)
+    found = macro_auc_with_interval(labels, probs / probs.sum(1, keepdims=True), bootstrap=200, seed=0)
     assert found["low"] < found["macro_roc_auc"] < found["high"] and 0.7 < found["macro_roc_auc"] < 1
-    half = macro_auc_interval(labels[:75], probs[:75], bootstrap=200, seed=0)  # fewer images, a wider interval
+    half = macro_auc_with_interval(labels[:75], probs[:75], bootstrap=200, seed=0)  # fewer images, a wider interval
     assert half["high"] - half["low"] > found["high"] - found["low"]
     # k-NN: two clusters in embedding space vote for their own class
     train = np.concatenate([rng.normal([5, 0], 0.5, (20, 2)), rng.normal([0, 5], 0.5, (20, 2))])

@@ -32,6 +32,10 @@ EXPECTED = {
     "swin_tiny",
     "cvt_tiny",
     "cvt_13",
+    "cct_7",
+    "cct_2",
+    "p4cnn_small",
+    "d4cnn_small",
 }
 
 
@@ -60,12 +64,13 @@ def test_list_models_content():
     assert [e["name"] for e in entries] == sorted(e["name"] for e in entries)
     assert EXPECTED <= set(NAMES)
     for entry in entries:
-        assert set(entry) == {"name", "family", "kind", "description", "defaults"}
+        assert set(entry) == {"name", "family", "kind", "description", "defaults", "train_defaults"}
         assert entry["kind"] in ("backbone", "super_resolution")
         assert entry["family"] and entry["description"]
         assert entry["defaults"]["weights"] is None  # never pretrained unless a local file is given
     families = {e["name"]: e["family"] for e in entries}
     assert families["resnet18"] == "resnet" and families["vit_tiny"] == "vit" and families["swin_tiny"] == "swin"
+    assert families["cct_2"] == "cct" and families["p4cnn_small"] == families["d4cnn_small"] == "equivariant"
     assert model_info("vit_tiny") == next(e for e in entries if e["name"] == "vit_tiny")
     assert model_info("vit_small")["defaults"]["hidden_dim"] == 384
     assert {e["name"] for e in entries if e["kind"] == "super_resolution"} == {"bicubic", "edsr", "rcan", "swinir"}
@@ -222,6 +227,9 @@ def test_unknown_override_names_the_key_and_the_valid_ones(name):
         ("deit_tiny", (100, 100, 1), {"patch_size": 16}),
         ("swin_tiny", (150, 150, 1), {}),
         ("swin_tiny", (64, 64, 1), {"patch_size": 4}),
+        ("cct_2", (34, 34, 1), {}),
+        ("p4cnn_small", (60, 60, 1), {}),
+        ("d4cnn_small", (64, 48, 1), {}),
     ],
 )
 def test_incompatible_input_shape_names_shape_and_model(name, shape, overrides):
@@ -249,6 +257,9 @@ def test_malformed_input_shape(shape):
         ("resnet18", {"stage_filters": [64, 128]}, "same non-zero length"),
         ("swin_tiny", {"num_heads": [5, 6, 12, 24]}, "divisible"),
         ("effnetv2_b0", {"stackwise_block_types": ["cba"] + ["fused"] * 2 + ["unfused"] * 2 + ["mystery"]}, "mystery"),
+        ("p4cnn_small", {"group": "C8"}, "group 'C8' is not supported"),
+        ("d4cnn_small", {"kernel_size": 4}, "kernel_size must be odd"),
+        ("cct_2", {"hidden_dim": 100, "num_heads": 3}, "divisible by num_heads"),
     ],
 )
 def test_bad_hyper_parameters_are_user_errors(name, overrides, fragment):
@@ -294,7 +305,7 @@ def test_default_size_builds_at_64px(name, record_property):
     record_property("seconds", round(time.perf_counter() - start, 2))
     assert tuple(y.shape) == (1, *model.output_shape[1:])
     assert np.all(np.isfinite(np.asarray(y)))
-    if name == "cnn_small":
+    if name in ("cnn_small", "cct_2", "p4cnn_small", "d4cnn_small"):  # the small CPU models
         assert 100_000 <= params <= 500_000
     else:
         assert 1_000_000 < params < 40_000_000
@@ -315,6 +326,10 @@ FEATURES = {
     "swin_tiny": ("map", 0, (4, 4), 16, "avg"),
     "cvt_tiny": ("tokens", 1, (2, 2), 16, "cls"),
     "cvt_13": ("tokens", 1, (2, 2), 16, "cls"),
+    "cct_7": ("tokens", 1, (4, 4), 16, "cls"),  # the prefix token is the sequence-pooled one
+    "cct_2": ("tokens", 1, (4, 4), 16, "cls"),
+    "p4cnn_small": ("map", 0, (8, 8), 8, "avg"),
+    "d4cnn_small": ("map", 0, (8, 8), 8, "avg"),
 }
 
 

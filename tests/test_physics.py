@@ -603,7 +603,9 @@ def test_replica_signal_is_far_stronger_than_the_physical_preset() -> None:
     replica = measure("deeplense_model_ii", 12, 0, tiny)
     physical = measure("model_ii", 12, 0, {"image": {"size": 32, "supersampling": 1}})
     assert "chi2" not in replica["no_sub"] and replica["cdm"]["images_per_s"] > 0
-    assert replica["cdm"]["chi2"][1] > 5 * physical["cdm"]["chi2"][1] > 0
+    # measured 5.9e3 vs 2.0e3 at 32 px: the corrected replica (multi-plane deflections 0.63x, Euclid zero
+    # point 24.0) is far weaker than the single-plane one was (1.0e5), yet still stronger than model_ii
+    assert replica["cdm"]["chi2"][1] > 2 * physical["cdm"]["chi2"][1] > 0
     assert run_cli(main, ["--dataset", "model_ii", "--num", "0"]) == 2
 
 

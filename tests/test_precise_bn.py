@@ -232,6 +232,7 @@ MIRRORED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_mirrored_two_logical_cpus_every_replica_gets_the_same_exact_statistics(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", MIRRORED], cwd=REPO, env=env, capture_output=True, text=True,
@@ -280,6 +281,7 @@ MULTIWORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_multiworker_two_processes_compute_the_same_statistics(tmp_path):
     import socket
 

@@ -245,6 +245,7 @@ def _command(data: Path, space: Path, directory: Path, *extra: str) -> list[str]
             *TINY_CNN, *extra]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_with_mirrored_trials(three_class: Path, space: Path, tmp_path: Path) -> None:
     directory = tmp_path / "killed"
     command = _command(three_class, space, directory, "--tuner", "random", "--max-trials", "3", "--cpu-devices", "2")

@@ -48,6 +48,12 @@ class ExportedModel:
     def onnx_path(self) -> Path:
         return self.path / ONNX_FILE
 
+    @property
+    def int8_path(self) -> Path | None:
+        """model.int8.onnx when the version was exported with --quantize int8."""
+        name = self.card.get("files", {}).get("onnx_int8")
+        return self.path / name if name else None
+
 
 def load_export(model_dir: str | os.PathLike, version: int | None = None) -> ExportedModel:
     """Read the card of `version` (newest when None) of the export at `model_dir`."""

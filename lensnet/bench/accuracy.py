@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="classification: bootstrap resamples of the test images for the macro-AUC "
+                             "interval (0: none)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     parser.add_argument("--eval-data", help="lens finding: score every model on this dataset's test split too")
     parser.add_argument("--eval-num", type=int, default=0,
@@ -79,7 +82,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         config = resolve_fit_config(args.task, overrides=overrides)
         result = run_fit(config, progress=False)
 
-        params = load_model(result.run_dir).count_params()
+        best = load_model(result.run_dir)
+        params = best.count_params()
+        interval = (test_interval(best, config, result, args.bootstrap, args.seed)
+                    if args.bootstrap and args.task != "lens_finding" else None)
         with open(result.run_dir / "history.csv") as handle:
             history = list(csv.DictReader(handle))
         rate = max(float(r["train_images_per_second"]) for r in history)
@@ -102,7 +108,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         else:
             rows.append({
                 "model": name, "params": params, "epochs": args.epochs,
-                "macro_auc": m.get("macro_roc_auc"), "accuracy": m.get("accuracy"),
+                "macro_auc": m.get("macro_roc_auc"),
+                "auc_lo": interval[0] if interval else None, "auc_hi": interval[1] if interval else None,
+                "accuracy": m.get("accuracy"),
                 **{f"auc_{k}": v for k, v in (m.get("per_class_roc_auc") or {}).items()},
                 "best_epoch": result.info.best_epoch, "wall_s": round(result.seconds, 1),
                 "train_img_s": round(rate, 1),
@@ -110,3 +118,17 @@ def run(args: argparse.Namespace) -> list[dict]:
         print({k: v for k, v in rows[-1].items() if k != "survey"}, flush=True)
         keras.backend.clear_session()
     return rows
+
+
+def test_interval(model, config: dict, result, bootstrap: int, seed: int) -> tuple[float, float] | None:
+    """95% bootstrap interval of the macro AUC over the test images the run was scored on."""
+    from lensnet.data import open_dataset
+    from lensnet.tasks.base import task_from_config
+    from lensnet.tasks.scores import macro_auc_interval
+    from lensnet.training.evaluation import predict_split
+
+    info = open_dataset(config["data"]["path"])
+    task = task_from_config(config, info, state=result.info.task_state)
+    scored = predict_split(model, task, info, config["data"]["test_split"], result.info.normalisation,
+                           progress=False)
+    return macro_auc_interval(scored["y_true"], scored["y_pred"], bootstrap, seed)

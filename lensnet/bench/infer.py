@@ -1,8 +1,8 @@
-"""Inference speed: Keras vs the exported SavedModel vs onnxruntime, at batch 1 and 64, in one run.
+"""Inference speed: Keras vs the exported SavedModel vs onnxruntime (float32 and int8), at batch 1 and 64.
 
 Each model is exported with lensnet.export (so the artifacts timed are the verified ones, raw
 images in, normalisation inside); without `--run`, scratch runs of the registry models named by
-`--models` (random weights, 64x64x1, standard normalisation) are made first. The three runtimes
+`--models` (random weights, 64x64x1, standard normalisation) are made first. The runtimes
 are timed in alternation (bench.common.interleaved_rates) so machine noise hits all alike.
 Keras is `model.predict_on_batch` on images normalised by the same TF ops.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-SUMMARY = "Inference images/s and latency: Keras vs SavedModel vs onnxruntime"
+SUMMARY = "Inference images/s and latency: Keras vs SavedModel vs onnxruntime (float32 and int8)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternation rounds (default 3)")
     parser.add_argument("--unit-seconds", type=float, default=0.5, help="timed work per case and round")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and images")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads of every runtime (default: each runtime's choice)")
+    parser.add_argument("--no-int8", action="store_true",
+                        help="skip the int8 model (export --quantize int8; scratch runs calibrate on random pixels)")
 
 
 def scratch_run(run_dir: Path, model: str, shape: tuple[int, int, int], seed: int, classes: int = 3) -> Path:
@@ -65,12 +69,16 @@ def scratch_run(run_dir: Path, model: str, shape: tuple[int, int, int], seed: in
     return run_dir
 
 
-def scratch_export(work: Path, model: str, shape: tuple[int, int, int], seed: int) -> tuple[Path, Path, dict]:
-    """(run dir, export dir, card) of a scratch run exported with lensnet.serving.export."""
+def scratch_export(work: Path, model: str, shape: tuple[int, int, int], seed: int,
+                   int8: bool = False) -> tuple[Path, Path, dict]:
+    """(run dir, export dir, card) of a scratch run exported with lensnet.serving.export
+    (+ its int8 model calibrated on random pixels: a scratch run has no dataset)."""
     from lensnet.serving.export import export_run
 
     run = scratch_run(work / "runs" / model, model, shape, seed)
-    result = export_run(run, work / "export" / model, seed=seed)
+    calibration = np.random.default_rng(seed).standard_normal((64, *shape)).astype(np.float32) if int8 else None
+    result = export_run(run, work / "export" / model, seed=seed, quantize="int8" if int8 else None,
+                        calibration=calibration)
     return run, result.path.parent, result.card
 
 
@@ -91,7 +99,8 @@ def _calibrated(fn: Callable[[], None], batch: int, seconds: float) -> Callable[
 
 
 def time_export(
-    run: Path, export_dir: Path, batch_sizes: list[int], rounds: int, seconds: float, seed: int
+    run: Path, export_dir: Path, batch_sizes: list[int], rounds: int, seconds: float, seed: int,
+    threads: int | None = None,
 ) -> list[dict]:
     from lensnet.artifacts.exports import load_export
     from lensnet.artifacts.runs import read_run
@@ -106,7 +115,10 @@ def time_export(
     model, _ = float32_model(load_model(run))
     exported = load_export(export_dir)
     spec = exported.spec
-    runners = {"savedmodel": open_runner(exported, "tf"), "onnxruntime": open_runner(exported, "onnx")}
+    runners = {"savedmodel": open_runner(exported, "tf", threads),
+               "onnxruntime": open_runner(exported, "onnx", threads)}
+    if exported.int8_path:
+        runners["onnxruntime-int8"] = open_runner(exported, "onnx-int8", threads)
     params, flops = int(model.count_params()), model_flops(model, exported.input_shape)
     rows = []
     for batch in batch_sizes:
@@ -135,6 +147,7 @@ def time_export(
                     "ms_per_image": round(1000.0 / rate, 3),
                     "ms_per_call": round(1000.0 * batch / rate, 3),
                     "vs_keras": round(rate / rates["keras"], 2),
+                    "vs_onnx": round(rate / rates["onnxruntime"], 2),
                     "max_abs_diff": diffs[name],
                     # Other jobs on a shared machine show up here: compare rows measured at similar load.
                     "load_1min": round(os.getloadavg()[0], 2),
@@ -152,14 +165,17 @@ def run(args: argparse.Namespace) -> list[dict]:
             for index, run_dir in enumerate(args.run):
                 from lensnet.serving.export import export_run
 
-                result = export_run(run_dir, work / "export" / f"run{index}", seed=args.seed)
+                result = export_run(run_dir, work / "export" / f"run{index}", seed=args.seed,
+                                    quantize=None if args.no_int8 else "int8")
                 rows += time_export(
-                    Path(run_dir), result.path.parent, batch_sizes, args.rounds, args.unit_seconds, args.seed
+                    Path(run_dir), result.path.parent, batch_sizes, args.rounds, args.unit_seconds, args.seed,
+                    args.threads,
                 )
         else:
             shape = (args.size, args.size, args.channels)
             for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-                run_dir, export_dir, _ = scratch_export(work, model, shape, args.seed)
-                rows += time_export(run_dir, export_dir, batch_sizes, args.rounds, args.unit_seconds, args.seed)
+                run_dir, export_dir, _ = scratch_export(work, model, shape, args.seed, int8=not args.no_int8)
+                rows += time_export(run_dir, export_dir, batch_sizes, args.rounds, args.unit_seconds, args.seed,
+                                    args.threads)
     return rows
 

@@ -235,13 +235,13 @@ def run(args: argparse.Namespace) -> list[dict]:
 def _interval(run_dir: Path, info, args: argparse.Namespace) -> dict:
     """The run's test macro AUC (or binary AUC) with its bootstrap interval."""
     from lensnet.studies.detectability import test_predictions
-    from lensnet.tasks.scores import macro_auc_interval
+    from lensnet.tasks.scores import macro_auc_with_interval
 
     labels, probs, _ = test_predictions(run_dir, info.path)
     if probs.ndim == 1 or probs.shape[1] == 1:  # lens finding: p(lens) -> two columns
         p = probs.reshape(-1)
         probs = np.stack([1 - p, p], axis=1)
-    found = macro_auc_interval(labels, probs, args.bootstrap, args.seed)
+    found = macro_auc_with_interval(labels, probs, args.bootstrap, args.seed)
     return {"low": found["low"], "high": found["high"], "n_test": found["n_test"]}
 
 
@@ -252,7 +252,7 @@ def _knn_row(pretrain: str, info, train_split: str, fraction: float, args: argpa
     """Weighted k-NN (DINO's) on the frozen embedding: the labelled subset votes for each test image."""
     from lensnet.data.pipeline import subset_ids
     from lensnet.studies.views import labels_by_id, split_embeddings
-    from lensnet.tasks.scores import macro_auc_interval
+    from lensnet.tasks.scores import macro_auc_with_interval
     from lensnet.tasks.ssl_plots import knn_probabilities
 
     key = (pretrain, str(info.path), train_split)
@@ -266,7 +266,7 @@ def _knn_row(pretrain: str, info, train_split: str, fraction: float, args: argpa
     test_labels = np.array([labels[i] for i in emb["test"][0]])
     probs = knn_probabilities(train[rows], np.array([labels[ids[k]] for k in rows]), emb["test"][1],
                               len(info.class_names), k=20)
-    found = macro_auc_interval(test_labels, probs, args.bootstrap, args.seed)
+    found = macro_auc_with_interval(test_labels, probs, args.bootstrap, args.seed)
     return {"macro_roc_auc": found["macro_roc_auc"], "accuracy": float(np.mean(probs.argmax(1) == test_labels)),
             "low": found["low"], "high": found["high"], "n_test": found["n_test"]}
 

@@ -85,6 +85,10 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     """Make the coming `import tensorflow` quiet (C++, absl and Python logs below errors); verbose: leave it be."""
     _state["verbose"] = verbose
     if verbose:
+        import lensnet
+
+        if lensnet.USER_TF_LOG_LEVEL is None:  # the level lensnet set on import, not the user's: show everything
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ logs after start-up: errors only
     logging.getLogger("absl").setLevel(logging.ERROR)

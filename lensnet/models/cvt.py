@@ -27,7 +27,7 @@ from lensnet.core.errors import LensnetError
 from lensnet.models.backbone import Backbone, float32_features, image_input
 from lensnet.models.layers import check_lengths
 from lensnet.models.pooling import valid_modes
-from lensnet.models.registry import register_model
+from lensnet.models.registry import TRANSFORMER_RECIPE, register_model
 
 
 @keras.saving.register_keras_serializable(package="lensnet")
@@ -295,6 +295,7 @@ _CVT_COMMON = {
 @register_model(
     "cvt_13",
     family="cvt",
+    train_defaults=TRANSFORMER_RECIPE,
     description="CvT-13 (Wu et al. 2021; widths 64/192/384, depths 1/2/10, heads 1/3/6, ~20M params; "
     "class token in the last stage)",
     defaults={**_CVT_COMMON, "embed_dims": [64, 192, 384], "depths": [1, 2, 10], "num_heads": [1, 3, 6],
@@ -307,6 +308,7 @@ def cvt_13(input_shape: tuple[int, int, int], **kwargs: Any) -> keras.Model:
 @register_model(
     "cvt_tiny",
     family="cvt",
+    train_defaults=TRANSFORMER_RECIPE,
     description="CvT for 64 px cutouts (widths 64/128/192, depths 1/1/3, strides 2/2/2: 32, 16, 8 tokens a side, "
     "~1.9M params)",
     defaults={**_CVT_COMMON, "embed_dims": [64, 128, 192], "depths": [1, 1, 3], "num_heads": [1, 2, 3],

@@ -5,6 +5,11 @@ class and distillation tokens first, so a task can give the distillation token
 its own head (trained against a teacher); by default a task pools the class
 token ("cls"), and "prefix_mean" averages both, as DeiT does at inference.
 Its MLP uses exact GELU.
+
+Like ViT it needs a learning-rate warm-up to train at lensnet's default learning rate (issue 22,
+numbers in lensnet.models.vit's docstring): the tiny DeiT of tests/test_memorise.py (64 wide, 4
+blocks, patch 4) ends the memorisation test at training loss 0.52 without warm-up and passes
+(< 0.1) with the registry recipe (`TRANSFORMER_RECIPE`, one warm-up epoch).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import keras_hub
 from lensnet.models.backbone import Backbone, float32_features, image_input
 from lensnet.models.layers import check_heads
 from lensnet.models.pooling import valid_modes
-from lensnet.models.registry import register_model
+from lensnet.models.registry import TRANSFORMER_RECIPE, register_model
 from lensnet.models.vit import resolve_patch_size
 
 
@@ -128,6 +133,7 @@ class DeiTBackbone(Backbone):
 @register_model(
     "deit_tiny",
     family="deit",
+    train_defaults=TRANSFORMER_RECIPE,
     description="DeiT-Tiny (keras-hub; 192 wide, 3 heads, 12 layers, class + distillation tokens, ~5.4M params)",
     defaults={
         "patch_size": None,

@@ -95,3 +95,114 @@ def freeze_index_tensors(model: keras.Layer) -> keras.Layer:
             if value is not None and hasattr(value, "numpy"):
                 object.__setattr__(layer, attr, np.asarray(value.numpy()))
     return model
+
+
+def trunc_normal(stddev: float = 0.02) -> keras.initializers.Initializer:
+    """The initialiser of timm/DeiT/BEiT for dense kernels, tokens and position embeddings."""
+    return keras.initializers.TruncatedNormal(stddev=stddev)
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class TransformerBlock(keras.layers.Layer):
+    """Pre-norm transformer block, timm style: x + MHA(LN(x)), then x + MLP(LN(x)) with exact GELU;
+    dense kernels truncated-normal(0.02), biases zero.
+
+    Args:
+        hidden_dim: token width D.
+        num_heads: attention heads; must divide `hidden_dim`.
+        mlp_dim: hidden width of the MLP.
+        dropout_rate: dropout after attention and in the MLP.
+        attention_dropout: dropout on attention weights.
+        layer_norm_epsilon: of both LayerNormalizations.
+    """
+
+    def __init__(self, hidden_dim: int, num_heads: int, mlp_dim: int, dropout_rate: float = 0.0,
+                 attention_dropout: float = 0.0, layer_norm_epsilon: float = 1e-6, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hidden_dim, self.num_heads, self.mlp_dim = int(hidden_dim), int(num_heads), int(mlp_dim)
+        self.dropout_rate, self.attention_dropout = float(dropout_rate), float(attention_dropout)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        dense = {"kernel_initializer": trunc_normal(), "bias_initializer": "zeros", "dtype": self.dtype_policy}
+        self.norm1 = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+                                                     name="norm1")
+        self.attention = keras.layers.MultiHeadAttention(self.num_heads, self.hidden_dim // self.num_heads,
+                                                         dropout=self.attention_dropout, name="attention", **dense)
+        self.norm2 = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+                                                     name="norm2")
+        self.fc1 = keras.layers.Dense(self.mlp_dim, activation="gelu", name="fc1", **dense)
+        self.fc2 = keras.layers.Dense(self.hidden_dim, name="fc2", **dense)
+        self.dropout = keras.layers.Dropout(self.dropout_rate, dtype=self.dtype_policy, name="dropout")
+
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        self.norm1.build(input_shape)
+        self.attention.build(input_shape, input_shape)
+        self.norm2.build(input_shape)
+        self.fc1.build(input_shape)
+        self.fc2.build((*input_shape[:-1], self.mlp_dim))
+
+    def call(self, inputs: Any, training: bool | None = None, return_attention_scores: bool = False) -> Any:
+        y = self.norm1(inputs)
+        attended = self.attention(y, y, training=training, return_attention_scores=return_attention_scores)
+        if return_attention_scores:
+            attended, scores = attended
+        x = inputs + self.dropout(attended, training=training)
+        y = self.fc2(self.dropout(self.fc1(self.norm2(x)), training=training))
+        x = x + self.dropout(y, training=training)
+        return (x, scores) if return_attention_scores else x
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
+        return tuple(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"hidden_dim": self.hidden_dim, "num_heads": self.num_heads, "mlp_dim": self.mlp_dim,
+                       "dropout_rate": self.dropout_rate, "attention_dropout": self.attention_dropout,
+                       "layer_norm_epsilon": self.layer_norm_epsilon})
+        return config
+
+
+# What `timm_initialise` may re-initialise, one candidate cause of a transformer that does not train each.
+INIT_PARTS = ("dense", "patch", "tokens")
+
+
+def timm_initialise(model: keras.Layer, parts: Sequence[str] = INIT_PARTS, seed: int | None = None) -> None:
+    """Re-initialise a built keras-hub transformer (ViT, DeiT) as timm/DeiT initialise theirs.
+
+    - "dense": every Dense / EinsumDense kernel (MLP, attention q/k/v/output) truncated-normal(0.02),
+      biases zero. keras-hub leaves them Glorot-uniform, and for MultiHeadAttention's 3-D kernels Keras
+      counts the fans over the head axes, so q/k/v start ~0.01-0.03 and the output projection and
+      MLP 0.05-0.08: larger residual updates than timm's;
+    - "patch": the patch-embedding convolution LeCun-normal (timm's "jax" mode), so that patch tokens
+      of per-image standardised images start with unit variance, and its bias zero;
+    - "tokens": class/distillation tokens and position embeddings truncated-normal(0.02).
+    """
+    unknown = sorted(set(parts) - set(INIT_PARTS))
+    if unknown:
+        raise LensnetError(f"unknown initialisation part(s) {unknown}; valid: {', '.join(INIT_PARTS)}")
+    rng = np.random.default_rng(seed)
+
+    def normal(shape: Sequence[int], std: float) -> np.ndarray:
+        # truncated at 2 standard deviations, as timm's trunc_normal_ (redrawn, not clipped)
+        values = rng.normal(0.0, std, size=tuple(shape))
+        bad = np.abs(values) > 2 * std
+        while bad.any():
+            values[bad] = rng.normal(0.0, std, size=int(bad.sum()))
+            bad = np.abs(values) > 2 * std
+        return values.astype("float32")
+
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if "patch" in parts and isinstance(layer, keras.layers.Conv2D) and "patch" in layer.name:
+            kernel = layer.kernel
+            fan_in = int(np.prod(kernel.shape[:-1]))
+            kernel.assign(normal(kernel.shape, 1.0 / np.sqrt(fan_in)))
+            if layer.bias is not None:
+                layer.bias.assign(np.zeros(layer.bias.shape, "float32"))
+        elif "dense" in parts and isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
+            layer.kernel.assign(normal(layer.kernel.shape, 0.02))
+            if layer.bias is not None:
+                layer.bias.assign(np.zeros(layer.bias.shape, "float32"))
+    if "tokens" in parts:
+        for variable in model.weights:
+            # "embeddings": ViT's position embedding is a keras Embedding layer
+            if variable.name in ("class_token", "distillation_token", "position_embedding", "embeddings"):
+                variable.assign(normal(variable.shape, 0.02))

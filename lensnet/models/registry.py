@@ -49,6 +49,7 @@ class ModelSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     builder: Builder | None = None
     kind: str = "backbone"
+    train_defaults: dict[str, Any] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -57,6 +58,7 @@ class ModelSpec:
             "kind": self.kind,
             "description": self.description,
             "defaults": {**copy.deepcopy(self.defaults), **GENERIC_DEFAULTS},
+            "train_defaults": copy.deepcopy(self.train_defaults),
         }
 
 
@@ -64,13 +66,16 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(
-    name: str, family: str, description: str, defaults: Mapping[str, Any] | None = None, kind: str = "backbone"
+    name: str, family: str, description: str, defaults: Mapping[str, Any] | None = None, kind: str = "backbone",
+    train_defaults: Mapping[str, Any] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Register `builder(input_shape, **kwargs) -> keras.Model` under `name`.
 
     `defaults` lists every hyper-parameter a user may override; a key that is not
     in it is rejected by `create_model`, so typos fail loudly instead of being
-    silently ignored.
+    silently ignored. `train_defaults` are the model's own `train` settings (its recipe, e.g. a
+    learning-rate warm-up for transformers): `lensnet.fit` applies them over its own defaults; the
+    task preset, a config file and the command line still win.
     """
     defaults = dict(defaults or {})
     if kind not in MODEL_KINDS:
@@ -82,7 +87,7 @@ def register_model(
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelSpec(name, family, description, defaults, builder, kind)
+        _REGISTRY[name] = ModelSpec(name, family, description, defaults, builder, kind, dict(train_defaults or {}))
         return builder
 
     return decorator
@@ -102,6 +107,18 @@ def list_models() -> list[dict[str, Any]]:
     one to read its `feature_info()`.
     """
     return [_REGISTRY[n].info() for n in sorted(_REGISTRY)]
+
+
+TRANSFORMER_RECIPE: dict[str, Any] = {"warmup_epochs": 1.0}
+"""The `train_defaults` of every transformer family (ViT, DeiT, Swin, CvT, CCT): a linear warm-up.
+Without it the first AdamW steps at lensnet's default learning rate throw a pre-norm transformer
+out of the region where it trains (measured in lensnet.models.vit's docstring)."""
+
+
+def train_defaults(name: str) -> dict[str, Any]:
+    """The model's own `train` settings (empty for an unknown name: create_model reports that one)."""
+    spec = _REGISTRY.get(name)
+    return copy.deepcopy(spec.train_defaults) if spec else {}
 
 
 def model_info(name: str) -> dict[str, Any]:

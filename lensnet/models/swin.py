@@ -21,7 +21,7 @@ import keras_hub
 from lensnet.core.errors import LensnetError
 from lensnet.models.backbone import Backbone, float32_features, image_input
 from lensnet.models.layers import check_lengths, freeze_index_tensors
-from lensnet.models.registry import register_model
+from lensnet.models.registry import TRANSFORMER_RECIPE, register_model
 
 # Tokens per side of the first stage the automatic patch size aims at: ImageNet
 # Swin-T has 56, 32 keeps the cost of 64-128 px cutouts modest on a CPU.
@@ -205,6 +205,7 @@ class SwinBackbone(Backbone):
 @register_model(
     "swin_tiny",
     family="swin",
+    train_defaults=TRANSFORMER_RECIPE,
     description="Swin-T (keras-hub; 96 wide, depths [2,2,6,2], ~27.5M params; patch 2 / window 4 at 64 px)",
     defaults={
         "patch_size": None,

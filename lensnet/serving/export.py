@@ -162,8 +162,15 @@ def export_run(
     atol: float = DEFAULT_ATOL,
     opset: int | None = None,
     seed: int = 0,
+    quantize: str | None = None,
+    calibration: str | os.PathLike | np.ndarray | None = None,
+    calibration_images: int = 256,
+    int8_tolerance: float = 0.002,
 ) -> ExportResult:
-    """Export the run's best model to the next version under `out_dir`, verified (see module doc)."""
+    """Export the run's best model to the next version under `out_dir`, verified (see module doc).
+
+    quantize="int8" also writes model.int8.onnx, calibrated on `calibration` (default: the run's
+    dataset), compared with the float model on the run's test images (lensnet.serving.quantize)."""
     from lensnet.artifacts.runs import best_model_path
     from lensnet.core.runinfo import package_versions
     from lensnet.serving.onnx_convert import DEFAULT_OPSET, convert_function
@@ -225,6 +232,8 @@ def export_run(
         "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
+    int8_inputs = _int8_inputs(info, run_dir, shape, quantize, calibration, calibration_images)
+
     import tensorflow as tf
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -237,8 +246,59 @@ def export_run(
         convert_function(function, [tf.TensorSpec([None, *shape], tf.float32, name=INPUT_NAME)], tmp / ONNX_FILE, opset)
         figures = verify(tmp, card, images, reference, atol)
         card["verification"] = {"images": int(len(images)), "source": image_source, **figures}
+        if int8_inputs is not None:
+            _add_int8(tmp, card, spec, int8_inputs, images, image_source, int8_tolerance)
         version = publish(tmp, out_dir, card)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(path=out_dir / str(version), version=version, card=card)
+
+
+def _int8_inputs(info: RunInfo, run_dir: Path, shape: tuple, quantize: str | None,
+                 calibration: str | os.PathLike | np.ndarray | None, count: int) -> dict | None:
+    """Calibration and test images for --quantize, read (and checked) before anything is written.
+
+    `calibration` is a dataset directory (default: the run's) or raw images (N, H, W, C)."""
+    from lensnet.serving.quantize import calibration_images, dataset_images
+
+    if quantize is None:
+        return None
+    if quantize != "int8":
+        raise LensnetError(f"--quantize {quantize!r} is not supported; valid: int8")
+    dataset = (info.dataset or {}).get("path")
+    if isinstance(calibration, np.ndarray):
+        if tuple(calibration.shape[1:]) != tuple(shape):
+            raise LensnetError(f"calibration images have shape {tuple(calibration.shape[1:])}; the model takes "
+                               f"{tuple(shape)}")
+        images, described = calibration[:count].astype(np.float32), f"{min(count, len(calibration))} given images"
+    else:
+        source = calibration or dataset
+        if not source:
+            raise LensnetError(f"{run_dir}: run.json names no dataset to calibrate int8 on; give --calibration DIR")
+        images, described = calibration_images(source, shape, count)
+    test = None
+    if dataset and Path(dataset, "manifest.json").is_file():
+        test = dataset_images(dataset, ("test", "val"), 2048, labels=True)
+    return {"calibration": images, "calibration_source": described, "test": test}
+
+
+def _add_int8(tmp: Path, card: dict, spec: OutputSpec, inputs: dict, images: np.ndarray, image_source: str,
+              tolerance: float) -> None:
+    """model.int8.onnx beside model.onnx, and what it costs and saves in card["int8"]."""
+    from lensnet.serving.quantize import INT8_FILE, compare, quantize_onnx
+
+    details = quantize_onnx(tmp / ONNX_FILE, tmp / INT8_FILE, inputs["calibration"],
+                            label=f"model {card['model']} of {card['run']['path']}")
+    if inputs["test"] is not None:
+        test_images, labels, class_names, source = inputs["test"]
+    else:  # no test split here: the verification images, without labels
+        test_images, labels, class_names, source = images, None, [], image_source
+    figures = compare(tmp / ONNX_FILE, tmp / INT8_FILE, spec, test_images, labels, class_names, source)
+    change = figures["metric"]["change"]
+    card["files"]["onnx_int8"] = INT8_FILE
+    card["int8"] = {**details, "calibration": {"source": inputs["calibration_source"],
+                                               "images": int(len(inputs["calibration"]))},
+                    "comparison": figures, "tolerance": tolerance}
+    # predict and serve use the int8 model by default only if it scores as the float model does
+    card["runtime"] = "onnx-int8" if change is not None and abs(change) <= tolerance else "onnx"

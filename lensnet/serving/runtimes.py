@@ -10,7 +10,8 @@ from lensnet.artifacts.export_layout import INPUT_NAME, SIGNATURE
 from lensnet.artifacts.exports import ExportedModel
 from lensnet.core.errors import LensnetError
 
-RUNTIMES = ("onnx", "tf")
+RUNTIMES = ("onnx", "onnx-int8", "tf")
+CARD_RUNTIME = "card"  # the version's own choice: card.json "runtime" (onnx-int8 when its int8 model passed)
 
 
 
@@ -26,8 +27,10 @@ class Runner:
 class OnnxRunner(Runner):
     runtime = "onnx"
 
-    def __init__(self, exported: ExportedModel, threads: int | None = None) -> None:
+    def __init__(self, exported: ExportedModel, threads: int | None = None, path: os.PathLike | None = None) -> None:
         import onnxruntime as ort
+
+        path = path or exported.onnx_path
 
         options = ort.SessionOptions()
         if threads:
@@ -36,10 +39,10 @@ class OnnxRunner(Runner):
         options.log_severity_level = 3  # warnings about unused initialisers are noise to a user
         try:
             self.session = ort.InferenceSession(
-                os.fspath(exported.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+                os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise LensnetError(f"cannot load {exported.onnx_path} in onnxruntime: {_first_line(exc)}") from None
+            raise LensnetError(f"cannot load {path} in onnxruntime: {_first_line(exc)}") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
@@ -65,9 +68,26 @@ class TFRunner(Runner):
         return self.function(**{INPUT_NAME: self._tf.constant(images)})[self.output_name].numpy()
 
 
+class Int8Runner(OnnxRunner):
+    runtime = "onnx-int8"
+
+    def __init__(self, exported: ExportedModel, threads: int | None = None) -> None:
+        if not exported.int8_path:
+            raise LensnetError(f"{exported.path} has no int8 model; export the run with --quantize int8")
+        super().__init__(exported, threads, exported.int8_path)
+
+
+def resolve_runtime(exported: ExportedModel, runtime: str) -> str:
+    """`card` -> the version's card.json runtime (onnx when it names none)."""
+    return str(exported.card.get("runtime", "onnx")) if runtime == CARD_RUNTIME else runtime
+
+
 def open_runner(exported: ExportedModel, runtime: str = "onnx", threads: int | None = None) -> Runner:
+    runtime = resolve_runtime(exported, runtime)
     if runtime == "onnx":
         return OnnxRunner(exported, threads)
+    if runtime == "onnx-int8":
+        return Int8Runner(exported, threads)
     if runtime == "tf":
         if threads:
             _set_tf_threads(threads)

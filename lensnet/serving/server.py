@@ -54,7 +54,7 @@ class ModelServer:
         model_dir: str | os.PathLike,
         *,
         name: str | None = None,
-        runtime: str = "onnx",
+        runtime: str = "card",
         threads: int | None = 1,
         max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20),
         max_batch: int = DEFAULT_MAX_BATCH,

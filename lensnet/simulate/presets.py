@@ -110,6 +110,8 @@ DATASET_DEFAULTS: dict = {
         "host": {"log10_m200": 13.3, "mass_scaling": 0.55, "redshift_scaling": 0.37},
         "n_mean": 25.0,  # normalisation: count only
         "count": "poisson",  # poisson | fixed (normalisation: count only)
+        # 1e8 here (about 26 haloes, fast under either engine); the physical presets set 1e6 with engine: fast.
+        # Not changed to 1e6: every preset that does not set it (lens_finding) stores this value in its manifest.
         "m_min": 1.0e8,
         "m_max": 1.0e10,
         "slope": -1.9,

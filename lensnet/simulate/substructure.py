@@ -193,6 +193,9 @@ class Haloes:
 
 @dataclass(frozen=True)
 class SubhaloSpec:
+    """The parsed `substructure` section. No field has a default here: every default is defined once, in
+    lensnet.simulate.presets.DATASET_DEFAULTS, and parse_subhalo_config fills every field from the config."""
+
     profile: str
     n_mean: float
     m_min: float
@@ -201,15 +204,15 @@ class SubhaloSpec:
     radius: Prior
     concentration_scatter_dex: float
     truncation_tau: float | None  # None: the rule `truncation`
-    normalisation: str = "count"
-    f_sub: Prior | None = None
-    count: str = "poisson"
-    placement: str = "radius"
-    subtract_from_macro: bool = False
-    concentration_model: str = "duffy08"
-    sigma_sub: Prior | None = None
-    host: tuple[float, float, float] = (13.3, 0.55, 0.37)  # log10 M_host, mass and redshift scalings (pyHalo)
-    truncation: str = "roche"  # a TRUNCATIONS rule, or "tau" (truncation_tau)
+    normalisation: str
+    f_sub: Prior | None  # normalisation f_sub only
+    count: str
+    placement: str
+    subtract_from_macro: bool
+    concentration_model: str
+    sigma_sub: Prior | None  # normalisation sigma_sub only
+    host: tuple[float, float, float]  # log10 M_host, mass and redshift scalings (pyHalo)
+    truncation: str  # a TRUNCATIONS rule, or "tau" (truncation_tau)
 
 
 @dataclass(frozen=True)

@@ -106,16 +106,16 @@ def score_embedding(train: np.ndarray, train_labels: np.ndarray, test: np.ndarra
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from lensnet.tasks.scores import macro_auc_interval
+    from lensnet.tasks.scores import macro_auc_with_interval
     from lensnet.tasks.ssl_plots import knn_probabilities
 
     knn = knn_probabilities(train, train_labels, test, num_classes, k=KNN)
     scaler = StandardScaler().fit(train)
     probe = LogisticRegression(max_iter=2000).fit(scaler.transform(train), train_labels)
     probs = probe.predict_proba(scaler.transform(test))
-    interval = macro_auc_interval(test_labels, probs, bootstrap, seed)
+    interval = macro_auc_with_interval(test_labels, probs, bootstrap, seed)
     return {"knn_accuracy": float(np.mean(knn.argmax(1) == test_labels)),
-            "knn_macro_auc": macro_auc_interval(test_labels, knn, 0, seed)["macro_roc_auc"],
+            "knn_macro_auc": macro_auc_with_interval(test_labels, knn, 0, seed)["macro_roc_auc"],
             "probe_accuracy": float(np.mean(probs.argmax(1) == test_labels)),
             "probe_macro_auc": interval["macro_roc_auc"], "probe_low": interval["low"],
             "probe_high": interval["high"], "n_train": int(len(train)), "n_test": int(len(test))}

@@ -75,21 +75,36 @@ def regression_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     return out
 
 
-def macro_auc_interval(labels: np.ndarray, probs: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> dict:
-    """One-vs-rest macro ROC AUC of (labels, class probabilities) with its 95% percentile-bootstrap interval
-    over the test images (resamples missing a class are skipped; `n_boot` counts the kept ones)."""
+def macro_auc_interval(labels: np.ndarray, probs: np.ndarray, bootstrap: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of the macro one-vs-rest ROC AUC, resampling test images.
+
+    Resamples in which a class is absent (its AUC undefined) are skipped; None if fewer than half
+    of the resamples are usable.
+    """
     labels = np.asarray(labels).astype(int).ravel()
     probs = np.asarray(probs, dtype=np.float64)
     k = probs.shape[1]
-
-    def macro(index: np.ndarray) -> float | None:
-        y, p = labels[index], probs[index]
-        if len(np.unique(y)) < k:
-            return None
-        return float(np.mean([skm.roc_auc_score(y == c, p[:, c]) for c in range(k)]))
-
-    point = macro(np.arange(labels.size))
     rng = np.random.default_rng(seed)
-    draws = [v for v in (macro(rng.integers(0, labels.size, labels.size)) for _ in range(bootstrap)) if v is not None]
-    low, high = (float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))) if draws else (None, None)
-    return {"macro_roc_auc": point, "low": low, "high": high, "n_test": int(labels.size), "n_boot": len(draws)}
+    values = []
+    for _ in range(int(bootstrap)):
+        idx = rng.integers(0, labels.size, labels.size)
+        y, p = labels[idx], probs[idx]
+        if any(not 0 < (y == c).sum() < y.size for c in range(k)):
+            continue
+        values.append(np.mean([skm.roc_auc_score(y == c, p[:, c]) for c in range(k)]))
+    if len(values) < bootstrap / 2:
+        return None
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def macro_auc_with_interval(labels: np.ndarray, probs: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Macro one-vs-rest ROC AUC and its 95% bootstrap interval (`macro_auc_interval`; bootstrap 0: none)."""
+    labels = np.asarray(labels).astype(int).ravel()
+    probs = np.asarray(probs, dtype=np.float64)
+    k = probs.shape[1]
+    point = (float(np.mean([skm.roc_auc_score(labels == c, probs[:, c]) for c in range(k)]))
+             if len(np.unique(labels)) == k else None)
+    low, high = (macro_auc_interval(labels, probs, bootstrap, seed) if bootstrap else None) or (None, None)
+    return {"macro_roc_auc": point, "low": low, "high": high, "n_test": int(labels.size)}

@@ -114,6 +114,7 @@ def resolve_fit_config(
     task_class = get_task_class(name)
     config = copy.deepcopy(FIT_DEFAULTS)
     config["task"] = {"name": name, **task_class.config_defaults()}
+    config = _with_model_recipe(config, user, overrides)
     preset = TASK_DIR / f"{name}.yaml"
     if preset.is_file():
         config = merge(config, load_yaml(preset, "task preset"), open_keys=OPEN_KEYS)
@@ -128,6 +129,19 @@ def resolve_fit_config(
         _model_of_init_run(config["model"])
     validate(config)
     return config
+
+
+def _with_model_recipe(config: dict, user: dict, overrides: dict) -> dict:
+    """The chosen model's own `train` defaults (its registry `train_defaults`) over fit's defaults: the
+    task preset, a config file and the command line still win."""
+    import lensnet.models  # noqa: F401  (registers every family)
+    from lensnet.models.registry import train_defaults
+
+    chosen = [(tree.get("model") or {}).get("name") for tree in (user, overrides)]
+    preset = TASK_DIR / f"{config['task']['name']}.yaml"
+    preset_model = (load_yaml(preset, "task preset").get("model") or {}).get("name") if preset.is_file() else None
+    recipe = train_defaults(next((m for m in reversed(chosen) if m), None) or preset_model or config["model"]["name"])
+    return merge(config, {"train": recipe}, open_keys=OPEN_KEYS) if recipe else config
 
 
 def _model_of_init_run(model: dict) -> None:

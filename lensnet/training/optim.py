@@ -36,6 +36,12 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
                 "min_ratio": self.min_ratio}
 
 
+# Variable names (regex, searched in `variable.name`) that weight decay leaves alone, as timm and DeiT
+# do: norm scales and shifts, biases, class/distillation tokens and position embeddings. Decaying
+# them pulls LayerNorm gains and the tokens towards 0, which only hurts.
+NO_DECAY = ("bias", "gamma", "beta", "token", "embeddings", "position")
+
+
 def make_optimizer(train: dict, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     lr = float(train["learning_rate"])
     if train["schedule"] == "cosine":
@@ -50,12 +56,15 @@ def make_optimizer(train: dict, steps_per_epoch: int) -> keras.optimizers.Optimi
     wd = float(train["weight_decay"])
     name = train["optimizer"]
     if name == "adamw":
-        return keras.optimizers.AdamW(weight_decay=wd, **common)
-    if name == "adam":
+        optimizer = keras.optimizers.AdamW(weight_decay=wd, **common)
+    elif name == "adam":
         return keras.optimizers.Adam(**common)
-    if name == "lamb":
-        return keras.optimizers.Lamb(weight_decay=wd or None, **common)
-    if name == "sgd":
-        return keras.optimizers.SGD(momentum=float(train["momentum"]), nesterov=True,
-                                    weight_decay=wd or None, **common)
-    raise LensnetError(f"train.optimizer {name!r} is not one of adamw, adam, lamb, sgd")
+    elif name == "lamb":
+        optimizer = keras.optimizers.Lamb(weight_decay=wd or None, **common)
+    elif name == "sgd":
+        optimizer = keras.optimizers.SGD(momentum=float(train["momentum"]), nesterov=True,
+                                         weight_decay=wd or None, **common)
+    else:
+        raise LensnetError(f"train.optimizer {name!r} is not one of adamw, adam, lamb, sgd")
+    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
+    return optimizer

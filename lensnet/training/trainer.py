@@ -9,6 +9,7 @@ import datetime as _dt
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,8 +114,11 @@ def _trim_history(path: Path, epochs: int) -> None:
         write_text(path, "".join(lines[: epochs + 1]))
 
 
-def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> FitResult:
-    """Train as `config` says; with `resume`, continue the run named by config.run from its last epoch."""
+def run_fit(config: dict, *, resume: bool = False, progress: bool = True,
+            extra_callbacks: Sequence = ()) -> FitResult:
+    """Train as `config` says; with `resume`, continue the run named by config.run from its last epoch.
+
+    `extra_callbacks` run after the run's own (e.g. a tuner's per-epoch report that may stop training)."""
     t0 = time.perf_counter()
     import keras
     import tensorflow as tf
@@ -168,6 +172,8 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     if state:
         with strategy.scope():
             _restore(model, run_dir, state)
+            if train["schedule"] == "constant":  # the config's rate, not the checkpoint's (a PBT member's may differ)
+                model.optimizer.learning_rate.assign(float(train["learning_rate"]))
     initial_epoch = int(state["epochs_done"]) if state else 0
     run_info = RunInfo(
         task=task.name, model=config["model"]["name"],
@@ -229,6 +235,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True) -> Fit
     callbacks.append(cb.RunCheckpoint(run_dir, monitor, mode, stateful, state, on_epoch=on_epoch, write=chief))
     if chief:
         callbacks += task.callbacks(run_dir, info, config, val_ds)
+    callbacks += list(extra_callbacks)
 
     if initial_epoch < epochs:
         print(f"training {config['model']['name']} on {info.path} for task {task.name}: epochs "

@@ -20,8 +20,8 @@ from lensnet.tuning.space import yaml_text
 TRIAL_RESULT = "tuning.json"  # in each trial's run directory
 
 
-def objective_from_history(run_dir: Path, objective: str, direction: str) -> tuple[float, int, int]:
-    """(best value, its 1-based epoch, epochs trained) from the run's history.csv.
+def _history(run_dir: Path, objective: str) -> list[tuple[float, int]]:
+    """[(objective value, 0-based epoch)] from the run's history.csv, in epoch order.
 
     A run killed between writing a history row and its checkpoint repeats that epoch
     when resumed; the last row of each epoch is the one that counts.
@@ -35,12 +35,23 @@ def objective_from_history(run_dir: Path, objective: str, direction: str) -> tup
         raise LensnetError(f"{path} records no epoch")
     if objective not in next(iter(rows.values())):
         raise LensnetError(f"{path} has no column '{objective}'")
-    scored = [(float(row[objective] or "nan"), epoch) for epoch, row in sorted(rows.items())]
+    return [(float(row[objective] or "nan"), epoch) for epoch, row in sorted(rows.items())]
+
+
+def objective_from_history(run_dir: Path, objective: str, direction: str) -> tuple[float, int, int]:
+    """(best value, its 1-based epoch, epochs trained) from the run's history.csv."""
+    scored = _history(run_dir, objective)
     finite = [(value, epoch) for value, epoch in scored if math.isfinite(value)]
     if not finite:
         raise LensnetError(f"objective {objective} is NaN in every epoch of {run_dir}")
     best = max(finite) if direction == "max" else min(finite)
-    return best[0], best[1] + 1, len(rows)
+    return best[0], best[1] + 1, len(scored)
+
+
+def objective_at_last_epoch(run_dir: Path, objective: str) -> float | None:
+    """The objective after the run's last epoch (None if NaN): what PBT ranks a member's round on."""
+    value = _history(run_dir, objective)[-1][0]
+    return value if math.isfinite(value) else None
 
 
 def write_trial_result(run_dir: Path, result: dict) -> None:
@@ -75,10 +86,25 @@ def describe_values(values: dict) -> str:
     return " ".join(f"{key.rsplit('.', 1)[-1]}={_short(value)}" for key, value in values.items())
 
 
+def lineage(trial_id: str, values_of: dict[str, dict]) -> str:
+    """`0>4>9`: the trial's ancestors (weights inherited: tuner/trial_id; values: tuner/parent), oldest first."""
+    chain, seen = [trial_id], {trial_id}
+    while True:
+        values = values_of.get(chain[-1], {})
+        parent = values.get("tuner/trial_id") or values.get("tuner/parent")
+        if parent is None or str(parent) in seen:
+            break
+        chain.append(str(parent))
+        seen.add(str(parent))
+    return ">".join(reversed(chain))
+
+
 def trial_rows(trials: Iterable[Any], space: Any, objective: str, trials_dir: Path) -> list[dict]:
     """One summary row per KerasTuner trial, in trial order."""
+    trials = sorted(trials, key=lambda t: int(t.trial_id))
+    values_of = {t.trial_id: t.hyperparameters.values for t in trials}
     rows = []
-    for trial in sorted(trials, key=lambda t: int(t.trial_id)):
+    for trial in trials:
         values = trial.hyperparameters.values
         run_dir = Path(trials_dir) / trial.trial_id
         result = read_trial_result(run_dir)
@@ -91,6 +117,9 @@ def trial_rows(trials: Iterable[Any], space: Any, objective: str, trials_dir: Pa
         row.update({key: yaml_text(value) if isinstance(value, (list, dict)) or value is None else value
                     for key, value in space.decoded(values).items()})
         row["warm_start_from"] = values.get("tuner/trial_id")
+        row["member"] = values.get("tuner/member")
+        row["lineage"] = lineage(trial.trial_id, values_of)
+        row["pruned_at"] = result.get("pruned_at")
         row["run_dir"] = str(run_dir) if (run_dir / "run.json").is_file() else ""
         row["message"] = failure_reason(trial.message) if trial.status == "FAILED" else ""
         rows.append(row)
@@ -99,7 +128,7 @@ def trial_rows(trials: Iterable[Any], space: Any, objective: str, trials_dir: Pa
 
 def write_summary(path: Path, rows: list[dict], objective: str, keys: list[str]) -> None:
     columns = ["trial_id", "status", objective, "best_epoch", "epochs", "seconds", "tuner", *keys,
-               "warm_start_from", "run_dir", "message"]
+               "warm_start_from", "member", "lineage", "pruned_at", "run_dir", "message"]
     with atomic_open(path, "w") as handle:
         writer = csv.DictWriter(handle, columns, lineterminator="\n")
         writer.writeheader()

@@ -6,12 +6,12 @@ search from the command's arguments, claims its directory, runs it and writes th
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,59 @@ SEARCH_FILE = "search.yaml"
 SEARCH_OUTPUTS = ("keras_tuner", "trials", "logs", "summary.csv", "best.yaml", SEARCH_FILE)
 
 
-def resolve_role(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> tuple[str, dict | None]:
+@dataclass(frozen=True)
+class TuneSettings:
+    """Everything a search needs (what `lensnet tune` parses; field names are its flags, - as _).
+
+    The base run's fields (task ... cpu_devices, run_name, runs) are read back into a fit config by
+    lensnet.training.config.cli_overrides, as lensnet fit's flags are."""
+
+    # the base run
+    task: str | None = None
+    model: str | None = None
+    data: str | None = None
+    target: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    config: str | None = None
+    set: list[str] = field(default_factory=list)
+    strategy: str | None = None
+    cpu_devices: int | None = None
+    # the search
+    tuner: str = "bayesian"
+    max_trials: int | None = None
+    directory: str | None = None
+    space: str | None = None
+    objective: str | None = None
+    max_epochs: int | None = None
+    factor: int = 3
+    hyperband_iterations: int = 1
+    population: int | None = None  # pbt / evolution (default 4 / 8)
+    rounds: int = 3  # pbt
+    sample_size: int = 3  # evolution's tournament
+    prune: str = "none"  # none | median (lensnet.tuning.pruning)
+    prune_grace: int = 1
+    prune_min_peers: int = 3
+    initial_points: int | None = None
+    max_consecutive_failures: int = 3
+    overwrite: bool = False
+    verbose: int = 0  # Keras output inside trials
+    no_progress: bool = False
+    # distributed search
+    role: str | None = None
+    oracle_address: str | None = None
+    tuner_id: str | None = None
+    wait: float = 600.0
+    # after the search
+    retrain_best: bool = False
+    retrain_epochs: int | None = None
+    runs: str | None = None
+    run_name: str | None = None
+
+
+def resolve_role(args: TuneSettings, environ: Mapping[str, str] = os.environ) -> tuple[str, dict | None]:
     """(single | chief | worker, the KERASTUNER_* variables to set or None)."""
     if args.role is None and (args.oracle_address or args.tuner_id):
         raise LensnetError("--oracle-address and --tuner-id need --role chief or --role worker")
@@ -133,7 +185,7 @@ def wait_for_search_file(directory: Path, settings: dict, timeout: float) -> Non
         time.sleep(0.5)
 
 
-def build_setup(args: argparse.Namespace, role: str) -> tuple[Any, dict]:
+def build_setup(args: TuneSettings, role: str) -> tuple[Any, dict]:
     """The checked search (TrialSetup) and its description for search.yaml; every error comes before any trial."""
     from lensnet.tasks import task_from_config
     from lensnet.training.config import cli_overrides, resolve_fit_config
@@ -157,13 +209,26 @@ def build_setup(args: argparse.Namespace, role: str) -> tuple[Any, dict]:
     directory = Path(args.directory or Path("tuning") / f"{task.name}-{base['model']['name']}-{args.tuner}")
     oracle = {"hyperband": {"max_epochs": args.max_epochs or int(base["train"]["epochs"]), "factor": args.factor,
                             "hyperband_iterations": args.hyperband_iterations},
-              "bayesian": {"initial_points": args.initial_points}}.get(args.tuner, {})
+              "bayesian": {"initial_points": args.initial_points},
+              "pbt": {"population": args.population or 4, "rounds": args.rounds},
+              "evolution": {"population": args.population or 8, "sample_size": args.sample_size}}.get(args.tuner, {})
     settings = {"tuner": args.tuner, "objective": f"{objective}:{direction}", "seed": int(base["run"]["seed"]),
                 "oracle": oracle, "space": space.as_dict(), "base": comparable(base, ("run", "distribute"))}
+    pruner = search_pruner(args)
+    if pruner is not None:  # absent when off, so the search.yaml of earlier searches still matches
+        settings["pruning"] = pruner.as_dict()
     return TrialSetup(base=base, space=space, objective=objective, direction=direction, directory=directory), settings
 
 
-def claim_directory(directory: Path, settings: dict, role: str, args: argparse.Namespace) -> None:
+def search_pruner(args: TuneSettings) -> Any:
+    from lensnet.tuning.pruning import MedianStopping
+
+    if args.prune == "median":
+        return MedianStopping(grace=args.prune_grace, min_peers=args.prune_min_peers)
+    return None
+
+
+def claim_directory(directory: Path, settings: dict, role: str, args: TuneSettings) -> None:
     """Workers wait for the chief's search.yaml; the chief (or a single process) writes it or checks it matches."""
     if role == "worker":
         wait_for_search_file(directory, settings, args.wait)
@@ -229,7 +294,7 @@ def finish(setup: Any, oracle: Any, kind: str, seconds: float) -> Path | None:
     return best_path
 
 
-def retrain(best_path: Path, args: argparse.Namespace) -> None:
+def retrain(best_path: Path, args: TuneSettings) -> None:
     from lensnet.training.config import resolve_fit_config
     from lensnet.training.trainer import print_result, run_fit
 
@@ -243,7 +308,7 @@ def retrain(best_path: Path, args: argparse.Namespace) -> None:
     print_result(run_fit(config, progress=not args.no_progress))
 
 
-def run_search(args: argparse.Namespace) -> int:
+def run_search(args: TuneSettings) -> int:
     """The whole `lensnet.tune` command after argument parsing: search, summary, best.yaml, optional retrain."""
     role, env = resolve_role(args)
     if role == "worker" and (args.overwrite or args.retrain_best):
@@ -256,16 +321,23 @@ def run_search(args: argparse.Namespace) -> int:
     claim_directory(setup.directory, settings, role, args)
 
     from lensnet.tuning.report import write_hparams_config
-    from lensnet.tuning.tuner import LensnetTuner, chief_announcer, make_oracle
+    from lensnet.tuning.tuner import LensnetTuner, SearchOptions, chief_announcer, make_oracle
 
     max_trials = args.max_trials or (None if args.tuner == "hyperband" else 10)
+    if args.tuner == "pbt":
+        max_trials = (args.population or 4) * args.rounds
     max_epochs = args.max_epochs or int(setup.base["train"]["epochs"])
+    pruner = search_pruner(args)
+    options = SearchOptions(max_trials=max_trials, seed=int(setup.base["run"]["seed"]),
+                            max_failures=args.max_consecutive_failures, max_epochs=max_epochs, factor=args.factor,
+                            hyperband_iterations=args.hyperband_iterations, initial_points=args.initial_points,
+                            population=args.population, rounds=args.rounds, sample_size=args.sample_size,
+                            pruner=pruner)
     t0 = time.perf_counter()
     with kerastuner_env(env):
-        oracle = make_oracle(args.tuner, setup, max_trials=max_trials, seed=int(setup.base["run"]["seed"]),
-                             max_failures=args.max_consecutive_failures, max_epochs=max_epochs, factor=args.factor,
-                             hyperband_iterations=args.hyperband_iterations, initial_points=args.initial_points)
-        tuner = LensnetTuner(oracle, setup, verbose=args.verbose)  # reloads the directory's search, if any
+        oracle = make_oracle(args.tuner, setup, options)
+        # reloads the directory's search, if any
+        tuner = LensnetTuner(oracle, setup, verbose=args.verbose, report_epochs=pruner is not None)
         if role != "worker":
             write_hparams_config(setup.logs_dir, setup.space.hyperparameters(), setup.objective)
             print_start(args.tuner, setup, tuner.oracle, max_trials, max_epochs, role)

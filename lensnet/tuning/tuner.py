@@ -44,10 +44,9 @@ from keras_tuner.src.engine.trial import TrialStatus
 
 from lensnet.core.config import dump_yaml, load_yaml
 from lensnet.core.errors import LensnetError
-from lensnet.tuning import report
+from lensnet.tuning import evolution, pruning, report
 from lensnet.tuning.space import SearchSpace, trial_config
 
-TUNERS = ("bayesian", "hyperband", "random")
 IDLE_WAIT = 1.0  # seconds between requests while Hyperband waits for other workers' trials
 # Differences that do not make a trial another trial: where it runs and how chatty it is.
 _IGNORED = ("run.name", "run.dir", "run.verbose", "distribute")
@@ -72,7 +71,7 @@ class TrialSetup:
         return self.directory / "logs"
 
 
-class ResumableOracle:
+class ResumableOracle(pruning.PruningOracle):
     """Mixin for KerasTuner oracles: see the module docstring."""
 
     stop_reason: str | None = None
@@ -132,29 +131,76 @@ class RandomOracle(ResumableOracle, kt.oracles.RandomSearchOracle):
     pass
 
 
-def make_oracle(kind: str, setup: TrialSetup, *, max_trials: int | None, seed: int, max_failures: int,
-                max_epochs: int, factor: int = 3, hyperband_iterations: int = 1,
-                initial_points: int | None = None) -> kt.Oracle:
+class PBTOracle(ResumableOracle, evolution.PBTOracle):
+    pass
+
+
+class EvolutionOracle(ResumableOracle, evolution.EvolutionOracle):
+    pass
+
+
+@dataclass
+class SearchOptions:
+    """What each tuner takes beside the space and objective (`python -m lensnet.tune --help`)."""
+
+    max_trials: int | None
+    seed: int
+    max_failures: int
+    max_epochs: int  # hyperband: epochs of the longest trials
+    factor: int = 3
+    hyperband_iterations: int = 1
+    initial_points: int | None = None
+    population: int | None = None  # pbt (default 4) and evolution (default 8)
+    rounds: int = 3  # pbt
+    sample_size: int = 3  # evolution
+    pruner: pruning.MedianStopping | None = None
+
+
+def _bayesian(setup: TrialSetup, options: SearchOptions, common: dict) -> kt.Oracle:
+    # with a handful of trials the GP's length scales often sit at their bounds; sklearn says so every trial
+    warnings.filterwarnings("ignore", module="sklearn.gaussian_process")
+    return BayesianOracle(max_trials=options.max_trials, num_initial_points=options.initial_points, **common)
+
+
+def _random(setup: TrialSetup, options: SearchOptions, common: dict) -> kt.Oracle:
+    return RandomOracle(max_trials=options.max_trials, **common)
+
+
+def _hyperband(setup: TrialSetup, options: SearchOptions, common: dict) -> kt.Oracle:
+    oracle = HyperbandOracle(max_epochs=options.max_epochs, factor=options.factor,
+                             hyperband_iterations=options.hyperband_iterations, **common)
+    oracle.max_trials = options.max_trials  # the brackets decide unless capped; create_trial honours it
+    return oracle
+
+
+def _pbt(setup: TrialSetup, options: SearchOptions, common: dict) -> kt.Oracle:
+    return PBTOracle(population=options.population or 4, rounds=options.rounds,
+                     epochs_per_round=int(setup.base["train"]["epochs"]), trials_dir=setup.trials_dir, **common)
+
+
+def _evolution(setup: TrialSetup, options: SearchOptions, common: dict) -> kt.Oracle:
+    return EvolutionOracle(population=options.population or 8, sample_size=options.sample_size,
+                           max_trials=options.max_trials, **common)
+
+
+ORACLES: dict[str, Callable[[TrialSetup, SearchOptions, dict], kt.Oracle]] = {
+    "bayesian": _bayesian, "hyperband": _hyperband, "random": _random, "pbt": _pbt, "evolution": _evolution}
+TUNERS = tuple(ORACLES)
+
+
+def make_oracle(kind: str, setup: TrialSetup, options: SearchOptions) -> kt.Oracle:
+    if kind not in ORACLES:
+        raise LensnetError(f"unknown tuner {kind!r}; valid: {', '.join(TUNERS)}")
     common = {
         "objective": kt.Objective(setup.objective, setup.direction),
         "hyperparameters": setup.space.hyperparameters(),
         "allow_new_entries": False,  # the space file is the whole space
         # KerasTuner reads seed 0 as "no seed" (`seed or random.randint(...)`): shift it so 0 is reproducible
-        "seed": int(seed) + 1,
-        "max_consecutive_failed_trials": max_failures,
+        "seed": int(options.seed) + 1,
+        "max_consecutive_failed_trials": options.max_failures,
     }
-    if kind == "bayesian":
-        # with a handful of trials the GP's length scales often sit at their bounds; sklearn says so every trial
-        warnings.filterwarnings("ignore", module="sklearn.gaussian_process")
-        oracle = BayesianOracle(max_trials=max_trials, num_initial_points=initial_points, **common)
-    elif kind == "random":
-        oracle = RandomOracle(max_trials=max_trials, **common)
-    elif kind == "hyperband":
-        oracle = HyperbandOracle(max_epochs=max_epochs, factor=factor, hyperband_iterations=hyperband_iterations,
-                                 **common)
-        oracle.max_trials = max_trials  # the brackets decide unless capped; create_trial honours it
-    else:
-        raise LensnetError(f"unknown tuner {kind!r}; valid: {', '.join(TUNERS)}")
+    oracle = ORACLES[kind](setup, options, common)
+    oracle.pruner = options.pruner
     oracle.verbose = 0  # lensnet prints its own one-line progress
     return oracle
 
@@ -182,9 +228,10 @@ def _copy_ignore(directory: str, names: list[str]) -> list[str]:
 class LensnetTuner(base_tuner.BaseTuner):
     """Each trial = one `run_fit` into <directory>/trials/<trial_id>/, objective read from its history."""
 
-    def __init__(self, oracle: kt.Oracle, setup: TrialSetup, *, verbose: int = 0) -> None:
+    def __init__(self, oracle: kt.Oracle, setup: TrialSetup, *, verbose: int = 0, report_epochs: bool = False) -> None:
         self.setup = setup
         self.verbose = verbose
+        self.report_epochs = report_epochs  # per-epoch objective to the oracle, which may stop the trial (pruning)
         self.ran: list[str] = []
         self._outcome: dict[str, dict] = {}
         # KerasTuner prints every failed trial's traceback (DEBUG is on by default); the one-line reason is
@@ -239,17 +286,22 @@ class LensnetTuner(base_tuner.BaseTuner):
             if config["run"]["verbose"] == "auto":
                 config["run"]["verbose"] = self.verbose
             mode = self._prepare(run_dir, config, values.get("tuner/trial_id"))
-            seconds = report.read_trial_result(run_dir).get("seconds") if mode == "done" else None
+            previous = report.read_trial_result(run_dir) if mode == "done" else {}
+            seconds, pruned_at = previous.get("seconds"), previous.get("pruned_at")
             if mode != "done":
-                seconds = run_fit(config, resume=mode == "resume", progress=False).seconds
+                reporter = [pruning.epoch_reporter(self.oracle, trial_id, setup.objective)][: int(self.report_epochs)]
+                seconds = run_fit(config, resume=mode == "resume", progress=False, extra_callbacks=reporter).seconds
+                pruned_at = reporter[0].pruned_at if reporter else None
             value, best_epoch, epochs = report.objective_from_history(run_dir, setup.objective, setup.direction)
+            last_value = report.objective_at_last_epoch(run_dir, setup.objective)
         except LensnetError as exc:  # a bad combination or a diverged run: this trial fails, the search goes on
             raise kt.errors.FailedTrialError(" ".join(str(exc).split())) from None
         finally:
             keras.backend.clear_session()  # free the trial's graphs before the next one
         outcome = {"trial_id": trial_id, "tuner": self.tuner_id, "objective": setup.objective, "value": value,
                    "best_epoch": best_epoch, "epochs": epochs, "seconds": seconds,
-                   "values": setup.space.decoded(values), "warm_start_from": values.get("tuner/trial_id")}
+                   "values": setup.space.decoded(values), "warm_start_from": values.get("tuner/trial_id"),
+                   "last_value": last_value, "pruned_at": pruned_at}
         report.write_trial_result(run_dir, outcome)
         report.write_trial_hparams(setup.logs_dir, trial_id, trial.hyperparameters,
                                    {setup.objective: value, "epochs": epochs, "seconds": seconds})
@@ -305,6 +357,7 @@ def end_line(trial_id: str, status: str, objective: str, outcome: dict, reason: 
     if outcome.get("epochs"):
         seconds = outcome.get("seconds")
         line += f" (best epoch {outcome.get('best_epoch')} of {outcome['epochs']}"
+        line += f", pruned after epoch {outcome['pruned_at']}" if outcome.get("pruned_at") else ""
         line += f", {seconds:.0f} s)" if seconds is not None else ")"
     if best is not None and best.score is not None:
         line += f"; best so far {best.score:.4g} (trial {best.trial_id})"

@@ -1,0 +1,196 @@
+"""CCT, the Compact Convolutional Transformer (Hassani et al. 2021, "Escaping the big data paradigm
+with compact transformers"): the anchor on DeepLense Model III (99.48%, ML4SCI DeepLense,
+Transformers_Classification_DeepLense_Kartik_Sachdev).
+
+Three differences from ViT, all as in the paper:
+- a convolutional tokenizer (conv - ReLU - 3x3 max pool with stride 2, `tokenizer_layers` times)
+  instead of non-overlapping patches, so tokens overlap and carry local structure;
+- no class token: *sequence pooling* weighs the output tokens by a learned softmax attention
+  (one Dense(1) score per token) and sums them;
+- a learnable position embedding on the token grid (truncated-normal 0.02).
+Blocks are pre-norm transformer blocks (`lensnet.models.layers.TransformerBlock`).
+
+Feature contract: tokens (batch, 1 + h*w, D) whose prefix token is the sequence-pooled vector, so
+the default pooling "cls" is CCT's own head input and the patch tokens stay available (maps,
+Grad-CAM, "avg" pooling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import ops
+
+from lensnet.core.errors import LensnetError
+from lensnet.models.backbone import Backbone, float32_features, image_input
+from lensnet.models.layers import TransformerBlock, check_heads, trunc_normal
+from lensnet.models.pooling import valid_modes
+from lensnet.models.registry import TRANSFORMER_RECIPE, register_model
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class PositionEmbedding(keras.layers.Layer):
+    """Adds a learned (1, N, D) position embedding, truncated-normal(0.02) initialised."""
+
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        self.embedding = self.add_weight(shape=(1, int(input_shape[1]), int(input_shape[2])),
+                                         initializer=trunc_normal(), name="position_embedding")
+
+    def call(self, inputs: Any) -> Any:
+        return inputs + ops.cast(self.embedding, inputs.dtype)
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class SequencePooling(keras.layers.Layer):
+    """CCT's sequence pooling, returned as a prefix token: (batch, N, D) -> (batch, 1 + N, D), where
+    token 0 is sum_i softmax(w . x_i + b) x_i."""
+
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        self.score = keras.layers.Dense(1, kernel_initializer=trunc_normal(), dtype=self.dtype_policy,
+                                        name="score")
+        self.score.build(input_shape)
+
+    def call(self, inputs: Any) -> Any:
+        weights = ops.softmax(self.score(inputs), axis=1)  # (batch, N, 1)
+        pooled = ops.sum(weights * inputs, axis=1, keepdims=True)
+        return ops.concatenate([pooled, inputs], axis=1)
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
+        n = None if input_shape[1] is None else input_shape[1] + 1
+        return (input_shape[0], n, input_shape[2])
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class CCTBackbone(Backbone):
+    """CCT feature extractor: (batch, 1 + h*w, D), the sequence-pooled token first.
+
+    Args:
+        image_shape: (height, width, channels).
+        hidden_dim: token width D (the last tokenizer convolution's filters).
+        num_layers: transformer blocks.
+        num_heads: attention heads; must divide `hidden_dim`.
+        mlp_ratio: MLP hidden width / D.
+        tokenizer_layers: conv - ReLU - max pool units of the tokenizer; each halves the grid.
+        tokenizer_kernel: kernel size of the tokenizer convolutions (stride 1, "same").
+        tokenizer_filters: filters of the tokenizer convolutions before the last (which has
+            `hidden_dim`); the paper uses 64.
+        dropout_rate: dropout in the blocks.
+        attention_dropout: dropout on attention weights.
+        pooling: default pooling: "cls" (the sequence-pooled token), "tokens_avg"/"avg", "max".
+        name: model name.
+        dtype: dtype policy.
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        hidden_dim: int = 256,
+        num_layers: int = 7,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        tokenizer_layers: int = 2,
+        tokenizer_kernel: int = 3,
+        tokenizer_filters: int = 64,
+        dropout_rate: float = 0.0,
+        attention_dropout: float = 0.0,
+        pooling: str = "cls",
+        name: str = "cct",
+        dtype: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        image_shape = tuple(int(d) for d in image_shape)
+        check_heads(name, hidden_dim, num_heads)
+        if tokenizer_layers < 1 or num_layers < 1:
+            raise LensnetError(f"model {name!r}: tokenizer_layers and num_layers must be at least 1")
+        factor = 2 ** tokenizer_layers
+        if image_shape[0] % factor or image_shape[1] % factor:
+            raise LensnetError(
+                f"model {name!r}: {tokenizer_layers} tokenizer layers halve the grid {tokenizer_layers} times, so "
+                f"height and width must be divisible by {factor}; input_shape {image_shape} is not"
+            )
+        if pooling not in valid_modes("tokens", 1):
+            raise ValueError(f"pooling must be one of {valid_modes('tokens', 1)}, got {pooling!r}")
+        grid = (image_shape[0] // factor, image_shape[1] // factor)
+
+        # === Functional model ===
+        inputs = image_input(image_shape)
+        x = inputs
+        for i in range(tokenizer_layers):
+            filters = hidden_dim if i == tokenizer_layers - 1 else tokenizer_filters
+            x = keras.layers.Conv2D(filters, tokenizer_kernel, padding="same", use_bias=False,
+                                    kernel_initializer="he_normal", dtype=dtype, name=f"tokenizer_conv{i}")(x)
+            x = keras.layers.Activation("relu", dtype=dtype, name=f"tokenizer_relu{i}")(x)
+            x = keras.layers.MaxPooling2D(3, strides=2, padding="same", dtype=dtype, name=f"tokenizer_pool{i}")(x)
+        x = keras.layers.Reshape((grid[0] * grid[1], hidden_dim), dtype=dtype, name="tokens")(x)
+        x = PositionEmbedding(dtype=dtype, name="position_embedding")(x)
+        x = keras.layers.Dropout(dropout_rate, dtype=dtype, name="embedding_dropout")(x)
+        for i in range(num_layers):
+            x = TransformerBlock(hidden_dim, num_heads, int(hidden_dim * mlp_ratio), dropout_rate=dropout_rate,
+                                 attention_dropout=attention_dropout, dtype=dtype, name=f"block{i}")(x)
+        x = keras.layers.LayerNormalization(epsilon=1e-6, dtype=dtype, name="norm")(x)
+        x = SequencePooling(dtype=dtype, name="sequence_pooling")(x)
+        outputs = float32_features(x)
+        super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=dtype, feature_kind="tokens",
+                         num_prefix_tokens=1, patch_grid=grid, default_pooling=pooling, **kwargs)
+
+        # === Config ===
+        self.image_shape = image_shape
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.tokenizer_layers = tokenizer_layers
+        self.tokenizer_kernel = tokenizer_kernel
+        self.tokenizer_filters = tokenizer_filters
+        self.dropout_rate = dropout_rate
+        self.attention_dropout = attention_dropout
+        self.pooling = pooling
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({
+            "image_shape": list(self.image_shape),
+            "hidden_dim": self.hidden_dim,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "tokenizer_layers": self.tokenizer_layers,
+            "tokenizer_kernel": self.tokenizer_kernel,
+            "tokenizer_filters": self.tokenizer_filters,
+            "dropout_rate": self.dropout_rate,
+            "attention_dropout": self.attention_dropout,
+            "pooling": self.pooling,
+        })
+        return config
+
+
+_CCT_COMMON = {"tokenizer_kernel": 3, "tokenizer_filters": 64, "dropout_rate": 0.0, "attention_dropout": 0.0,
+               "pooling": "cls"}
+
+
+@register_model(
+    "cct_7",
+    family="cct",
+    train_defaults=TRANSFORMER_RECIPE,
+    description="CCT-7/3x2 (conv tokenizer 2x conv3-pool, 256 wide, 4 heads, 7 layers, sequence pooling, "
+                "~3.9M params; 16x16 tokens at 64 px)",
+    defaults={**_CCT_COMMON, "hidden_dim": 256, "num_layers": 7, "num_heads": 4, "mlp_ratio": 2.0,
+              "tokenizer_layers": 2},
+)
+def cct_7(input_shape: tuple[int, int, int], **kwargs: Any) -> keras.Model:
+    return CCTBackbone(input_shape, name="cct_7", **kwargs)
+
+
+@register_model(
+    "cct_2",
+    family="cct",
+    train_defaults=TRANSFORMER_RECIPE,
+    description="CCT-2/3x2 (conv tokenizer 2x conv3-pool, 128 wide, 2 heads, 2 layers, sequence pooling, "
+                "~0.3M params): the small CPU variant",
+    defaults={**_CCT_COMMON, "hidden_dim": 128, "num_layers": 2, "num_heads": 2, "mlp_ratio": 1.0,
+              "tokenizer_layers": 2},
+)
+def cct_2(input_shape: tuple[int, int, int], **kwargs: Any) -> keras.Model:
+    return CCTBackbone(input_shape, name="cct_2", **kwargs)

@@ -1,0 +1,135 @@
+"""export --quantize int8: the int8 ONNX model beside the float one, its comparison in card.json, predict with it,
+and the bad inputs (a model with nothing to quantise, calibration images of another shape, an unknown scheme)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from helpers import output_spec, write_run_dir
+
+from lensnet.core.errors import run_cli
+from lensnet.export import main as export_main
+from lensnet.predict import main as predict_main
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(run, its dataset): one epoch of cnn_small on a tiny lens-finding set, as lensnet.fit leaves it."""
+    from lensnet.data.synthetic import write_synthetic
+    from lensnet.fit import main as fit_main
+
+    root = tmp_path_factory.mktemp("int8")
+    data = root / "data"
+    write_synthetic(data, 96, image_shape=(16, 16, 1), num_classes=2, seed=3, records_per_shard=32)
+    argv = ["--task", "lens_finding", "--data", str(data), "--epochs", "2", "--runs", str(root / "runs"),
+            "--run-name", "lf", "--set", "task.positive_class=class1", "--set", "model.args.filters=[32,64]",
+            "--set", "train.warmup_epochs=0", "--no-progress"]
+    assert run_cli(fit_main, argv) == 0
+    return root / "runs" / "lf", data
+
+
+def _predictions(path: Path) -> np.ndarray:
+    with open(path, newline="") as handle:
+        return np.array([float(row["p_class1"]) for row in csv.DictReader(handle)])
+
+
+def test_int8_model_beside_the_float_one_compared_and_predicting(capsys, trained_run, tmp_path: Path) -> None:
+    run, data = trained_run
+    out = tmp_path / "export" / "lf"
+    code = run_cli(export_main, ["--run", str(run), "--out", str(out), "--quantize", "int8"])
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    version = out / "1"
+    card = json.loads((version / "card.json").read_text())
+    int8 = card["int8"]
+    assert (version / "model.int8.onnx").is_file() and card["files"]["onnx_int8"] == "model.int8.onnx"
+    assert int8["mode"] == "static" and int8["per_channel"] and "Conv" in int8["quantised_ops"]
+    assert int8["calibration"]["source"].startswith(f"{data} split train")
+    figures = int8["comparison"]
+    assert figures["source"].startswith(f"{data} split test")
+    metric = figures["metric"]
+    assert metric["name"] == "roc_auc" and 0.0 <= metric["float32"] <= 1.0
+    assert metric["change"] == pytest.approx(metric["int8"] - metric["float32"])
+    assert figures["size_bytes"]["int8"] < 0.5 * figures["size_bytes"]["float32"]  # int8 weights, fp32 scales
+    assert all(v["int8"] > 0 and v["float32"] > 0 for v in figures["latency_ms_per_image"].values())
+    assert 0 < figures["max_abs_diff"] < 0.2  # quantised, so not identical, but the same model
+    assert card["runtime"] == ("onnx-int8" if abs(metric["change"]) <= int8["tolerance"] else "onnx")
+    assert "int8 (static, per-channel weights; calibrated on" in printed
+
+    # predict: explicitly with each ONNX runtime, and by default with the card's
+    csvs = {}
+    for runtime in ("onnx", "onnx-int8", None):
+        target = tmp_path / f"{runtime}.csv"
+        argv = ["--model", str(out), str(data), "--split", "test", "--out", str(target), "--no-progress"]
+        assert run_cli(predict_main, argv + (["--runtime", runtime] if runtime else [])) == 0
+        _, err = capsys.readouterr()
+        assert f"runtime {runtime or card['runtime']}" in err
+        csvs[runtime] = _predictions(target)
+    diff = np.abs(csvs["onnx"] - csvs["onnx-int8"])
+    assert 0 < diff.max() == pytest.approx(figures["max_abs_diff"], abs=1e-3)
+    np.testing.assert_array_equal(csvs[None], csvs[card["runtime"]])
+
+
+def test_predict_onnx_int8_without_an_int8_model_is_one_line(capsys, trained_run, tmp_path: Path) -> None:
+    run, data = trained_run
+    out = tmp_path / "export" / "plain"
+    assert run_cli(export_main, ["--run", str(run), "--out", str(out)]) == 0
+    capsys.readouterr()
+    code = run_cli(predict_main, ["--model", str(out), str(data), "--runtime", "onnx-int8",
+                                  "--out", str(tmp_path / "p.csv"), "--no-progress"])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.startswith("error: ") and "export the run with --quantize int8" in err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def _nothing_written(out: Path) -> None:
+    assert not out.exists() or not [p for p in out.iterdir()]
+
+
+def test_a_model_without_quantisable_ops_is_named(capsys, trained_run, tmp_path: Path) -> None:
+    _, data = trained_run
+    inputs = keras.Input((16, 16, 1), name="images")
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.PReLU(alpha_initializer="ones")(inputs))
+    run = write_run_dir(tmp_path / "run", keras.Model(inputs, features), task="regression", model="prelu",
+                        shape=(16, 16, 1), normalisation={"method": "standard"},
+                        output=output_spec("regression").to_json())
+    out = tmp_path / "export" / "prelu"
+    code = run_cli(export_main, ["--run", str(run), "--out", str(out), "--quantize", "int8",
+                                 "--calibration", str(data)])
+    _, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ") and f"model prelu of {run}: no op can be quantised" in err
+    assert "the model's weights feed Mul," in err  # Keras' PReLU converts to Relu, Neg and Mul
+    _nothing_written(out)
+
+
+def test_calibration_images_of_another_shape(capsys, trained_run, tmp_path: Path) -> None:
+    from lensnet.data.synthetic import write_synthetic
+
+    run, _ = trained_run
+    other = tmp_path / "big"
+    write_synthetic(other, 16, image_shape=(32, 32, 1), num_classes=2, seed=0, records_per_shard=16)
+    out = tmp_path / "export" / "lf"
+    code = run_cli(export_main, ["--run", str(run), "--out", str(out), "--quantize", "int8",
+                                 "--calibration", str(other)])
+    _, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"calibration data {other} holds images of shape (32, 32, 1); the model takes (16, 16, 1)" in err
+    _nothing_written(out)
+
+
+@pytest.mark.parametrize(("argv", "message"), [(["--quantize", "int4"], "--quantize 'int4' is not supported"),
+                                              (["--quantize", "int8", "--calibration-images", "0"],
+                                               "--calibration-images must be at least 1")])
+def test_bad_quantize_options(capsys, trained_run, tmp_path: Path, argv: list[str], message: str) -> None:
+    run, _ = trained_run
+    out = tmp_path / "export"
+    code = run_cli(export_main, ["--run", str(run), "--out", str(out), *argv])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.startswith("error: ") and message in err
+    _nothing_written(out)

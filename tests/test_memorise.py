@@ -1,0 +1,81 @@
+"""Every transformer family memorises 128 lens-like images with random labels, as cnn_small does.
+
+A model that cannot drive its training loss on 128 images below 0.1 cannot learn a data set: this
+is the regression test of issue 22 (vit_tiny and deit_tiny reached a macro AUC of 0.59-0.64 on the
+Model II replica where CNNs reach 0.99). Each model trains through lensnet.fit's optimiser with its
+registry recipe (`train_defaults`) for 5 epochs of 20 steps (batch 32, 32 px). Without the
+transformers' warm-up (`train.warmup_epochs=0`, lensnet's default before the fix) the tiny ViT ends
+at loss 0.97; with it, 0.039 (numbers in lensnet.models.vit's docstring). The other transformer
+families do not pass yet (NOT_MET, expected failures with their numbers).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lensnet.bench.memorise import memorise
+
+# Small enough for a CPU test, deep enough (4 blocks, 64 tokens) to show the failure.
+TINY_TRANSFORMERS = {
+    "vit_tiny": {"hidden_dim": 64, "num_layers": 4, "num_heads": 2, "patch_size": 4},  # MLP 768, as measured
+    "deit_tiny": {"hidden_dim": 64, "num_layers": 4, "num_heads": 2, "intermediate_dim": 128, "patch_size": 4},
+    "swin_tiny": {"embed_dim": 32, "depths": [2, 2], "num_heads": [2, 4], "window_size": 4, "patch_size": 2},
+    "cvt_tiny": {"embed_dims": [32, 64, 64], "depths": [1, 1, 2], "num_heads": [1, 2, 2]},
+    "cct_2": {"hidden_dim": 64, "num_layers": 2, "num_heads": 2, "tokenizer_filters": 32},
+}
+
+
+# Not met yet (issue 22), measured with the registry recipe (final training loss; the bar is 0.1):
+# deit_tiny 0.113 (0.267 without warm-up), swin_tiny 0.755, cvt_tiny 1.153, cct_2 1.054. cvt_tiny learns the
+# Model II replica (macro AUC 0.99) yet does not memorise random labels in 100 steps: for the convolutional
+# transformers this test does not yet separate a model that learns lens images from one that does not.
+NOT_MET = {"deit_tiny": 0.113, "swin_tiny": 0.755, "cvt_tiny": 1.153, "cct_2": 1.054}
+
+
+@pytest.mark.slow  # about a minute per model on one free core
+@pytest.mark.parametrize("name", ["cnn_small", *(
+    pytest.param(n, marks=pytest.mark.xfail(reason=f"issue 22: final loss {NOT_MET[n]} > 0.1 with the recipe"))
+    if n in NOT_MET else n for n in TINY_TRANSFORMERS)])
+def test_memorises_128_images(name):
+    result = memorise(name, overrides=TINY_TRANSFORMERS.get(name, {"filters": [16, 32, 64]}))
+    assert result["final_loss"] < 0.1, result
+    assert result["final_accuracy"] == 1.0, result
+
+
+@pytest.mark.slow
+def test_a_plain_vit_without_warmup_does_not_memorise():
+    """The defect itself, kept visible: the same ViT at lensnet's old defaults (no warm-up) fails."""
+    result = memorise("vit_tiny", overrides=TINY_TRANSFORMERS["vit_tiny"], train={"warmup_epochs": 0})
+    assert result["loss_after_step1"] > result["initial_loss"]  # the first full-size AdamW step hurts
+    assert result["final_loss"] > 0.3, result
+
+
+@pytest.mark.parametrize("model, warmup", [("vit_tiny", 1.0), ("deit_tiny", 1.0), ("swin_tiny", 1.0),
+                                           ("cvt_tiny", 1.0), ("cct_2", 1.0), ("cnn_small", 0.0)])
+def test_fit_applies_the_model_recipe_and_the_user_still_wins(model, warmup):
+    from lensnet.training.config import resolve_fit_config
+
+    # the task presets set their own warm-up; the pretraining preset sets none
+    config = resolve_fit_config("pretrain", overrides={"model": {"name": model}})
+    assert config["train"]["warmup_epochs"] == warmup
+    mine = resolve_fit_config("pretrain", overrides={"model": {"name": model}, "train": {"warmup_epochs": 0.5}})
+    assert mine["train"]["warmup_epochs"] == 0.5
+    assert resolve_fit_config("substructure", overrides={"model": {"name": model}})["train"]["warmup_epochs"] == 2
+
+
+def test_weight_decay_skips_norms_biases_tokens_and_position_embeddings():
+    import keras
+
+    from lensnet.models import create_model
+    from lensnet.training.config import FIT_DEFAULTS
+    from lensnet.training.optim import make_optimizer
+
+    backbone = create_model("deit_tiny", (16, 16, 1), **TINY_TRANSFORMERS["deit_tiny"])
+    optimizer = make_optimizer({**FIT_DEFAULTS["train"], "weight_decay": 0.05}, 10)
+    optimizer.build(backbone.trainable_variables)
+    decayed = {v.path for v in backbone.trainable_variables if optimizer._use_weight_decay(v)}
+    assert decayed and all(v.endswith("kernel") for v in decayed), sorted(decayed)
+    names = {v.name for v in backbone.trainable_variables} - {v.name for v in backbone.trainable_variables
+                                                              if v.path in decayed}
+    assert {"class_token", "distillation_token", "position_embedding", "gamma", "beta", "bias"} <= names
+    assert isinstance(optimizer, keras.optimizers.AdamW)
