@@ -71,6 +71,20 @@ def _unknown_key(key: str, valid: Iterable[str], where: str) -> LensnetError:
     return LensnetError(f"unknown {where} key '{key}'{hint}; valid keys: {', '.join(valid)}")
 
 
+def check_keys(section: Any, keys: Iterable[str], where: str, what: str) -> dict:
+    """`section` as a mapping holding exactly `keys` (errors name the first unknown or missing key)."""
+    keys = tuple(keys)
+    if not isinstance(section, Mapping):
+        raise LensnetError(f"{where}: expected a mapping of {', '.join(keys)}, got {section!r}")
+    for key in section:
+        if key not in keys:
+            raise LensnetError(f"{where}.{key}: unknown key; {what} has {', '.join(keys)}")
+    for key in keys:
+        if key not in section:
+            raise LensnetError(f"{where}.{key}: missing; {what} has {', '.join(keys)}")
+    return dict(section)
+
+
 def merge(
     base: Mapping,
     override: Mapping,

@@ -20,6 +20,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from lensnet.core.config import check_keys
 from lensnet.core.errors import LensnetError
 from lensnet.simulate.priors import Prior, parse_prior
 
@@ -83,15 +84,8 @@ def pinned_kwargs(pinned: Any, band: str, psf_type: str) -> dict:
     where = f"instrument.pinned.{band}"
     if not isinstance(pinned, dict) or band not in pinned:
         raise LensnetError(f"{where}: missing; a pinned instrument writes out every band it lists")
-    kwargs = pinned[band]
-    if not isinstance(kwargs, dict):
-        raise LensnetError(f"{where}: expected a mapping of {', '.join(SINGLE_BAND_KEYS)}, got {kwargs!r}")
-    for key in kwargs:
-        if key not in SINGLE_BAND_KEYS:
-            raise LensnetError(f"{where}.{key}: unknown key; a pinned band defines {', '.join(SINGLE_BAND_KEYS)}")
+    kwargs = check_keys(pinned[band], SINGLE_BAND_KEYS, where, "a pinned band")
     for key in SINGLE_BAND_KEYS:
-        if key not in kwargs:
-            raise LensnetError(f"{where}.{key}: missing; a pinned band defines {', '.join(SINGLE_BAND_KEYS)}")
         if key != "psf_type" and (isinstance(kwargs[key], bool) or not isinstance(kwargs[key], (int, float))):
             raise LensnetError(f"{where}.{key}: expected a number, got {kwargs[key]!r}")
     if kwargs["psf_type"] != psf_type:

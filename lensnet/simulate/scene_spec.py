@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from lensnet.core.config import check_keys
 from lensnet.core.errors import LensnetError
 from lensnet.simulate.instruments import Band, resolve_bands
 from lensnet.simulate.los import LosSpec, parse_los_config
@@ -256,14 +257,7 @@ def _multi_plane(section: Any, z_lens: float, z_source: float) -> float:
     where = "cosmology.multi_plane"
     if section is None:
         return 1.0
-    if not isinstance(section, dict):
-        raise LensnetError(f"{where}: expected null or a mapping of {', '.join(MULTI_PLANE_KEYS)}, got {section!r}")
-    for key in section:
-        if key not in MULTI_PLANE_KEYS:
-            raise LensnetError(f"{where}.{key}: unknown key; a redshift convention has {', '.join(MULTI_PLANE_KEYS)}")
-    for key in MULTI_PLANE_KEYS:
-        if key not in section:
-            raise LensnetError(f"{where}.{key}: missing; a redshift convention needs {', '.join(MULTI_PLANE_KEYS)}")
+    section = check_keys(section, MULTI_PLANE_KEYS, where, "a redshift convention")
     z_conv = _number(section["z_source_convention"], f"{where}.z_source_convention", 1e-4, 20.0)
     if not z_conv > z_lens:
         raise LensnetError(f"{where}.z_source_convention: must exceed z_lens ({z_lens:g}), got {z_conv:g}")
