@@ -148,6 +148,8 @@ def test_killed_run_leaves_no_partial_shard_and_rerun_finishes(tmp_path: Path) -
           "cosmology.multi_plane={z_source_convention: 0.2, H0: 67.5, Om0: 0.3, Ob0: 0.05}"],
          "cosmology.multi_plane.z_source_convention"),
         (["--dataset", "model_ii", "--set", "cosmology.multi_plane=2.5"], "cosmology.multi_plane"),
+        (["--dataset", "lens_finding", "--set",
+          "cosmology.multi_plane={z_source_convention: 2.5, H0: 67.5, Om0: 0.3, Ob0: 0.05}"], "cosmology.multi_plane"),
         (["--dataset", "model_ii", "--set", "instrument.pinned={VIS: {pixel_scale: 0.1}}"],
          "instrument.pinned.VIS.seeing"),
         (["--dataset", "model_ii", "--set", "instrument.pinned={VIS: {pixel_scale: 0.101, seeing: 0.16, "

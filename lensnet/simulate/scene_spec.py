@@ -313,6 +313,9 @@ def parse_scene(config: dict) -> SceneSpec:
         raise LensnetError("lens_light.enabled: lens_finding needs the lens galaxy light (confusers are made of it)")
     if kind == "lens_finding" and config["line_of_sight"]["enabled"] is True:
         raise LensnetError("line_of_sight.enabled: field haloes apply to substructure and super_resolution datasets")
+    if kind == "lens_finding" and cosmo["multi_plane"] is not None:  # its renderer draws lenses its own way
+        raise LensnetError("cosmology.multi_plane: a redshift convention applies to substructure and super_resolution "
+                           "datasets")
     uses = set(classes or [])
     if kind == "super_resolution":
         sr = _super_resolution(config["super_resolution"], bands)
