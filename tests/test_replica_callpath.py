@@ -119,3 +119,15 @@ def test_anchor_columns_and_wilson_interval() -> None:
     mae = _anchor_columns("deeplense_model_ii", "axion_mass_regression", 0.2, higher_is_better=False)
     assert mae["anchor_value"] == 0.2209 and mae["vs_anchor"] == pytest.approx(0.0209)
     assert _anchor_columns("model_ii", "classification", 0.9, higher_is_better=True) == {}
+
+
+def test_fast_engine_applies_the_redshift_convention_too() -> None:
+    """The fast engine's own ray-shooting path scales every deflection as the lenstronomy engine does."""
+    config = copy.deepcopy(resolve_dataset_config("deeplense_model_ii", {"image": {"size": 32}}))
+    _, native = replica_scenes(config, per_class=1, seed=5)
+    config["substructure"]["engine"] = "fast"
+    _, fast = replica_scenes(config, per_class=1, seed=5)
+    assert worst_relative_difference(fast, native) < 1e-3
+    config["cosmology"]["multi_plane"] = None
+    _, single = replica_scenes(config, per_class=1, seed=5)
+    assert worst_relative_difference(single, native) > 0.1
