@@ -131,3 +131,10 @@ def test_fast_engine_applies_the_redshift_convention_too() -> None:
     config["cosmology"]["multi_plane"] = None
     _, single = replica_scenes(config, per_class=1, seed=5)
     assert worst_relative_difference(single, native) > 0.1
+
+
+def test_a_claim_on_another_split_is_not_the_anchor() -> None:
+    from lensnet.bench.deeplense import _anchor_columns
+
+    row = _anchor_columns("deeplense_model_ii", "classification", 0.99, higher_is_better=True)
+    assert row["anchor"] == "CvT accuracy" and "LensPINN" in row["others"]
