@@ -1,13 +1,7 @@
 """`python -m lensnet.strength`: how strong a preset's substructure signal is, and how fast it simulates.
 
-Signal: for paired scenes (one seed gives the same macro model, source, lens light and exposure in every
-class), chi² = Σ_pixels (M_class - M_no_sub)² / σ², with M the noiseless model images in e-/s and
-σ² = σ_bkg² + max(M_no_sub, 0) / t the noise of the preset's instrument added once (also for presets saved
-noiseless, so that every preset is measured against the noise a real observation would carry). A chi²
-of order the number of pixels or more is visible by eye; below ~10 a single image cannot show it. Printed:
-median and quartiles of chi² per class, over `--num` scenes.
-
-Speed: records per second of Simulator.simulate (one process, rendering and noise, no encoding), per class.
+What it measures (paired chi² under the instrument's noise, records/s per class) is documented in
+lensnet.simulate.strength, the library this command calls.
 """
 
 from __future__ import annotations

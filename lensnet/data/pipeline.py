@@ -122,7 +122,7 @@ def _record_bytes(schema: Schema) -> int:
     return size
 
 
-def _normalisation_specs(normalise: str | Mapping, info: DatasetInfo, image_fields: Sequence[str]) -> dict:
+def normalisation_specs(normalise: str | Mapping, info: DatasetInfo, image_fields: Sequence[str]) -> dict:
     if isinstance(normalise, Mapping):
         spec = check_spec(normalise)
         return dict.fromkeys(image_fields, spec)
@@ -179,7 +179,7 @@ def load(
     if not names:
         raise LensnetError("fields must name at least one record field")
     image_fields = [n for n in names if schema[n].kind == "image"]
-    specs = _normalisation_specs(normalise, info, image_fields)
+    specs = normalisation_specs(normalise, info, image_fields)
     augment = check_augment(augment, {n: schema[n].shape for n in image_fields})
     shuffle = split == "train" if shuffle is None else bool(shuffle)
     count = split_count(info, split, classes)

@@ -81,7 +81,7 @@ def simulated_dataset(info: Any, *, start: int | None, batch_size: int, first_ba
     import tensorflow as tf
 
     from lensnet.data.normalise import apply_normalisation
-    from lensnet.data.pipeline import _normalisation_specs
+    from lensnet.data.pipeline import normalisation_specs
 
     source = stream_source(info)
     if source.schema.to_json() != info.schema.to_json():
@@ -90,7 +90,7 @@ def simulated_dataset(info: Any, *, start: int | None, batch_size: int, first_ba
     first = int(sum(info.counts.values()) if start is None else start)
     schema, names = info.schema, list(fields)
     image_fields = [n for n in names if schema[n].kind == "image"]
-    specs = _normalisation_specs(normalise, info, image_fields)
+    specs = normalisation_specs(normalise, info, image_fields)
 
     def generate() -> Iterator[np.ndarray]:
         for serialized in record_batches(source, first, batch_size, first_batch, workers):
