@@ -59,24 +59,27 @@ class ConvAttention(keras.layers.Layer):
         kv_stride: stride of the key/value projections (q keeps stride 1).
         qkv_bias: bias in the linear q/k/v projections.
         attention_dropout: dropout on the attention weights.
+        bn_momentum: of the projections' BatchNormalization moving statistics.
     """
 
     def __init__(self, hidden_dim: int, num_heads: int, grid: Sequence[int], num_prefix_tokens: int = 0,
                  kernel_size: int = 3, kv_stride: int = 2, qkv_bias: bool = True, attention_dropout: float = 0.0,
-                 **kwargs: Any) -> None:
+                 bn_momentum: float = 0.9, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.hidden_dim, self.num_heads = int(hidden_dim), int(num_heads)
         self.grid = tuple(int(g) for g in grid)
         self.num_prefix_tokens = int(num_prefix_tokens)
         self.kernel_size, self.kv_stride = int(kernel_size), int(kv_stride)
         self.qkv_bias, self.attention_dropout = bool(qkv_bias), float(attention_dropout)
+        self.bn_momentum = float(bn_momentum)
         self.head_dim = self.hidden_dim // self.num_heads
         self.convs, self.norms, self.projections = {}, {}, {}
         for part, stride in (("q", 1), ("k", self.kv_stride), ("v", self.kv_stride)):
             self.convs[part] = keras.layers.DepthwiseConv2D(self.kernel_size, strides=stride, padding="same",
                                                             use_bias=False, dtype=self.dtype_policy,
                                                             name=f"{part}_conv")
-            self.norms[part] = keras.layers.BatchNormalization(epsilon=1e-5, dtype=self.dtype_policy,
+            self.norms[part] = keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=1e-5,
+                                                               dtype=self.dtype_policy,
                                                                name=f"{part}_bn")
             self.projections[part] = keras.layers.Dense(self.hidden_dim, use_bias=self.qkv_bias,
                                                         dtype=self.dtype_policy, name=f"{part}_proj")
@@ -126,16 +129,17 @@ class ConvAttention(keras.layers.Layer):
         config.update({"hidden_dim": self.hidden_dim, "num_heads": self.num_heads, "grid": list(self.grid),
                        "num_prefix_tokens": self.num_prefix_tokens, "kernel_size": self.kernel_size,
                        "kv_stride": self.kv_stride, "qkv_bias": self.qkv_bias,
-                       "attention_dropout": self.attention_dropout})
+                       "attention_dropout": self.attention_dropout, "bn_momentum": self.bn_momentum})
         return config
 
 
 def _block(x: Any, prefix: str, dim: int, heads: int, grid: tuple[int, int], num_prefix: int, mlp_ratio: float,
-           dropout: float, attention_dropout: float, qkv_bias: bool, eps: float, dtype: Any) -> Any:
+           dropout: float, attention_dropout: float, qkv_bias: bool, eps: float, bn_momentum: float,
+           dtype: Any) -> Any:
     """One pre-norm CvT transformer block: x + ConvAttention(LN(x)), then x + MLP(LN(x))."""
     y = keras.layers.LayerNormalization(epsilon=eps, dtype=dtype, name=f"{prefix}_ln1")(x)
     y = ConvAttention(dim, heads, grid, num_prefix, qkv_bias=qkv_bias, attention_dropout=attention_dropout,
-                      dtype=dtype, name=f"{prefix}_attention")(y)
+                      bn_momentum=bn_momentum, dtype=dtype, name=f"{prefix}_attention")(y)
     y = keras.layers.Dropout(dropout, dtype=dtype, name=f"{prefix}_drop1")(y)
     x = keras.layers.Add(dtype=dtype, name=f"{prefix}_add1")([x, y])
     y = keras.layers.LayerNormalization(epsilon=eps, dtype=dtype, name=f"{prefix}_ln2")(x)
@@ -163,6 +167,7 @@ class CvTBackbone(Backbone):
         dropout_rate: dropout after attention and MLP.
         attention_dropout: dropout on the attention weights.
         layer_norm_epsilon: of every LayerNormalization.
+        bn_momentum: of the BatchNormalization in every convolutional projection.
         use_class_token: a class token in the last stage (CvT); without it, pooling "avg".
         pooling: default pooling (`"cls"` with a class token, else `"avg"`/`"tokens_avg"`/`"max"`).
         name: model name.
@@ -182,6 +187,7 @@ class CvTBackbone(Backbone):
         dropout_rate: float = 0.0,
         attention_dropout: float = 0.0,
         layer_norm_epsilon: float = 1e-5,
+        bn_momentum: float = 0.9,
         use_class_token: bool = True,
         pooling: str | None = None,
         name: str = "cvt",
@@ -227,7 +233,7 @@ class CvTBackbone(Backbone):
                 x = ClassToken(dtype=dtype, name="class_token")(x)
             for b in range(depths[s]):
                 x = _block(x, f"stage{s}_block{b}", embed_dims[s], num_heads[s], grid, prefix, mlp_ratio,
-                           dropout_rate, attention_dropout, qkv_bias, layer_norm_epsilon, dtype)
+                           dropout_rate, attention_dropout, qkv_bias, layer_norm_epsilon, bn_momentum, dtype)
             if not last:
                 x = keras.layers.Reshape((*grid, embed_dims[s]), dtype=dtype, name=f"stage{s}_map")(x)
         x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=dtype, name="final_ln")(x)
@@ -256,6 +262,7 @@ class CvTBackbone(Backbone):
         self.dropout_rate = dropout_rate
         self.attention_dropout = attention_dropout
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.bn_momentum = bn_momentum
         self.use_class_token = use_class_token
         self.pooling = pooling
 
@@ -274,6 +281,7 @@ class CvTBackbone(Backbone):
                 "dropout_rate": self.dropout_rate,
                 "attention_dropout": self.attention_dropout,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "bn_momentum": self.bn_momentum,
                 "use_class_token": self.use_class_token,
                 "pooling": self.pooling,
             }
@@ -287,6 +295,7 @@ _CVT_COMMON = {
     "dropout_rate": 0.0,
     "attention_dropout": 0.0,
     "layer_norm_epsilon": 1e-5,
+    "bn_momentum": 0.9,
     "use_class_token": True,
     "pooling": None,
 }
