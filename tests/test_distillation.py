@@ -389,3 +389,22 @@ def test_bench_distill_attention_with_a_cnn_teacher_is_refused_before_training(c
     _, err = capsys.readouterr()
     assert code == 2 and err.startswith("error: --attention-block: the teacher resnet18 is a resnet")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_bench_distill_with_a_teacher_of_another_input_shape_is_one_line_through_the_command(three_class, tmp_path):
+    """Through `python -m lensnet.bench distill` itself: the teacher run takes 32 px, the data are 16 px."""
+    import os
+    import subprocess
+    import sys
+
+    teacher = constant_teacher(tmp_path / "teacher", 0, shape=(32, 32, 1))
+    results = tmp_path / "results"
+    done = subprocess.run([sys.executable, "-m", "lensnet.bench", "distill", "--data", str(three_class),
+                           "--teacher-run", str(teacher), "--student", "deit_tiny", "--epochs", "1", "--seed", "0",
+                           *DEIT], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                          env={**os.environ, "LENSNET_BENCH_DIR": str(results), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2, done.stderr
+    assert errors == [f"error: teacher {teacher} takes images of shape (32, 32, 1), the dataset has (16, 16, 1)"]
+    assert "Traceback" not in done.stderr
+    assert not results.exists() or not any(results.iterdir())
