@@ -7,9 +7,18 @@ token ("cls"), and "prefix_mean" averages both, as DeiT does at inference.
 Its MLP uses exact GELU.
 
 Like ViT it needs a learning-rate warm-up to train at lensnet's default learning rate (issue 22,
-numbers in lensnet.models.vit's docstring): the tiny DeiT of tests/test_memorise.py (64 wide, 4
-blocks, patch 4) ends the memorisation test at training loss 0.52 without warm-up and passes
-(< 0.1) with the registry recipe (`TRANSFORMER_RECIPE`, one warm-up epoch).
+numbers in lensnet.models.vit's docstring). Beyond that, DeiT has no defect of its own in the
+memorisation test (tests/test_memorise.py: 128 random-label 32 px images, 100 steps, 64 wide, 4
+blocks, patch 4; final training loss, < 0.1 passes), measured at equal sizes against the ViT:
+
+    MLP width    ViT (class token)    DeiT (class + distillation tokens, class head)
+    128          -                    0.113 (accuracy 0.977)
+    256          0.135 (0.992)        0.096 (0.992)
+    768          0.039 (1.0)          0.013 (1.0)
+
+The earlier "DeiT does not memorise" (0.113) compared a DeiT with a 128-wide MLP against a ViT with a
+768-wide one; at equal size the distillation token does not hurt. At the usual 4x MLP both end near
+the bar in 100 steps: the memorisation speed of these small plain transformers depends on the MLP width.
 """
 
 from __future__ import annotations
