@@ -286,5 +286,72 @@ def test_bench_tune_counts_only_the_epochs_a_trial_trained(tmp_path: Path) -> No
     assert row["best_val_auc"] == 0.8 and row["best_at_half_budget"] == 0.7  # after 6 epochs
     assert row["trace"] == "3:0.6000 6:0.7000 7:0.7000 13:0.8000"
     assert tuner_options("pbt", 12, 3, 2)[-1] == "2"  # 2 members x 2 rounds x 3 epochs
+    for name in ("random", "random+median", "bayesian", "hyperband", "evolution"):  # a budget, not a trial cap
+        options = tuner_options(name, 12, 3, 2)
+        assert options[options.index("--epoch-budget") + 1] == "12" and "--max-trials" not in options
     with pytest.raises(Exception, match="unknown tuner 'sgd'"):
         tuner_options("sgd", 12, 3, 2)
+
+
+# ---- the epoch budget ------------------------------------------------------------------------------------------
+
+
+def test_epoch_budget_stops_a_pruned_search_at_the_budget_and_survives_a_reload(tmp_path: Path) -> None:
+    """Random search with median pruning and a budget of 8 epochs, trials of 3: the pruned trial (2 epochs) leaves
+    room for no other, where a trial cap would start more trials (or, at 3, overshoot)."""
+    from lensnet.tuning.pruning import EPOCH_KEY, MedianStopping
+    from lensnet.tuning.space import load_space
+    from lensnet.tuning.tuner import SearchOptions, TrialSetup, make_oracle
+
+    (tmp_path / "s.yaml").write_text(SPACE)
+    setup = TrialSetup(base={}, space=load_space(tmp_path / "s.yaml"), objective="val_auc", direction="max",
+                       directory=tmp_path)
+
+    def oracle() -> object:
+        made = make_oracle("random", setup, SearchOptions(max_trials=None, seed=0, max_failures=3, max_epochs=3,
+                                                          pruner=MedianStopping(grace=1, min_peers=2),
+                                                          epoch_budget=8))
+        made._set_project_dir(str(tmp_path), "kt")
+        return made
+
+    search = oracle()
+    curves = [[0.6, 0.7, 0.8], [0.65, 0.75, 0.85], [0.6, 0.5, 0.5], [0.9, 0.95, 0.97]]
+    started = []
+    for curve in curves:
+        trial = search.create_trial("t")
+        if trial.status == "STOPPED":
+            break
+        started.append(trial.trial_id)
+        for epoch, value in enumerate(curve, start=1):
+            if search.update_trial(trial.trial_id, {"val_auc": value, EPOCH_KEY: epoch}).status == "STOPPED":
+                break
+        trial.status = "COMPLETED"
+        search.update_trial(trial.trial_id, {"val_auc": max(curve[:epoch])})
+        search.end_trial(trial)
+    assert len(started) == 3 and search.epochs_spent() == 8  # 3 + 3 + 2 (pruned): the fourth never starts
+    assert search.pruned() == {started[2]: 2}
+    search.save()
+    again = oracle()
+    again.reload()
+    assert again.epochs_spent() == 8 and again.create_trial("t").status == "STOPPED"
+
+
+def test_epoch_budget_stops_hyperband_after_its_continuing_trials(three_class: Path, space: Path,
+                                                                  tmp_path: Path) -> None:
+    """Hyperband (brackets of 1 and 3 epochs, many iterations) stops at the epoch budget, past its first bracket's
+    continuing trial, and overshoots by less than the last trial's length."""
+    directory = tmp_path / "hb"
+    done = subprocess.run(_command(three_class, space, directory, "--tuner", "hyperband", "--max-epochs", "3",
+                                   "--factor", "3", "--hyperband-iterations", "20", "--epoch-budget", "7",
+                                   "--epochs", "1", "--batch-size", "32", "--seed", "2"),
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from lensnet.bench.tune import _epochs_trained
+
+    table = rows(directory)
+    trained = _epochs_trained(table)
+    spent = sum(trained.values())
+    last = trained[table[-1]["trial_id"]]
+    assert spent >= 7 and spent - last < 7, (spent, trained)
+    assert any(r["warm_start_from"] for r in table)  # the first bracket's continuing trial ran
+    assert "epoch_budget: 7" in (directory / "search.yaml").read_text()
