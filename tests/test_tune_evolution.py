@@ -150,14 +150,11 @@ def test_kill_and_resume_gives_the_same_search(three_class: Path, space: Path, s
     _same_search(searched[tuner], directory)
 
 
-@pytest.mark.parametrize(("tuner", "argv"), [("pbt", PBT), ("evolution", EVOLUTION)])
-def test_chief_and_two_workers(three_class: Path, space: Path, tmp_path: Path, tuner: str, argv: list[str]) -> None:
+def _chief_and_two_workers(command: list[str], tmp_path: Path) -> None:
+    """Run `command` as a chief and two workers (w0, w1) on localhost; logs in tmp_path/<name>.log."""
     from tests.test_tune import _free_port
 
-    directory = tmp_path / "shared"
-    port = _free_port()
-    command = _command(three_class, space, directory, *argv)
-    address = ["--oracle-address", f"127.0.0.1:{port}"]
+    address = ["--oracle-address", f"127.0.0.1:{_free_port()}"]
     specs = {"chief": command + ["--role", "chief", *address],
              "w0": command + ["--role", "worker", "--tuner-id", "w0", *address],
              "w1": command + ["--role", "worker", "--tuner-id", "w1", *address]}
@@ -177,6 +174,12 @@ def test_chief_and_two_workers(three_class: Path, space: Path, tmp_path: Path, t
                 proc.wait(timeout=30)
         for log in logs.values():
             log.close()
+
+
+@pytest.mark.parametrize(("tuner", "argv"), [("pbt", PBT), ("evolution", EVOLUTION)])
+def test_chief_and_two_workers(three_class: Path, space: Path, tmp_path: Path, tuner: str, argv: list[str]) -> None:
+    directory = tmp_path / "shared"
+    _chief_and_two_workers(_command(three_class, space, directory, *argv), tmp_path)
     table = rows(directory)
     expected = 6 if tuner == "pbt" else 4
     assert [r["status"] for r in table] == ["COMPLETED"] * expected
@@ -355,3 +358,27 @@ def test_epoch_budget_stops_hyperband_after_its_continuing_trials(three_class: P
     assert spent >= 7 and spent - last < 7, (spent, trained)
     assert any(r["warm_start_from"] for r in table)  # the first bracket's continuing trial ran
     assert "epoch_budget: 7" in (directory / "search.yaml").read_text()
+
+
+def test_median_pruning_with_a_chief_and_two_workers(three_class: Path, tmp_path: Path) -> None:
+    """The chief alone decides from the curves both workers report over gRPC: the planted trial (learning rate
+    1e-9, trial 4 at this seed) starts once three trials have ended, so it has enough peers at epoch 2 and is
+    stopped there; the best trial trains all its epochs."""
+    space = tmp_path / "planted.yaml"
+    space.write_text("train.learning_rate: {choice: [1.0e-9, 3.0e-3, 5.0e-3, 1.0e-2]}\n"
+                     "model.dropout: {uniform: [0.0, 0.1]}\n")
+    directory = tmp_path / "shared"
+    command = _command(three_class, space, directory, "--tuner", "random", "--max-trials", "5", "--epochs", "3",
+                       "--batch-size", "16", "--objective", "loss", "--prune", "median", "--prune-min-peers", "2",
+                       "--seed", "5")
+    _chief_and_two_workers(command, tmp_path)
+    table = rows(directory)
+    assert [r["status"] for r in table] == ["COMPLETED"] * 5
+    assert {r["tuner"] for r in table} == {"w0", "w1"}  # both workers ran trials
+    planted = [r for r in table if float(r["train.learning_rate"]) < 1e-6]
+    assert "4" in [r["trial_id"] for r in planted], "the seed must plant trial 4, after three trials have ended"
+    late = next(r for r in planted if r["trial_id"] == "4")
+    assert late["pruned_at"] == "2" and late["epochs"] == "2"
+    best = min(table, key=lambda r: float(r["loss"]))
+    assert best["pruned_at"] == "" and best["epochs"] == "3"
+    assert "pruned after epoch 2" in (tmp_path / "chief.log").read_text()  # the chief reports its decision

@@ -100,8 +100,10 @@ def _calibrated(fn: Callable[[], None], batch: int, seconds: float) -> Callable[
 
 def time_export(
     run: Path, export_dir: Path, batch_sizes: list[int], rounds: int, seconds: float, seed: int,
-    threads: int | None = None,
+    threads: int | None = None, card: dict | None = None,
 ) -> list[dict]:
+    """Rows per batch size and runtime; `card` (the export's card.json) adds the int8 model's metric change, measured
+    by the export on the run's test images, to the int8 rows."""
     from lensnet.artifacts.exports import load_export
     from lensnet.artifacts.runs import read_run
     from lensnet.bench.common import interleaved_rates, model_flops
@@ -149,11 +151,20 @@ def time_export(
                     "vs_keras": round(rate / rates["keras"], 2),
                     "vs_onnx": round(rate / rates["onnxruntime"], 2),
                     "max_abs_diff": diffs[name],
+                    **(_int8_metric(card) if name == "onnxruntime-int8" else {}),
                     # Other jobs on a shared machine show up here: compare rows measured at similar load.
                     "load_1min": round(os.getloadavg()[0], 2),
                 }
             )
     return rows
+
+
+def _int8_metric(card: dict | None) -> dict:
+    metric = ((card or {}).get("int8") or {}).get("comparison", {}).get("metric") or {}
+    if metric.get("change") is None:
+        return {}
+    return {"int8_metric": metric["name"], "int8_metric_float32": round(metric["float32"], 5),
+            "int8_metric_change": round(metric["change"], 5)}
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -169,7 +180,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                                     quantize=None if args.no_int8 else "int8")
                 rows += time_export(
                     Path(run_dir), result.path.parent, batch_sizes, args.rounds, args.unit_seconds, args.seed,
-                    args.threads,
+                    args.threads, result.card,
                 )
         else:
             shape = (args.size, args.size, args.channels)
