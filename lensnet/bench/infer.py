@@ -141,7 +141,7 @@ def time_export(
         rates = interleaved_rates(units, rounds=rounds)
         profiles = {}
         if profile:
-            files = {"onnxruntime": export_dir / "model.onnx", "onnxruntime-int8": exported.int8_path}
+            files = {"onnxruntime": exported.onnx_path, "onnxruntime-int8": exported.int8_path}
             profiles = {name: op_profile(path, images, threads) for name, path in files.items() if path}
         for name, rate in rates.items():
             rows.append(
