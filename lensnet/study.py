@@ -100,6 +100,8 @@ def population(args: argparse.Namespace) -> int:
     print((root / "forecast.csv").read_text(), end="")
     for note in result["notes"]:
         print(f"note: {note}")
+    for failure in result["per_lens"]["failures"]:
+        print(f"warning: per-lens calibration of {args.target}: {failure}")
     for what, name in (("table", "forecast.csv"), ("plot", "forecast.png"), ("result", "population.json")):
         print(f"  {what:6s} {root / name}")
     sys.stdout.flush()
