@@ -80,6 +80,7 @@ def base_draws(num_samples: int, dim: int, seed: int) -> np.ndarray:
 # spurious constraint. Through the prior's CDF, an uninformative flow (the identity) returns the prior
 # exactly, and every sample lies inside the support whatever the flow learned.
 TRANSFORMS = ("prior", "standardise")  # task.transform
+CONDITIONS = ("batch", "moving")  # task.condition (PosteriorModel)
 CDF_CLIP = 1e-6  # training values at the bounds of the support map to |z| <= 4.75, not infinity
 
 
@@ -206,10 +207,18 @@ class PosteriorModel(TaskModel):
 
     `network` returns {"summary": (B, F), "samples": (B, S, D)}; training reads only the summary
     (the samples are the exported output).
+
+    condition: the summary the flow is trained on. "batch": the training-mode summary (BatchNormalization by
+    each batch's statistics). "moving": the inference-mode summary, the one the exported model computes
+    (moving statistics, updated by a training-mode pass whose output is dropped; gradients reach every
+    weight). Batch statistics make an image's summary depend on the other images of its batch: the flow
+    learns that noise as posterior width and then returns too wide a posterior on the deterministic
+    inference-mode summary (the toy: +18%, see docs/posterior.md).
     """
 
-    def __init__(self, network: keras.Model, **kwargs: Any) -> None:
+    def __init__(self, network: keras.Model, condition: str = "batch", **kwargs: Any) -> None:
         super().__init__(network, **{"output": "samples", **kwargs})
+        self.condition = condition
         self.sampler = network.get_layer("posterior")
         # a view of the network's weights (untracked: the network already holds them)
         self.hooks.summary = keras.Model(network.inputs, network.output["summary"], name="summary_network")
@@ -218,11 +227,18 @@ class PosteriorModel(TaskModel):
                      global_batch_size: Any = None) -> tuple[Any, MetricInputs]:
         import tensorflow as tf
 
-        summary = self.hooks.summary(x, training=training)
+        if training and self.condition == "moving":
+            self.hooks.summary(x, training=True)  # only for its update of the moving statistics
+            summary = self.hooks.summary(x, training=False)
+        else:
+            summary = self.hooks.summary(x, training=training)
         log_density = self.sampler.log_density(tf.cast(y, tf.float32), summary, training=training)
         weight = tf.ones_like(log_density) if sample_weight is None else tf.cast(sample_weight, tf.float32)
         loss = average_loss(-log_density * weight, global_batch_size) + self.regularization()
         return loss, MetricInputs(None, None)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "condition": self.condition}
 
     def update_task_metrics(self, inputs: MetricInputs, metrics: Any = None, extra_weight: Any = None) -> None:
         """No per-batch metric: calibration needs whole posteriors (the callback and `score` compute it)."""
@@ -288,6 +304,7 @@ class PosteriorConfig:
     # the space the flow sees: prior (through each target's stated uniform / log-uniform prior's CDF to N(0, 1),
     # so samples stay in the support) | standardise (x - mean) / std (flow_transform)
     transform: str = "prior"
+    condition: str = "batch"  # the summary the flow is trained on: batch | moving (PosteriorModel)
     calibration_examples: int = 256  # validation images whose coverage is logged to TensorBoard each epoch
 
 
@@ -341,6 +358,8 @@ class Posterior(Task):
             raise LensnetError(f"task.targets names a parameter twice: {c.targets}")
         if c.flow not in FLOWS:
             raise LensnetError(f"task.flow {c.flow!r} is not one of {', '.join(FLOWS)}")
+        if c.condition not in CONDITIONS:
+            raise LensnetError(f"task.condition {c.condition!r} is not one of {', '.join(CONDITIONS)}")
         if c.transform not in TRANSFORMS:
             raise LensnetError(f"task.transform {c.transform!r} is not one of {', '.join(TRANSFORMS)}")
         for key in ("depth", "width", "summary_dim", "num_samples"):
@@ -454,7 +473,7 @@ class Posterior(Task):
 
         network = pooled_network(backbone_factory, info.image_shape, head, dropout=config["model"].get("dropout"),
                                  name=f"{self.name}_{config['model']['name']}")
-        return PosteriorModel(network, name=f"{self.name}_model")
+        return PosteriorModel(network, condition=c.condition, name=f"{self.name}_model")
 
     def callbacks(self, run_dir: Path, info: Any, config: dict, val_batches: Any) -> list:
         if not self.config.calibration_examples:
