@@ -95,6 +95,21 @@ def test_calibration_figures_of_exact_and_overconfident_posteriors() -> None:
     assert len(warnings) == 3 and all("a " in w and "overconfident" in w for w in warnings)
 
 
+def test_contraction_by_truth_shows_where_the_posterior_narrows() -> None:
+    """Posteriors that are the prior below a threshold and a tenth as wide above it (as substructure is seen only
+    at large f_sub): the top quartile's contraction is ~0.99, the bottom ones' ~0."""
+    from lensnet.tasks.posterior import contraction_by_truth
+
+    rng = np.random.default_rng(4)
+    truth = rng.uniform(0, 1, size=(2000, 1))
+    width = np.where(truth >= 0.75, 0.029, 0.289)  # prior std of U(0, 1): 0.289
+    samples = truth[:, None, :] + width[:, None, :] * rng.standard_normal((2000, 200, 1))
+    bins = contraction_by_truth(truth, samples, np.array([0.289]), ["f"])["f"]
+    assert len(bins) == 4 and sum(b["n"] for b in bins) == 2000
+    assert bins[-1]["contraction"] > 0.95 and all(abs(b["contraction"]) < 0.05 for b in bins[:2])
+    assert bins[0]["truth_lo"] == pytest.approx(truth.min()) and bins[-1]["truth_hi"] == pytest.approx(truth.max())
+
+
 def test_samples_output_kind_csv_and_shape() -> None:
     from lensnet.artifacts.outputs import OutputSpec, PredictSettings
     from lensnet.core.errors import LensnetError

@@ -276,6 +276,24 @@ def calibration(truth: np.ndarray, samples: np.ndarray, prior_std: np.ndarray, n
     return out
 
 
+def contraction_by_truth(truth: np.ndarray, samples: np.ndarray, prior_std: np.ndarray, names: list[str],
+                         bins: int = 4) -> dict:
+    """Per parameter, in `bins` quantile bins of the true value: where in the prior the posterior narrows.
+
+    Each bin: its truth range, lenses, mean contraction and mean posterior std.
+    """
+    out = {}
+    std = samples.std(axis=1)
+    for d, name in enumerate(names):
+        edges = np.quantile(truth[:, d], np.linspace(0, 1, bins + 1))
+        which = np.clip(np.searchsorted(edges, truth[:, d], side="right") - 1, 0, bins - 1)
+        out[name] = [{"truth_lo": float(edges[b]), "truth_hi": float(edges[b + 1]), "n": int(np.sum(which == b)),
+                      "contraction": float(np.mean(1.0 - std[which == b, d] ** 2 / prior_std[d] ** 2)),
+                      "posterior_std": float(np.mean(std[which == b, d]))}
+                     for b in range(bins) if np.any(which == b)]
+    return out
+
+
 def coverage_warnings(per_parameter: dict, levels: tuple[float, ...] = COVERAGE_LEVELS,
                       tolerance: float = COVERAGE_TOLERANCE) -> list[str]:
     """One sentence per (parameter, level) whose coverage is more than `tolerance` from the level."""
@@ -304,7 +322,7 @@ class PosteriorConfig:
     # the space the flow sees: prior (through each target's stated uniform / log-uniform prior's CDF to N(0, 1),
     # so samples stay in the support) | standardise (x - mean) / std (flow_transform)
     transform: str = "prior"
-    condition: str = "batch"  # the summary the flow is trained on: batch | moving (PosteriorModel)
+    condition: str = "moving"  # the summary the flow is trained on: moving | batch (PosteriorModel)
     calibration_examples: int = 256  # validation images whose coverage is logged to TensorBoard each epoch
 
 
@@ -506,6 +524,7 @@ class Posterior(Task):
                 for key, value in entry.items():
                     out[f"{name}/{key}"] = value
         out["parameters"] = per
+        out["contraction_by_truth"] = contraction_by_truth(truth[keep], samples[keep], self.prior_std, self.names)
         out["calibrated"] = out["max_coverage_error"] <= COVERAGE_TOLERANCE
         out["warnings"] = coverage_warnings(per)
         return out
