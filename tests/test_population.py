@@ -106,7 +106,7 @@ def test_a_flow_whose_posteriors_do_not_average_to_the_prior_fails_the_checks() 
     prior's mean and std (contraction ~0, 12% of the mass outside [0.005, 0.05]). Its per-lens likelihoods of
     the population mean are all tilted the same way, so the combination narrows with N around a wrong value;
     the checks must name it."""
-    from lensnet.studies.population import debiased, lens_ess, per_lens_checks
+    from lensnet.studies.population import debiased, flag_tilted, lens_ess, per_lens_checks
 
     prior = parse_prior(LOG_UNIFORM, "f_sub")
     rng = np.random.default_rng(3)
@@ -122,6 +122,8 @@ def test_a_flow_whose_posteriors_do_not_average_to_the_prior_fails_the_checks() 
     assert any("outside the interim prior's support" in f for f in checks["failures"])
     assert any("average to" in f for f in checks["failures"]) and checks["interim_consistency"]["failed"]
     assert checks["interim_consistency"]["bias_dominates_above_n"] < 10
+    assert flag_tilted(rows, checks["interim_consistency"]["bias_dominates_above_n"]) == [10, 100]
+    assert rows[1]["tilt_dominated"] and rows[1]["detection_sigma"] is None
     ess = lens_ess(samples[pool], prior, 0.02, 0.01)
     assert ess.shape == (len(pool),) and np.all((ess > 0) & (ess <= 256))
     # --debias divides the shared tilt out: the population posterior of these uninformative lenses stays wide

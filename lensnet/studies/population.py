@@ -277,6 +277,16 @@ def forecast(lens_ll: np.ndarray, means: np.ndarray, truth_mean: float, sizes: S
     return rows
 
 
+def flag_tilted(rows: list[dict], dominates: float | None) -> list[int]:
+    """Mark forecast rows of N >= `dominates` (bias_dominates_above_n) `tilt_dominated`, without a detection: the
+    tilt every per-lens likelihood shares, times N, outweighs one unit of log-likelihood. Returns their N."""
+    for row in rows:
+        row["tilt_dominated"] = bool(dominates is not None and row["n_lenses"] >= dominates)
+        if row["tilt_dominated"]:
+            row["detection_sigma"] = None
+    return [r["n_lenses"] for r in rows if r["tilt_dominated"]]
+
+
 def table_csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
@@ -359,6 +369,8 @@ def run_population(spec: PopulationSpec, out_dir: Path, log: Callable[[str], Non
     floor = prior.support()[0] if checks["passed"] and prior.kind != "normal" else None
     rows = forecast(lens_ll[usable], means, spec.mean, [min(n, int(usable.sum())) for n in sizes], spec.repeats,
                     spec.seed, floor)
+    dominates = None if spec.debias else checks["interim_consistency"]["bias_dominates_above_n"]
+    tilted = flag_tilted(rows, dominates)
     overlap = [r["n_lenses"] for r in rows if r["n_lenses"] > len(pool) / 3]
     spacing = float(means[1] - means[0])
     coarse = [r["n_lenses"] for r in rows if r["posterior_std"] < 3 * spacing]
@@ -374,6 +386,9 @@ def run_population(spec: PopulationSpec, out_dir: Path, log: Callable[[str], Non
                          "coverages are not independent"] if overlap else [])
                        + ([f"N = {coarse}: the population posterior is narrower than 3 grid spacings ({spacing:.3g});"
                            " raise --grid"] if coarse else [])
+                       + ([f"N = {tilted}: at least bias_dominates_above_n = {dominates:.3g} lenses, so the tilt all "
+                           "per-lens likelihoods share outweighs the data: not trusted, no detection (--debias "
+                           "divides it out)"] if tilted else [])
                        + ([f"no detection is stated: the per-lens posteriors of {spec.target} fail calibration on "
                            f"{checks['lenses']} held-out lenses ({'; '.join(checks['failures'])})"]
                           if not checks["passed"] else [])}
