@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lensnet.core.errors import run_cli
+from lensnet.core.errors import LensnetError, run_cli
 from lensnet.fit import main as fit_main
 
 TINY = ["--set", "model.args.filters=[8,16]", "--set", "train.warmup_epochs=0"]
@@ -375,3 +375,18 @@ def test_auto_augmentation_follows_the_dataset_symmetry(capsys, synthetic_datase
         assert code == 0, err
         config = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
         assert config["data"]["augment"] == expected
+
+
+@pytest.mark.parametrize("targets, augment, refused", [
+    (["e1"], "d4", "e1"), (["gamma2"], "flips", "gamma2"), (["center_x"], "rot180", "center_x"),
+    (["source_e1"], "rot180", None),  # spin-2: a half turn maps ellipticity and shear onto themselves
+    (["e1", "gamma1", "theta_E"], "rot180", None), (["e1"], None, None), (["theta_E"], "d4", None),
+])
+def test_targets_an_augmentation_would_change_are_refused(targets, augment, refused) -> None:
+    from lensnet.tasks.regression import check_targets_survive
+
+    if refused is None:
+        check_targets_survive(targets, augment)
+        return
+    with pytest.raises(LensnetError, match=f"target '{refused}' changes under .* data.augment='{augment}'"):
+        check_targets_survive(targets, augment)

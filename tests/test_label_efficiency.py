@@ -79,6 +79,18 @@ def test_label_efficiency_bench_on_tiny_data(capsys, synthetic_dataset: Path, tm
     probe = Path(rows[2]["run"]) / "config.yaml"
     assert "freeze: backbone" in probe.read_text() and "pretrain-simclr" in probe.read_text()
 
+    # a rerun (after a kill, or to add a mode) reuses the finished runs instead of refusing their directories
+    assert run_cli(bench_main, argv) == 0
+    assert "reusing the finished run" in capsys.readouterr().out
+    again = json.loads(sorted((tmp_path / "results").glob("label-efficiency-*Z.json"))[-1].read_text())["rows"]
+    assert [r["macro_roc_auc"] for r in again] == [r["macro_roc_auc"] for r in rows]
+    assert all(r["reused"] for r in again if r["mode"] != "knn") and not any(r["reused"] for r in rows
+                                                                             if r["mode"] != "knn")
+    changed = [a if a != "1" else "2" for a in argv]  # another --epochs: the old runs are not this job's
+    code = run_cli(bench_main, changed)
+    err = capsys.readouterr().err
+    assert code == 2 and "holds a run of another config" in err and len(err.strip().splitlines()) == 1
+
 
 def tiny_argv(data: Path, tmp_path: Path, *extra: str) -> list[str]:
     return ["label-efficiency", "--data", str(data), "--epochs", "1", "--pretrain-epochs", "1", "--batch-size", "16",
@@ -139,6 +151,7 @@ def test_unlabelled_set_is_pretrained_on_and_its_labels_never_read(
     (["--unlabelled-fractions", "0.001"], "--unlabelled-fractions 0.001 selects no record"),
     (["--fractions", "0.001"], "--fractions 0.001 selects no record"),
     (["--pretrain-method", "swav"], "--pretrain-method must be among"),
+    (["--pretrain-method", "simclr,mae"], "MAE needs a model of the vit, deit or swin family"),  # before simclr trains
     (["--shape"], "has images of shape (24, 24, 1)"),
 ])
 def test_bad_unlabelled_input_is_one_line(capsys, synthetic_dataset: Path, tmp_path: Path, extra, message,

@@ -88,3 +88,35 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error:") and message in err[0]
     assert not studies.exists()
+
+
+VIEWS_TINY = ["--epochs", "1", "--batch-size", "16", "--bootstrap", "20", "--fit-set", "run.verbose=0",
+              "--fit-set", "model.args.filters=[8,16]", "--fit-set", "task.projection_dim=8",
+              "--fit-set", "task.projection_hidden=16", "--fit-set", "train.precise_bn_batches=2"]
+
+
+@pytest.mark.slow
+def test_views_study_scores_each_view_and_a_rerun_continues(tmp_path: Path, synthetic_dataset: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    studies = tmp_path / "studies"
+    argv = ["views", "--data", str(synthetic_dataset), "--views", "none,shift", "--name", "v",
+            "--studies-dir", str(studies), *VIEWS_TINY]
+    assert run_cli(main, argv) == 0
+    root = studies / "v"
+    rows = json.loads((root / "results.json").read_text())["rows"]
+    assert [r["view"] for r in rows] == ["none", "shift"]
+    for r in rows:
+        assert 0.0 <= r["knn_macro_auc"] <= 1.0 and r["probe_low"] <= r["probe_macro_auc"] <= r["probe_high"]
+        assert r["n_test"] == 16
+    capsys.readouterr()
+
+    # killed after the shift run finished but before its result was written: the rerun reuses the run
+    (root / "views" / "shift" / "result.json").unlink()
+    assert run_cli(main, argv) == 0
+    assert json.loads((root / "results.json").read_text())["rows"] == [
+        {**r, "seconds": json.loads((root / "results.json").read_text())["rows"][i]["seconds"]}
+        for i, r in enumerate(rows)]
+
+    code = run_cli(main, [*argv[:4], "blurry", *argv[5:]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--views must be among" in err[0]

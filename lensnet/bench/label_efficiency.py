@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     from lensnet.tasks import plots
     from lensnet.training.config import resolve_fit_config
     from lensnet.training.data import train_ids
-    from lensnet.training.trainer import run_fit
+    from lensnet.training.trainer import check_buildable, fit_or_resume
 
     fractions, modes = _numbers(args.fractions, "--fractions"), _choices(args.modes, "--modes", MODES)
     methods = _choices(args.pretrain_method, "--pretrain-method", METHODS)
@@ -159,22 +159,27 @@ def run(args: argparse.Namespace) -> list[dict]:
     if args.pretrain:
         sources.append({"pretrain": args.pretrain, "method": "given", "n_unlabelled": None})
     elif pretrained:
+        jobs = []
         for method in methods:
             for fraction in unlabelled_fractions:
-                n = n_unlabelled[fraction]
                 name = f"pretrain-{method}" + (f"-u{fraction:g}" if args.unlabelled else "")
                 overrides = deep_update(deep_update(common, {
                     "task": {"method": method, "labels": not args.unlabelled},
                     "data": {"path": str(source.path), "train_fraction": fraction, "subset_seed": args.subset_seed},
                     "train": {"epochs": args.pretrain_epochs}, "run": {"name": name}}),
                     deep_update(extra, parse_set(args.pretrain_set)))
-                print(f"pretraining {args.model} with {method} on {n} images of {source.path} (labels unused)",
-                      flush=True)
-                t0 = time.perf_counter()
-                run_dir = run_fit(resolve_fit_config("pretrain", overrides=overrides), progress=False).run_dir
-                sources.append({"pretrain": str(run_dir), "method": method, "n_unlabelled": n,
-                                "unlabelled_fraction": fraction, "pretrain_epochs": args.pretrain_epochs,
-                                "pretrain_seconds": round(time.perf_counter() - t0, 1)})
+                config = resolve_fit_config("pretrain", overrides=overrides)
+                check_buildable(config)  # every method fits the model before the first one trains for an hour
+                jobs.append((method, fraction, config))
+        for method, fraction, config in jobs:
+            n = n_unlabelled[fraction]
+            print(f"pretraining {args.model} with {method} on {n} images of {source.path} (labels unused)",
+                  flush=True)
+            t0 = time.perf_counter()
+            result = fit_or_resume(config, progress=False)
+            sources.append({"pretrain": str(result.run_dir), "method": method, "n_unlabelled": n,
+                            "unlabelled_fraction": fraction, "pretrain_epochs": args.pretrain_epochs,
+                            "pretrain_seconds": None if result.reused else round(time.perf_counter() - t0, 1)})
 
     keys = headline(args.task)
     rows, ids = [], {}
@@ -204,12 +209,13 @@ def run(args: argparse.Namespace) -> list[dict]:
                     config = resolve_fit_config(args.task, overrides=overrides)
                     subset = train_ids(config, info)
                     ids[f"{fraction:g}"] = subset if subset is not None else "all"
-                    result = run_fit(config, progress=False)
+                    result = fit_or_resume(config, progress=False)
                     row.update({k: result.metrics.get(k) for k in keys})
                     if args.task != "regression":
                         row.update(_interval(result.run_dir, info, args))
                     row["epochs"] = epochs
                     row["run"] = str(result.run_dir)
+                    row["reused"] = result.reused  # a rerun reuses finished runs: its seconds are not their cost
                 row["seconds"] = round(time.perf_counter() - t0, 1)
                 for key in ("pretrain_epochs", "pretrain_seconds"):
                     row[key] = src.get(key)

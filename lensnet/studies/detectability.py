@@ -175,24 +175,10 @@ def test_predictions(run_dir: Path, data_dir: Path) -> tuple[np.ndarray, np.ndar
     return np.asarray(result["y_true"]).astype(int), result["y_pred"], list(run.output["class_names"])
 
 
-def _train(config: dict, run_dir: Path, log: Callable[[str], None]) -> None:
-    from lensnet.training.config import resume_config
-    from lensnet.training.trainer import run_fit
-
-    if (run_dir / "checkpoints" / "state.json").is_file():
-        log(f"  resuming training in {run_dir}")
-        run_fit(resume_config(str(run_dir), {}), resume=True, progress=False)
-        return
-    if run_dir.exists():  # killed before its first epoch ended: nothing to keep
-        import shutil
-
-        shutil.rmtree(run_dir)
-    run_fit(config, progress=False)
-
-
 def run_point(spec: StudySpec, index: int, value: float, root: Path, log: Callable[[str], None]) -> dict:
     from lensnet.artifacts.runs import read_run
     from lensnet.simulate.dataset import simulate_dataset
+    from lensnet.training.trainer import fit_or_resume
 
     point = root / "points" / f"{index:02d}"
     done = point / "result.json"
@@ -209,7 +195,7 @@ def run_point(spec: StudySpec, index: int, value: float, root: Path, log: Callab
                      workers=1, progress=False)
     log(f"point {index}: training {spec.model} for {spec.epochs} epoch(s)")
     run_dir = point / "run"
-    _train(_fit_config(spec, point / "data", run_dir), run_dir, log)
+    fit_or_resume(_fit_config(spec, point / "data", run_dir), progress=False, log=log)
     labels, probs, class_names = test_predictions(run_dir, point / "data")
     result: dict[str, Any] = {"index": index, "knob": spec.knob, "value": float(value),
                               "best_epoch": read_run(run_dir).best_epoch, "n_test": int(labels.size)}

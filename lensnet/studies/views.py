@@ -123,20 +123,14 @@ def score_embedding(train: np.ndarray, train_labels: np.ndarray, test: np.ndarra
 
 def _pretrain(spec: ViewStudySpec, view: str, run_dir: Path) -> None:
     from lensnet.core.config import deep_update, parse_set
-    from lensnet.training.config import resolve_fit_config, resume_config
-    from lensnet.training.trainer import run_fit
+    from lensnet.training.config import resolve_fit_config
+    from lensnet.training.trainer import fit_or_resume
 
-    if (run_dir / "checkpoints" / "state.json").is_file():
-        run_fit(resume_config(str(run_dir), {}), resume=True, progress=False)
-        return
-    if run_dir.exists():  # killed before its first epoch ended: nothing to keep
-        import shutil
-
-        shutil.rmtree(run_dir)
     overrides = {"model": {"name": spec.model}, "data": {"path": spec.data, "batch_size": spec.batch_size},
                  "task": {"method": spec.method, **view_overrides(view)}, "train": {"epochs": spec.epochs},
                  "run": {"dir": str(run_dir.parent), "name": run_dir.name, "seed": spec.seed, "verbose": 0}}
-    run_fit(resolve_fit_config("pretrain", None, deep_update(overrides, parse_set(spec.fit_set))), progress=False)
+    fit_or_resume(resolve_fit_config("pretrain", None, deep_update(overrides, parse_set(spec.fit_set))),
+                  progress=False, log=lambda line: None)
 
 
 def run_view(spec: ViewStudySpec, view: str, root: Path, info: Any, labels: dict, log: Callable[[str], None]) -> dict:

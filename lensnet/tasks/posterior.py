@@ -37,7 +37,7 @@ from lensnet.artifacts.outputs import OutputSpec
 from lensnet.core.errors import LensnetError
 from lensnet.tasks.base import BackboneFactory, BatchContext, Task, pooled_network, register_task
 from lensnet.tasks.model import MetricInputs, TaskModel, average_loss
-from lensnet.tasks.regression import ORIENTED, parameter_unit
+from lensnet.tasks.regression import check_targets_survive, parameter_unit
 
 COVERAGE_LEVELS = (0.5, 0.68, 0.95)
 COVERAGE_TOLERANCE = 0.05  # |coverage - level| above this is reported as miscalibration
@@ -329,11 +329,7 @@ class Posterior(Task):
                 "priors": self.priors}
 
     def check_data_options(self, data_config: dict) -> None:
-        augment = data_config.get("augment")
-        oriented = [t for t in self.config.targets or [] if t.endswith(ORIENTED)]
-        if augment and oriented:
-            raise LensnetError(f"target {oriented[0]!r} changes under flips and rotations, but data.augment="
-                               f"{augment!r} would leave it unchanged; use --set data.augment=null")
+        check_targets_survive(self.config.targets, data_config.get("augment"))
 
     def prepare(self, batch: dict, context: BatchContext) -> tuple:
         import tensorflow as tf

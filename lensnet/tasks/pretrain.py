@@ -57,13 +57,6 @@ class PretrainConfig:
     decoder_heads: int = 4  # mae
     norm_pix_loss: bool = False  # mae: regress per-patch normalised pixels
     symmetry: str | None = "auto"  # view symmetry: auto (= data.augment) | d4 | flips | rot180 | none
-    view_shift: int = 2  # max integer shift of a view, pixels
-    # Off by default: blur and re-drawn noise wash out the few-pixel perturbations substructure makes.
-    # Measured on the Model II replica (README, label efficiency): SimCLR with blur 1 px + noise 0.1 made
-    # fine-tuning at 10% labels worse than scratch (0.617 vs 0.897 AUC); without them, better (0.949).
-    view_blur: float = 0.0  # max PSF-like gaussian sigma, pixels
-    view_flux: float = 1.25  # flux scale in [1/view_flux, view_flux]
-    view_noise: float = 0.0  # re-drawn gaussian noise, as a fraction of the image std
     # The views below, when null, take the dataset preset's measured defaults (lensnet.data.views.PRESET_VIEWS,
     # set from `python -m lensnet.study views`: docs/ssl.md), else GENERIC_VIEWS. Blur and re-drawn noise are off
     # in both: they wash out the few-pixel perturbations substructure makes (measured on the Model II replica:

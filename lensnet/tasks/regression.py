@@ -6,6 +6,7 @@ metrics through a zero sample weight, never zero-filled into the fit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,21 @@ from lensnet.tasks.base import BackboneFactory, BatchContext, Task, pooled_netwo
 LOSSES = ("mse", "huber", "mae")
 # Flips and rotations change these (ellipticity, shear, positions, angles) but not the stored value.
 ORIENTED = ("e1", "e2", "gamma1", "gamma2", "center_x", "center_y", "angle")
+# ... except where a group leaves one unchanged: spin-2 components (ellipticity, shear) turn by twice the
+# angle, so a 180-degree rotation (the replicas' augmentation) maps them onto themselves.
+INVARIANT_UNDER = {"rot180": ("e1", "e2", "gamma1", "gamma2")}
+
+
+def check_targets_survive(targets: Sequence[str] | None, augment: str | None) -> None:
+    """Refuse a target that the augmentation's flips and rotations would change without changing its value."""
+    from lensnet.data.augment import normalise_augment
+
+    augment = normalise_augment(augment)
+    kept = INVARIANT_UNDER.get(augment or "", ())
+    changed = [t for t in targets or [] if t.endswith(ORIENTED) and not t.endswith(kept)]
+    if augment and changed:
+        raise LensnetError(f"target {changed[0]!r} changes under the flips and rotations of data.augment="
+                           f"{augment!r}, which would leave its value unchanged; use --set data.augment=null")
 
 
 def parameter_unit(name: str) -> str:
@@ -88,13 +104,7 @@ class Regression(Task):
         return {"target": self.target, "mean": self.mean, "std": self.std}
 
     def check_data_options(self, data_config: dict) -> None:
-        augment = data_config.get("augment")
-        target = self.config.target or ""
-        if augment and any(target.endswith(suffix) for suffix in ORIENTED):
-            raise LensnetError(
-                f"target {target!r} changes under flips and rotations, but data.augment={augment!r} would "
-                "leave it unchanged; use --set data.augment=null"
-            )
+        check_targets_survive(self.config.target and [self.config.target], data_config.get("augment"))
 
     def prepare(self, batch: dict, context: BatchContext) -> tuple:
         import tensorflow as tf

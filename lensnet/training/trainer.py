@@ -9,7 +9,7 @@ import datetime as _dt
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ class FitResult:
     metrics: dict
     info: RunInfo
     seconds: float
+    reused: bool = False  # fit_or_resume found the run finished: seconds is 0, not the run's cost
 
 
 def resolve_dataset(config: dict, progress: bool = True):
@@ -272,6 +273,73 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True,
         run_info.status = "finished"
         write_run(run_dir, run_info)
     return FitResult(run_dir, metrics, run_info, time.perf_counter() - t0)
+
+
+def fit_or_resume(config: dict, *, progress: bool = True, log: Callable[[str], None] = print) -> FitResult:
+    """run_fit for a job of many runs that may be killed and rerun (studies, benches).
+
+    A finished run of the same config is reused (its metrics.json), one with a checkpoint resumes, one
+    killed before its first epoch ends starts again; a directory holding another config is refused,
+    since it is not this job's run."""
+    import json
+    import shutil
+
+    from lensnet.training.config import load_run_config, resume_config
+
+    run_dir = _run_dir(config)
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return run_fit(config, progress=progress)
+    if (run_dir / "config.yaml").is_file() and not _same_run(load_run_config(run_dir), config):
+        raise LensnetError(f"run directory {run_dir} holds a run of another config; remove it or use another "
+                           "--runs-dir")
+    if (run_dir / "run.json").is_file() and (run_dir / "metrics.json").is_file():
+        info = read_run(run_dir)
+        if info.status == "finished":
+            log(f"  reusing the finished run {run_dir}")
+            return FitResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), info, 0.0, reused=True)
+    if (run_dir / "checkpoints" / "state.json").is_file():
+        log(f"  resuming {run_dir}")
+        return run_fit(resume_config(str(run_dir), {}), resume=True, progress=progress)
+    shutil.rmtree(run_dir)  # killed before its first epoch ended: nothing to keep
+    return run_fit(config, progress=progress)
+
+
+def _same_run(saved: dict, config: dict) -> bool:
+    """Whether a run's config.yaml is `config` as run_fit writes it (it resolves data.augment: auto and a
+    missing data.path to what it used)."""
+    import copy
+
+    import yaml
+
+    wanted = yaml.safe_load(dump_yaml(config))
+    saved = copy.deepcopy(saved)
+    for key in ("augment", "path"):
+        if wanted["data"].get(key) in ("auto", None):
+            wanted["data"].pop(key, None)
+            saved["data"].pop(key, None)
+    return saved == wanted
+
+
+def check_buildable(config: dict) -> None:
+    """Build `config`'s model on its dataset without training: a job of many runs calls this for each run
+    before the first starts, so a model/method mismatch is one error line, not an hour later."""
+    import copy
+
+    import keras
+
+    from lensnet.tasks.base import task_from_config
+    from lensnet.training.data import check_fit_splits
+    from lensnet.training.model import build_task_model
+
+    config = copy.deepcopy(config)
+    info = resolve_dataset(config, progress=False)
+    check_fit_splits(config, info)
+    if config["data"]["augment"] == "auto":  # as run_fit resolves it
+        config["data"]["augment"] = dataset_symmetry(info)
+    task = task_from_config(config, info)
+    task.check_data_options(config["data"])
+    build_task_model(task, config, info, init=False)
+    keras.backend.clear_session()
 
 
 def monitor_mode(monitor: str, task) -> str:
