@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     pop.add_argument("--n", help="comma-separated lens counts (default 10,30,100,300,1000 capped at the pool)")
     pop.add_argument("--repeats", type=int, default=50, help="populations drawn per N (default 50)")
     pop.add_argument("--grid", type=int, default=1000, help="grid points of the population mean (default 1000)")
+    pop.add_argument("--debias", action="store_true",
+                     help="divide each lens's likelihood of the population mean by its mean over the held-out "
+                          "lenses (exact for uninformative per-lens posteriors; lensnet.studies.population)")
     pop.add_argument("--name", help="study name (default population-<target>)")
     pop.add_argument("--studies-dir", default=str(STUDIES_DIR), help=f"parent directory (default {STUDIES_DIR})")
     pop.add_argument("--seed", type=int, default=0)
@@ -94,12 +97,15 @@ def population(args: argparse.Namespace) -> int:
 
     sizes = parse_sizes(args.n) if args.n else None
     spec = PopulationSpec(run=args.run, target=args.target, mean=args.mean, width=args.width, data=args.data,
-                          split=args.split, sizes=sizes, repeats=args.repeats, grid=args.grid, seed=args.seed)
+                          split=args.split, sizes=sizes, repeats=args.repeats, grid=args.grid, seed=args.seed,
+                          debias=args.debias)
     root = Path(args.studies_dir) / (args.name or f"population-{args.target}")
     result = run_population(spec, root, lambda line: print(line, flush=True), progress=not args.no_progress)
     print((root / "forecast.csv").read_text(), end="")
     for note in result["notes"]:
         print(f"note: {note}")
+    for failure in result["per_lens"]["failures"]:
+        print(f"warning: per-lens calibration of {args.target}: {failure}")
     for what, name in (("table", "forecast.csv"), ("plot", "forecast.png"), ("result", "population.json")):
         print(f"  {what:6s} {root / name}")
     sys.stdout.flush()

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--prune-grace", type=int, default=1, help="epochs every trial trains unpruned (default 1)")
     search.add_argument("--prune-min-peers", type=int, default=3,
                         help="trials that must have reached an epoch before the median there counts (default 3)")
+    search.add_argument("--epoch-budget", type=int, metavar="N",
+                        help="any tuner: start no trial once the trials have trained N epochs in all (the trial "
+                             "running then finishes); with it, no default trial cap")
     search.add_argument("--initial-points", type=int,
                         help="bayesian: random trials before the Gaussian process (default 3 x parameters)")
     search.add_argument("--max-consecutive-failures", type=int, default=3,
@@ -96,7 +99,8 @@ def check_numbers(args: argparse.Namespace) -> None:
                              ("--max-consecutive-failures", args.max_consecutive_failures, 1),
                              ("--retrain-epochs", args.retrain_epochs, 1), ("--population", args.population, 2),
                              ("--rounds", args.rounds, 1), ("--sample-size", args.sample_size, 1),
-                             ("--prune-grace", args.prune_grace, 0), ("--prune-min-peers", args.prune_min_peers, 1)):
+                             ("--prune-grace", args.prune_grace, 0), ("--prune-min-peers", args.prune_min_peers, 1),
+                             ("--epoch-budget", args.epoch_budget, 1)):
         if value is not None and value < low:
             raise LensnetError(f"{flag} must be at least {low}, got {value}")
     from lensnet.tuning.pruning import PRUNERS

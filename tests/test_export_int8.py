@@ -133,3 +133,29 @@ def test_bad_quantize_options(capsys, trained_run, tmp_path: Path, argv: list[st
     _, err = capsys.readouterr()
     assert code == 2 and err.startswith("error: ") and message in err
     _nothing_written(out)
+
+
+def test_bench_infer_profile_ranks_the_nodes_by_kernel_time(tmp_path: Path) -> None:
+    """--profile: onnxruntime's per-node kernel times, largest first, per image; a convolution of 64 channels
+    outweighs an elementwise Relu on its output."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from lensnet.bench.infer import _int8_metric, op_profile
+
+    rng = np.random.default_rng(0)
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [64, 8, 3, 3], rng.standard_normal(64 * 8 * 9).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+         helper.make_node("Relu", ["c"], ["y"], name="relu")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64, 32, 32])], [weight])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    nodes = op_profile(path, rng.standard_normal((4, 8, 32, 32)).astype(np.float32), threads=1, calls=3)
+    assert nodes[0]["op"] in ("Conv", "FusedConv") and nodes[0]["inputs"][0] == [4, 8, 32, 32]
+    assert all(a["us_per_image"] >= b["us_per_image"] for a, b in zip(nodes, nodes[1:]))
+    assert 0 < sum(n["share"] for n in nodes) <= 1.0001
+    card = {"int8": {"comparison": {"metric": {"name": "roc_auc", "float32": 0.99, "int8": 0.9904, "change": 0.0004}}}}
+    assert _int8_metric(card) == {"int8_metric": "roc_auc", "int8_metric_float32": 0.99, "int8_metric_change": 0.0004}
+    assert _int8_metric({}) == {}

@@ -63,3 +63,70 @@ def test_population_outside_the_prior_is_refused() -> None:
         check_population(prior, 0.08, 0.005, "f_sub")
     with pytest.raises(LensnetError, match="width"):
         check_population(prior, 0.02, 0.0, "f_sub")
+
+
+LOG_UNIFORM = {"log_uniform": [0.005, 0.05]}  # model_ii's prior of f_sub
+
+
+def identity_flow_samples(n: int, spec: dict, s: int = 512) -> np.ndarray:
+    """(n, s) what an uninformative flow returns through the prior transform: the stored base points mapped to
+    physical units, the same for every lens (the posterior equals the prior)."""
+    from lensnet.tasks.posterior import base_draws, flow_transform, from_flow_space
+
+    z = base_draws(s, 2, seed=0)[:, 0]
+    one = np.asarray(from_flow_space(z, flow_transform(spec, 0.0, 1.0)), dtype=np.float64)
+    return np.broadcast_to(one, (n, s))
+
+
+def test_a_posterior_equal_to_the_prior_gives_a_population_posterior_that_does_not_narrow() -> None:
+    """Images that carry no information: each lens's posterior is the interim prior, so the population posterior
+    must stay as wide as the grid at every N (no spurious constraint), hold the truth, pass the per-lens checks
+    and state no detection."""
+    from lensnet.studies.population import per_lens_checks
+
+    prior = parse_prior(LOG_UNIFORM, "f_sub")
+    truth = np.random.default_rng(2).random(2000)
+    truth = 0.005 * 10.0 ** truth  # log-uniform draws on [0.005, 0.05]
+    samples = identity_flow_samples(len(truth), LOG_UNIFORM, s=256)
+    assert samples.min() >= 0.005 and samples.max() <= 0.05
+    pool = draw_population(truth, prior, 0.02, 0.01, seed=0)
+    means = mean_grid(prior, 200, samples[pool], 10)
+    lens_ll = lens_log_likelihoods(samples, prior, means, 0.01)
+    checks = per_lens_checks(truth, samples, prior, lens_ll, means)
+    assert checks["passed"], checks["failures"]
+    rows = forecast(lens_ll[pool], means, 0.02, [10, 100, 500], 30, seed=0, floor=0.005)
+    flat = (means[-1] - means[0]) / np.sqrt(12)
+    for row in rows:
+        assert row["posterior_std"] == pytest.approx(flat, rel=0.05), row
+        assert row["coverage_68"] > 0.9 and row["detection_sigma"] is None
+
+
+def test_a_flow_whose_posteriors_do_not_average_to_the_prior_fails_the_checks() -> None:
+    """The failure measured on model_ii (304 steps): for every image the flow returns about a normal with the
+    prior's mean and std (contraction ~0, 12% of the mass outside [0.005, 0.05]). Its per-lens likelihoods of
+    the population mean are all tilted the same way, so the combination narrows with N around a wrong value;
+    the checks must name it."""
+    from lensnet.studies.population import debiased, flag_tilted, lens_ess, per_lens_checks
+
+    prior = parse_prior(LOG_UNIFORM, "f_sub")
+    rng = np.random.default_rng(3)
+    truth = 0.005 * 10.0 ** rng.random(1500)
+    samples = 0.0196 + 0.0124 * rng.standard_normal((len(truth), 256))
+    pool = draw_population(truth, prior, 0.02, 0.01, seed=0)
+    means = mean_grid(prior, 200, samples[pool], 10)
+    lens_ll = lens_log_likelihoods(samples, prior, means, 0.01)
+    rows = forecast(lens_ll[pool], means, 0.02, [10, 100], 30, seed=0)
+    assert rows[1]["posterior_std"] < 0.5 * rows[0]["posterior_std"] and rows[1]["coverage_68"] < 0.3  # the trap
+    checks = per_lens_checks(truth, samples, prior, lens_ll, means)
+    assert not checks["passed"]
+    assert any("outside the interim prior's support" in f for f in checks["failures"])
+    assert any("average to" in f for f in checks["failures"]) and checks["interim_consistency"]["failed"]
+    assert checks["interim_consistency"]["bias_dominates_above_n"] < 10
+    assert flag_tilted(rows, checks["interim_consistency"]["bias_dominates_above_n"]) == [10, 100]
+    assert rows[1]["tilt_dominated"] and rows[1]["detection_sigma"] is None
+    ess = lens_ess(samples[pool], prior, 0.02, 0.01)
+    assert ess.shape == (len(pool),) and np.all((ess > 0) & (ess <= 256))
+    # --debias divides the shared tilt out: the population posterior of these uninformative lenses stays wide
+    rows = forecast(debiased(lens_ll[pool], lens_ll), means, 0.02, [10, 100], 30, seed=0)
+    flat = (means[-1] - means[0]) / np.sqrt(12)
+    assert rows[1]["posterior_std"] > 0.7 * flat and rows[1]["coverage_68"] > 0.8, rows

@@ -95,6 +95,21 @@ def test_calibration_figures_of_exact_and_overconfident_posteriors() -> None:
     assert len(warnings) == 3 and all("a " in w and "overconfident" in w for w in warnings)
 
 
+def test_contraction_by_truth_shows_where_the_posterior_narrows() -> None:
+    """Posteriors that are the prior below a threshold and a tenth as wide above it (as substructure is seen only
+    at large f_sub): the top quartile's contraction is ~0.99, the bottom ones' ~0."""
+    from lensnet.tasks.posterior import contraction_by_truth
+
+    rng = np.random.default_rng(4)
+    truth = rng.uniform(0, 1, size=(2000, 1))
+    width = np.where(truth >= 0.75, 0.029, 0.289)  # prior std of U(0, 1): 0.289
+    samples = truth[:, None, :] + width[:, None, :] * rng.standard_normal((2000, 200, 1))
+    bins = contraction_by_truth(truth, samples, np.array([0.289]), ["f"])["f"]
+    assert len(bins) == 4 and sum(b["n"] for b in bins) == 2000
+    assert bins[-1]["contraction"] > 0.95 and all(abs(b["contraction"]) < 0.05 for b in bins[:2])
+    assert bins[0]["truth_lo"] == pytest.approx(truth.min()) and bins[-1]["truth_hi"] == pytest.approx(truth.max())
+
+
 def test_samples_output_kind_csv_and_shape() -> None:
     from lensnet.artifacts.outputs import OutputSpec, PredictSettings
     from lensnet.core.errors import LensnetError
@@ -160,6 +175,51 @@ def test_prior_is_found_in_the_preset_config() -> None:
     assert find_prior(config, "f_sub") == ("substructure.f_sub", {"log_uniform": [0.005, 0.05]})
     assert find_prior(config, "log10_m_axion") == ("axion.log10_m_axion", {"uniform": [-24.0, -22.0]})
     assert find_prior(config, "n_subhalo") == (None, None)
+    # a dataset storing the requested f_sub as f_sub_drawn: the config's prior is that draw's, not the realised one's
+    stored = ("f_sub", "f_sub_drawn")
+    assert find_prior(config, "f_sub_drawn", stored) == ("substructure.f_sub", {"log_uniform": [0.005, 0.05]})
+    assert find_prior(config, "f_sub", stored) == (None, None)
+
+
+@pytest.mark.parametrize("spec, support", [({"log_uniform": [0.005, 0.05]}, (0.005, 0.05)),
+                                           ({"uniform": [1.0, 1.6]}, (1.0, 1.6)),
+                                           ({"log10_uniform": [-3.0, -1.0]}, (1e-3, 1e-1))])
+def test_the_flow_sees_the_prior_as_its_base_distribution(spec: dict, support: tuple) -> None:
+    """Through the prior's CDF, prior draws become N(0, 1) draws (what an untrained flow returns), the map
+    inverts, and any point of the flow's space lands inside the support."""
+    import tensorflow as tf
+    from scipy import stats
+
+    from lensnet.simulate.priors import inverse_cdf, parse_prior
+    from lensnet.tasks.posterior import flow_transform, from_flow_space, to_flow_space
+
+    transform = flow_transform(spec, 0.0, 1.0)
+    x = inverse_cdf(parse_prior(spec, "x"), np.random.default_rng(0).random(5000))
+    z = to_flow_space(tf.constant(x), transform).numpy()
+    assert stats.kstest(z, "norm").pvalue > 0.01
+    np.testing.assert_allclose(np.asarray(from_flow_space(z, transform)), x, rtol=1e-6)
+    edges = np.asarray(from_flow_space(np.array([-40.0, -6.0, 0.0, 6.0, 40.0]), transform))
+    assert np.all((edges >= support[0] * (1 - 1e-6)) & (edges <= support[1] * (1 + 1e-6)))
+    draws = inverse_cdf(parse_prior(spec, "x"), (np.arange(20000) + 0.5) / 20000)
+    assert transform["prior_std"] == pytest.approx(draws.std(), rel=1e-3)
+
+
+def test_samples_stay_in_the_prior_support_whatever_the_flow() -> None:
+    """An untrained flow on random summaries: through the prior transform every sample of f_sub is inside
+    [0.005, 0.05]; standardised (the former parametrisation), the same flow puts mass outside it."""
+    import keras
+
+    from lensnet.tasks.posterior import PosteriorSampler, flow_transform
+
+    summary = keras.Input((4,))
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    inside = {}
+    for name, spec in (("prior", {"log_uniform": [0.005, 0.05]}), ("standardise", None)):
+        transforms = [flow_transform({"uniform": [1.0, 1.6]}, 1.3, 0.17), flow_transform(spec, 0.0196, 0.0124)]
+        sampler = PosteriorSampler(2, num_samples=128, depth=2, width=16, transforms=transforms)
+        samples = np.asarray(keras.Model(summary, sampler(summary))(x))[..., 1]
+        inside[name] = np.mean((samples >= 0.005 * (1 - 1e-6)) & (samples <= 0.05 * (1 + 1e-6)))
+    assert inside["prior"] == 1.0 and inside["standardise"] < 0.95, inside
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -167,6 +227,7 @@ def test_prior_is_found_in_the_preset_config() -> None:
     (["--set", "task.targets=[]"], "needs targets"),
     (["--set", "task.flow=spline"], "task.flow"),
     (["--set", "task.num_samples=5"], "num_samples"),
+    (["--set", "task.transform=logit"], "task.transform"),
 ])
 def test_bad_targets_and_options_are_one_line_errors(capsys, synthetic_dataset: Path, tmp_path: Path,
                                                      argv: list[str], message: str) -> None:

@@ -138,6 +138,7 @@ def test_evaluate_reports_survey_metrics_by_arc_snr_theta_e_and_subtype(tmp_path
     assert survey["n_positive"] == 10 and survey["prevalence"] == 0.001
     assert sum(row.get("count", 0) for row in survey["per_bin_recall"]["arc_snr"]) == 10
     assert sum(row.get("count", 0) for row in survey["per_bin_recall"]["theta_E"]) == 10
+    assert sum(row.get("count", 0) for row in survey["per_bin_recall"]["counter_image_snr"]) == 10
     assert set(survey["fpr_per_subtype"]) == set(SUBTYPES)
     assert sum(e["count"] for e in survey["fpr_per_subtype"].values()) == 44
     assert metrics["tpr_at_fpr_1e-3"] is None and 0.0 <= metrics["recall_at_zero_fp"] <= 1.0

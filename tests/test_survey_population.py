@@ -77,6 +77,20 @@ def test_lenses_are_selected_and_store_their_arc(simulator) -> None:
         assert params["theta_E"] > 0 and params["magnification"] > 0
         if params["passes_selection"] == 1.0:
             assert params["arc_snr"] >= 8.0 and params["magnification"] >= 2.0
+            assert params["counter_image_snr"] >= 3.0
+
+
+def test_counter_image_snr_is_zero_for_one_image_beside_the_lens(simulator) -> None:
+    # one bright image right of the lens: an arc S/N, but nothing on the far side; its mirror image adds it
+    blob = np.zeros((16, 16))
+    blob[7:9, 12:14] = 50.0 * simulator._bkg2[simulator.spec.snr_band] ** 0.5
+    snr, counter = simulator._arc_snr_band(blob, blob, 0.0, 0.0)
+    assert snr > 20.0 and counter == 0.0
+    pair = blob + blob[:, ::-1]
+    snr2, counter2 = simulator._arc_snr_band(pair, pair, 0.0, 0.0)
+    assert counter2 == pytest.approx(snr, rel=1e-6) and snr2 == pytest.approx(snr * math.sqrt(2), rel=1e-6)
+    # measured about the lens centre: a lens moved onto the blob's far side sees the blob as its own side
+    assert simulator._arc_snr_band(pair, pair, 1.0, 0.0)[1] < counter2
 
 
 def test_every_impostor_recipe_renders_and_is_labelled(simulator) -> None:

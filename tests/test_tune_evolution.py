@@ -150,14 +150,11 @@ def test_kill_and_resume_gives_the_same_search(three_class: Path, space: Path, s
     _same_search(searched[tuner], directory)
 
 
-@pytest.mark.parametrize(("tuner", "argv"), [("pbt", PBT), ("evolution", EVOLUTION)])
-def test_chief_and_two_workers(three_class: Path, space: Path, tmp_path: Path, tuner: str, argv: list[str]) -> None:
+def _chief_and_two_workers(command: list[str], tmp_path: Path) -> None:
+    """Run `command` as a chief and two workers (w0, w1) on localhost; logs in tmp_path/<name>.log."""
     from tests.test_tune import _free_port
 
-    directory = tmp_path / "shared"
-    port = _free_port()
-    command = _command(three_class, space, directory, *argv)
-    address = ["--oracle-address", f"127.0.0.1:{port}"]
+    address = ["--oracle-address", f"127.0.0.1:{_free_port()}"]
     specs = {"chief": command + ["--role", "chief", *address],
              "w0": command + ["--role", "worker", "--tuner-id", "w0", *address],
              "w1": command + ["--role", "worker", "--tuner-id", "w1", *address]}
@@ -177,6 +174,12 @@ def test_chief_and_two_workers(three_class: Path, space: Path, tmp_path: Path, t
                 proc.wait(timeout=30)
         for log in logs.values():
             log.close()
+
+
+@pytest.mark.parametrize(("tuner", "argv"), [("pbt", PBT), ("evolution", EVOLUTION)])
+def test_chief_and_two_workers(three_class: Path, space: Path, tmp_path: Path, tuner: str, argv: list[str]) -> None:
+    directory = tmp_path / "shared"
+    _chief_and_two_workers(_command(three_class, space, directory, *argv), tmp_path)
     table = rows(directory)
     expected = 6 if tuner == "pbt" else 4
     assert [r["status"] for r in table] == ["COMPLETED"] * expected
@@ -286,5 +289,96 @@ def test_bench_tune_counts_only_the_epochs_a_trial_trained(tmp_path: Path) -> No
     assert row["best_val_auc"] == 0.8 and row["best_at_half_budget"] == 0.7  # after 6 epochs
     assert row["trace"] == "3:0.6000 6:0.7000 7:0.7000 13:0.8000"
     assert tuner_options("pbt", 12, 3, 2)[-1] == "2"  # 2 members x 2 rounds x 3 epochs
+    for name in ("random", "random+median", "bayesian", "hyperband", "evolution"):  # a budget, not a trial cap
+        options = tuner_options(name, 12, 3, 2)
+        assert options[options.index("--epoch-budget") + 1] == "12" and "--max-trials" not in options
     with pytest.raises(Exception, match="unknown tuner 'sgd'"):
         tuner_options("sgd", 12, 3, 2)
+
+
+# ---- the epoch budget ------------------------------------------------------------------------------------------
+
+
+def test_epoch_budget_stops_a_pruned_search_at_the_budget_and_survives_a_reload(tmp_path: Path) -> None:
+    """Random search with median pruning and a budget of 8 epochs, trials of 3: the pruned trial (2 epochs) leaves
+    room for no other, where a trial cap would start more trials (or, at 3, overshoot)."""
+    from lensnet.tuning.pruning import EPOCH_KEY, MedianStopping
+    from lensnet.tuning.space import load_space
+    from lensnet.tuning.tuner import SearchOptions, TrialSetup, make_oracle
+
+    (tmp_path / "s.yaml").write_text(SPACE)
+    setup = TrialSetup(base={}, space=load_space(tmp_path / "s.yaml"), objective="val_auc", direction="max",
+                       directory=tmp_path)
+
+    def oracle() -> object:
+        made = make_oracle("random", setup, SearchOptions(max_trials=None, seed=0, max_failures=3, max_epochs=3,
+                                                          pruner=MedianStopping(grace=1, min_peers=2),
+                                                          epoch_budget=8))
+        made._set_project_dir(str(tmp_path), "kt")
+        return made
+
+    search = oracle()
+    curves = [[0.6, 0.7, 0.8], [0.65, 0.75, 0.85], [0.6, 0.5, 0.5], [0.9, 0.95, 0.97]]
+    started = []
+    for curve in curves:
+        trial = search.create_trial("t")
+        if trial.status == "STOPPED":
+            break
+        started.append(trial.trial_id)
+        for epoch, value in enumerate(curve, start=1):
+            if search.update_trial(trial.trial_id, {"val_auc": value, EPOCH_KEY: epoch}).status == "STOPPED":
+                break
+        trial.status = "COMPLETED"
+        search.update_trial(trial.trial_id, {"val_auc": max(curve[:epoch])})
+        search.end_trial(trial)
+    assert len(started) == 3 and search.epochs_spent() == 8  # 3 + 3 + 2 (pruned): the fourth never starts
+    assert search.pruned() == {started[2]: 2}
+    search.save()
+    again = oracle()
+    again.reload()
+    assert again.epochs_spent() == 8 and again.create_trial("t").status == "STOPPED"
+
+
+def test_epoch_budget_stops_hyperband_after_its_continuing_trials(three_class: Path, space: Path,
+                                                                  tmp_path: Path) -> None:
+    """Hyperband (brackets of 1 and 3 epochs, many iterations) stops at the epoch budget, past its first bracket's
+    continuing trial, and overshoots by less than the last trial's length."""
+    directory = tmp_path / "hb"
+    done = subprocess.run(_command(three_class, space, directory, "--tuner", "hyperband", "--max-epochs", "3",
+                                   "--factor", "3", "--hyperband-iterations", "20", "--epoch-budget", "7",
+                                   "--epochs", "1", "--batch-size", "32", "--seed", "2"),
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from lensnet.bench.tune import _epochs_trained
+
+    table = rows(directory)
+    trained = _epochs_trained(table)
+    spent = sum(trained.values())
+    last = trained[table[-1]["trial_id"]]
+    assert spent >= 7 and spent - last < 7, (spent, trained)
+    assert any(r["warm_start_from"] for r in table)  # the first bracket's continuing trial ran
+    assert "epoch_budget: 7" in (directory / "search.yaml").read_text()
+
+
+def test_median_pruning_with_a_chief_and_two_workers(three_class: Path, tmp_path: Path) -> None:
+    """The chief alone decides from the curves both workers report over gRPC: the planted trial (learning rate
+    1e-9, trial 4 at this seed) starts once three trials have ended, so it has enough peers at epoch 2 and is
+    stopped there; the best trial trains all its epochs."""
+    space = tmp_path / "planted.yaml"
+    space.write_text("train.learning_rate: {choice: [1.0e-9, 3.0e-3, 5.0e-3, 1.0e-2]}\n"
+                     "model.dropout: {uniform: [0.0, 0.1]}\n")
+    directory = tmp_path / "shared"
+    command = _command(three_class, space, directory, "--tuner", "random", "--max-trials", "5", "--epochs", "3",
+                       "--batch-size", "16", "--objective", "loss", "--prune", "median", "--prune-min-peers", "2",
+                       "--seed", "5")
+    _chief_and_two_workers(command, tmp_path)
+    table = rows(directory)
+    assert [r["status"] for r in table] == ["COMPLETED"] * 5
+    assert {r["tuner"] for r in table} == {"w0", "w1"}  # both workers ran trials
+    planted = [r for r in table if float(r["train.learning_rate"]) < 1e-6]
+    assert "4" in [r["trial_id"] for r in planted], "the seed must plant trial 4, after three trials have ended"
+    late = next(r for r in planted if r["trial_id"] == "4")
+    assert late["pruned_at"] == "2" and late["epochs"] == "2"
+    best = min(table, key=lambda r: float(r["loss"]))
+    assert best["pruned_at"] == "" and best["epochs"] == "3"
+    assert "pruned after epoch 2" in (tmp_path / "chief.log").read_text()  # the chief reports its decision

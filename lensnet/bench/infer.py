@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and images")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads of every runtime (default: each runtime's choice)")
+    parser.add_argument("--profile", action="store_true",
+                        help="add onnxruntime's per-node kernel times (float32 and int8) to the JSON rows")
     parser.add_argument("--no-int8", action="store_true",
                         help="skip the int8 model (export --quantize int8; scratch runs calibrate on random pixels)")
 
@@ -100,8 +103,10 @@ def _calibrated(fn: Callable[[], None], batch: int, seconds: float) -> Callable[
 
 def time_export(
     run: Path, export_dir: Path, batch_sizes: list[int], rounds: int, seconds: float, seed: int,
-    threads: int | None = None,
+    threads: int | None = None, card: dict | None = None, profile: bool = False,
 ) -> list[dict]:
+    """Rows per batch size and runtime; `card` (the export's card.json) adds the int8 model's metric change, measured
+    by the export on the run's test images, to the int8 rows."""
     from lensnet.artifacts.exports import load_export
     from lensnet.artifacts.runs import read_run
     from lensnet.bench.common import interleaved_rates, model_flops
@@ -134,6 +139,10 @@ def time_export(
         diffs = {name: max_abs_diff(reference, np.asarray(fn())) for name, fn in calls.items()}
         units = {name: _calibrated(fn, batch, seconds) for name, fn in calls.items()}
         rates = interleaved_rates(units, rounds=rounds)
+        profiles = {}
+        if profile:
+            files = {"onnxruntime": exported.onnx_path, "onnxruntime-int8": exported.int8_path}
+            profiles = {name: op_profile(path, images, threads) for name, path in files.items() if path}
         for name, rate in rates.items():
             rows.append(
                 {
@@ -149,11 +158,53 @@ def time_export(
                     "vs_keras": round(rate / rates["keras"], 2),
                     "vs_onnx": round(rate / rates["onnxruntime"], 2),
                     "max_abs_diff": diffs[name],
+                    **(_int8_metric(card) if name == "onnxruntime-int8" else {}),
+                    **({"op_profile": profiles[name]} if name in profiles else {}),
                     # Other jobs on a shared machine show up here: compare rows measured at similar load.
                     "load_1min": round(os.getloadavg()[0], 2),
                 }
             )
     return rows
+
+
+def op_profile(path: Path, images: np.ndarray, threads: int | None, calls: int = 20, top: int = 12) -> list[dict]:
+    """The `top` nodes by onnxruntime kernel time (after its graph optimisations), in microseconds per image."""
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.log_severity_level = 3
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="lensnet-ort-profile-")) / "ort")
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    sess = ort.InferenceSession(os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: images}
+    for _ in range(calls):
+        sess.run(None, feed)
+    trace = Path(sess.end_profiling())
+    events = json.loads(trace.read_text())
+    shutil.rmtree(trace.parent, ignore_errors=True)
+    totals: dict[tuple[str, str], list] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            key = (event["args"]["op_name"], event["name"].removesuffix("_kernel_time"))
+            shapes = [next(iter(s.values())) for s in event["args"].get("input_type_shape", [])[:2]]
+            totals.setdefault(key, [0.0, shapes])[0] += event["dur"]
+    scale = 1.0 / (calls * len(images))  # the profile covers every call, the session's first included
+    nodes = sorted(totals.items(), key=lambda kv: -kv[1][0])
+    everything = sum(t for t, _ in totals.values())
+    return [{"op": op, "node": node, "inputs": shapes, "us_per_image": round(t * scale, 2),
+             "share": round(t / everything, 4)} for (op, node), (t, shapes) in nodes[:top]]
+
+
+def _int8_metric(card: dict | None) -> dict:
+    metric = ((card or {}).get("int8") or {}).get("comparison", {}).get("metric") or {}
+    if metric.get("change") is None:
+        return {}
+    return {"int8_metric": metric["name"], "int8_metric_float32": round(metric["float32"], 5),
+            "int8_metric_change": round(metric["change"], 5)}
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -169,13 +220,13 @@ def run(args: argparse.Namespace) -> list[dict]:
                                     quantize=None if args.no_int8 else "int8")
                 rows += time_export(
                     Path(run_dir), result.path.parent, batch_sizes, args.rounds, args.unit_seconds, args.seed,
-                    args.threads,
+                    args.threads, result.card, args.profile,
                 )
         else:
             shape = (args.size, args.size, args.channels)
             for model in [m.strip() for m in args.models.split(",") if m.strip()]:
                 run_dir, export_dir, _ = scratch_export(work, model, shape, args.seed, int8=not args.no_int8)
                 rows += time_export(run_dir, export_dir, batch_sizes, args.rounds, args.unit_seconds, args.seed,
-                                    args.threads)
+                                    args.threads, profile=args.profile)
     return rows
 

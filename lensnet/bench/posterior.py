@@ -165,4 +165,12 @@ def run(args: argparse.Namespace) -> list[dict]:
     print(f"run: {run_dir}\nstudy: {root / 'study'} (pool of {result['held_out']['population_pool']} lenses)")
     for warning in metrics.get("warnings") or ():
         print(f"warning: {warning}")
+    for failure in result["per_lens"]["failures"]:
+        print(f"warning: population study, per-lens calibration of {target}: {failure}")
+    checks = result["per_lens"]
+    rows.append({"kind": "per_lens_checks", "parameter": target, "n_lenses": checks["lenses"],
+                 "passed": checks["passed"], "samples_outside_support": checks["samples_outside_support"],
+                 "mean_likelihood_worst": checks["interim_consistency"]["mean_likelihood"],
+                 "bias_dominates_above_n": checks["interim_consistency"]["bias_dominates_above_n"],
+                 "ess_median": checks["ess_at_true_mean"]["median"], "ess_p10": checks["ess_at_true_mean"]["p10"]})
     return rows

@@ -1,8 +1,8 @@
 """Tuners at one budget: random, bayesian, hyperband, PBT, regularised evolution, random + median pruning.
 
 Every tuner searches the same space on the same dataset with the same seed for about the same
-number of training epochs (`--budget`; Hyperband's brackets and pruning's early stops make their
-count come out near it, and the table says what each actually trained). Each search is one
+number of training epochs (`--budget`: each search stops starting trials once its trials have
+trained that many epochs; the table says what each actually trained). Each search is one
 `python -m lensnet.tune` process (the command users run, timed end to end). The table gives the
 best validation objective, the best after half the budget, epochs spent, trials and wall time;
 the trace column is `epochs spent:best so far` after each trial, in the order the trials were handed out.
@@ -49,24 +49,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def tuner_options(name: str, budget: int, epochs: int, population: int) -> list[str]:
-    """The lensnet.tune options that spend about `budget` epochs with `name`."""
-    trials = max(1, budget // epochs)
-    if name in ("random", "random+median"):
-        extra = ["--prune", "median", "--prune-grace", "1", "--prune-min-peers", "2"] if name != "random" else []
-        # pruning stops trials early: the same budget buys more of them (the epochs column says how many it used)
-        return ["--tuner", "random", "--max-trials", str(trials + (trials // 2 if extra else 0)), *extra]
+    """The lensnet.tune options that spend about `budget` epochs with `name`.
+
+    Every tuner but PBT stops at the epoch budget (`--epoch-budget`): no trial starts once the
+    trials have trained `budget` epochs, so Hyperband's short trials and pruning's early stops buy
+    more trials, and the last trial may end past the budget by less than its length. PBT's
+    population x rounds x epochs is fixed at the start: as many rounds as fit in the budget.
+    """
+    spend = ["--epoch-budget", str(budget)]
+    if name == "random":
+        return ["--tuner", "random", *spend]
+    if name == "random+median":
+        return ["--tuner", "random", "--prune", "median", "--prune-grace", "1", "--prune-min-peers", "2", *spend]
     if name == "bayesian":
-        return ["--tuner", "bayesian", "--max-trials", str(trials), "--initial-points", str(max(2, trials // 3))]
+        return ["--tuner", "bayesian", "--initial-points", str(max(2, budget // epochs // 3)), *spend]
     if name == "hyperband":
-        # max_epochs 3 x epochs, factor 3: 9 trials of epochs/3 .. the cap keeps it near the budget
+        # brackets of 1 .. 3 x epochs epochs, factor 3, repeated (iterations) until the budget is spent
         return ["--tuner", "hyperband", "--max-epochs", str(3 * epochs), "--factor", "3",
-                "--max-trials", str(max(4, trials * 2))]
+                "--hyperband-iterations", str(max(1, budget)), *spend]
     if name == "pbt":
         return ["--tuner", "pbt", "--population", str(population),
                 "--rounds", str(max(1, budget // (population * epochs)))]
     if name == "evolution":
         return ["--tuner", "evolution", "--population", str(population),
-                "--sample-size", str(max(1, population - 1)), "--max-trials", str(trials)]
+                "--sample-size", str(max(1, population - 1)), *spend]
     raise LensnetError(f"unknown tuner {name!r}; valid: {', '.join(TUNERS)}")
 
 

@@ -191,7 +191,8 @@ DATASET_DEFAULTS: dict = {
             "position_radius": 1.0,
             "colors": {},
         },
-        "selection": {"min_arc_snr": 8.0, "min_magnification": 2.0, "max_tries": 10},
+        "selection": {"min_arc_snr": 8.0, "min_magnification": 2.0, "min_counter_image_snr": 3.0,
+                      "max_tries": 10},
         "field_galaxies": {"mean": 0.5, "max_count": 3, "separation": [2.5, 6.0],
                            "z": {"uniform": [0.3, 2.0]}},
         "impostors": {

@@ -49,8 +49,8 @@ ARCSEC = math.pi / 180.0 / 3600.0
 COMMON_PARAMS = ("z_lens", "sigma_v", "lens_light_mag", "lens_light_R_sersic", "lens_light_n_sersic",
                  "lens_light_q", "center_x", "center_y", "n_field_galaxies")
 LENS_PARAMS = ("theta_E", "z_source", "e1", "e2", "gamma1", "gamma2", "source_mag", "source_R_sersic",
-               "source_n_sersic", "n_clumps", "magnification", "arc_snr", "arc_mag", "passes_selection",
-               "selection_tries")
+               "source_n_sersic", "n_clumps", "magnification", "arc_snr", "counter_image_snr", "arc_mag",
+               "passes_selection", "selection_tries")
 NON_LENS_PARAMS = ("non_lens_subtype", "impostor_mag", "impostor_separation", "n_impostor_components")
 TEXT_FIELDS = ("subtype",)
 
@@ -172,6 +172,7 @@ def parse_survey(config: dict) -> SurveySpec:
     sel = sp["selection"]
     _number(sel, "min_arc_snr", f"{where}.selection", 0.0)
     _number(sel, "min_magnification", f"{where}.selection", 0.0)
+    _number(sel, "min_counter_image_snr", f"{where}.selection", 0.0)
     if isinstance(sel["max_tries"], bool) or not isinstance(sel["max_tries"], int) or sel["max_tries"] < 1:
         raise LensnetError(f"{where}.selection.max_tries: expected an integer >= 1, got {sel['max_tries']!r}")
     if vdf["sigma_max"] > 540.0:
@@ -255,6 +256,8 @@ class SurveyLensFindingSimulator:
         self._sub_area = self._sub ** 2
         coords = (np.arange(n) - (n - 1) / 2.0) * self._sub
         self._x, self._y = np.meshgrid(coords, coords)
+        pixels = (np.arange(spec.size) - (spec.size - 1) / 2.0) * self._pix
+        self._px, self._py = np.meshgrid(pixels, pixels)  # pixel centres (arcsec), for the counter-image side
         self._psf_sigma = [b.psf_fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0))) for b in spec.bands]
         self._psf_bin = [self._psf_matrix(sigma) for sigma in self._psf_sigma]
         self._zp = np.array([b.magnitude_zero_point for b in spec.bands])
@@ -431,13 +434,21 @@ class SurveyLensFindingSimulator:
         variance = self._bkg2[:, None, None] + np.maximum(model, 0.0) / self._t[:, None, None]
         return model + z * np.sqrt(variance)
 
-    def _arc_snr_band(self, arc: np.ndarray, total: np.ndarray) -> float:
+    def _arc_snr_band(self, arc: np.ndarray, total: np.ndarray, cx: float, cy: float) -> tuple[float, float]:
+        """(arc S/N, counter-image S/N) in the snr band. The counter-image S/N counts only the arc pixels more
+        than 90 degrees in position angle about the lens centre (cx, cy) from the arc's brightest pixel: a
+        source lensed into one image beside the lens (the other one lost in the lens light) has ~0 there, and
+        looks like an unlensed neighbour."""
         b = self.spec.snr_band
         var = self._bkg2[b] + np.maximum(total, 0.0) / self._t[b]
         mask = arc > np.sqrt(var)
         if not mask.any():
-            return 0.0
-        return float(arc[mask].sum() / math.sqrt(var[mask].sum()))
+            return 0.0, 0.0
+        angle = np.arctan2(self._py - cy, self._px - cx)
+        brightest = angle.flat[int(np.argmax(arc))]
+        far = mask & (np.cos(angle - brightest) < 0.0)
+        counter = float(arc[far].sum() / math.sqrt(var[far].sum())) if far.any() else 0.0
+        return float(arc[mask].sum() / math.sqrt(var[mask].sum())), counter
 
     # ---- scenes ------------------------------------------------------------------------------
 
@@ -540,18 +551,19 @@ class SurveyLensFindingSimulator:
             magnification = float(unit.sum() * self._sub_area)
             flux = self._flux(src["mags"])
             arc_b = self._convolve(unit, b) * flux[b]
-            snr = self._arc_snr_band(arc_b, arc_b + host_b)
-            passes = snr >= float(sel["min_arc_snr"]) and magnification >= float(sel["min_magnification"])
+            snr, counter = self._arc_snr_band(arc_b, arc_b + host_b, cx, cy)
+            passes = (snr >= float(sel["min_arc_snr"]) and magnification >= float(sel["min_magnification"])
+                      and counter >= float(sel["min_counter_image_snr"]))
             used = attempt
             if best is None or passes or snr > best[0]:
-                best = (snr, unit, theta, z_s, src, magnification, passes)
+                best = (snr, counter, unit, theta, z_s, src, magnification, passes)
             if passes:
                 break
-        snr, unit, theta, z_s, src, magnification, passes = best
+        snr, counter, unit, theta, z_s, src, magnification, passes = best
         self._source_mags = src["mags"]
         params.update(theta_E=theta, z_source=z_s, e1=e1, e2=e2, gamma1=g1, gamma2=g2, source_mag=src["m_r"],
                       source_R_sersic=src["r_e"], source_n_sersic=src["n"], n_clumps=float(src["n_clumps"]),
-                      magnification=magnification, arc_snr=snr,
+                      magnification=magnification, arc_snr=snr, counter_image_snr=counter,
                       arc_mag=float(src["mags"][b] - 2.5 * math.log10(max(magnification, 1e-30))),
                       passes_selection=float(passes), selection_tries=float(used))
         return unit
@@ -694,7 +706,8 @@ def _quantiles(values: np.ndarray) -> dict:
 def population_summary(params: dict[str, np.ndarray], labels: np.ndarray) -> dict:
     lens = np.asarray(labels) == 0
     out: dict = {"quantiles": list(QUANTILES), "non_lens_subtypes": list(SUBTYPES)}
-    for name in ("arc_snr", "magnification", "theta_E", "arc_mag", "source_mag", "lens_light_mag", "z_source"):
+    for name in ("arc_snr", "counter_image_snr", "magnification", "theta_E", "arc_mag", "source_mag",
+                 "lens_light_mag", "z_source"):
         if name in params:
             out[name] = _quantiles(np.asarray(params[name], dtype=np.float64)[lens])
     if "arc_snr" in params:

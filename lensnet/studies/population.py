@@ -16,6 +16,27 @@ needed and the truth mu* is known.
 Repeating the draw R times per N gives the forecast: the hyper-posterior's width and how often its 68% and
 95% intervals hold mu*. Everything lands in runs/studies/<name>/: population.json, forecast.csv,
 forecast.png.
+
+The combination is only as good as the per-lens posteriors, and N lenses multiply any error they share:
+a flow whose posterior of an uninformative image is not the interim prior (wider, another shape, mass
+outside the support) gives every lens the same tilted likelihood of mu, and the population posterior
+then narrows with N around a wrong value. So before stating anything the study checks, on ALL scored
+held-out lenses (drawn from the interim prior), `per_lens_checks`:
+- SBC (KS p >= 0.01) and coverage of 50/68/95% intervals (off by no more than the task's tolerance, or
+  3 binomial std of the number of lenses);
+- the share of samples outside the interim prior's support (<= 1%);
+- interim consistency: for lenses drawn from p_int, E_d[q(theta | d)] = p_int(theta) for a correct NPE,
+  so the mean over lenses of each lens's likelihood L_i(mu) must be 1 at every mu; where it is not, its
+  logarithm is the bias every lens adds to log p(mu | d), and `bias_dominates_above_n` is the N at which
+  that bias reaches one unit of log-likelihood across the grid;
+- the effective sample size of each lens's importance weights at the true mean (reported).
+A failed check is reported (`per_lens.failures`, printed as warnings) and no detection is stated
+(`detection_sigma` empty).
+
+`debias` (--debias) divides each lens's L_i(mu) by that mean over the held-out lenses, m(mu): exact when
+the per-lens posteriors carry no information (their population posterior is then flat, as it must be),
+a first-order correction when they carry little, and no change for a correct NPE (m = 1). It does not
+make a failed check pass: the checks are of the uncorrected posteriors.
 """
 
 from __future__ import annotations
@@ -32,9 +53,13 @@ from scipy.special import logsumexp, ndtr
 
 from lensnet.core.errors import LensnetError
 from lensnet.core.fileio import write_json, write_text
-from lensnet.simulate.priors import Prior, log_density, parse_prior
+from lensnet.simulate.priors import Prior, inverse_cdf, log_density, parse_prior
 
 DEFAULT_SIZES = (10, 30, 100, 300, 1000)
+SBC_MIN_P = 0.01  # per-lens SBC rank fractions: KS p below this fails the check
+OUTSIDE_MAX = 0.01  # share of posterior samples outside the interim prior's support that fails the check
+CONSISTENCY_MIN = 0.05  # |mean_i L_i(mu) - 1| above this (and 3 standard errors) fails the check
+INFORMATIVE = 3.0  # a detection is stated only if the hyper-posterior is this many times narrower than the grid
 NORMAL_GRID_REACH = 5.0  # a normal interim prior's grid of mu spans its mean +- this many sigma
 
 
@@ -50,6 +75,7 @@ class PopulationSpec:
     repeats: int = 50
     grid: int = 1000
     seed: int = 0
+    debias: bool = False  # divide every lens's likelihood by its mean over the held-out lenses (docstring)
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:
@@ -128,6 +154,77 @@ def lens_log_likelihoods(samples: np.ndarray, prior: Prior, means: np.ndarray, w
     return out
 
 
+def lens_ess(samples: np.ndarray, prior: Prior, mean: float, width: float) -> np.ndarray:
+    """(L,) effective sample size (sum w)^2 / sum w^2 of each lens's importance weights at population mean `mean`."""
+    with np.errstate(invalid="ignore"):  # -inf - -inf outside the support: weight 0 below
+        log_w = population_log_pdf(samples, np.array([mean]), width, prior)[..., 0] - log_density(prior, samples)
+    log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
+    peak = np.max(log_w, axis=1, keepdims=True)
+    w = np.exp(log_w - np.where(np.isfinite(peak), peak, 0.0))
+    total = w.sum(axis=1)
+    return np.where(total > 0, total**2 / np.maximum((w**2).sum(axis=1), 1e-300), 0.0)
+
+
+def interim_consistency(lens_ll: np.ndarray, means: np.ndarray) -> dict:
+    """Mean over lenses drawn from the interim prior of L_i(mu), per grid mu: 1 everywhere for a correct NPE.
+
+    lens_ll (L, G) from `lens_log_likelihoods` of those lenses. Returns the worst deviation, its standard
+    error, and the N above which the deviation's spread over the grid (N log m(mu)) exceeds one unit of
+    log-likelihood: populations that large are pulled by the per-lens error more than by their data.
+    """
+    likelihood = np.exp(lens_ll)  # lens_log_likelihoods is a log-mean of ratios: finite and moderate
+    m = likelihood.mean(axis=0)
+    se = likelihood.std(axis=0) / math.sqrt(len(likelihood))
+    k = int(np.argmax(np.abs(m - 1.0)))
+    log_m = np.log(np.maximum(m, 1e-300))
+    spread = float(np.max(log_m) - np.min(log_m))
+    failed = bool(np.any((np.abs(m - 1.0) > CONSISTENCY_MIN) & (np.abs(m - 1.0) > 3 * se)))
+    return {"lenses": int(len(likelihood)), "worst_mean": float(means[k]), "mean_likelihood": float(m[k]),
+            "standard_error": float(se[k]), "log_spread": spread,
+            "bias_dominates_above_n": float(1.0 / spread) if spread > 0 else None, "failed": failed}
+
+
+def debiased(lens_ll: np.ndarray, reference_ll: np.ndarray) -> np.ndarray:
+    """lens_ll (L, G) divided by m(mu), the mean likelihood of the `reference_ll` lenses (drawn from the interim
+    prior) at each grid mu: what a lens that carries no information contributes, which is then exactly 0."""
+    return lens_ll - np.log(np.maximum(np.exp(reference_ll).mean(axis=0), 1e-300))
+
+
+def per_lens_checks(truth: np.ndarray, samples: np.ndarray, prior: Prior, lens_ll: np.ndarray,
+                    means: np.ndarray) -> dict:
+    """Calibration of the per-lens posteriors of one target on held-out lenses drawn from the interim prior.
+
+    truth (L,), samples (L, S), lens_ll (L, G) of the same lenses. `failures` names every failed check.
+    """
+    from lensnet.tasks.posterior import COVERAGE_LEVELS, COVERAGE_TOLERANCE, calibration
+
+    lo, hi = prior.support()
+    prior_std = float(np.std(inverse_cdf(prior, (np.arange(4096) + 0.5) / 4096)))
+    entry = calibration(truth[:, None], samples[:, :, None], np.array([prior_std]), ["target"])["target"]
+    outside = float(np.mean((samples < lo) | (samples > hi)))
+    consistency = interim_consistency(lens_ll, means)
+    failures = []
+    if entry["sbc_ks_p"] < SBC_MIN_P:
+        failures.append(f"SBC ranks are not uniform (KS p = {entry['sbc_ks_p']:.2g} < {SBC_MIN_P})")
+    for level in COVERAGE_LEVELS:
+        got = entry[f"coverage_{round(level * 100)}"]
+        allowed = max(COVERAGE_TOLERANCE, 3 * math.sqrt(level * (1 - level) / len(truth)))
+        if abs(got - level) > allowed:
+            failures.append(f"{round(level * 100)}% intervals cover {got:.1%} (allowed {level:.0%} +- {allowed:.3f})")
+    if outside > OUTSIDE_MAX:
+        failures.append(f"{outside:.1%} of the posterior samples lie outside the interim prior's support "
+                        f"[{lo:g}, {hi:g}]")
+    if consistency["failed"]:
+        failures.append(f"the per-lens likelihoods average to {consistency['mean_likelihood']:.3g} (not 1, standard "
+                        f"error {consistency['standard_error']:.2g}) at population mean {consistency['worst_mean']:.4g}"
+                        ": the flow's posteriors do not average to the interim prior, and every lens adds the same "
+                        "bias to the population posterior")
+    return {"lenses": int(len(truth)), **{k: entry[k] for k in ("sbc_ks_p", "coverage_50", "coverage_68",
+                                                                  "coverage_95", "contraction", "z_mean", "z_std")},
+            "samples_outside_support": outside, "interim_consistency": consistency, "failures": failures,
+            "passed": not failures}
+
+
 def hyper_posterior(log_likelihood: np.ndarray, means: np.ndarray, truth: float) -> dict:
     """Summary of the posterior of mu on its grid (flat hyper-prior): mean, std, central intervals, coverage."""
     log_post = log_likelihood - np.max(log_likelihood)
@@ -155,8 +252,13 @@ def draw_population(truth: np.ndarray, prior: Prior, mean: float, width: float, 
 
 
 def forecast(lens_ll: np.ndarray, means: np.ndarray, truth_mean: float, sizes: Sequence[int], repeats: int,
-             seed: int) -> list[dict]:
-    """Per N: the hyper-posterior's mean width and bias, and the coverage of its intervals over `repeats` draws."""
+             seed: int, floor: float | None = None) -> list[dict]:
+    """Per N: the hyper-posterior's mean width and bias, and the coverage of its intervals over `repeats` draws.
+
+    `detection_sigma`: (mean - floor) / std, how far the population mean sits above `floor` (the smallest
+    value the interim prior allows: for f_sub the closest it comes to no substructure), when `floor` is given
+    and the hyper-posterior is INFORMATIVE times narrower than a flat one over the grid; else None.
+    """
     rows = []
     for n in sizes:
         results = []
@@ -165,12 +267,24 @@ def forecast(lens_ll: np.ndarray, means: np.ndarray, truth_mean: float, sizes: S
             results.append(hyper_posterior(lens_ll[chosen].sum(axis=0), means, truth_mean))
         mean = np.array([p["mean"] for p in results])
         std = np.array([p["std"] for p in results])
+        flat_std = (means[-1] - means[0]) / math.sqrt(12.0)
+        informative = floor is not None and float(np.mean(std)) * INFORMATIVE < flat_std
         rows.append({"n_lenses": int(n), "repeats": int(repeats), "posterior_std": float(np.mean(std)),
                      "bias_over_std": float(np.mean((mean - truth_mean) / std)),
-                     "mean_over_std": float(np.mean(mean / std)),
+                     "detection_sigma": float(np.mean((mean - floor) / std)) if informative else None,
                      "coverage_68": float(np.mean([p["covered68"] for p in results])),
                      "coverage_95": float(np.mean([p["covered95"] for p in results]))})
     return rows
+
+
+def flag_tilted(rows: list[dict], dominates: float | None) -> list[int]:
+    """Mark forecast rows of N >= `dominates` (bias_dominates_above_n) `tilt_dominated`, without a detection: the
+    tilt every per-lens likelihood shares, times N, outweighs one unit of log-likelihood. Returns their N."""
+    for row in rows:
+        row["tilt_dominated"] = bool(dominates is not None and row["n_lenses"] >= dominates)
+        if row["tilt_dominated"]:
+            row["detection_sigma"] = None
+    return [r["n_lenses"] for r in rows if r["tilt_dominated"]]
 
 
 def table_csv(rows: list[dict]) -> str:
@@ -243,10 +357,20 @@ def run_population(spec: PopulationSpec, out_dir: Path, log: Callable[[str], Non
         raise LensnetError(f"only {len(pool)} held-out lens(es) fit a population N({spec.mean:g}, {spec.width:g}) of "
                            f"{spec.target}: widen --width or move --mean into the bulk of the prior")
     means = mean_grid(prior, spec.grid, samples[pool], min(sizes))
-    lens_ll = lens_log_likelihoods(samples[pool], prior, means, spec.width)
+    all_ll = lens_log_likelihoods(samples, prior, means, spec.width)  # every scored lens: the checks' sample
+    checks = per_lens_checks(truth, samples, prior, all_ll, means)
+    ess = lens_ess(samples[pool], prior, spec.mean, spec.width)
+    checks["ess_at_true_mean"] = {"median": float(np.median(ess)), "p10": float(np.percentile(ess, 10)),
+                                  "min": float(np.min(ess)), "of_samples": int(samples.shape[1])}
+    lens_ll = all_ll[pool]
+    if spec.debias:
+        lens_ll = debiased(lens_ll, all_ll)
     usable = np.any(np.isfinite(lens_ll), axis=1)  # a lens whose every sample left the prior's support has none
+    floor = prior.support()[0] if checks["passed"] and prior.kind != "normal" else None
     rows = forecast(lens_ll[usable], means, spec.mean, [min(n, int(usable.sum())) for n in sizes], spec.repeats,
-                    spec.seed)
+                    spec.seed, floor)
+    dominates = None if spec.debias else checks["interim_consistency"]["bias_dominates_above_n"]
+    tilted = flag_tilted(rows, dominates)
     overlap = [r["n_lenses"] for r in rows if r["n_lenses"] > len(pool) / 3]
     spacing = float(means[1] - means[0])
     coarse = [r["n_lenses"] for r in rows if r["posterior_std"] < 3 * spacing]
@@ -256,11 +380,18 @@ def run_population(spec: PopulationSpec, out_dir: Path, log: Callable[[str], Non
               "held_out": {"dataset": str(info.path), "split": spec.split, "scored": int(len(truth)),
                            "population_pool": int(len(pool)), "unusable": int((~usable).sum())},
               "grid": {"points": int(len(means)), "lo": float(means[0]), "hi": float(means[-1]), "spacing": spacing},
+              "per_lens": checks, "calibrated": checks["passed"],
               "rows": rows,
               "notes": ([f"N = {overlap}: repeats share lenses (N > a third of the pool of {len(pool)}), so their "
                          "coverages are not independent"] if overlap else [])
                        + ([f"N = {coarse}: the population posterior is narrower than 3 grid spacings ({spacing:.3g});"
-                           " raise --grid"] if coarse else [])}
+                           " raise --grid"] if coarse else [])
+                       + ([f"N = {tilted}: at least bias_dominates_above_n = {dominates:.3g} lenses, so the tilt all "
+                           "per-lens likelihoods share outweighs the data: not trusted, no detection (--debias "
+                           "divides it out)"] if tilted else [])
+                       + ([f"no detection is stated: the per-lens posteriors of {spec.target} fail calibration on "
+                           f"{checks['lenses']} held-out lenses ({'; '.join(checks['failures'])})"]
+                          if not checks["passed"] else [])}
     out_dir = Path(out_dir)
     write_json(out_dir / "population.json", result)
     write_text(out_dir / "forecast.csv", table_csv(rows))

@@ -8,8 +8,8 @@ Surveys look for ~1 lens in 1,000-10,000 galaxies, so they report, at a threshol
   at the highest threshold whose TPR reaches c, purity = pi TPR / (pi TPR + (1 - pi) FPR): the negatives
   are reweighted to the prevalence, so a balanced or enriched test set states a survey's purity.
 - recall at zero false positives (Metcalf et al. 2019 TPR0): the highest recall above every negative.
-- per-bin recall (arc S/N, theta_E) and the false-positive rate per non-lens subtype at one operating
-  threshold (the one reaching FPR `operating_fpr`, else 0.5 with a note).
+- per-bin recall (arc S/N, theta_E, counter-image S/N, lens magnitude) and the false-positive rate per
+  non-lens subtype at one operating threshold (the one reaching FPR `operating_fpr`, else 0.5 with a note).
 
 Ties pass together: a threshold can only sit between distinct scores. Intervals are percentile bootstrap
 intervals (stratified: lenses and non-lenses resampled separately, `n_boot` replicates, seeded); per-bin
@@ -31,8 +31,13 @@ DEFAULT_PREVALENCE = 1e-3
 BINS = {
     "arc_snr": (0.0, 10.0, 20.0, 40.0, 80.0, math.inf),
     "theta_E": (0.0, 0.5, 0.8, 1.2, 2.0, math.inf),
+    "counter_image_snr": (0.0, 3.0, 5.0, 10.0, 20.0, math.inf),
+    # the deflector's r magnitude: a faint arc beside a bright lens galaxy is the hard case (large theta_E
+    # comes with large sigma, hence a bright lens, in a velocity-dispersion-weighted population)
+    "lens_light_mag": (0.0, 18.5, 19.5, 20.5, 21.5, math.inf),
 }
-SURVEY_FIELDS = ("arc_snr", "theta_E", "magnification", "non_lens_subtype")  # stored by lens_finding_survey
+# stored by lens_finding_survey (counter_image_snr only by datasets simulated with the counter-image cut)
+SURVEY_FIELDS = ("arc_snr", "theta_E", "counter_image_snr", "lens_light_mag", "magnification", "non_lens_subtype")
 RELIABLE_FP = 10  # an FPR estimate wants at least this many negatives above threshold: N >= 10 / FPR
 
 

@@ -10,6 +10,11 @@ epoch, finished, with its checkpoints, and the trial completes with the value it
 The curves live in the oracle's state (oracle.json), saved whenever a trial starts or ends.
 Epochs are counted as Keras counts them, so a warm-started trial (Hyperband, PBT) reports the
 epochs it trains at their absolute number.
+
+The same reports give the search an epoch budget (`--epoch-budget`, any tuner): the epochs
+trained so far are the points on all curves (a warm-started trial's curve holds only the epochs
+it trained itself), and no trial starts once they reach the budget. A trial that starts below
+the budget trains to its end, so a search overshoots by less than one trial per tuner process.
 """
 
 from __future__ import annotations
@@ -56,6 +61,14 @@ class PruningOracle:
     """Mixin for oracles: per-epoch reports, the pruning decision, the curves in the oracle's state."""
 
     pruner: MedianStopping | None = None
+    epoch_budget: int | None = None  # no new trial once the curves hold this many epochs
+
+    def budget_spent(self) -> bool:
+        return bool(self.epoch_budget) and self.epochs_spent() >= int(self.epoch_budget)
+
+    def epochs_spent(self) -> int:
+        """Epochs reported by all trials, each trial's own only (a warm start's inherited ones are its parent's)."""
+        return sum(len(curve) for curve in self.curves().values())
 
     def update_trial(self, trial_id: str, metrics: dict, step: int = 0) -> Any:
         if EPOCH_KEY not in metrics:
@@ -65,7 +78,7 @@ class PruningOracle:
         epoch = int(metrics[EPOCH_KEY])
         curves = self.curves()
         curve = curves.setdefault(str(trial_id), {})
-        curve[epoch] = float(metrics[self.objective.name])
+        curve[epoch] = float(metrics[self.objective.name])  # NaN too: the epoch counts against the budget
         status = TrialStatus.RUNNING
         if self.pruner is not None:
             peers = [c for t, c in curves.items() if t != str(trial_id)]
@@ -98,7 +111,9 @@ class PruningOracle:
 
 
 def epoch_reporter(oracle: Any, trial_id: str, objective: str) -> Any:
-    """A Keras callback reporting `objective` to `oracle` after each epoch and stopping when told to."""
+    """A Keras callback reporting `objective` to `oracle` after each epoch and stopping when told to.
+
+    A non-finite value is reported too (best_so_far skips it), so every trained epoch is counted."""
     import keras
 
     class EpochReporter(keras.callbacks.Callback):
@@ -106,7 +121,7 @@ def epoch_reporter(oracle: Any, trial_id: str, objective: str) -> Any:
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             value = (logs or {}).get(objective)
-            if value is None or not math.isfinite(float(value)):
+            if value is None:
                 return
             reply = oracle.update_trial(trial_id, {objective: float(value), EPOCH_KEY: epoch + 1}, step=epoch + 1)
             if getattr(reply, "status", None) == "STOPPED":

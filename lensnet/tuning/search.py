@@ -58,6 +58,7 @@ class TuneSettings:
     prune: str = "none"  # none | median (lensnet.tuning.pruning)
     prune_grace: int = 1
     prune_min_peers: int = 3
+    epoch_budget: int | None = None  # any tuner: no new trial once the trials trained this many epochs
     initial_points: int | None = None
     max_consecutive_failures: int = 3
     overwrite: bool = False
@@ -217,6 +218,8 @@ def build_setup(args: TuneSettings, role: str) -> tuple[Any, dict]:
     pruner = search_pruner(args)
     if pruner is not None:  # absent when off, so the search.yaml of earlier searches still matches
         settings["pruning"] = pruner.as_dict()
+    if args.epoch_budget:  # absent when off, as pruning
+        settings["epoch_budget"] = int(args.epoch_budget)
     return TrialSetup(base=base, space=space, objective=objective, direction=direction, directory=directory), settings
 
 
@@ -247,9 +250,12 @@ def claim_directory(directory: Path, settings: dict, role: str, args: TuneSettin
         write_text(directory / SEARCH_FILE, dump_yaml(settings))
 
 
-def print_start(kind: str, setup: Any, oracle: Any, max_trials: int | None, max_epochs: int, role: str) -> None:
+def print_start(kind: str, setup: Any, oracle: Any, max_trials: int | None, max_epochs: int, role: str,
+                epoch_budget: int | None = None) -> None:
     epochs = f"up to {max_epochs} epochs" if kind == "hyperband" else f"{setup.base['train']['epochs']} epochs"
     trials = f"{max_trials} trials" if max_trials else "trials as the brackets need"
+    if epoch_budget:
+        trials = f"trials until {epoch_budget} epochs are trained{f' (at most {max_trials})' if max_trials else ''}"
     print(f"search: {kind} over {len(setup.space.params)} parameters of {setup.space.path}; objective "
           f"{setup.objective} ({setup.direction}); {trials} of {epochs}; directory {setup.directory}", flush=True)
     if oracle.trials:
@@ -323,7 +329,8 @@ def run_search(args: TuneSettings) -> int:
     from lensnet.tuning.report import write_hparams_config
     from lensnet.tuning.tuner import LensnetTuner, SearchOptions, chief_announcer, make_oracle
 
-    max_trials = args.max_trials or (None if args.tuner == "hyperband" else 10)
+    # an epoch budget, a hyperband's brackets: no trial cap unless given
+    max_trials = args.max_trials or (None if args.tuner == "hyperband" or args.epoch_budget else 10)
     if args.tuner == "pbt":
         max_trials = (args.population or 4) * args.rounds
     max_epochs = args.max_epochs or int(setup.base["train"]["epochs"])
@@ -332,15 +339,16 @@ def run_search(args: TuneSettings) -> int:
                             max_failures=args.max_consecutive_failures, max_epochs=max_epochs, factor=args.factor,
                             hyperband_iterations=args.hyperband_iterations, initial_points=args.initial_points,
                             population=args.population, rounds=args.rounds, sample_size=args.sample_size,
-                            pruner=pruner)
+                            pruner=pruner, epoch_budget=args.epoch_budget)
     t0 = time.perf_counter()
     with kerastuner_env(env):
         oracle = make_oracle(args.tuner, setup, options)
         # reloads the directory's search, if any
-        tuner = LensnetTuner(oracle, setup, verbose=args.verbose, report_epochs=pruner is not None)
+        tuner = LensnetTuner(oracle, setup, verbose=args.verbose,
+                             report_epochs=pruner is not None or bool(args.epoch_budget))
         if role != "worker":
             write_hparams_config(setup.logs_dir, setup.space.hyperparameters(), setup.objective)
-            print_start(args.tuner, setup, tuner.oracle, max_trials, max_epochs, role)
+            print_start(args.tuner, setup, tuner.oracle, max_trials, max_epochs, role, args.epoch_budget)
         if role == "chief":
             tuner.oracle.announce = chief_announcer(setup, tuner.oracle)
         tuner.search()

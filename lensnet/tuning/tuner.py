@@ -78,7 +78,7 @@ class ResumableOracle(pruning.PruningOracle):
     announce: Callable[[str, Any], None] | None = None  # the chief prints trial events as the oracle sees them
 
     def populate_space(self, trial_id: str) -> dict:
-        if self.stop_reason:
+        if self.stop_reason or self.budget_spent():
             return {"status": TrialStatus.STOPPED}
         return super().populate_space(trial_id)
 
@@ -154,6 +154,7 @@ class SearchOptions:
     rounds: int = 3  # pbt
     sample_size: int = 3  # evolution
     pruner: pruning.MedianStopping | None = None
+    epoch_budget: int | None = None  # stop starting trials once this many epochs were trained (lensnet.tuning.pruning)
 
 
 def _bayesian(setup: TrialSetup, options: SearchOptions, common: dict) -> kt.Oracle:
@@ -201,6 +202,7 @@ def make_oracle(kind: str, setup: TrialSetup, options: SearchOptions) -> kt.Orac
     }
     oracle = ORACLES[kind](setup, options, common)
     oracle.pruner = options.pruner
+    oracle.epoch_budget = options.epoch_budget
     oracle.verbose = 0  # lensnet prints its own one-line progress
     return oracle
 
