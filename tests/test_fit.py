@@ -381,6 +381,7 @@ def test_auto_augmentation_follows_the_dataset_symmetry(capsys, synthetic_datase
     (["e1"], "d4", "e1"), (["gamma2"], "flips", "gamma2"), (["center_x"], "rot180", "center_x"),
     (["source_e1"], "rot180", None),  # spin-2: a half turn maps ellipticity and shear onto themselves
     (["e1", "gamma1", "theta_E"], "rot180", None), (["e1"], None, None), (["theta_E"], "d4", None),
+    (["theta_E"], "auto", None), (["e1"], "auto", "e1"),  # before fit resolves `auto` to the dataset's group
 ])
 def test_targets_an_augmentation_would_change_are_refused(targets, augment, refused) -> None:
     from lensnet.tasks.regression import check_targets_survive

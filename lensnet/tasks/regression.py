@@ -30,7 +30,8 @@ def check_targets_survive(targets: Sequence[str] | None, augment: str | None) ->
     """Refuse a target that the augmentation's flips and rotations would change without changing its value."""
     from lensnet.data.augment import normalise_augment
 
-    augment = normalise_augment(augment)
+    # `auto` (the dataset's own group, resolved later by fit) may be any group: nothing is known to be kept
+    augment = augment if augment == "auto" else normalise_augment(augment)
     kept = INVARIANT_UNDER.get(augment or "", ())
     changed = [t for t in targets or [] if t.endswith(ORIENTED) and not t.endswith(kept)]
     if augment and changed:
