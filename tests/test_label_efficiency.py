@@ -205,3 +205,17 @@ def test_macro_auc_with_interval_and_weighted_knn() -> None:
     p = knn_probabilities(train, np.repeat([0, 1], 20), np.array([[4.0, 0.5], [0.3, 6.0]]), 2, k=5)
     np.testing.assert_allclose(p.sum(1), 1.0)
     assert p[0, 0] > 0.99 and p[1, 1] > 0.99
+
+
+def test_fit_or_resume_never_replaces_a_directory_that_is_not_its_run(tmp_path: Path, synthetic_dataset: Path) -> None:
+    from lensnet.core.errors import LensnetError
+    from lensnet.training.config import resolve_fit_config
+    from lensnet.training.trainer import fit_or_resume
+
+    config = resolve_fit_config("substructure", overrides={
+        "data": {"path": str(synthetic_dataset)}, "run": {"dir": str(tmp_path), "name": "mine"}})
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    with pytest.raises(LensnetError, match="holds no lensnet run"):
+        fit_or_resume(config, progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "a user's file"

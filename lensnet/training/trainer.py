@@ -289,7 +289,10 @@ def fit_or_resume(config: dict, *, progress: bool = True, log: Callable[[str], N
     run_dir = _run_dir(config)
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return run_fit(config, progress=progress)
-    if (run_dir / "config.yaml").is_file() and not _same_run(load_run_config(run_dir), config):
+    if not (run_dir / "config.yaml").is_file():  # not a run's directory: nothing here is ours to replace
+        raise LensnetError(f"run directory {run_dir} exists and holds no lensnet run; remove it or use another "
+                           "--runs-dir")
+    if not _same_run(load_run_config(run_dir), config):
         raise LensnetError(f"run directory {run_dir} holds a run of another config; remove it or use another "
                            "--runs-dir")
     if (run_dir / "run.json").is_file() and (run_dir / "metrics.json").is_file():
