@@ -51,6 +51,15 @@ def browser(download_dir: Path):
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
+def finished_download(folder: Path) -> Path | None:
+    """The downloaded CSV once Chromium has finished it: while a download runs, Chromium keeps an empty
+    placeholder under the final name next to a .crdownload file, so a bare glob can read nothing."""
+    if list(folder.glob("*.crdownload")):
+        return None
+    done = [p for p in folder.glob("*.csv") if p.stat().st_size > 0]
+    return done[0] if done else None
+
+
 def wait_for(condition, timeout: float = 20.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -129,8 +138,8 @@ def test_dashboard_in_headless_chromium(tmp_path):
             assert [r["id"] for r in rows] == [f"c{k:05d}" for k in range(15, 30)]
             assert rows[0]["mark"] == "lens" and all(float(r["finder_score"]) >= 0.5 for r in rows)
             link.click()
-            saved = wait_for(lambda: [p for p in downloads.glob("*.csv")], timeout=20)
-            downloaded = list(csv.DictReader(io.StringIO(saved[0].read_text())))
+            saved = wait_for(lambda: finished_download(downloads), timeout=20)
+            downloaded = list(csv.DictReader(io.StringIO(saved.read_text())))
             assert [r["id"] for r in downloaded] == [r["id"] for r in rows]
             driver.save_screenshot(str(artifacts / "dashboard.png"))
             # Truth metrics: the confusion matrix follows the threshold.
