@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random verification images")
     parser.add_argument("--quantize", metavar="int8",
                         help="also write model.int8.onnx (onnxruntime static int8, per-channel weights; dynamic for "
-                             "attention models), calibrated on training images and compared on test images")
+                             "attention models) and, for CNNs, model.int8.tflite (TFLite int8, XNNPACK), "
+                             "calibrated on training images and compared on test images")
     parser.add_argument("--calibration", metavar="DIR", help="dataset to calibrate on (default: the run's dataset)")
     parser.add_argument("--calibration-images", type=int, default=256, help="calibration images (default 256)")
     parser.add_argument("--int8-tolerance", type=float, default=0.002,
@@ -77,15 +78,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def int8_line(card: dict) -> str:
+    """One line per int8 model: its metric change, size and latency against float32, and the default runtime."""
     int8 = card["int8"]
-    figures = int8["comparison"]
-    metric, size = figures["metric"], figures["size_bytes"]
-    latency = figures["latency_ms_per_image"]["batch_64"]
-    change = "n/a" if metric["change"] is None else f"{metric['change']:+.4f}"
-    return (f"int8 ({int8['mode']}, per-channel weights; calibrated on {int8['calibration']['images']} images): "
-            f"{metric['name']} {change} vs float32 on {figures['images']} images, size {size['int8'] / 1e6:.2f} MB "
-            f"vs {size['float32'] / 1e6:.2f} MB, {latency['int8']:.3f} vs {latency['float32']:.3f} ms/image at "
-            f"batch 64; default runtime: {card['runtime']}")
+    lines = [f"int8 ({int8['mode']}, per-channel weights; calibrated on {int8['calibration']['images']} images):"]
+    tflite = int8.get("tflite") or {}
+    for name, figures in (("onnx-int8", int8["comparison"]), ("tflite-int8", tflite.get("comparison"))):
+        if figures is None:
+            continue
+        metric, size = figures["metric"], figures["size_bytes"]
+        latency = figures["latency_ms_per_image"]["batch_64"]
+        change = "n/a" if metric["change"] is None else f"{metric['change']:+.4f}"
+        lines.append(f"  {name}: {metric['name']} {change} vs float32 on {figures['images']} images, size "
+                     f"{size['int8'] / 1e6:.2f} MB vs {size['float32'] / 1e6:.2f} MB, {latency['int8']:.3f} vs "
+                     f"{latency['float32']:.3f} ms/image at batch 64 (one thread)")
+    if "error" in tflite:
+        lines.append(f"  tflite-int8: not written: {tflite['error']}")
+    lines.append(f"  default runtime: {card['runtime']}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

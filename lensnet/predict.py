@@ -37,8 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=None, help="model version (default: newest)")
     parser.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
     parser.add_argument("--runtime", choices=(CARD_RUNTIME, *RUNTIMES), default=CARD_RUNTIME,
-                        help="onnx, onnx-int8 (model.int8.onnx of an export made with --quantize int8) or tf "
-                             "(SavedModel); default card: the version's card.json runtime, else onnx")
+                        help="onnx, onnx-int8 or tflite-int8 (model.int8.onnx / model.int8.tflite of an export made "
+                             "with --quantize int8) or tf (SavedModel); default card: the version's card.json "
+                             "runtime, else onnx")
     parser.add_argument("--batch-size", type=int, default=64, help="images per inference call (default 64)")
     parser.add_argument("--hdu", default=None, help="FITS HDU index or name (default: first image HDU)")
     parser.add_argument("--split", action="append", default=None, help="dataset split(s) to score (default: all)")

@@ -41,8 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also answer requests whose Host header is NAME (a DNS name of this machine)")
     parser.add_argument("--port", type=int, default=8501, help="port (default 8501, TF Serving's; 0 = any free)")
     parser.add_argument("--runtime", choices=(CARD_RUNTIME, *RUNTIMES), default=CARD_RUNTIME,
-                        help="onnx, onnx-int8 (model.int8.onnx of an export made with --quantize int8) or tf "
-                             "(SavedModel); default card: the version's card.json runtime, else onnx")
+                        help="onnx, onnx-int8 or tflite-int8 (model.int8.onnx / model.int8.tflite of an export made "
+                             "with --quantize int8) or tf (SavedModel); default card: the version's card.json "
+                             "runtime, else onnx")
     parser.add_argument("--threads", type=int, default=1, help="threads per inference call (default 1)")
     parser.add_argument("--concurrency", type=int, default=None, help="parallel inference calls (default: cores)")
     parser.add_argument(

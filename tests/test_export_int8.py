@@ -1,5 +1,6 @@
-"""export --quantize int8: the int8 ONNX model beside the float one, its comparison in card.json, predict with it,
-and the bad inputs (a model with nothing to quantise, calibration images of another shape, an unknown scheme)."""
+"""export --quantize int8: the int8 ONNX model (and for a CNN the int8 TFLite model) beside the float one,
+their comparisons in card.json, predict with each, and the bad inputs (a model with nothing to quantise,
+calibration images of another shape, an unknown scheme)."""
 
 from __future__ import annotations
 
@@ -58,12 +59,26 @@ def test_int8_model_beside_the_float_one_compared_and_predicting(capsys, trained
     assert figures["size_bytes"]["int8"] < 0.5 * figures["size_bytes"]["float32"]  # int8 weights, fp32 scales
     assert all(v["int8"] > 0 and v["float32"] > 0 for v in figures["latency_ms_per_image"].values())
     assert 0 < figures["max_abs_diff"] < 0.2  # quantised, so not identical, but the same model
-    assert card["runtime"] == ("onnx-int8" if abs(metric["change"]) <= int8["tolerance"] else "onnx")
+    # a CNN also gets the TFLite int8 model: int8 convolutions, the raw input's normalisation left in float32
+    tflite = int8["tflite"]
+    assert (version / "model.int8.tflite").is_file() and card["files"]["tflite_int8"] == "model.int8.tflite"
+    assert "CONV_2D" in tflite["int8_ops"] and any("moments" in n for n in tflite["float_nodes"])
+    lite = tflite["comparison"]
+    assert lite["source"] == figures["source"] and lite["metric"]["name"] == "roc_auc"
+    assert lite["metric"]["float32"] == pytest.approx(metric["float32"], abs=1e-6)  # the same float reference
+    assert lite["size_bytes"]["int8"] < 0.5 * lite["size_bytes"]["float32"]
+    assert 0 < lite["max_abs_diff"] < 0.2
+    # the default runtime: the faster of the int8 models within tolerance, else the float model
+    passing = {n: f["latency_ms_per_image"]["batch_64"]["int8"] for n, f in
+               (("onnx-int8", figures), ("tflite-int8", lite)) if abs(f["metric"]["change"]) <= int8["tolerance"]}
+    assert card["runtime"] == (min(passing, key=passing.get) if passing else "onnx")
     assert "int8 (static, per-channel weights; calibrated on" in printed
+    assert "  onnx-int8: roc_auc" in printed and "  tflite-int8: roc_auc" in printed
+    assert f"default runtime: {card['runtime']}" in printed
 
-    # predict: explicitly with each ONNX runtime, and by default with the card's
+    # predict: explicitly with each runtime, and by default with the card's
     csvs = {}
-    for runtime in ("onnx", "onnx-int8", None):
+    for runtime in ("onnx", "onnx-int8", "tflite-int8", None):
         target = tmp_path / f"{runtime}.csv"
         argv = ["--model", str(out), str(data), "--split", "test", "--out", str(target), "--no-progress"]
         assert run_cli(predict_main, argv + (["--runtime", runtime] if runtime else [])) == 0
@@ -72,18 +87,22 @@ def test_int8_model_beside_the_float_one_compared_and_predicting(capsys, trained
         csvs[runtime] = _predictions(target)
     diff = np.abs(csvs["onnx"] - csvs["onnx-int8"])
     assert 0 < diff.max() == pytest.approx(figures["max_abs_diff"], abs=1e-3)
+    lite_diff = np.abs(csvs["onnx"] - csvs["tflite-int8"])
+    assert 0 < lite_diff.max() == pytest.approx(lite["max_abs_diff"], abs=1e-3)
     np.testing.assert_array_equal(csvs[None], csvs[card["runtime"]])
 
 
-def test_predict_onnx_int8_without_an_int8_model_is_one_line(capsys, trained_run, tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtime", ["onnx-int8", "tflite-int8"])
+def test_predict_int8_without_an_int8_model_is_one_line(capsys, trained_run, tmp_path: Path, runtime: str) -> None:
     run, data = trained_run
     out = tmp_path / "export" / "plain"
     assert run_cli(export_main, ["--run", str(run), "--out", str(out)]) == 0
     capsys.readouterr()
-    code = run_cli(predict_main, ["--model", str(out), str(data), "--runtime", "onnx-int8",
+    code = run_cli(predict_main, ["--model", str(out), str(data), "--runtime", runtime,
                                   "--out", str(tmp_path / "p.csv"), "--no-progress"])
     _, err = capsys.readouterr()
     assert code == 2 and err.startswith("error: ") and "export the run with --quantize int8" in err
+    assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "p.csv").exists()
 
 
@@ -159,3 +178,7 @@ def test_bench_infer_profile_ranks_the_nodes_by_kernel_time(tmp_path: Path) -> N
     card = {"int8": {"comparison": {"metric": {"name": "roc_auc", "float32": 0.99, "int8": 0.9904, "change": 0.0004}}}}
     assert _int8_metric(card) == {"int8_metric": "roc_auc", "int8_metric_float32": 0.99, "int8_metric_change": 0.0004}
     assert _int8_metric({}) == {}
+    card["int8"]["tflite"] = {"comparison": {"metric": {"name": "roc_auc", "float32": 0.99, "int8": 0.9895,
+                                                        "change": -0.0005}}}
+    assert _int8_metric(card, "tflite-int8")["int8_metric_change"] == -0.0005
+    assert _int8_metric(card, "onnxruntime") == {} and _int8_metric(card, "keras") == {}

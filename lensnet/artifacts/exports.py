@@ -54,6 +54,12 @@ class ExportedModel:
         name = self.card.get("files", {}).get("onnx_int8")
         return self.path / name if name else None
 
+    @property
+    def tflite_int8_path(self) -> Path | None:
+        """model.int8.tflite when the version was exported with --quantize int8 and TFLite converted it."""
+        name = self.card.get("files", {}).get("tflite_int8")
+        return self.path / name if name else None
+
 
 def load_export(model_dir: str | os.PathLike, version: int | None = None) -> ExportedModel:
     """Read the card of `version` (newest when None) of the export at `model_dir`."""

@@ -1,4 +1,5 @@
-"""Inference speed: Keras vs the exported SavedModel vs onnxruntime (float32 and int8), at batch 1 and 64.
+"""Inference speed: Keras vs the exported SavedModel vs onnxruntime (float32 and int8) vs TFLite int8 (CNNs),
+at batch 1 and 64.
 
 Each model is exported with lensnet.export (so the artifacts timed are the verified ones, raw
 images in, normalisation inside); without `--run`, scratch runs of the registry models named by
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-SUMMARY = "Inference images/s and latency: Keras vs SavedModel vs onnxruntime (float32 and int8)"
+SUMMARY = "Inference images/s and latency: Keras vs SavedModel vs onnxruntime (float32 and int8) vs TFLite int8"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +125,8 @@ def time_export(
                "onnxruntime": open_runner(exported, "onnx", threads)}
     if exported.int8_path:
         runners["onnxruntime-int8"] = open_runner(exported, "onnx-int8", threads)
+    if exported.tflite_int8_path:
+        runners["tflite-int8"] = open_runner(exported, "tflite-int8", threads)
     params, flops = int(model.count_params()), model_flops(model, exported.input_shape)
     rows = []
     for batch in batch_sizes:
@@ -158,7 +161,7 @@ def time_export(
                     "vs_keras": round(rate / rates["keras"], 2),
                     "vs_onnx": round(rate / rates["onnxruntime"], 2),
                     "max_abs_diff": diffs[name],
-                    **(_int8_metric(card) if name == "onnxruntime-int8" else {}),
+                    **(_int8_metric(card, name)),
                     **({"op_profile": profiles[name]} if name in profiles else {}),
                     # Other jobs on a shared machine show up here: compare rows measured at similar load.
                     "load_1min": round(os.getloadavg()[0], 2),
@@ -199,8 +202,11 @@ def op_profile(path: Path, images: np.ndarray, threads: int | None, calls: int =
              "share": round(t / everything, 4)} for (op, node), (t, shapes) in nodes[:top]]
 
 
-def _int8_metric(card: dict | None) -> dict:
-    metric = ((card or {}).get("int8") or {}).get("comparison", {}).get("metric") or {}
+def _int8_metric(card: dict | None, runtime: str = "onnxruntime-int8") -> dict:
+    """The metric change the export measured for the int8 model `runtime` times (nothing for other runtimes)."""
+    int8 = (card or {}).get("int8") or {}
+    figures = {"onnxruntime-int8": int8, "tflite-int8": int8.get("tflite") or {}}.get(runtime) or {}
+    metric = figures.get("comparison", {}).get("metric") or {}
     if metric.get("change") is None:
         return {}
     return {"int8_metric": metric["name"], "int8_metric_float32": round(metric["float32"], 5),

@@ -285,20 +285,50 @@ def _int8_inputs(info: RunInfo, run_dir: Path, shape: tuple, quantize: str | Non
 
 def _add_int8(tmp: Path, card: dict, spec: OutputSpec, inputs: dict, images: np.ndarray, image_source: str,
               tolerance: float) -> None:
-    """model.int8.onnx beside model.onnx, and what it costs and saves in card["int8"]."""
+    """model.int8.onnx (and, for CNNs, model.int8.tflite) beside model.onnx, and what each costs and saves in
+    card["int8"]; the version's runtime is the faster int8 model whose metric moved by at most `tolerance`."""
     from lensnet.serving.quantize import INT8_FILE, compare, quantize_onnx
 
-    details = quantize_onnx(tmp / ONNX_FILE, tmp / INT8_FILE, inputs["calibration"],
-                            label=f"model {card['model']} of {card['run']['path']}")
+    label = f"model {card['model']} of {card['run']['path']}"
+    details = quantize_onnx(tmp / ONNX_FILE, tmp / INT8_FILE, inputs["calibration"], label=label)
     if inputs["test"] is not None:
         test_images, labels, class_names, source = inputs["test"]
     else:  # no test split here: the verification images, without labels
         test_images, labels, class_names, source = images, None, [], image_source
     figures = compare(tmp / ONNX_FILE, tmp / INT8_FILE, spec, test_images, labels, class_names, source)
-    change = figures["metric"]["change"]
     card["files"]["onnx_int8"] = INT8_FILE
     card["int8"] = {**details, "calibration": {"source": inputs["calibration_source"],
                                                "images": int(len(inputs["calibration"]))},
                     "comparison": figures, "tolerance": tolerance}
-    # predict and serve use the int8 model by default only if it scores as the float model does
-    card["runtime"] = "onnx-int8" if change is not None and abs(change) <= tolerance else "onnx"
+    candidates = {"onnx-int8": figures}
+    if details["mode"] == "static":
+        tflite = _add_tflite_int8(tmp, card, spec, inputs["calibration"], (test_images, labels, class_names, source),
+                                  label)
+        card["int8"]["tflite"] = tflite
+        if "comparison" in tflite:
+            candidates["tflite-int8"] = tflite["comparison"]
+    else:
+        card["int8"]["tflite"] = {"skipped": "attention: dynamic int8 quantisation is onnxruntime's only"}
+    # predict and serve use an int8 model by default only if it scores as the float model does; of two, the faster
+    passing = {name: f for name, f in candidates.items()
+               if f["metric"]["change"] is not None and abs(f["metric"]["change"]) <= tolerance}
+    card["runtime"] = min(passing, key=lambda n: passing[n]["latency_ms_per_image"]["batch_64"]["int8"],
+                          default="onnx")
+
+
+def _add_tflite_int8(tmp: Path, card: dict, spec: OutputSpec, calibration: np.ndarray, test: tuple,
+                     label: str) -> dict:
+    """model.int8.tflite from the SavedModel in `tmp`, compared with the float ONNX model on the same test
+    images; a model TFLite cannot convert keeps its ONNX int8 model and the reason in the card."""
+    from lensnet.serving.quantize import compare
+    from lensnet.serving.tflite_int8 import TFLITE_INT8_FILE, TFLiteModel, quantize_tflite
+
+    try:
+        details = quantize_tflite(tmp, tmp / TFLITE_INT8_FILE, calibration, SIGNATURE, INPUT_NAME, label)
+    except LensnetError as exc:
+        return {"error": str(exc)}
+    test_images, labels, class_names, source = test
+    figures = compare(tmp / ONNX_FILE, tmp / TFLITE_INT8_FILE, spec, test_images, labels, class_names, source,
+                      int8_predict=TFLiteModel(tmp / TFLITE_INT8_FILE, threads=1))
+    card["files"]["tflite_int8"] = TFLITE_INT8_FILE
+    return {**details, "comparison": figures}

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,19 +166,25 @@ def session(path: Path, threads: int | None = None) -> Any:
         raise QuantizationError(f"onnxruntime cannot load the int8 model: {' '.join(str(exc).split())[:300]}") from None
 
 
-def run_batches(sess: Any, images: np.ndarray, batch: int = 64) -> np.ndarray:
+def onnx_predict(path: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Raw images -> the single output of the ONNX model at `path`."""
+    sess = session(path, threads)
     name, output = sess.get_inputs()[0].name, sess.get_outputs()[0].name
-    return np.concatenate([sess.run([output], {name: images[i:i + batch]})[0] for i in range(0, len(images), batch)])
+    return lambda images: sess.run([output], {name: images})[0]
 
 
-def latency_ms(sess: Any, images: np.ndarray, batch: int, seconds: float = 0.5) -> float:
+def run_batches(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int = 64) -> np.ndarray:
+    return np.concatenate([predict(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def latency_ms(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int,
+               seconds: float = 0.5) -> float:
     """Milliseconds per image at `batch`, over about `seconds` of calls after a warm-up call."""
-    name, output = sess.get_inputs()[0].name, sess.get_outputs()[0].name
-    feed = {name: np.resize(images, (batch, *images.shape[1:])).astype(np.float32)}
-    sess.run([output], feed)
+    feed = np.resize(images, (batch, *images.shape[1:])).astype(np.float32)
+    predict(feed)
     calls, start = 0, time.perf_counter()
     while calls < 3 or time.perf_counter() - start < seconds:
-        sess.run([output], feed)
+        predict(feed)
         calls += 1
     return 1000.0 * (time.perf_counter() - start) / (calls * batch)
 
@@ -197,16 +204,21 @@ def task_metric(spec: Any, outputs: np.ndarray, labels: np.ndarray | None, class
 
 
 def compare(float_path: Path, int8_path: Path, spec: Any, images: np.ndarray, labels: np.ndarray | None,
-            class_names: list[str], source: str) -> dict:
-    """The int8 model against the float one on `images`: metric, differences, sizes, CPU latency."""
-    float_sess, int8_sess = session(float_path), session(int8_path)
-    reference, quantised = run_batches(float_sess, images), run_batches(int8_sess, images)
+            class_names: list[str], source: str,
+            int8_predict: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+    """The int8 model against the float ONNX model on `images`: metric, differences, sizes, CPU latency.
+
+    `int8_predict` runs the int8 model (default: `int8_path` in onnxruntime); both run on one thread, so the
+    latencies compare kernels rather than thread pools."""
+    float_predict = onnx_predict(float_path, threads=1)
+    int8_predict = int8_predict or onnx_predict(int8_path, threads=1)
+    reference, quantised = run_batches(float_predict, images), run_batches(int8_predict, images)
     diff = np.abs(reference.astype(np.float64) - quantised.astype(np.float64))
     name, float_metric = task_metric(spec, reference, labels, class_names)
     _, int8_metric = task_metric(spec, quantised, labels, class_names)
     change = None if float_metric is None or int8_metric is None else int8_metric - float_metric
-    latency = {f"batch_{b}": {"float32": round(latency_ms(float_sess, images, b), 4),
-                              "int8": round(latency_ms(int8_sess, images, b), 4)} for b in (1, 64)}
+    latency = {f"batch_{b}": {"float32": round(latency_ms(float_predict, images, b), 4),
+                              "int8": round(latency_ms(int8_predict, images, b), 4)} for b in (1, 64)}
     return {
         "images": int(len(images)), "source": source,
         "metric": {"name": name or "mean_abs_diff", "float32": float_metric, "int8": int8_metric, "change": change},

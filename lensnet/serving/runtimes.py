@@ -1,4 +1,5 @@
-"""The runtimes that score with an exported version: onnxruntime (default) and the SavedModel."""
+"""The runtimes that score with an exported version: onnxruntime (default), its int8 model, the int8 TFLite
+model (CNNs) and the SavedModel."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from lensnet.artifacts.export_layout import INPUT_NAME, SIGNATURE
 from lensnet.artifacts.exports import ExportedModel
 from lensnet.core.errors import LensnetError
 
-RUNTIMES = ("onnx", "onnx-int8", "tf")
-CARD_RUNTIME = "card"  # the version's own choice: card.json "runtime" (onnx-int8 when its int8 model passed)
+RUNTIMES = ("onnx", "onnx-int8", "tflite-int8", "tf")
+CARD_RUNTIME = "card"  # the version's own choice: card.json "runtime" (the faster int8 model that passed)
 
 
 
@@ -77,6 +78,21 @@ class Int8Runner(OnnxRunner):
         super().__init__(exported, threads, exported.int8_path)
 
 
+class TFLiteInt8Runner(Runner):
+    runtime = "tflite-int8"
+
+    def __init__(self, exported: ExportedModel, threads: int | None = None) -> None:
+        from lensnet.serving.tflite_int8 import TFLiteModel
+
+        if not exported.tflite_int8_path:
+            raise LensnetError(f"{exported.path} has no int8 TFLite model; export the run with --quantize int8 "
+                               "(TFLite int8 is written for CNNs)")
+        self.model = TFLiteModel(exported.tflite_int8_path, threads)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.model(images)
+
+
 def resolve_runtime(exported: ExportedModel, runtime: str) -> str:
     """`card` -> the version's card.json runtime (onnx when it names none)."""
     return str(exported.card.get("runtime", "onnx")) if runtime == CARD_RUNTIME else runtime
@@ -88,6 +104,8 @@ def open_runner(exported: ExportedModel, runtime: str = "onnx", threads: int | N
         return OnnxRunner(exported, threads)
     if runtime == "onnx-int8":
         return Int8Runner(exported, threads)
+    if runtime == "tflite-int8":
+        return TFLiteInt8Runner(exported, threads)
     if runtime == "tf":
         if threads:
             _set_tf_threads(threads)
