@@ -182,3 +182,43 @@ def test_bench_infer_profile_ranks_the_nodes_by_kernel_time(tmp_path: Path) -> N
                                                         "change": -0.0005}}}
     assert _int8_metric(card, "tflite-int8")["int8_metric_change"] == -0.0005
     assert _int8_metric(card, "onnxruntime") == {} and _int8_metric(card, "keras") == {}
+
+
+def test_the_tflite_int8_runner_answers_concurrent_calls_and_serves(trained_run, tmp_path: Path) -> None:
+    """A TFLite interpreter is not thread-safe (calls of different batch sizes from several threads raise
+    without the runner's lock) and serve calls one runner from many threads: every answer is the one a
+    lone call gives, directly and over HTTP."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lensnet.artifacts.exports import load_export
+    from lensnet.serving.runtimes import open_runner
+    from lensnet.serving.server import ModelServer, serve_in_thread
+    from lensnet.serving.tflite_int8 import TFLiteModel
+
+    run, _ = trained_run
+    out = tmp_path / "export" / "lf"
+    assert run_cli(export_main, ["--run", str(run), "--out", str(out), "--quantize", "int8"]) == 0
+    exported = load_export(out)
+    rng = np.random.default_rng(4)
+    batches = [(3.0 + rng.standard_normal((1 + k % 5, 16, 16, 1))).astype(np.float32) for k in range(200)]
+    alone = TFLiteModel(exported.tflite_int8_path, threads=1)
+    wanted = [alone(b) for b in batches]
+    runner = open_runner(exported, "tflite-int8")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(runner, batches))
+    for got, want in zip(answers, wanted):
+        np.testing.assert_array_equal(got, want)
+
+    with serve_in_thread(ModelServer(out, runtime="tflite-int8", concurrency=4)) as base:
+        def ask(batch: np.ndarray) -> np.ndarray:
+            body = json.dumps({"instances": batch.tolist()}).encode()
+            request = urllib.request.Request(f"{base}/v1/models/lf:predict", data=body,
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return np.array(json.loads(response.read())["predictions"], dtype=np.float32)
+
+        with ThreadPoolExecutor(4) as pool:
+            served = list(pool.map(ask, batches[:12]))
+    for got, want in zip(served, wanted):
+        np.testing.assert_allclose(got.reshape(want.shape), want, atol=1e-6)
