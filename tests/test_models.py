@@ -449,3 +449,61 @@ def test_bn_momentum_reaches_every_batch_norm(name):
     layers = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
     assert layers and all(la.momentum == 0.8 for la in layers)
     assert model.get_config()["bn_momentum"] == 0.8
+
+
+def _swin_block_reference(weights, x, side, window, shift, heads, region_mask=True):
+    """A Swin block from the paper's definition, without window partitioning: token p attends token q iff on
+    the grid rolled by -shift both fall in the same window and (shifted blocks) come from the same region of
+    the unrolled image; relative position bias, pre-norm residual attention and GELU MLP as in timm."""
+    from scipy.special import erf
+
+    def norm(v, name):
+        return (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-5) * weights[
+            f"{name}/gamma"] + weights[f"{name}/beta"]
+
+    batch, length, dim = x.shape
+    head_dim = dim // heads
+    qkv = norm(x, "norm1") @ weights["attention_qkv/kernel"] + weights["attention_qkv/bias"]
+    q, k, v = (qkv[..., i * dim:(i + 1) * dim].reshape(batch, length, heads, head_dim) for i in range(3))
+    rows, cols = np.divmod(np.arange(length), side)
+    rows, cols = (rows - shift) % side, (cols - shift) % side
+    same = (rows // window)[:, None] * side + (cols // window)[:, None] == (rows // window) * side + cols // window
+    if shift and region_mask:
+        region = np.digitize(rows, [side - window, side - shift]) * 3 + np.digitize(cols, [side - window, side - shift])
+        same &= region[:, None] == region[None]
+    d_row = (rows % window)[:, None] - rows % window + window - 1
+    d_col = (cols % window)[:, None] - cols % window + window - 1
+    bias = weights["relative_position_bias_table"][d_row * (2 * window - 1) + d_col].transpose(2, 0, 1)
+    logits = np.einsum("bphd,bqhd->bhpq", q, k) / np.sqrt(head_dim) + bias
+    logits = np.where(same, logits, -np.inf)
+    attention = np.exp(logits - logits.max(-1, keepdims=True))
+    attention /= attention.sum(-1, keepdims=True)
+    out = np.einsum("bhpq,bqhd->bphd", attention, v).reshape(batch, length, dim)
+    x = x + out @ weights["attention_projection/kernel"] + weights["attention_projection/bias"]
+    hidden = norm(x, "norm2") @ weights["fc1/kernel"] + weights["fc1/bias"]
+    hidden = 0.5 * hidden * (1 + erf(hidden / np.sqrt(2)))
+    return x + hidden @ weights["fc2/kernel"] + weights["fc2/bias"]
+
+
+@pytest.mark.parametrize("block", [0, 1])  # window attention, then shifted window attention with its mask
+def test_swin_blocks_match_a_reference_swin_block(block):
+    """lensnet's Swin (keras-hub's blocks) computes the Swin block of the paper, shifted-window mask included.
+    Issue 22 suspected the mask (Keras warns that WindowAttention "was passed an input with a mask": it is the
+    explicit attention mask, which does reach the layer). The unmasked reference differs, so a missing or
+    misplaced mask fails here."""
+    backbone = create_model("swin_tiny", (16, 16, 1), embed_dim=8, depths=[2, 2], num_heads=[2, 2], window_size=4,
+                            patch_size=2)
+    layer = backbone.get_layer("swin").stages[0].blocks[block]
+    assert (layer.window_size, layer.shift_size) == (4, 2 * block)
+    rng = np.random.default_rng(0)
+    for variable in layer.weights:  # non-trivial values everywhere (biases and the bias table start at ~0)
+        variable.assign(rng.normal(0, 0.5, variable.shape).astype("float32"))
+    weights = {"/".join(v.path.split("/")[-2:]) if v.name in ("kernel", "bias", "gamma", "beta") else v.name:
+               np.asarray(v, "float64") for v in layer.weights}
+    x = rng.normal(size=(2, 64, 8)).astype("float32")
+    got = np.asarray(layer(x))
+    np.testing.assert_allclose(got, _swin_block_reference(weights, x.astype("float64"), 8, 4, 2 * block, 2),
+                               atol=1e-4)
+    if block:
+        unmasked = _swin_block_reference(weights, x.astype("float64"), 8, 4, 2, 2, region_mask=False)
+        assert np.abs(got - unmasked).max() > 1e-2
