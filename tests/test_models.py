@@ -376,6 +376,31 @@ def test_cvt_convolutional_attention_and_class_token_in_the_last_stage():
         create_model("cvt_tiny", (16, 16, 1), **{**TINY["cvt_tiny"], "num_heads": [3, 1, 2]})
 
 
+def test_cct_tokenizer_norm_centres_the_tokens_and_round_trips():
+    """`tokenizer_norm` (on in the registry, off for the paper's CCT) puts a BatchNormalization after each
+    tokenizer pool: in training mode the tokens entering the blocks are centred per channel, which the paper's
+    ReLU/max-pool tokens are not (issue 22: their shared positive part keeps CCT at the label prior)."""
+    from lensnet.models.cct import CCTBackbone
+
+    images = np.random.default_rng(0).normal(size=(8, 16, 16, 1)).astype("float32")
+
+    def token_means(model):
+        tokens = keras.Model(model.input, model.get_layer("tokens").output)(images, training=True)
+        return np.abs(np.asarray(tokens).mean(axis=(0, 1)))
+
+    paper = create_model("cct_2", (16, 16, 1), **TINY["cct_2"], tokenizer_norm=False)
+    normed = create_model("cct_2", (16, 16, 1), **TINY["cct_2"], bn_momentum=0.5)
+    assert normed.tokenizer_norm and CCTBackbone((16, 16, 1), hidden_dim=8, num_heads=2).tokenizer_norm is False
+    assert not any("tokenizer_bn" in layer.name for layer in paper.layers)
+    assert [layer.momentum for layer in normed.layers if "tokenizer_bn" in layer.name] == [0.5, 0.5]
+    assert token_means(paper).max() > 0.1 and token_means(normed).max() < 1e-3
+    again = normed.__class__.from_config(normed.get_config())
+    again.set_weights(normed.get_weights())
+    np.testing.assert_allclose(np.asarray(again(images)), np.asarray(normed(images)), atol=1e-5)
+    with pytest.raises(LensnetError, match="bn_momentum"):
+        create_model("cct_2", (16, 16, 1), **TINY["cct_2"], bn_momentum=1.0)
+
+
 def test_deit_keeps_class_and_distillation_tokens():
     model = _tiny("deit_tiny")
     y = np.asarray(model(_images(2, 1), training=False))
