@@ -388,7 +388,7 @@ def test_cct_tokenizer_norm_centres_the_tokens_and_round_trips():
         tokens = keras.Model(model.input, model.get_layer("tokens").output)(images, training=True)
         return np.abs(np.asarray(tokens).mean(axis=(0, 1)))
 
-    paper = create_model("cct_2", (16, 16, 1), **TINY["cct_2"], tokenizer_norm=False)
+    paper = create_model("cct_2", (16, 16, 1), **TINY["cct_2"], tokenizer_norm=False)  # the paper's tokenizer
     normed = create_model("cct_2", (16, 16, 1), **TINY["cct_2"], bn_momentum=0.5)
     assert normed.tokenizer_norm and CCTBackbone((16, 16, 1), hidden_dim=8, num_heads=2).tokenizer_norm is False
     assert not any("tokenizer_bn" in layer.name for layer in paper.layers)
@@ -399,6 +399,24 @@ def test_cct_tokenizer_norm_centres_the_tokens_and_round_trips():
     np.testing.assert_allclose(np.asarray(again(images)), np.asarray(normed(images)), atol=1e-5)
     with pytest.raises(LensnetError, match="bn_momentum"):
         create_model("cct_2", (16, 16, 1), **TINY["cct_2"], bn_momentum=1.0)
+
+
+def test_cct_dense_initializer_reaches_the_blocks_and_round_trips():
+    """The registry's CCT starts its blocks' dense kernels Glorot-uniform (std ~0.1 at these widths); the paper's
+    truncated-normal(0.02) is `dense_initializer=None`, the constructor's default (issue 22)."""
+    from lensnet.models.cct import CCTBackbone
+
+    def fc1_std(model):
+        return float(np.std(np.asarray(model.get_layer("block0").fc1.kernel)))
+
+    registry = create_model("cct_2", (16, 16, 1), **{**TINY["cct_2"], "hidden_dim": 64})
+    paper = create_model("cct_2", (16, 16, 1), **{**TINY["cct_2"], "hidden_dim": 64}, dense_initializer=None)
+    assert registry.dense_initializer == "glorot_uniform" and fc1_std(registry) > 0.08
+    assert fc1_std(paper) < 0.025 and CCTBackbone((16, 16, 1), hidden_dim=8, num_heads=2).dense_initializer is None
+    block = registry.get_layer("block0")
+    assert block.__class__.from_config(block.get_config()).kernel_initializer == "glorot_uniform"
+    with pytest.raises(LensnetError, match="initializer"):
+        create_model("cct_2", (16, 16, 1), **TINY["cct_2"], dense_initializer="nope")
 
 
 def test_deit_keeps_class_and_distillation_tokens():

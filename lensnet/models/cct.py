@@ -123,6 +123,9 @@ class CCTBackbone(Backbone):
             centred; not in the paper. Off here (so configs saved before it existed load as they
             were), on in the registry's cct_2 / cct_7 (see the module doc for the numbers).
         bn_momentum: of that BatchNormalization's moving statistics (0.9, as lensnet's CNNs).
+        dense_initializer: Keras initializer name of the blocks' dense kernels, or None for the
+            paper's (timm's) truncated-normal(0.02); the registry's cct_2 / cct_7 use "glorot_uniform",
+            as keras-hub's ViT and DeiT (see the module doc).
         dropout_rate: dropout in the blocks.
         attention_dropout: dropout on attention weights.
         pooling: default pooling: "cls" (the sequence-pooled token), "tokens_avg"/"avg", "max".
@@ -142,6 +145,7 @@ class CCTBackbone(Backbone):
         tokenizer_filters: int = 64,
         tokenizer_norm: bool = False,
         bn_momentum: float = 0.9,
+        dense_initializer: str | None = None,
         dropout_rate: float = 0.0,
         attention_dropout: float = 0.0,
         pooling: str = "cls",
@@ -159,6 +163,8 @@ class CCTBackbone(Backbone):
                 f"model {name!r}: {tokenizer_layers} tokenizer layers halve the grid {tokenizer_layers} times, so "
                 f"height and width must be divisible by {factor}; input_shape {image_shape} is not"
             )
+        if dense_initializer is not None:
+            keras.initializers.get(dense_initializer)  # an unknown name is a ValueError here, not in a block
         if not 0.0 <= bn_momentum < 1.0:
             raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum!r}")
         if pooling not in valid_modes("tokens", 1):
@@ -181,7 +187,8 @@ class CCTBackbone(Backbone):
         x = keras.layers.Dropout(dropout_rate, dtype=dtype, name="embedding_dropout")(x)
         for i in range(num_layers):
             x = TransformerBlock(hidden_dim, num_heads, int(hidden_dim * mlp_ratio), dropout_rate=dropout_rate,
-                                 attention_dropout=attention_dropout, dtype=dtype, name=f"block{i}")(x)
+                                 attention_dropout=attention_dropout, kernel_initializer=dense_initializer,
+                                 dtype=dtype, name=f"block{i}")(x)
         x = keras.layers.LayerNormalization(epsilon=1e-6, dtype=dtype, name="norm")(x)
         x = SequencePooling(dtype=dtype, name="sequence_pooling")(x)
         outputs = float32_features(x)
@@ -199,6 +206,7 @@ class CCTBackbone(Backbone):
         self.tokenizer_filters = tokenizer_filters
         self.tokenizer_norm = bool(tokenizer_norm)
         self.bn_momentum = float(bn_momentum)
+        self.dense_initializer = dense_initializer
         self.dropout_rate = dropout_rate
         self.attention_dropout = attention_dropout
         self.pooling = pooling
@@ -216,6 +224,7 @@ class CCTBackbone(Backbone):
             "tokenizer_filters": self.tokenizer_filters,
             "tokenizer_norm": self.tokenizer_norm,
             "bn_momentum": self.bn_momentum,
+            "dense_initializer": self.dense_initializer,
             "dropout_rate": self.dropout_rate,
             "attention_dropout": self.attention_dropout,
             "pooling": self.pooling,
@@ -224,6 +233,7 @@ class CCTBackbone(Backbone):
 
 
 _CCT_COMMON = {"tokenizer_kernel": 3, "tokenizer_filters": 64, "tokenizer_norm": True, "bn_momentum": 0.9,
+               "dense_initializer": "glorot_uniform",
                "dropout_rate": 0.0, "attention_dropout": 0.0, "pooling": "cls"}
 
 

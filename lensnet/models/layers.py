@@ -105,7 +105,7 @@ def trunc_normal(stddev: float = 0.02) -> keras.initializers.Initializer:
 @keras.saving.register_keras_serializable(package="lensnet")
 class TransformerBlock(keras.layers.Layer):
     """Pre-norm transformer block, timm style: x + MHA(LN(x)), then x + MLP(LN(x)) with exact GELU;
-    dense kernels truncated-normal(0.02), biases zero.
+    dense kernels truncated-normal(0.02) (or `kernel_initializer`), biases zero.
 
     Args:
         hidden_dim: token width D.
@@ -114,15 +114,21 @@ class TransformerBlock(keras.layers.Layer):
         dropout_rate: dropout after attention and in the MLP.
         attention_dropout: dropout on attention weights.
         layer_norm_epsilon: of both LayerNormalizations.
+        kernel_initializer: a Keras initializer name for the dense kernels, or None for timm's
+            truncated-normal(0.02) (calibrated for widths of several hundred: at 64 it starts the
+            blocks near the identity; issue 22, lensnet.models.cct).
     """
 
     def __init__(self, hidden_dim: int, num_heads: int, mlp_dim: int, dropout_rate: float = 0.0,
-                 attention_dropout: float = 0.0, layer_norm_epsilon: float = 1e-6, **kwargs: Any) -> None:
+                 attention_dropout: float = 0.0, layer_norm_epsilon: float = 1e-6,
+                 kernel_initializer: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.hidden_dim, self.num_heads, self.mlp_dim = int(hidden_dim), int(num_heads), int(mlp_dim)
         self.dropout_rate, self.attention_dropout = float(dropout_rate), float(attention_dropout)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
-        dense = {"kernel_initializer": trunc_normal(), "bias_initializer": "zeros", "dtype": self.dtype_policy}
+        self.kernel_initializer = kernel_initializer
+        kernel = trunc_normal() if kernel_initializer is None else keras.initializers.get(kernel_initializer)
+        dense = {"kernel_initializer": kernel, "bias_initializer": "zeros", "dtype": self.dtype_policy}
         self.norm1 = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
                                                      name="norm1")
         self.attention = keras.layers.MultiHeadAttention(self.num_heads, self.hidden_dim // self.num_heads,
@@ -157,7 +163,7 @@ class TransformerBlock(keras.layers.Layer):
         config = super().get_config()
         config.update({"hidden_dim": self.hidden_dim, "num_heads": self.num_heads, "mlp_dim": self.mlp_dim,
                        "dropout_rate": self.dropout_rate, "attention_dropout": self.attention_dropout,
-                       "layer_norm_epsilon": self.layer_norm_epsilon})
+                       "layer_norm_epsilon": self.layer_norm_epsilon, "kernel_initializer": self.kernel_initializer})
         return config
 
 
