@@ -102,7 +102,7 @@ def memorise(model: str, *, size: int = 32, num: int = 128, classes: int = 3, ep
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", default="cnn_small,vit_tiny,deit_tiny,swin_tiny,cvt_tiny")
+    parser.add_argument("--models", default="cnn_small,vit_tiny,deit_tiny,swin_tiny,cvt_tiny,cct_2")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--num", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=5)
