@@ -53,7 +53,7 @@ On the Model II replica (1,600 training images, 5 epochs of 25 steps, batch 64, 
 with a 95% bootstrap interval over 200 test images; docs/transformers.md) cct_2 goes from 0.644
 (0.591-0.694; training loss at the prior for four epochs) to 0.797 (0.752-0.845) with the tokenizer
 BatchNorm and 0.920 (0.889-0.946) with both (seed 1: paper 0.653, both 0.846; cnn_small 0.930 on
-the same data); cct_7 with both 0.928 (0.901-0.953). On the ViT test row, timm's TN(0.02)
+the same data); cct_7: paper 0.709, both 0.928. On the ViT test row, timm's TN(0.02)
 instead of keras-hub's Glorot also leaves the ViT at the prior (1.091): at small widths the small
 initialisation is a plateau of its own.
 """
