@@ -161,7 +161,7 @@ def time_export(
                     "vs_keras": round(rate / rates["keras"], 2),
                     "vs_onnx": round(rate / rates["onnxruntime"], 2),
                     "max_abs_diff": diffs[name],
-                    **(_int8_metric(card, name)),
+                    **_int8_metric(card, name),
                     **({"op_profile": profiles[name]} if name in profiles else {}),
                     # Other jobs on a shared machine show up here: compare rows measured at similar load.
                     "load_1min": round(os.getloadavg()[0], 2),
