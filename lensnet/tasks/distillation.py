@@ -163,6 +163,13 @@ def load_teacher(path: str, task: str, class_names: list[str], image_shape: tupl
             f"from images normalised per image ({student_spec['method']!r}); train the student with "
             f"--set data.normalise={normalisation['method']} or none"
         )
+    if student_spec["method"] == "asinh" and (source != "run" or normalisation != student_spec):
+        # asinh is non-linear: the pixels it was applied to cannot be recovered from the student's input
+        raise LensnetError(
+            f"teacher {path} needs images normalised by {normalisation['method']!r}, which cannot be recovered "
+            f"from images normalised by 'asinh'; use a teacher run trained with the student's asinh spec, or "
+            f"train the student with --set data.normalise={normalisation['method']}"
+        )
     order = [teacher_classes.index(c) for c in class_names]
     if source == "run":
         from lensnet.tasks.checkpoints import load_model

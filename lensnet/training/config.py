@@ -20,7 +20,9 @@ FIT_DEFAULTS: dict[str, Any] = {
         "val_split": "val",
         "test_split": "test",
         "batch_size": 64,
-        "normalise": "standard",  # standard | minmax | dataset | none
+        # standard | minmax | dataset | none | asinh, or a spec mapping, e.g. {method: asinh, beta: 2}
+        # (lensnet/data/normalise.py)
+        "normalise": "standard",
         # auto: the symmetry the dataset's manifest records (rot180 for the DeepLense replicas' fixed lens and
         # source, flips for a fixed lens alone, d4 for randomly oriented lenses; d4 when it records none)
         # | d4 | flips | rot180 | none
@@ -194,10 +196,16 @@ def validate(config: dict) -> None:
         ("data", "source"): ("records", "simulate"),
         ("train", "optimizer"): ("adamw", "adam", "lamb", "sgd"),
         ("train", "schedule"): ("cosine", "constant", "plateau"),
-        ("data", "normalise"): ("standard", "minmax", "dataset", "none"),
         ("distribute", "strategy"): ("auto", "default", "mirrored", "multiworker"),
     }
     from lensnet.data.augment import normalise_augment
+    from lensnet.data.normalise import METHODS, check_spec
+
+    if isinstance(data["normalise"], dict):
+        data["normalise"] = check_spec(data["normalise"])
+    elif data["normalise"] not in METHODS:
+        raise LensnetError(f"data.normalise must be one of {', '.join(METHODS)} or a spec mapping; "
+                           f"got {data['normalise']!r}")
 
     if data["augment"] != "auto":  # resolved by the trainer once the dataset is open
         data["augment"] = normalise_augment(data["augment"])  # `none` (string) and null both mean none
