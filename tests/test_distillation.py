@@ -87,6 +87,8 @@ def test_hard_targets_are_the_teacher_argmax():
     ({"method": "standard"}, {"method": "minmax"}),
     ({"method": "minmax"}, {"method": "standard"}),
     ({"method": "dataset", "mean": [1.0], "std": [4.0]}, {"method": "standard"}),
+    ({"method": "none"}, {"method": "asinh", "beta": 2.0}),
+    ({"method": "asinh", "beta": 2.0}, {"method": "asinh", "beta": 2.0}),
 ])
 def test_teacher_sees_images_normalised_its_own_way(tmp_path, student, teacher):
     """The classic bug: the student's normalised images fed to a teacher trained on other units."""
@@ -113,6 +115,17 @@ def test_teacher_needing_absolute_flux_from_a_per_image_student_is_refused(tmp_p
     run = flux_teacher(tmp_path / "teacher", {"method": "dataset", "mean": [3.0], "std": [2.0]})
     with pytest.raises(LensnetError, match="data.normalise=dataset"):
         load_teacher(str(run), "substructure", CLASSES, (16, 16, 1), {"method": "standard"})
+
+
+def test_an_asinh_student_needs_a_teacher_run_with_its_own_spec(tmp_path):
+    """asinh is non-linear: a teacher normalised any other way cannot be given its input."""
+    from lensnet.tasks.distillation import load_teacher
+
+    student = {"method": "asinh", "beta": 1.0}
+    for teacher in ({"method": "standard"}, {"method": "asinh", "beta": 3.0}):
+        run = flux_teacher(tmp_path / f"teacher-{len(teacher)}", teacher)
+        with pytest.raises(LensnetError, match="cannot be recovered from images normalised by 'asinh'"):
+            load_teacher(str(run), "substructure", CLASSES, (16, 16, 1), student)
 
 
 def test_teacher_class_order_is_mapped_by_name(tmp_path):
