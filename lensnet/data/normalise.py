@@ -161,18 +161,18 @@ def invert_normalisation(outputs: Any, spec: Mapping, images: Any) -> tf.Tensor:
 
 
 def _median_last(values: tf.Tensor) -> tf.Tensor:
-    """Median over the last axis (mean of the two middle values when their count is even), keepdims.
+    """Median over the (static) last axis, the mean of the two middle values when their count is even, keepdims.
 
-    top_k of the upper half, not tf.sort: it is one ONNX TopK node with a fixed k.
+    The upper half by an unsorted top_k (a selection, twice as fast as sorting on CPU; one ONNX TopK), then
+    its smallest one or two values.
     """
     import tensorflow as tf
 
     n = values.shape[-1]
-    if n is None:
-        n = tf.shape(values)[-1]
-    upper = tf.math.top_k(values, k=n // 2 + 1, sorted=True).values  # descending: index j = (n-1-j)-th smallest
-    middle = tf.gather(upper, tf.stack([(n - 1) // 2, n // 2]), axis=-1)
-    return tf.reduce_mean(middle, axis=-1, keepdims=True)
+    upper = tf.math.top_k(values, k=n // 2 + 1, sorted=False).values
+    if n % 2:
+        return tf.reduce_min(upper, axis=-1, keepdims=True)
+    return tf.reduce_mean(-tf.math.top_k(-upper, k=2, sorted=False).values, axis=-1, keepdims=True)
 
 
 def _asinh_stretch(images: tf.Tensor, beta: float) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -185,12 +185,15 @@ def _asinh_stretch(images: tf.Tensor, beta: float) -> tuple[tf.Tensor, tf.Tensor
     """
     import tensorflow as tf
 
+    height, width = images.shape[-3], images.shape[-2]
+    if height is None or width is None:
+        raise LensnetError("normalisation 'asinh' needs images of a known height and width")
     channels_first = tf.experimental.numpy.moveaxis(images, -1, -3)  # (..., C, H, W)
-    flat = tf.reshape(channels_first, tf.concat([tf.shape(channels_first)[:-2], [-1]], axis=0))
+    leading = tf.shape(channels_first)[:-2]
+    flat = tf.reshape(channels_first, tf.concat([leading, [height * width]], axis=0))
     sky = _median_last(flat)
     diffs = tf.abs(channels_first[..., :, 1:] - channels_first[..., :, :-1])
-    diffs = tf.reshape(diffs, tf.concat([tf.shape(diffs)[:-2], [-1]], axis=0))
-    sigma = _median_last(diffs) * _MAD_DIFF_TO_SIGMA
+    sigma = _median_last(tf.reshape(diffs, tf.concat([leading, [height * (width - 1)]], axis=0))) * _MAD_DIFF_TO_SIGMA
     std = tf.math.reduce_std(flat, axis=-1, keepdims=True)
     sigma = tf.maximum(tf.where(sigma > _STD_FLOOR, sigma, std), _STD_FLOOR)
     # (..., C, 1) -> (..., 1, 1, C)
