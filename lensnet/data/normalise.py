@@ -41,7 +41,7 @@ _FIELDS = {
 _STD_FLOOR = 1e-12
 # asinh softening in units of the sky-noise sigma; chosen by a short measurement on lens_finding_survey
 # (docs/lens_finding.md, "Input normalisation").
-ASINH_BETA = 1.0
+ASINH_BETA = 3.0
 # median |a - b| of two independent N(0, sigma^2) pixels is 0.6745 * sqrt(2) * sigma
 _MAD_DIFF_TO_SIGMA = 1.0 / (0.6744897501960817 * math.sqrt(2.0))
 
