@@ -13,14 +13,20 @@ from lensnet.core.errors import LensnetError, run_cli
 from lensnet.data.normalise import ASINH_BETA, apply_normalisation, check_spec, invert_normalisation
 
 
-def numpy_asinh(images: np.ndarray, beta: float) -> np.ndarray:
+def numpy_asinh(images: np.ndarray, beta: float, bands: str = "separate") -> np.ndarray:
     """Independent reference: per image and channel, median sky, sigma from the median absolute difference
-    of horizontal neighbours, asinh stretch, then zero mean and unit std."""
+    of horizontal neighbours, asinh stretch (per band, or one factor asinh(I) / I from the bands' mean),
+    then zero mean and unit std."""
     x = images.astype(np.float64)
     sky = np.median(x, axis=(1, 2), keepdims=True)
     mad = np.median(np.abs(np.diff(x, axis=2)), axis=(1, 2), keepdims=True)
     sigma = mad / (0.6744897501960817 * np.sqrt(2.0))
-    y = np.arcsinh((x - sky) / (beta * sigma))
+    u = (x - sky) / (beta * sigma)
+    if bands == "joint":
+        intensity = u.mean(axis=-1, keepdims=True)
+        y = u * np.arcsinh(intensity) / intensity
+    else:
+        y = np.arcsinh(u)
     return (y - y.mean(axis=(1, 2), keepdims=True)) / y.std(axis=(1, 2), keepdims=True)
 
 
@@ -37,18 +43,21 @@ def galaxy_with_arc(size: int = 32, core: float = 2000.0, arc: float = 3.0, seed
 
 @pytest.mark.parametrize("shape", [(15, 15, 2), (16, 12, 3)], ids=["odd-pixel-count", "even-pixel-count"])
 @pytest.mark.parametrize("beta", [0.5, 3.0])
-def test_asinh_matches_a_numpy_reference(shape, beta):
+@pytest.mark.parametrize("bands", ["separate", "joint"])
+def test_asinh_matches_a_numpy_reference(shape, beta, bands):
     rng = np.random.default_rng(1)
     images = rng.normal(0.3, 2.0, (3, *shape)).astype(np.float32)
     images[:, shape[0] // 2, shape[1] // 2, :] += 500.0  # a bright core must not move the sky or the sigma
-    out = apply_normalisation(images, {"method": "asinh", "beta": beta}).numpy()
-    np.testing.assert_allclose(out, numpy_asinh(images, beta), atol=2e-5)
+    out = apply_normalisation(images, {"method": "asinh", "beta": beta, "bands": bands}).numpy()
+    np.testing.assert_allclose(out, numpy_asinh(images, beta, bands), atol=2e-5)
 
 
-def test_asinh_is_invariant_to_scaling_and_offset_and_inverts():
+@pytest.mark.parametrize("bands", ["separate", "joint"])
+def test_asinh_is_invariant_to_scaling_and_offset_and_inverts(bands):
     images, _, _ = galaxy_with_arc()
-    images = np.concatenate([images, 2.0 * images + 0.5], axis=-1)
-    spec = {"method": "asinh", "beta": 2.0}
+    noise = np.random.default_rng(5).standard_normal(images.shape).astype(np.float32)
+    images = np.concatenate([images, 2.0 * images + 0.5 + noise], axis=-1)
+    spec = {"method": "asinh", "beta": 2.0, "bands": bands}
     out = apply_normalisation(images, spec).numpy()
     for scale, offset in [(4.0, 0.0), (0.037, 0.0), (250.0, -30.0)]:
         np.testing.assert_allclose(apply_normalisation(scale * images + offset, spec).numpy(), out, atol=1e-4)
@@ -81,7 +90,8 @@ def test_a_faint_arc_beside_a_bright_core_keeps_more_of_the_range_than_under_sta
     ({"method": "asinh", "beta": float("nan")}, "beta must be a finite number > 0"),
     ({"method": "asinh", "beta": "2"}, "beta must be a finite number > 0, got '2'"),
     ({"method": "asinh", "beta": True}, "beta must be a finite number > 0"),
-    ({"method": "asinh", "betta": 2.0}, "unknown field(s) betta; allowed: beta, method"),
+    ({"method": "asinh", "betta": 2.0}, "unknown field(s) betta; allowed: bands, beta, method"),
+    ({"method": "asinh", "bands": "all"}, "bands must be one of separate, joint, got 'all'"),
     ({"method": "standard", "beta": 2.0}, "'standard': unknown field(s) beta"),
 ])
 def test_bad_asinh_specs_are_one_line_errors(spec, message):
@@ -98,10 +108,11 @@ def test_asinh_specs_are_json_able_and_the_fit_config_takes_them(tmp_path, capsy
     from lensnet.fit import main as fit_main
     from lensnet.training.config import resolve_fit_config
 
-    assert normalisation_spec("asinh", None) == {"method": "asinh", "beta": ASINH_BETA}
-    assert json.loads(json.dumps(check_spec({"method": "asinh", "beta": 3}))) == {"method": "asinh", "beta": 3.0}
+    assert normalisation_spec("asinh", None) == {"method": "asinh", "beta": ASINH_BETA, "bands": "separate"}
+    spec = check_spec({"method": "asinh", "beta": 3})  # a run.json written before `bands` existed
+    assert json.loads(json.dumps(spec)) == {"method": "asinh", "beta": 3.0, "bands": "separate"}
     config = resolve_fit_config("lens_finding", overrides=parse_set(["data.normalise={method: asinh, beta: 3}"]))
-    assert config["data"]["normalise"] == {"method": "asinh", "beta": 3.0}
+    assert config["data"]["normalise"] == {"method": "asinh", "beta": 3.0, "bands": "separate"}
     by_name = resolve_fit_config("lens_finding", overrides=parse_set(["data.normalise=asinh"]))
     assert by_name["data"]["normalise"] == "asinh"
     argv = ["--task", "lens_finding", "--data", str(tmp_path / "missing"), "--runs", str(tmp_path / "runs"),
@@ -113,15 +124,16 @@ def test_asinh_specs_are_json_able_and_the_fit_config_takes_them(tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_a_lens_finder_exported_with_asinh_matches_keras_and_refuses_nan(tmp_path, capsys):
+@pytest.mark.parametrize("bands", ["separate", "joint"])
+def test_a_lens_finder_exported_with_asinh_matches_keras_and_refuses_nan(tmp_path, capsys, bands):
     from lensnet.predict import main as predict_main
     from lensnet.serving.export import export_run
 
     shape = (16, 16, 3)
-    run = make_run(tmp_path / "run", "cnn_small", kind="binary", shape=shape,
-                   normalisation={"method": "asinh", "beta": 2.0})
+    spec = {"method": "asinh", "beta": 2.0, "bands": bands}
+    run = make_run(tmp_path / "run", "cnn_small", kind="binary", shape=shape, normalisation=spec)
     result = export_run(run, tmp_path / "export")
-    assert result.card["normalisation"] == {"method": "asinh", "beta": 2.0}
+    assert result.card["normalisation"] == spec
     check = result.card["verification"]
     assert check["max_abs_diff_savedmodel"] <= 1e-4 and check["max_abs_diff_onnxruntime"] <= 1e-4
     images = np.concatenate([galaxy_with_arc(16, seed=s)[0] for s in range(4)]).repeat(3, axis=-1)

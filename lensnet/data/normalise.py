@@ -15,7 +15,9 @@ exactly as training did. Methods:
   sigma, where ``standard``, a linear map, leaves it a tiny fraction of the core's value). Linear
   within +-beta sigma of the sky, logarithmic above (Lupton et al. 1999, 2004). Invariant, like
   ``standard``, to a positive scaling or an offset of each channel. The medians are taken with
-  ``tf.math.top_k``, which exports to ONNX TopK.
+  ``tf.math.top_k``, which exports to ONNX TopK. ``bands: joint`` stretches all bands of a pixel by one
+  factor, asinh(I) / I with I the bands' mean of (x - median) / (beta * sigma), which keeps their ratios
+  (colours), as Lupton et al. (2004) do for colour images; ``separate`` (default) stretches each alone.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 METHODS = ("standard", "minmax", "dataset", "none", "asinh")
 # The fields a spec of each method may hold (anything else is a typo, refused by check_spec).
 _FIELDS = {
-    "standard": {"method"}, "minmax": {"method"}, "none": {"method"}, "asinh": {"method", "beta"},
+    "standard": {"method"}, "minmax": {"method"}, "none": {"method"}, "asinh": {"method", "beta", "bands"},
     "dataset": {"method", "mean", "std", "field", "split"},
 }
 # A constant image (or channel) has std 0; flooring it maps the image to zeros instead of NaN.
@@ -42,6 +44,9 @@ _STD_FLOOR = 1e-12
 # asinh softening in units of the sky-noise sigma; chosen by a short measurement on lens_finding_survey
 # (docs/lens_finding.md, "Input normalisation").
 ASINH_BETA = 3.0
+# separate: each band stretched alone; joint: one stretch factor per pixel from the mean of the bands'
+# sky-noise-scaled values, so the bands' ratios (colours) survive (Lupton et al. 2004)
+ASINH_BANDS = ("separate", "joint")
 # median |a - b| of two independent N(0, sigma^2) pixels is 0.6745 * sqrt(2) * sigma
 _MAD_DIFF_TO_SIGMA = 1.0 / (0.6744897501960817 * math.sqrt(2.0))
 
@@ -53,7 +58,7 @@ def normalisation_spec(method: str | Mapping, info: DatasetInfo, field: str = "i
     if method not in METHODS:
         raise LensnetError(f"unknown normalisation '{method}'; choose one of {', '.join(METHODS)}")
     if method == "asinh":
-        return {"method": "asinh", "beta": ASINH_BETA}
+        return {"method": "asinh", "beta": ASINH_BETA, "bands": ASINH_BANDS[0]}
     if method != "dataset":
         return {"method": method}
     stats = info.pixel_stats.get(field)
@@ -83,6 +88,10 @@ def check_spec(spec: Mapping) -> dict:
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
             raise LensnetError(f"normalisation spec 'asinh': beta must be a finite number > 0, got {beta!r}")
         spec["beta"] = float(beta)
+        spec.setdefault("bands", ASINH_BANDS[0])
+        if spec["bands"] not in ASINH_BANDS:
+            raise LensnetError(f"normalisation spec 'asinh': bands must be one of {', '.join(ASINH_BANDS)}, "
+                               f"got {spec['bands']!r}")
     if method == "dataset":
         mean, std = spec.get("mean"), spec.get("std")
         if not isinstance(mean, (list, tuple)) or not isinstance(std, (list, tuple)) or len(mean) != len(std):
@@ -111,7 +120,7 @@ def apply_normalisation(images: Any, spec: Mapping) -> tf.Tensor:
         high = tf.reduce_max(images, axis=[-3, -2], keepdims=True)
         return tf.math.divide_no_nan(images - low, high - low)
     if method == "asinh":
-        stretched = _asinh_stretch(images, check_spec(spec)["beta"])[0]
+        stretched = _asinh_stretch(images, check_spec(spec))[0]
         mean, variance = tf.nn.moments(stretched, axes=[-3, -2], keepdims=True)
         return (stretched - mean) / tf.maximum(tf.sqrt(variance), _STD_FLOOR)
     if method == "dataset":
@@ -149,9 +158,15 @@ def invert_normalisation(outputs: Any, spec: Mapping, images: Any) -> tf.Tensor:
         high = tf.reduce_max(images, axis=[-3, -2], keepdims=True)
         return outputs * (high - low) + low
     if method == "asinh":
-        stretched, sky, softening = _asinh_stretch(images, check_spec(spec)["beta"])
+        spec = check_spec(spec)
+        stretched, sky, softening = _asinh_stretch(images, spec)
         mean, variance = tf.nn.moments(stretched, axes=[-3, -2], keepdims=True)
-        return tf.sinh(outputs * tf.maximum(tf.sqrt(variance), _STD_FLOOR) + mean) * softening + sky
+        stretched = outputs * tf.maximum(tf.sqrt(variance), _STD_FLOOR) + mean
+        if spec["bands"] == "joint":  # the bands' mean is asinh(I): I = sinh of it, and each band is u F(I)
+            scaled = stretched / _joint_factor(tf.sinh(tf.reduce_mean(stretched, axis=-1, keepdims=True)))
+        else:
+            scaled = tf.sinh(stretched)
+        return scaled * softening + sky
     if method == "dataset":
         spec = check_spec(spec)
         mean = tf.constant(spec["mean"], outputs.dtype)
@@ -175,13 +190,22 @@ def _median_last(values: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(-tf.math.top_k(-upper, k=2, sorted=False).values, axis=-1, keepdims=True)
 
 
-def _asinh_stretch(images: tf.Tensor, beta: float) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(asinh((x - sky) / softening), sky, softening), the last two shaped (..., 1, 1, C).
+def _joint_factor(intensity: tf.Tensor) -> tf.Tensor:
+    """asinh(I) / I, 1 at I = 0 (its limit)."""
+    import tensorflow as tf
+
+    small = tf.abs(intensity) < 1e-6
+    return tf.where(small, tf.ones_like(intensity), tf.asinh(intensity) / tf.where(small, 1.0, intensity))
+
+
+def _asinh_stretch(images: tf.Tensor, spec: Mapping) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(the stretched images, sky, softening), the last two shaped (..., 1, 1, C); u = (x - sky) / softening.
 
     sky is the channel's median pixel, softening = beta * sigma with sigma the median absolute difference
     of horizontal neighbours over 0.6745 sqrt 2 (a difference cancels the smooth galaxy light, which a MAD
     of the pixels would count as noise); where that is zero (more than half the pixels equal, e.g. masked)
-    the channel's std stands in, floored like `standard`'s.
+    the channel's std stands in, floored like `standard`'s. bands separate: asinh(u) per band; joint:
+    u asinh(I) / I with I the bands' mean of u at the pixel.
     """
     import tensorflow as tf
 
@@ -197,5 +221,9 @@ def _asinh_stretch(images: tf.Tensor, beta: float) -> tuple[tf.Tensor, tf.Tensor
     std = tf.math.reduce_std(flat, axis=-1, keepdims=True)
     sigma = tf.maximum(tf.where(sigma > _STD_FLOOR, sigma, std), _STD_FLOOR)
     # (..., C, 1) -> (..., 1, 1, C)
-    sky, softening = (tf.expand_dims(tf.experimental.numpy.moveaxis(v, -2, -1), -3) for v in (sky, beta * sigma))
-    return tf.asinh((images - sky) / softening), sky, softening
+    sky, softening = (tf.expand_dims(tf.experimental.numpy.moveaxis(v, -2, -1), -3)
+                      for v in (sky, spec["beta"] * sigma))
+    scaled = (images - sky) / softening
+    if spec["bands"] == "joint":
+        return scaled * _joint_factor(tf.reduce_mean(scaled, axis=-1, keepdims=True)), sky, softening
+    return tf.asinh(scaled), sky, softening
