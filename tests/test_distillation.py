@@ -88,6 +88,7 @@ def test_hard_targets_are_the_teacher_argmax():
     ({"method": "minmax"}, {"method": "standard"}),
     ({"method": "dataset", "mean": [1.0], "std": [4.0]}, {"method": "standard"}),
     ({"method": "none"}, {"method": "asinh", "beta": 2.0}),
+    ({"method": "standard"}, {"method": "asinh", "beta": 2.0, "bands": "joint"}),
     ({"method": "asinh", "beta": 2.0}, {"method": "asinh", "beta": 2.0}),
 ])
 def test_teacher_sees_images_normalised_its_own_way(tmp_path, student, teacher):

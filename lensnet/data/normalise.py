@@ -8,6 +8,7 @@ exactly as training did. Methods:
   trained on one instrument is applied to another, whose absolute flux scale differs.
 - ``minmax``: per-image, per-channel scaling to [0, 1] (the DeepLense convention).
 - ``dataset``: the training split's per-channel mean / std from the manifest (keeps absolute flux).
+- ``none``: pixels unchanged.
 - ``asinh``: per image and channel, a compressive stretch relative to the sky noise, then ``standard``:
   x -> asinh((x - median) / (beta * sigma)), sigma the noise estimated robustly from the median absolute
   difference of horizontally neighbouring pixels (smooth galaxy light cancels in a difference; an arc at a

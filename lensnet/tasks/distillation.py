@@ -44,7 +44,7 @@ from lensnet.core.errors import LensnetError
 from lensnet.tasks.model import MetricInputs, TaskModel, average_loss
 
 DISTILL_MODES = ("hard", "soft")
-PER_IMAGE = ("standard", "minmax")  # invariant to a positive affine map of each image's channels
+PER_IMAGE = ("standard", "minmax", "asinh")  # invariant to a positive affine map of each image's channels
 
 
 @dataclass
