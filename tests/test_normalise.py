@@ -91,7 +91,7 @@ def test_a_faint_arc_beside_a_bright_core_keeps_more_of_the_range_than_under_sta
     ({"method": "asinh", "beta": "2"}, "beta must be a finite number > 0, got '2'"),
     ({"method": "asinh", "beta": True}, "beta must be a finite number > 0"),
     ({"method": "asinh", "betta": 2.0}, "unknown field(s) betta; allowed: bands, beta, method"),
-    ({"method": "asinh", "bands": "all"}, "bands must be one of separate, joint, got 'all'"),
+    ({"method": "asinh", "bands": "all"}, "bands must be one of joint, separate, got 'all'"),
     ({"method": "standard", "beta": 2.0}, "'standard': unknown field(s) beta"),
 ])
 def test_bad_asinh_specs_are_one_line_errors(spec, message):
@@ -108,11 +108,12 @@ def test_asinh_specs_are_json_able_and_the_fit_config_takes_them(tmp_path, capsy
     from lensnet.fit import main as fit_main
     from lensnet.training.config import resolve_fit_config
 
-    assert normalisation_spec("asinh", None) == {"method": "asinh", "beta": ASINH_BETA, "bands": "separate"}
-    spec = check_spec({"method": "asinh", "beta": 3})  # a run.json written before `bands` existed
-    assert json.loads(json.dumps(spec)) == {"method": "asinh", "beta": 3.0, "bands": "separate"}
-    config = resolve_fit_config("lens_finding", overrides=parse_set(["data.normalise={method: asinh, beta: 3}"]))
-    assert config["data"]["normalise"] == {"method": "asinh", "beta": 3.0, "bands": "separate"}
+    assert normalisation_spec("asinh", None) == {"method": "asinh", "beta": ASINH_BETA, "bands": "joint"}
+    spec = check_spec({"method": "asinh", "beta": 3})
+    assert json.loads(json.dumps(spec)) == {"method": "asinh", "beta": 3.0, "bands": "joint"}
+    override = parse_set(["data.normalise={method: asinh, beta: 10, bands: separate}"])
+    config = resolve_fit_config("lens_finding", overrides=override)
+    assert config["data"]["normalise"] == {"method": "asinh", "beta": 10.0, "bands": "separate"}
     by_name = resolve_fit_config("lens_finding", overrides=parse_set(["data.normalise=asinh"]))
     assert by_name["data"]["normalise"] == "asinh"
     argv = ["--task", "lens_finding", "--data", str(tmp_path / "missing"), "--runs", str(tmp_path / "runs"),

@@ -18,7 +18,7 @@ exactly as training did. Methods:
   ``standard``, to a positive scaling or an offset of each channel. The medians are taken with
   ``tf.math.top_k``, which exports to ONNX TopK. ``bands: joint`` stretches all bands of a pixel by one
   factor, asinh(I) / I with I the bands' mean of (x - median) / (beta * sigma), which keeps their ratios
-  (colours), as Lupton et al. (2004) do for colour images; ``separate`` (default) stretches each alone.
+  (colours), as Lupton et al. (2004) do for colour images (the default); ``separate`` stretches each alone.
 """
 
 from __future__ import annotations
@@ -42,12 +42,14 @@ _FIELDS = {
 }
 # A constant image (or channel) has std 0; flooring it maps the image to zeros instead of NaN.
 _STD_FLOOR = 1e-12
-# asinh softening in units of the sky-noise sigma: of 3 and 10, 10 had the better validation AUC (0.954 vs
-# 0.952) and survey figures for cnn_small on lens_finding_survey (docs/lens_finding.md, "Input normalisation")
-ASINH_BETA = 10.0
-# separate: each band stretched alone; joint: one stretch factor per pixel from the mean of the bands'
-# sky-noise-scaled values, so the bands' ratios (colours) survive (Lupton et al. 2004)
-ASINH_BANDS = ("separate", "joint")
+# Defaults, from cnn_small on lens_finding_survey (docs/lens_finding.md, "Input normalisation"): bands joint
+# with beta 3 had the best validation AUC (0.961) and survey figures of the three asinh runs (separate: beta
+# 3 0.952, beta 10 0.954; standard 0.958).
+# beta: the softening in units of the sky-noise sigma (linear within +-beta sigma of the sky).
+ASINH_BETA = 3.0
+# joint: one stretch factor per pixel from the mean of the bands' sky-noise-scaled values, so the bands'
+# ratios (colours) survive (Lupton et al. 2004); separate: each band stretched alone.
+ASINH_BANDS = ("joint", "separate")
 # median |a - b| of two independent N(0, sigma^2) pixels is 0.6745 * sqrt(2) * sigma
 _MAD_DIFF_TO_SIGMA = 1.0 / (0.6744897501960817 * math.sqrt(2.0))
 

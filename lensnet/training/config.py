@@ -20,7 +20,7 @@ FIT_DEFAULTS: dict[str, Any] = {
         "val_split": "val",
         "test_split": "test",
         "batch_size": 64,
-        # standard | minmax | dataset | none | asinh, or a spec mapping, e.g. {method: asinh, beta: 2}
+        # standard | minmax | dataset | none | asinh, or a spec mapping, e.g. {method: asinh, beta: 3, bands: joint}
         # (lensnet/data/normalise.py)
         "normalise": "standard",
         # auto: the symmetry the dataset's manifest records (rot180 for the DeepLense replicas' fixed lens and
