@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mean", type=float, help="population mean (default: the training mean + 0.3 std)")
     parser.add_argument("--width", type=float, help="population width (default: 0.4 training std)")
     parser.add_argument("--held-out", help="dataset of the population's lenses (default: the run's test split)")
+    parser.add_argument("--held-out-num", type=int, default=20000,
+                        help="toy (blobs): lenses of the simulated held-out set the populations are drawn from; "
+                             "repeats of N share no lens, so N = 1000 needs ~2,700 per repeat (the default: 7)")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs-dir", help="where the run and the study go (default: a temporary directory)")
@@ -61,9 +64,9 @@ def _dataset(args: argparse.Namespace, root: Path) -> tuple[Path, Path | None]:
 
         if not (data / "manifest.json").is_file():
             write_blobs(data, args.num, seed=args.seed, **TOY)
-        held = root / "held_out"
+        held = root / f"held_out_{args.held_out_num}"
         if not (held / "manifest.json").is_file():
-            write_blobs(held, 3000, seed=args.seed + 1000, splits={"test": 1.0}, **TOY)
+            write_blobs(held, args.held_out_num, seed=args.seed + 1000, splits={"test": 1.0}, **TOY)
         return data, Path(args.held_out) if args.held_out else held
     from lensnet.simulate.dataset import simulate_dataset
 
@@ -127,6 +130,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         if not args.data:
             raise LensnetError("--stream-rate needs --data DIR (a dataset written by lensnet.simulate)")
         return stream_rates(Path(args.data), args.stream_rate, args.batch_size)
+    if args.held_out_num < 1:
+        raise LensnetError(f"--held-out-num must be a positive number of lenses, got {args.held_out_num}")
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if not targets:
         raise LensnetError("--targets names no parameter")
