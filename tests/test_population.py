@@ -87,6 +87,28 @@ def test_exact_posteriors_show_no_tilt() -> None:
     assert check["bias_dominates_above_n"] is None or check["bias_dominates_above_n"] > 1000, check
 
 
+def test_a_posterior_mean_error_where_the_population_lives_is_measured_and_flagged() -> None:
+    """The toy NPE's per-lens means were off by +0.02 (0.09 posterior std) at A in [1, 2] and about 0 on average
+    over the prior: SBC, coverage and the interim consistency passed, and 1,000 lenses of a population at 1.31
+    summed it into a 2-std bias. The check weighs truth - mean by the population at the posterior mean: zero for
+    exact posteriors, the error (and the shift it causes) for a biased one, and rows narrower than the shift lose
+    their detection."""
+    from lensnet.studies.population import flag_mean_error, mean_error_check
+
+    prior = parse_prior({"normal": [1.0, 1.0]}, "amplitude")
+    truth, _, samples = toy_posteriors(6000, 1.0, 1.0, np.random.default_rng(6), s=64)
+    exact = mean_error_check(truth, samples, prior, 1.3, 0.4, contraction=K / (1 + K))
+    assert not exact["significant"] and abs(exact["shift"]) < 3 * exact["shift_standard_error"], exact
+    bump = 0.05 * np.exp(-0.5 * ((samples.mean(axis=1) - 1.5) / 0.5) ** 2)  # an error that depends on A
+    biased = mean_error_check(truth, samples + bump[:, None], prior, 1.3, 0.4, contraction=K / (1 + K))
+    assert biased["significant"] and 0.02 < biased["shift"] < 0.06, biased
+    rows = [{"n_lenses": n, "posterior_std": std, "detection_sigma": 5.0} for n, std in ((10, 0.15), (1000, 0.015))]
+    dominated, unverified = flag_mean_error(rows, biased)
+    assert dominated == [1000] and rows[1]["detection_sigma"] is None and rows[0]["detection_sigma"] == 5.0
+    assert unverified == ([1000] if 0.015 < 2 * biased["shift_standard_error"] else [])
+    assert flag_mean_error(rows, exact)[0] == []
+
+
 def test_population_outside_the_prior_is_refused() -> None:
     prior = parse_prior({"uniform": [0.005, 0.05]}, "f_sub")
     check_population(prior, 0.02, 0.005, "f_sub")

@@ -177,5 +177,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                  "passed": checks["passed"], "samples_outside_support": checks["samples_outside_support"],
                  "mean_likelihood_worst": checks["interim_consistency"]["mean_likelihood"],
                  "bias_dominates_above_n": checks["interim_consistency"]["bias_dominates_above_n"],
-                 "ess_median": checks["ess_at_true_mean"]["median"], "ess_p10": checks["ess_at_true_mean"]["p10"]})
+                 "ess_median": checks["ess_at_true_mean"]["median"], "ess_p10": checks["ess_at_true_mean"]["p10"],
+                 "mean_error": checks["mean_error"]["error"], "mean_error_se": checks["mean_error"]["standard_error"],
+                 "mean_shift": checks["mean_error"]["shift"]})
     return rows
