@@ -153,6 +153,8 @@ def test_unlabelled_set_is_pretrained_on_and_its_labels_never_read(
     (["--pretrain-method", "swav"], "--pretrain-method must be among"),
     (["--pretrain-method", "simclr,mae"], "MAE needs a model of the vit, deit or swin family"),  # before simclr trains
     (["--shape"], "has images of shape (24, 24, 1)"),
+    (["--lrs", "1e-3,fast"], "--lrs must be comma-separated numbers"),
+    (["--lrs", "0"], "--lrs must be positive"),
 ])
 def test_bad_unlabelled_input_is_one_line(capsys, synthetic_dataset: Path, tmp_path: Path, extra, message,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,6 +171,32 @@ def test_bad_unlabelled_input_is_one_line(capsys, synthetic_dataset: Path, tmp_p
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert message in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_lrs_trains_each_rate_and_keeps_the_best_validation_run(capsys, synthetic_dataset: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """--lrs: one run per rate, the row is the run with the best validation AUC (never the test split's)."""
+    import csv
+
+    from lensnet.bench.__main__ import main as bench_main
+
+    monkeypatch.setenv("LENSNET_BENCH_DIR", str(tmp_path / "results"))
+    argv = tiny_argv(synthetic_dataset, tmp_path, "--modes", "scratch", "--lrs", "1e-3,0.02", "--epochs", "2")
+    assert run_cli(bench_main, argv) == 0, capsys.readouterr().err
+    (row,) = json.loads(next((tmp_path / "results").glob("label-efficiency-*Z.json")).read_text())["rows"]
+    runs = tmp_path / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["substructure-1-scratch", "substructure-1-scratch-lr0.02"]
+    assert "learning_rate: 0.02" in (runs / "substructure-1-scratch-lr0.02" / "config.yaml").read_text()
+    best_val = {}
+    for name, rate in (("substructure-1-scratch", "0.001"), ("substructure-1-scratch-lr0.02", "0.02")):
+        with open(runs / name / "history.csv", newline="") as handle:
+            best_val[rate] = max(float(r["val_macro_roc_auc"]) for r in csv.DictReader(handle))
+    assert row["val_by_lr"] == {k: round(v, 4) for k, v in best_val.items()}
+    chosen = max(best_val, key=best_val.get)
+    assert row["learning_rate"] == float(chosen) and row["run"].endswith("-lr0.02") == (chosen == "0.02")
+    metrics = json.loads((Path(row["run"]) / "metrics.json").read_text())
+    assert row["macro_roc_auc"] == metrics["macro_roc_auc"]
 
 
 def test_verdict_needs_the_margin_and_separate_intervals() -> None:

@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=10, help="supervised epochs per run")
     parser.add_argument("--probe-epochs", type=int, help="linear-probe epochs (default: --epochs)")
+    parser.add_argument("--lrs", default="",
+                        help="comma-separated peak learning rates: every trained row (scratch, probe, fine-tune) "
+                             "trains once per rate and keeps the run with the best validation score "
+                             "(default: the task's learning rate only)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the test images")
     parser.add_argument("--seed", type=int, default=0)
@@ -78,6 +82,17 @@ def _numbers(text: str, option: str) -> list[float]:
     if not values or not all(0 < v <= 1 for v in values):
         raise LensnetError(f"{option} must be in (0, 1], got {text!r}")
     return values
+
+
+def _rates(text: str) -> list[float | None]:
+    """--lrs as a list of peak learning rates; [None] (the config's own) when empty."""
+    try:
+        values = list(dict.fromkeys(float(v) for v in text.split(",") if v.strip()))
+    except ValueError:
+        raise LensnetError(f"--lrs must be comma-separated numbers, got {text!r}") from None
+    if not all(v > 0 for v in values):
+        raise LensnetError(f"--lrs must be positive, got {text!r}")
+    return values or [None]
 
 
 def _choices(text: str, option: str, allowed: tuple[str, ...]) -> list[str]:
@@ -129,6 +144,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     fractions, modes = _numbers(args.fractions, "--fractions"), _choices(args.modes, "--modes", MODES)
     methods = _choices(args.pretrain_method, "--pretrain-method", METHODS)
+    rates = _rates(args.lrs)
     unlabelled_fractions = _numbers(args.unlabelled_fractions, "--unlabelled-fractions")
     if args.task == "regression" and not args.target:
         raise LensnetError("--task regression needs --target NAME")
@@ -209,10 +225,12 @@ def run(args: argparse.Namespace) -> list[dict]:
                     config = resolve_fit_config(args.task, overrides=overrides)
                     subset = train_ids(config, info)
                     ids[f"{fraction:g}"] = subset if subset is not None else "all"
-                    result = fit_or_resume(config, progress=False)
+                    result, rate, searched = _best_rate(config, rates, label)
                     row.update({k: result.metrics.get(k) for k in keys})
                     if args.task != "regression":
                         row.update(_interval(result.run_dir, info, args))
+                    if searched:
+                        row["learning_rate"], row["val_by_lr"] = rate, searched
                     row["epochs"] = epochs
                     row["run"] = str(result.run_dir)
                     row["reused"] = result.reused  # a rerun reuses finished runs: its seconds are not their cost
@@ -220,8 +238,10 @@ def run(args: argparse.Namespace) -> list[dict]:
                 for key in ("pretrain_epochs", "pretrain_seconds"):
                     row[key] = src.get(key)
                 rows.append(row)
+                chosen = (f" (lr {row['learning_rate']:g} of {row['val_by_lr']} on validation)"
+                          if "val_by_lr" in row else "")
                 print(f"  -> {keys[0]} {_fmt(row.get(keys[0]))} [{_fmt(row.get('low'))}, {_fmt(row.get('high'))}] "
-                      f"in {row['seconds']:g} s", flush=True)
+                      f"in {row['seconds']:g} s{chosen}", flush=True)
 
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(os.environ.get("LENSNET_BENCH_DIR", "bench/results"))
@@ -236,6 +256,34 @@ def run(args: argparse.Namespace) -> list[dict]:
         print(line)
     print(f"subset ids: {out / f'label-efficiency-{stamp}-ids.json'}; plot: {out / f'label-efficiency-{stamp}.png'}\n")
     return rows
+
+
+def _best_rate(config: dict, rates: list[float | None], label: str) -> tuple:
+    """(run, its rate, {rate: validation score} or None when there was no choice): the finished run of
+    `config` at each peak learning rate of `rates` (None: the config's own), keeping the one with the best
+    validation score (the task's monitor at its best epoch); the test split plays no part in the choice.
+    The config's own rate keeps the run name, so a bench rerun with --lrs reuses the runs it already has."""
+    import copy
+
+    from lensnet.tasks import get_task_class
+    from lensnet.training.trainer import fit_or_resume
+    from lensnet.tuning.report import objective_from_history
+
+    task = get_task_class(config["task"]["name"])
+    own = config["train"]["learning_rate"]
+    best, scores = None, {}
+    for rate in rates:
+        run_config = copy.deepcopy(config)
+        if rate is not None and rate != own:
+            run_config["train"]["learning_rate"] = rate
+            run_config["run"]["name"] = f"{label}-lr{rate:g}"
+        result = fit_or_resume(run_config, progress=False)
+        score = objective_from_history(result.run_dir, f"val_{task.monitor}", task.monitor_mode)[0]
+        rate = run_config["train"]["learning_rate"]
+        scores[f"{rate:g}"] = round(score, 4)
+        if best is None or (score > best[0] if task.monitor_mode == "max" else score < best[0]):
+            best = (score, result, rate)
+    return best[1], best[2], (scores if len(rates) > 1 else None)
 
 
 def _interval(run_dir: Path, info, args: argparse.Namespace) -> dict:
