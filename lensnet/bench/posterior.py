@@ -170,6 +170,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     print(f"run: {run_dir}\nstudy: {root / 'study'} (pool of {result['held_out']['population_pool']} lenses)")
     for warning in metrics.get("warnings") or ():
         print(f"warning: {warning}")
+    for note in result["notes"]:
+        print(f"note: {note}")
     for failure in result["per_lens"]["failures"]:
         print(f"warning: population study, per-lens calibration of {target}: {failure}")
     checks = result["per_lens"]
