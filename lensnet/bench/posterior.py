@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--held-out", help="dataset of the population's lenses (default: the run's test split)")
     parser.add_argument("--held-out-num", type=int, default=20000,
                         help="toy (blobs): lenses of the simulated held-out set the populations are drawn from; "
-                             "repeats of N share no lens, so N = 1000 needs ~2,700 per repeat (the default: 7)")
+                             "repeats of N share no lens, so N = 1000 needs ~2,600 per repeat (the default: 7)")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs-dir", help="where the run and the study go (default: a temporary directory)")
