@@ -6,8 +6,9 @@ with an analytic posterior, lensnet.data.synthetic.BlobSource; any other name: a
 preset). Rows: one `calibration` row per target (SBC KS p, coverage at 50/68/95%, contraction,
 z-scores, posterior-mean RMSE), then one `forecast` row per N of `lensnet.study population` for
 `--population-target` (default: the first target) with a population N(--mean, --width), N = 10, 30, 100,
-300, 1000 capped at the held-out lenses that population draws. With the
-toy, each calibration row also holds the analytic posterior's width and the learned / analytic ratio.
+300, 1000 capped at the held-out lenses that population draws (the toy's: --held-out-num simulated lenses;
+the repeats of an N share no lens, so a row may hold fewer than --repeats). With the toy, each calibration
+row also holds the analytic posterior's width and the learned / analytic ratio.
 """
 
 from __future__ import annotations
