@@ -183,3 +183,13 @@ def test_a_flow_whose_posteriors_do_not_average_to_the_prior_fails_the_checks() 
     rows = forecast(debiased(lens_ll[pool], lens_ll), means, 0.02, [10, 100], 30, seed=0)
     flat = (means[-1] - means[0]) / np.sqrt(12)
     assert rows[1]["posterior_std"] > 0.7 * flat and rows[1]["coverage_68"] > 0.8, rows
+
+
+def test_bench_held_out_count_must_be_positive(tmp_path, capsys) -> None:
+    from lensnet.bench.__main__ import main
+    from lensnet.core.errors import run_cli
+
+    assert run_cli(main, ["posterior", "--held-out-num", "0", "--runs-dir", str(tmp_path / "b")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--held-out-num" in lines[0]
+    assert not (tmp_path / "b").exists()
