@@ -107,6 +107,10 @@ def test_a_posterior_mean_error_where_the_population_lives_is_measured_and_flagg
     assert dominated == [1000] and rows[1]["detection_sigma"] is None and rows[0]["detection_sigma"] == 5.0
     assert unverified == ([1000] if 0.015 < 2 * biased["shift_standard_error"] else [])
     assert flag_mean_error(rows, exact)[0] == []
+    # a weakly informative posterior (contraction 0.05, as f_sub on model_ii): -error / contraction is no shift
+    # of the population mean (its posterior mean is mostly the prior's); the interim consistency covers it
+    weak = mean_error_check(truth, samples + bump[:, None], prior, 1.3, 0.4, contraction=0.05)
+    assert weak["shift"] is None and flag_mean_error(rows, weak) == ([], [])
 
 
 def test_population_outside_the_prior_is_refused() -> None:

@@ -61,6 +61,9 @@ OUTSIDE_MAX = 0.01  # share of posterior samples outside the interim prior's sup
 CONSISTENCY_MIN = 0.05  # |mean_i L_i(mu) - 1| above this (and 3 standard errors) fails the check
 INFORMATIVE = 3.0  # a detection is stated only if the hyper-posterior is this many times narrower than the grid
 NORMAL_GRID_REACH = 5.0  # a normal interim prior's grid of mu spans its mean +- this many sigma
+# Below this contraction the posterior mean is mostly the prior's, -error / contraction no longer describes the
+# shift of the population mean, and the interim consistency is the check that sees an error all lenses share.
+MEAN_CHECK_MIN_CONTRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -239,34 +242,39 @@ def mean_error_check(truth: np.ndarray, samples: np.ndarray, prior: Prior, mean:
     parameter (the toy NPE: +0.09 posterior std at A in [1, 2], -0.16 above 2.5, 0.02 on average), while N
     lenses of the population sum it. Returns the weighted mean of theta - m(d) (`error`), its standard error, and
     `shift` = -error / contraction, about the bias of the population mean it causes (exact for a Gaussian
-    posterior of a linear model: m = (1 - c) m_0 + c x, and the population mean is estimated from x).
+    posterior of a linear model: m = (1 - c) m_0 + c x, and the population mean is estimated from x); None
+    below MEAN_CHECK_MIN_CONTRACTION.
     """
     m = samples.mean(axis=1)
     with np.errstate(invalid="ignore"):
         log_w = population_log_pdf(m, np.array([mean]), width, prior)[:, 0] - log_density(prior, m)
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
     if not np.any(np.isfinite(log_w)):  # no posterior mean inside the population's support: nothing to weigh
-        return {"error": None, "standard_error": None, "effective_lenses": 0.0, "significant": False, "shift": 0.0,
-                "shift_standard_error": 0.0}
+        return {"error": None, "standard_error": None, "effective_lenses": 0.0, "significant": False, "shift": None,
+                "shift_standard_error": None}
     w = np.exp(log_w - np.max(log_w))
     residual = truth - m
     error = float(np.sum(w * residual) / w.sum())
     se = float(np.sqrt(np.sum(w**2 * (residual - error) ** 2)) / w.sum())
-    c = max(float(contraction), 0.01)  # an uninformative posterior amplifies a mean error without bound
+    applies = contraction >= MEAN_CHECK_MIN_CONTRACTION
     return {"error": error, "standard_error": se, "effective_lenses": float(w.sum() ** 2 / np.sum(w**2)),
-            "significant": bool(abs(error) > 3 * se), "shift": -error / c, "shift_standard_error": se / c}
+            "significant": bool(abs(error) > 3 * se), "shift": -error / contraction if applies else None,
+            "shift_standard_error": se / contraction if applies else None}
 
 
 def flag_mean_error(rows: list[dict], check: dict) -> tuple[list[int], list[int]]:
     """Mark rows `mean_error_dominated` (no detection) where a significant per-lens mean error's shift of the
     population mean exceeds the hyper-posterior's std. Returns those N, and the N whose std is below twice the
-    shift's standard error: the held-out lenses cannot check the per-lens means at that precision."""
+    shift's standard error: the held-out lenses cannot check the per-lens means at that precision. Nothing for
+    posteriors that contract less than MEAN_CHECK_MIN_CONTRACTION (no shift)."""
+    applies = check["shift"] is not None
     for row in rows:
-        row["mean_error_dominated"] = bool(check["significant"] and row["posterior_std"] < abs(check["shift"]))
+        row["mean_error_dominated"] = bool(applies and check["significant"] and row["posterior_std"] < abs(
+            check["shift"]))
         if row["mean_error_dominated"]:
             row["detection_sigma"] = None
     return ([r["n_lenses"] for r in rows if r["mean_error_dominated"]],
-            [r["n_lenses"] for r in rows if r["posterior_std"] < 2 * check["shift_standard_error"]])
+            [r["n_lenses"] for r in rows if applies and r["posterior_std"] < 2 * check["shift_standard_error"]])
 
 
 def hyper_posterior(log_likelihood: np.ndarray, means: np.ndarray, truth: float) -> dict:
