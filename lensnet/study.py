@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     pop.add_argument("--data", help="dataset of the held-out lenses (default: the run's own)")
     pop.add_argument("--split", default="test")
     pop.add_argument("--n", help="comma-separated lens counts (default 10,30,100,300,1000 capped at the pool)")
-    pop.add_argument("--repeats", type=int, default=50, help="populations drawn per N (default 50)")
+    pop.add_argument("--repeats", type=int, default=50,
+                     help="populations drawn per N, sharing no lens (default 50; fewer when the pool holds fewer "
+                          "disjoint draws of N)")
     pop.add_argument("--grid", type=int, default=1000, help="grid points of the population mean (default 1000)")
     pop.add_argument("--debias", action="store_true",
                      help="divide each lens's likelihood of the population mean by its mean over the held-out "

@@ -6,8 +6,9 @@ with an analytic posterior, lensnet.data.synthetic.BlobSource; any other name: a
 preset). Rows: one `calibration` row per target (SBC KS p, coverage at 50/68/95%, contraction,
 z-scores, posterior-mean RMSE), then one `forecast` row per N of `lensnet.study population` for
 `--population-target` (default: the first target) with a population N(--mean, --width), N = 10, 30, 100,
-300, 1000 capped at the held-out lenses that population draws. With the
-toy, each calibration row also holds the analytic posterior's width and the learned / analytic ratio.
+300, 1000 capped at the held-out lenses that population draws (the toy's: --held-out-num simulated lenses;
+the repeats of an N share no lens, so a row may hold fewer than --repeats). With the toy, each calibration
+row also holds the analytic posterior's width and the learned / analytic ratio.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mean", type=float, help="population mean (default: the training mean + 0.3 std)")
     parser.add_argument("--width", type=float, help="population width (default: 0.4 training std)")
     parser.add_argument("--held-out", help="dataset of the population's lenses (default: the run's test split)")
+    parser.add_argument("--held-out-num", type=int, default=20000,
+                        help="toy (blobs): lenses of the simulated held-out set the populations are drawn from; "
+                             "repeats of N share no lens, so N = 1000 needs ~2,600 per repeat (the default: 7)")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs-dir", help="where the run and the study go (default: a temporary directory)")
@@ -61,9 +65,9 @@ def _dataset(args: argparse.Namespace, root: Path) -> tuple[Path, Path | None]:
 
         if not (data / "manifest.json").is_file():
             write_blobs(data, args.num, seed=args.seed, **TOY)
-        held = root / "held_out"
+        held = root / f"held_out_{args.held_out_num}"
         if not (held / "manifest.json").is_file():
-            write_blobs(held, 3000, seed=args.seed + 1000, splits={"test": 1.0}, **TOY)
+            write_blobs(held, args.held_out_num, seed=args.seed + 1000, splits={"test": 1.0}, **TOY)
         return data, Path(args.held_out) if args.held_out else held
     from lensnet.simulate.dataset import simulate_dataset
 
@@ -127,6 +131,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         if not args.data:
             raise LensnetError("--stream-rate needs --data DIR (a dataset written by lensnet.simulate)")
         return stream_rates(Path(args.data), args.stream_rate, args.batch_size)
+    if args.held_out_num < 1:
+        raise LensnetError(f"--held-out-num must be a positive number of lenses, got {args.held_out_num}")
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if not targets:
         raise LensnetError("--targets names no parameter")
@@ -165,6 +171,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     print(f"run: {run_dir}\nstudy: {root / 'study'} (pool of {result['held_out']['population_pool']} lenses)")
     for warning in metrics.get("warnings") or ():
         print(f"warning: {warning}")
+    for note in result["notes"]:
+        print(f"note: {note}")
     for failure in result["per_lens"]["failures"]:
         print(f"warning: population study, per-lens calibration of {target}: {failure}")
     checks = result["per_lens"]
@@ -172,5 +180,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                  "passed": checks["passed"], "samples_outside_support": checks["samples_outside_support"],
                  "mean_likelihood_worst": checks["interim_consistency"]["mean_likelihood"],
                  "bias_dominates_above_n": checks["interim_consistency"]["bias_dominates_above_n"],
-                 "ess_median": checks["ess_at_true_mean"]["median"], "ess_p10": checks["ess_at_true_mean"]["p10"]})
+                 "ess_median": checks["ess_at_true_mean"]["median"], "ess_p10": checks["ess_at_true_mean"]["p10"],
+                 "mean_error": checks["mean_error"]["error"], "mean_error_se": checks["mean_error"]["standard_error"],
+                 "mean_shift": checks["mean_error"]["shift"]})
     return rows
