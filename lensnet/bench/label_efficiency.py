@@ -271,15 +271,16 @@ def _best_rate(config: dict, rates: list[float | None], label: str) -> tuple:
 
     task = get_task_class(config["task"]["name"])
     own = config["train"]["learning_rate"]
+    if rates == [None]:  # no choice to make: the config's own rate, no validation scores to read
+        return fit_or_resume(config, progress=False), own, None
     best, scores = None, {}
     for rate in rates:
         run_config = copy.deepcopy(config)
-        if rate is not None and rate != own:
+        if rate != own:
             run_config["train"]["learning_rate"] = rate
             run_config["run"]["name"] = f"{label}-lr{rate:g}"
         result = fit_or_resume(run_config, progress=False)
         score = objective_from_history(result.run_dir, f"val_{task.monitor}", task.monitor_mode)[0]
-        rate = run_config["train"]["learning_rate"]
         scores[f"{rate:g}"] = round(score, 4)
         if best is None or (score > best[0] if task.monitor_mode == "max" else score < best[0]):
             best = (score, result, rate)
