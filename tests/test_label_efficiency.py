@@ -247,3 +247,53 @@ def test_fit_or_resume_never_replaces_a_directory_that_is_not_its_run(tmp_path: 
     with pytest.raises(LensnetError, match="holds no lensnet run"):
         fit_or_resume(config, progress=False)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "a user's file"
+
+
+@pytest.mark.slow
+def test_test_set_scores_every_row_on_its_own_test_split(capsys, synthetic_dataset: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """--test DIR: trained and k-NN rows are scored on that dataset's test split, not the labelled set's."""
+    from sklearn.metrics import roc_auc_score
+
+    from lensnet.bench.__main__ import main as bench_main
+    from lensnet.data import open_dataset
+    from lensnet.data.synthetic import write_synthetic
+    from lensnet.studies.detectability import test_predictions
+
+    held_out = tmp_path / "held-out"
+    write_synthetic(held_out, 160, image_shape=(16, 16, 1), seed=9, records_per_shard=32,
+                    splits={"train": 0.1, "val": 0.1, "test": 0.8})
+    n_held_out, n_own = open_dataset(held_out).counts["test"], open_dataset(synthetic_dataset).counts["test"]
+    assert n_held_out != n_own
+    monkeypatch.setenv("LENSNET_BENCH_DIR", str(tmp_path / "results"))
+    argv = tiny_argv(synthetic_dataset, tmp_path, "--modes", "scratch,knn", "--test", str(held_out))
+    assert run_cli(bench_main, argv) == 0, capsys.readouterr().err
+    rows = json.loads(next((tmp_path / "results").glob("label-efficiency-*Z.json")).read_text())["rows"]
+    assert {r["mode"] for r in rows} == {"scratch", "knn"} and all(r["n_test"] == n_held_out for r in rows)
+    scratch = next(r for r in rows if r["mode"] == "scratch")
+    labels, probs, _ = test_predictions(Path(scratch["run"]), held_out)
+    assert labels.size == n_held_out
+    assert scratch["macro_roc_auc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]))
+    assert scratch["low"] <= scratch["macro_roc_auc"] <= scratch["high"]
+    ids = json.loads(next((tmp_path / "results").glob("label-efficiency-*-ids.json")).read_text())
+    assert ids["test"] == str(open_dataset(held_out).path)
+
+
+@pytest.mark.parametrize("shape, classes, message", [
+    ((24, 24, 1), 2, "--test {} has images of shape (24, 24, 1)"),
+    ((16, 16, 1), 3, "--test {} has classes"),
+])
+def test_bad_test_set_is_one_line(capsys, synthetic_dataset: Path, tmp_path: Path, shape, classes, message,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from lensnet.bench.__main__ import main as bench_main
+    from lensnet.data import open_dataset
+    from lensnet.data.synthetic import write_synthetic
+
+    monkeypatch.setenv("LENSNET_BENCH_DIR", str(tmp_path / "results"))
+    held_out = tmp_path / "held-out"
+    write_synthetic(held_out, 32, image_shape=shape, num_classes=classes, seed=9)
+    code = run_cli(bench_main, tiny_argv(synthetic_dataset, tmp_path, "--modes", "scratch", "--test", str(held_out)))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert message.format(open_dataset(held_out).path) in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()

@@ -8,7 +8,9 @@ results (`*-ids.json`). The pretraining run is `--pretrain RUN`, or trained here
 labels, with each `--pretrain-method`: on the labelled set's training split, or with
 `--unlabelled DIR` on that separate dataset's training split (its labels are never read:
 `task.labels=false`), at each of `--unlabelled-fractions` of it (nested subsets), to show how the
-gain grows with the unlabelled set. Rows carry the CPU budget (images, epochs, wall seconds) of
+gain grows with the unlabelled set. With `--test DIR` every row is scored on that dataset's test split
+(an independent simulation of the same preset; the labelled set's test split is then unused), so
+the intervals are as narrow as the test set is large. Rows carry the CPU budget (images, epochs, wall seconds) of
 their pretraining and of their own training. The target verdict (issue 25) is printed at the end.
 """
 
@@ -63,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated peak learning rates: every trained row (scratch, probe, fine-tune) "
                              "trains once per rate and keeps the run with the best validation score "
                              "(default: the task's learning rate only)")
+    parser.add_argument("--test", metavar="DIR",
+                        help="score every row on this dataset's test split instead: an independent simulation of "
+                             "the same preset and classes, large enough for narrow intervals")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the test images")
     parser.add_argument("--seed", type=int, default=0)
@@ -133,6 +138,21 @@ def _open_unlabelled(path: str, labelled) -> object:
     return info
 
 
+def _open_test(path: str, labelled) -> object:
+    from lensnet.data import open_dataset
+
+    info = open_dataset(path)
+    if tuple(info.image_shape) != tuple(labelled.image_shape):
+        raise LensnetError(f"--test {info.path} has images of shape {tuple(info.image_shape)}, but the "
+                           f"labelled dataset {labelled.path} has {tuple(labelled.image_shape)}")
+    if list(info.class_names) != list(labelled.class_names):
+        raise LensnetError(f"--test {info.path} has classes {list(info.class_names)}, but the labelled dataset "
+                           f"{labelled.path} has {list(labelled.class_names)}")
+    if not info.counts.get("test"):
+        raise LensnetError(f"--test {info.path} has no record in its test split")
+    return info
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     from lensnet.core.config import deep_update, parse_set
     from lensnet.core.fileio import write_json
@@ -150,6 +170,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise LensnetError("--task regression needs --target NAME")
     if "knn" in modes and args.task == "regression":
         raise LensnetError("--modes knn needs a classification task")
+    if args.test and args.task == "regression":
+        raise LensnetError("--test needs a classification task")
     data = args.data
     if not data:
         from lensnet.simulate.dataset import simulate_dataset
@@ -160,6 +182,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                              progress=False)
     info = open_dataset(data)
     source = _open_unlabelled(args.unlabelled, info) if args.unlabelled else info
+    scored = _open_test(args.test, info) if args.test else info
     train_split = resolve_fit_config(args.task, overrides={"data": {"path": str(info.path)}})["data"]["train_split"]
     n_labelled = {f: _subset_count(info, train_split, f, args.subset_seed, "--fractions") for f in fractions}
     pretrained = any(m != "scratch" for m in modes) and not args.pretrain
@@ -212,7 +235,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                        "x_labelled": (round(src["n_unlabelled"] / n_labelled[max(fractions)], 2)
                                       if src.get("n_unlabelled") else None)}
                 if mode == "knn":
-                    row.update(_knn_row(src["pretrain"], info, train_split, fraction, args))
+                    row.update(_knn_row(src["pretrain"], info, scored, train_split, fraction, args))
                     row["epochs"] = 0
                 else:
                     model = {"init": src.get("pretrain"), "freeze": "backbone" if mode == "probe" else None}
@@ -228,7 +251,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                     result, rate, searched = _best_rate(config, rates, label)
                     row.update({k: result.metrics.get(k) for k in keys})
                     if args.task != "regression":
-                        row.update(_interval(result.run_dir, info, args))
+                        row.update(_interval(result.run_dir, scored, keys, args, headline=scored is not info))
                     if searched:
                         row["learning_rate"], row["val_by_lr"] = rate, searched
                     row["epochs"] = epochs
@@ -247,6 +270,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     out = Path(os.environ.get("LENSNET_BENCH_DIR", "bench/results"))
     write_json(out / f"label-efficiency-{stamp}-ids.json",
                {"dataset": str(info.path), "unlabelled": str(source.path) if args.unlabelled else None,
+                "test": str(scored.path),
                 "subset_seed": args.subset_seed, "pretrain": sources, "ids": ids, "published": list(ANCHORS)})
     plots.save(_figure(rows, keys[0], args), out / f"label-efficiency-{stamp}.png")
     print("\npublished anchors:")
@@ -287,39 +311,45 @@ def _best_rate(config: dict, rates: list[float | None], label: str) -> tuple:
     return best[1], best[2], (scores if len(rates) > 1 else None)
 
 
-def _interval(run_dir: Path, info, args: argparse.Namespace) -> dict:
-    """The run's test macro AUC (or binary AUC) with its bootstrap interval."""
+def _interval(run_dir: Path, scored, keys: tuple[str, ...], args: argparse.Namespace, headline: bool) -> dict:
+    """The run's test macro AUC (or binary AUC) interval on `scored`'s test split; with `headline` (an
+    independent --test set, not the run's own) its figures there too, in place of the run's metrics.json."""
     from lensnet.studies.detectability import test_predictions
     from lensnet.tasks.scores import macro_auc_with_interval
 
-    labels, probs, _ = test_predictions(run_dir, info.path)
+    labels, probs, _ = test_predictions(run_dir, scored.path)
+    predicted = probs.argmax(1) if probs.ndim == 2 and probs.shape[1] > 1 else (probs.reshape(-1) > 0.5)
     if probs.ndim == 1 or probs.shape[1] == 1:  # lens finding: p(lens) -> two columns
         p = probs.reshape(-1)
         probs = np.stack([1 - p, p], axis=1)
     found = macro_auc_with_interval(labels, probs, args.bootstrap, args.seed)
-    return {"low": found["low"], "high": found["high"], "n_test": found["n_test"]}
+    out = {"low": found["low"], "high": found["high"], "n_test": found["n_test"]}
+    if headline:
+        out.update({keys[0]: found["macro_roc_auc"], keys[1]: float(np.mean(predicted == labels))})
+    return out
 
 
 _EMBEDDINGS: dict = {}
 
 
-def _knn_row(pretrain: str, info, train_split: str, fraction: float, args: argparse.Namespace) -> dict:
-    """Weighted k-NN (DINO's) on the frozen embedding: the labelled subset votes for each test image."""
+def _knn_row(pretrain: str, info, scored, train_split: str, fraction: float, args: argparse.Namespace) -> dict:
+    """Weighted k-NN (DINO's) on the frozen embedding: the labelled subset votes for each test image of
+    `scored` (the labelled set itself, or --test)."""
     from lensnet.data.pipeline import subset_ids
     from lensnet.studies.views import labels_by_id, split_embeddings
     from lensnet.tasks.scores import macro_auc_with_interval
     from lensnet.tasks.ssl_plots import knn_probabilities
 
-    key = (pretrain, str(info.path), train_split)
+    key = (pretrain, str(info.path), str(scored.path), train_split)
     if key not in _EMBEDDINGS:  # one embedding pass per pretraining run, whatever the fractions
-        _EMBEDDINGS[key] = (split_embeddings(pretrain, info.path, (train_split, "test")),
-                            labels_by_id(info, (train_split, "test")))
-    emb, labels = _EMBEDDINGS[key]
+        test = split_embeddings(pretrain, scored.path, ("test",))["test"]
+        _EMBEDDINGS[key] = (split_embeddings(pretrain, info.path, (train_split,))[train_split],
+                            labels_by_id(info, (train_split,)), test, labels_by_id(scored, ("test",)))
+    (ids, train), labels, (test_ids, test), test_by_id = _EMBEDDINGS[key]
     keep = set(subset_ids(info, train_split, fraction, args.subset_seed)) if fraction < 1 else None
-    ids, train = emb[train_split]
     rows = [k for k, i in enumerate(ids) if keep is None or i in keep]
-    test_labels = np.array([labels[i] for i in emb["test"][0]])
-    probs = knn_probabilities(train[rows], np.array([labels[ids[k]] for k in rows]), emb["test"][1],
+    test_labels = np.array([test_by_id[i] for i in test_ids])
+    probs = knn_probabilities(train[rows], np.array([labels[ids[k]] for k in rows]), test,
                               len(info.class_names), k=20)
     found = macro_auc_with_interval(test_labels, probs, args.bootstrap, args.seed)
     return {"macro_roc_auc": found["macro_roc_auc"], "accuracy": float(np.mean(probs.argmax(1) == test_labels)),
