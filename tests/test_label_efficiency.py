@@ -297,3 +297,27 @@ def test_bad_test_set_is_one_line(capsys, synthetic_dataset: Path, tmp_path: Pat
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert message.format(open_dataset(held_out).path) in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_steps_per_epoch_gives_every_fraction_the_same_step_budget(capsys, synthetic_dataset: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """--steps-per-epoch: trained rows (not the pretraining) take that many optimizer steps per epoch, whatever
+    the size of their subset."""
+    import keras
+
+    from lensnet.bench.__main__ import main as bench_main
+
+    monkeypatch.setenv("LENSNET_BENCH_DIR", str(tmp_path / "results"))
+    argv = tiny_argv(synthetic_dataset, tmp_path, "--modes", "scratch,probe", "--fractions", "0.25,1.0",
+                     "--epochs", "2", "--steps-per-epoch", "3")
+    assert run_cli(bench_main, argv) == 0, capsys.readouterr().err
+    rows = json.loads(next((tmp_path / "results").glob("label-efficiency-*Z.json")).read_text())["rows"]
+    assert len(rows) == 4 and rows[0]["n_train"] < rows[-1]["n_train"]
+    for row in rows:
+        model = keras.models.load_model(Path(row["run"]) / "checkpoints" / "last.keras", compile=True, safe_mode=True)
+        assert int(model.optimizer.iterations.numpy()) == 6, row["run"]
+    assert "steps_per_epoch: null" in (tmp_path / "runs" / "pretrain-simclr" / "config.yaml").read_text()
+    code = run_cli(bench_main, tiny_argv(synthetic_dataset, tmp_path, "--steps-per-epoch", "0"))
+    err = capsys.readouterr().err
+    assert code == 2 and "--steps-per-epoch must be a positive integer" in err and len(err.strip().splitlines()) == 1

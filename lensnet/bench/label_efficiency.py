@@ -61,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=10, help="supervised epochs per run")
     parser.add_argument("--probe-epochs", type=int, help="linear-probe epochs (default: --epochs)")
+    parser.add_argument("--steps-per-epoch", type=int,
+                        help="optimizer steps per epoch of every trained row, its subset repeated: the same step "
+                             "budget at every fraction (default: one pass over the subset, so 1%% of the labels "
+                             "gets a hundredth of the steps)")
     parser.add_argument("--lrs", default="",
                         help="comma-separated peak learning rates: every trained row (scratch, probe, fine-tune) "
                              "trains once per rate and keeps the run with the best validation score "
@@ -165,6 +169,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     fractions, modes = _numbers(args.fractions, "--fractions"), _choices(args.modes, "--modes", MODES)
     methods = _choices(args.pretrain_method, "--pretrain-method", METHODS)
     rates = _rates(args.lrs)
+    if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
+        raise LensnetError(f"--steps-per-epoch must be a positive integer, got {args.steps_per_epoch}")
     unlabelled_fractions = _numbers(args.unlabelled_fractions, "--unlabelled-fractions")
     if args.task == "regression" and not args.target:
         raise LensnetError("--task regression needs --target NAME")
@@ -242,7 +248,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                     epochs = args.probe_epochs or args.epochs if mode == "probe" else args.epochs
                     overrides = deep_update(deep_update(common, {
                         "model": model, "data": {"train_fraction": fraction, "subset_seed": args.subset_seed},
-                        "train": {"epochs": epochs}, "run": {"name": label}}), extra)
+                        "train": {"epochs": epochs, "steps_per_epoch": args.steps_per_epoch},
+                        "run": {"name": label}}), extra)
                     if args.target:
                         overrides["task"] = {"target": args.target}
                     config = resolve_fit_config(args.task, overrides=overrides)
