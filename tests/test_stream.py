@@ -1,6 +1,7 @@
-"""data.source simulate: fresh training records streamed from the dataset's own simulator. The stream is the
-written training split byte for byte when it starts at record 0, the same for any number of worker processes,
-resumes at any batch, and trains through lensnet.fit."""
+"""data.source simulate: fresh training records streamed from the dataset's own simulator (a lensnet.simulate
+preset, or the toy BlobSource with an analytic posterior). The stream is the written training split byte for byte
+when it starts at record 0, the same for any number of worker processes, resumes at any batch, and trains
+through lensnet.fit."""
 
 from __future__ import annotations
 
@@ -108,5 +109,98 @@ def test_stream_needs_a_simulated_dataset(synthetic_dataset: Path) -> None:
     from lensnet.data import open_dataset
     from lensnet.simulate.stream import stream_source
 
-    with pytest.raises(LensnetError, match="not written by lensnet.simulate"):
+    with pytest.raises(LensnetError, match="not by a simulator lensnet can stream from"):
         stream_source(open_dataset(synthetic_dataset))
+
+
+# the toy of tests/test_posterior.py, on 64 records (train 51 here)
+TOY = {"noise": 3.0, "blob_width": 8.0}
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory) -> Path:
+    from lensnet.data.synthetic import write_blobs
+
+    out = tmp_path_factory.mktemp("stream") / "blobs"
+    write_blobs(out, 64, seed=3, records_per_shard=16, **TOY)
+    return out
+
+
+def test_toy_stream_is_the_written_training_split_and_deterministic_per_seed(blobs: Path, tmp_path: Path) -> None:
+    from lensnet.data import open_dataset
+    from lensnet.data.synthetic import write_blobs
+
+    info = open_dataset(blobs)
+    written = written_train_records(info)
+    assert len(written) == info.counts["train"] > 40
+    batches = -(-len(written) // 4)
+    streamed = [r for batch in stream(info, batches) for r in batch]
+    assert streamed[:len(written)] == written
+    assert stream(info, 3, start=500) == stream(info, 3, start=500, workers=2)  # same batches, any workers
+    assert stream(info, 2, start=500, first_batch=1) == stream(info, 3, start=500)[1:]
+    write_blobs(tmp_path / "seed4", 64, seed=4, records_per_shard=16, **TOY)
+    other = stream(open_dataset(tmp_path / "seed4"), 3, start=500)
+    assert all(not set(a) & set(b) for a, b in zip(other, stream(info, 3, start=500)))
+
+
+def test_toy_written_before_its_generator_was_recorded_still_streams(blobs: Path, copy_dataset) -> None:
+    import json
+
+    from lensnet.core.errors import LensnetError
+    from lensnet.data import open_dataset
+    from lensnet.data.synthetic import BlobSource
+    from lensnet.simulate.stream import stream_source
+
+    old = copy_dataset(blobs)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["generator"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    source = stream_source(open_dataset(old))
+    assert isinstance(source, BlobSource)
+    assert (source.seed, source.noise, source.blob_width, source.image_shape) == (3, 3.0, 8.0, (16, 16, 1))
+    assert stream(open_dataset(old), 2) == stream(open_dataset(blobs), 2)
+    del manifest["config"]["blob_width"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LensnetError, match="cannot rebuild lensnet.data.synthetic.blobs.*blob_width"):
+        stream_source(open_dataset(old))
+
+
+def toy_fit_argv(blobs: Path, runs: Path, name: str, epochs: int) -> list[str]:
+    return ["--task", "posterior", "--data", str(blobs), "--model", "cnn_small", "--set", "model.args.filters=[4,8]",
+            "--set", "task.targets=[amplitude]", "--set", "task.width=16", "--set", "task.depth=2",
+            "--set", "data.source=simulate", "--set", "data.simulate_workers=1", "--set", "train.steps_per_epoch=3",
+            "--batch-size", "8", "--set", "train.schedule=constant", "--set", "train.warmup_epochs=0",
+            "--seed", "0", "--epochs", str(epochs), "--runs", str(runs), "--run-name", name, "--no-progress",
+            "--set", "run.verbose=0"]
+
+
+@pytest.mark.slow
+def test_fit_on_the_toy_stream_trains_and_resumes_bit_identically(blobs: Path, tmp_path: Path) -> None:
+    """Two straight epochs of fresh toy simulations, and one epoch then --resume to two: the same weights,
+    which needs the resumed run to stream batches 3-5, not the first run's 0-2 again."""
+    import json
+
+    import keras
+
+    import lensnet.models  # noqa: F401
+    import lensnet.tasks  # noqa: F401
+    from lensnet.core.errors import run_cli
+    from lensnet.data import open_dataset
+    from lensnet.fit import main
+
+    assert run_cli(main, toy_fit_argv(blobs, tmp_path, "straight", 2)) == 0
+    assert run_cli(main, toy_fit_argv(blobs, tmp_path, "resumed", 1)) == 0
+    assert run_cli(main, ["--resume", str(tmp_path / "resumed"), "--epochs", "2", "--no-progress"]) == 0
+    assert "source: simulate" in (tmp_path / "straight" / "config.yaml").read_text()
+    for run in ("straight", "resumed"):
+        history = (tmp_path / run / "history.csv").read_text().splitlines()
+        assert len(history) == 3  # header + 2 epochs
+        metrics = json.loads((tmp_path / run / "metrics.json").read_text())
+        assert metrics["n"] == open_dataset(blobs).counts["test"]
+        assert np.isfinite(metrics["parameters"]["amplitude"]["coverage_68"])
+    straight, resumed = (keras.models.load_model(tmp_path / r / "checkpoints" / "last.keras", compile=False,
+                                                 safe_mode=True) for r in ("straight", "resumed"))
+    assert len(straight.weights) == len(resumed.weights)
+    for a, b in zip(straight.weights, resumed.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+

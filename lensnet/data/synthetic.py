@@ -72,6 +72,9 @@ def write_synthetic(out: str | Path, num: int = 64, *, image_shape: tuple[int, i
     return write_dataset(out, source, plans, base, workers=workers, progress=progress, **kwargs)
 
 
+BLOBS_GENERATOR = "lensnet.data.synthetic.blobs"  # the manifest's `generator`: data.source simulate rebuilds it
+
+
 class BlobSource:
     """A toy simulator with an analytic posterior: a Gaussian blob of amplitude A plus Gaussian pixel noise.
 
@@ -89,6 +92,17 @@ class BlobSource:
         self.class_names = ["blob"]
         self.schema = Schema.standard({"image": self.image_shape}, ["amplitude"])
         self.class_specific_params: set[str] = set()
+
+    def config(self) -> dict:
+        """What the manifest records: enough for `from_config` to rebuild this simulator."""
+        return {"image_shape": list(self.image_shape), "noise": self.noise, "blob_width": self.blob_width,
+                "amplitude": {"normal": [self.prior_mean, self.prior_std]}}
+
+    @classmethod
+    def from_config(cls, config: dict, seed: int) -> BlobSource:
+        """The simulator that wrote a dataset, from its manifest's config and seed (`config`'s inverse)."""
+        prior_mean, prior_std = config["amplitude"]["normal"]
+        return cls(tuple(config["image_shape"]), prior_mean, prior_std, config["noise"], config["blob_width"], seed)
 
     def setup(self) -> None:
         pass
@@ -128,7 +142,6 @@ def write_blobs(out: str | Path, num: int = 256, *, seed: int = 0, splits: dict[
     """Write a toy `BlobSource` dataset; its manifest's config states the prior of `amplitude`."""
     source = BlobSource(seed=seed, **source_args)
     plans = plan_shards(split_counts(num, splits or {"train": 0.8, "val": 0.1, "test": 0.1}), records_per_shard)
-    config = {"image_shape": list(source.image_shape), "num": num, "noise": source.noise,
-              "blob_width": source.blob_width, "amplitude": {"normal": [source.prior_mean, source.prior_std]}}
-    base = {"name": "blobs", "kind": "synthetic", "config": config, "seed": seed}
+    base = {"name": "blobs", "kind": "synthetic", "generator": BLOBS_GENERATOR,
+            "config": {**source.config(), "num": num}, "seed": seed}
     return write_dataset(out, source, plans, base, progress=progress)

@@ -2,10 +2,11 @@
 
 `data.source: simulate` trains on records the dataset's own simulator (its manifest's resolved config and
 seed) makes while training runs, in a pool of worker processes; validation and test still read the
-written dataset. Batch k of the stream (k = epoch * steps_per_epoch + step, counted from the run's
-start) holds the records of global indices start + k * B ... start + (k + 1) * B - 1, each simulated from
-`record_seed(seed, index)` exactly as `lensnet.simulate` makes record `index` of a training split that
-begins at `start`: so the stream is deterministic per seed, epoch and step, resumes at any epoch, and
+written dataset. The simulator is rebuilt from the manifest's `generator` (`STREAM_SOURCES`:
+lensnet.simulate presets and the toy `BlobSource`). Batch k of the stream (k = epoch * steps_per_epoch +
+step, counted from the run's start) holds the records of global indices start + k * B ... start + (k + 1) *
+B - 1, each simulated from its per-record seed exactly as the writer makes record `index` of a training
+split that begins at `start`: so the stream is deterministic per seed, epoch and step, resumes at any epoch, and
 with start 0 it is byte for byte the written training split. The default start is the dataset's record
 count, so no streamed record is one of the dataset's own (its validation and test lenses included).
 """
@@ -15,25 +16,45 @@ from __future__ import annotations
 import collections
 import itertools
 import multiprocessing as mp
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from lensnet.core.errors import LensnetError
+from lensnet.data.synthetic import BLOBS_GENERATOR, BlobSource
 from lensnet.data.writer import ShardPlan
 
 _END = 2**62
 _SOURCE: Any = None  # the worker process's simulator
 
 
-def stream_source(info: Any) -> Any:
-    """The SimulationSource that wrote dataset `info` (its manifest's config and seed)."""
+def _simulation_source(config: dict, seed: int) -> Any:
     from lensnet.simulate.source import SimulationSource
 
+    return SimulationSource(config, seed)
+
+
+# manifest `generator` -> the RecordSource it wrote with, rebuilt from the manifest's config and seed
+STREAM_SOURCES: dict[str, Callable[[dict, int], Any]] = {
+    "lensnet.simulate": _simulation_source,
+    BLOBS_GENERATOR: BlobSource.from_config,
+}
+# toy datasets written before write_blobs recorded its generator: (kind, name) -> generator
+_UNNAMED_GENERATORS = {("synthetic", "blobs"): BLOBS_GENERATOR}
+
+
+def stream_source(info: Any) -> Any:
+    """The RecordSource that wrote dataset `info` (its manifest's generator, config and seed)."""
     manifest = info.manifest
-    if manifest.get("generator") != "lensnet.simulate" or not isinstance(manifest.get("config"), dict):
-        raise LensnetError(f"data.source simulate: {info.path} was not written by lensnet.simulate, so there is no "
-                           "simulator config to stream from; use data.source records")
-    return SimulationSource(manifest["config"], int(manifest["seed"]))
+    generator = manifest.get("generator") or _UNNAMED_GENERATORS.get((manifest.get("kind"), manifest.get("name")))
+    if generator not in STREAM_SOURCES or not isinstance(manifest.get("config"), dict):
+        raise LensnetError(f"data.source simulate: {info.path} was written by {generator or 'an unnamed generator'}, "
+                           f"not by a simulator lensnet can stream from ({', '.join(STREAM_SOURCES)}); "
+                           "use data.source records")
+    try:
+        return STREAM_SOURCES[generator](manifest["config"], int(manifest["seed"]))
+    except (KeyError, TypeError, ValueError) as exc:  # a manifest edited by hand or by an older writer
+        raise LensnetError(f"data.source simulate: {info.path}: the manifest's config or seed cannot rebuild "
+                           f"{generator} ({type(exc).__name__}: {exc})") from None
 
 
 def _init(source: Any) -> None:
