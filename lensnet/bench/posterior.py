@@ -8,7 +8,9 @@ z-scores, posterior-mean RMSE), then one `forecast` row per N of `lensnet.study 
 `--population-target` (default: the first target) with a population N(--mean, --width), N = 10, 30, 100,
 300, 1000 capped at the held-out lenses that population draws (the toy's: --held-out-num simulated lenses;
 the repeats of an N share no lens, so a row may hold fewer than --repeats). With the toy, each calibration
-row also holds the analytic posterior's width and the learned / analytic ratio.
+row also holds the analytic posterior's width and the learned / analytic ratio. `--stream` trains on fresh
+simulations (data.source simulate) for the same optimizer steps as the written training split gives;
+every calibration row states the run's source, optimizer steps and distinct training images.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs-dir", help="where the run and the study go (default: a temporary directory)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fit config overrides")
+    parser.add_argument("--stream", action="store_true",
+                        help="train on fresh simulations that never repeat (data.source=simulate: the dataset's own "
+                             "simulator, lensnet.simulate or the toy), train.steps_per_epoch = the written training "
+                             "split's batches, so the optimizer steps equal those of the fixed set")
     parser.add_argument("--stream-rate", type=int, default=0, metavar="BATCHES",
                         help="only measure data.source simulate: images/s of this many batches of the dataset's "
                              "simulator streamed into tf.data, with 1 and 2 worker processes (needs --data DIR "
@@ -97,6 +104,22 @@ def _analytic_widths(run_dir: Path, data: Path) -> tuple[float, float]:
     return float(std[0]), float(np.mean(np.concatenate(learned)))
 
 
+def _training_budget(run_dir: Path, info: Any) -> dict:
+    """What the run trained on, from its resolved config: source, optimizer steps, distinct training images."""
+    from lensnet.core.config import load_yaml
+    from lensnet.training.data import batches_per_epoch
+
+    config = load_yaml(run_dir / "config.yaml", "run config")
+    data, train = config["data"], config["train"]
+    batch_size = int(data["batch_size"])
+    per_epoch = train["steps_per_epoch"] or batches_per_epoch(info, data["train_split"], batch_size)
+    steps = int(train["epochs"]) * int(per_epoch)
+    # a fixed set's distinct images are its training split (or the part of it the steps reach)
+    distinct = steps * batch_size if data.get("source") == "simulate" else min(
+        steps * batch_size, info.counts[data["train_split"]])
+    return {"source": data.get("source", "records"), "train_steps": steps, "train_images": distinct}
+
+
 def stream_rates(data: Path, batches: int, batch_size: int) -> list[dict]:
     """Images/s of the simulated training stream (decoded, normalised tf.data batches), 1 and 2 workers."""
     import time
@@ -123,8 +146,10 @@ def stream_rates(data: Path, batches: int, batch_size: int) -> list[dict]:
 
 def run(args: argparse.Namespace) -> list[dict]:
     from lensnet.core.config import parse_set
+    from lensnet.data import open_dataset
     from lensnet.studies.population import PopulationSpec, run_population
     from lensnet.training.config import resolve_fit_config
+    from lensnet.training.data import batches_per_epoch
     from lensnet.training.trainer import run_fit
 
     if args.stream_rate:
@@ -138,18 +163,23 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise LensnetError("--targets names no parameter")
     root = Path(args.runs_dir or tempfile.mkdtemp(prefix="lensnet-bench-posterior-"))
     data, held_out = _dataset(args, root)
+    info = open_dataset(data)
+    # the same optimizer steps as one pass over the written training split per epoch, on images never repeated
+    stream = ["data.source=simulate", f"train.steps_per_epoch={batches_per_epoch(info, 'train', args.batch_size)}"]
     overrides = parse_set([f"data.path={data}", f"model.name={args.model}", f"train.epochs={args.epochs}",
                            f"data.batch_size={args.batch_size}", f"train.learning_rate={args.lr}",
                            f"run.seed={args.seed}", f"run.dir={root / 'runs'}", "run.name=posterior",
-                           f"task.targets=[{','.join(targets)}]", "train.warmup_epochs=0", *args.set])
+                           f"task.targets=[{','.join(targets)}]", "train.warmup_epochs=0",
+                           *(stream if args.stream else ()), *args.set])
     run_dir = root / "runs" / "posterior"
     if (run_dir / "metrics.json").is_file():  # a rerun with the same --runs-dir reuses the finished run
         metrics = json.loads((run_dir / "metrics.json").read_text())
     else:
         metrics = run_fit(resolve_fit_config("posterior", overrides=overrides), progress=False).metrics
+    budget = _training_budget(run_dir, info)
     rows: list[dict] = []
     for name, entry in metrics["parameters"].items():
-        row = {"kind": "calibration", "parameter": name, "n_lenses": metrics["n"],
+        row = {"kind": "calibration", "parameter": name, "n_lenses": metrics["n"], **budget,
                **{k: entry[k] for k in ("sbc_ks_p", "coverage_50", "coverage_68", "coverage_95", "contraction",
                                         "z_mean", "z_std", "posterior_mean_rmse", "posterior_std_mean")}}
         if args.dataset == "blobs" and not args.data and name == "amplitude":
