@@ -8,10 +8,12 @@ results (`*-ids.json`). The pretraining run is `--pretrain RUN`, or trained here
 labels, with each `--pretrain-method`: on the labelled set's training split, or with
 `--unlabelled DIR` on that separate dataset's training split (its labels are never read:
 `task.labels=false`), at each of `--unlabelled-fractions` of it (nested subsets), to show how the
-gain grows with the unlabelled set. With `--test DIR` every row is scored on that dataset's test split
-(an independent simulation of the same preset; the labelled set's test split is then unused), so
-the intervals are as narrow as the test set is large. Rows carry the CPU budget (images, epochs, wall seconds) of
-their pretraining and of their own training. The target verdict (issue 25) is printed at the end.
+gain grows with the unlabelled set. With `--test DIR` every row is scored on that dataset's test
+split (an independent simulation of the same preset; the labelled set's test split is then
+unused), so the intervals are as narrow as the test set is large. An epoch is one pass over the
+row's labelled subset unless `--steps-per-epoch N` gives every row the same step budget. Rows carry
+the CPU budget (images, epochs, wall seconds) of their pretraining and of their own training. The
+target verdict (issue 25) is printed at the end.
 """
 
 from __future__ import annotations
