@@ -302,22 +302,39 @@ def test_bad_test_set_is_one_line(capsys, synthetic_dataset: Path, tmp_path: Pat
 @pytest.mark.slow
 def test_steps_per_epoch_gives_every_fraction_the_same_step_budget(capsys, synthetic_dataset: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """--steps-per-epoch: trained rows (not the pretraining) take that many optimizer steps per epoch, whatever
-    the size of their subset."""
+    """By default every trained row (not the pretraining) takes the steps of one pass over the largest fraction,
+    its smaller subset repeated; `--steps-per-epoch pass` is one pass over each row's own subset."""
+    import math
+
     import keras
 
     from lensnet.bench.__main__ import main as bench_main
 
+    def iterations(row: dict) -> int:
+        model = keras.models.load_model(Path(row["run"]) / "checkpoints" / "last.keras", compile=True, safe_mode=True)
+        return int(model.optimizer.iterations.numpy())
+
     monkeypatch.setenv("LENSNET_BENCH_DIR", str(tmp_path / "results"))
     argv = tiny_argv(synthetic_dataset, tmp_path, "--modes", "scratch,probe", "--fractions", "0.25,1.0",
-                     "--epochs", "2", "--steps-per-epoch", "3")
+                     "--epochs", "2")
     assert run_cli(bench_main, argv) == 0, capsys.readouterr().err
     rows = json.loads(next((tmp_path / "results").glob("label-efficiency-*Z.json")).read_text())["rows"]
-    assert len(rows) == 4 and rows[0]["n_train"] < rows[-1]["n_train"]
-    for row in rows:
-        model = keras.models.load_model(Path(row["run"]) / "checkpoints" / "last.keras", compile=True, safe_mode=True)
-        assert int(model.optimizer.iterations.numpy()) == 6, row["run"]
+    small, full = rows[0]["n_train"], rows[-1]["n_train"]
+    assert len(rows) == 4 and math.ceil(small / 16) < math.ceil(full / 16)
+    assert [iterations(r) for r in rows] == [2 * math.ceil(full / 16)] * 4
     assert "steps_per_epoch: null" in (tmp_path / "runs" / "pretrain-simclr" / "config.yaml").read_text()
-    code = run_cli(bench_main, tiny_argv(synthetic_dataset, tmp_path, "--steps-per-epoch", "0"))
-    err = capsys.readouterr().err
-    assert code == 2 and "--steps-per-epoch must be a positive integer" in err and len(err.strip().splitlines()) == 1
+    assert "steps_per_epoch: null" in (Path(rows[-1]["run"]) / "config.yaml").read_text()  # one pass already
+
+    monkeypatch.setenv("LENSNET_BENCH_DIR", str(tmp_path / "results-pass"))
+    argv = tiny_argv(synthetic_dataset, tmp_path / "pass", "--modes", "scratch", "--fractions", "0.25", "--epochs", "2",
+                     "--steps-per-epoch", "pass")
+    assert run_cli(bench_main, argv) == 0, capsys.readouterr().err
+    (row,) = json.loads(next((tmp_path / "results-pass").glob("label-efficiency-*Z.json")).read_text())["rows"]
+    assert iterations(row) == 2 * math.ceil(small / 16)
+
+    for bad in ("0", "fast"):
+        code = run_cli(bench_main, tiny_argv(synthetic_dataset, tmp_path / "bad", "--steps-per-epoch", bad))
+        err = capsys.readouterr().err
+        assert code == 2 and "--steps-per-epoch must be auto, pass or a positive integer" in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

@@ -8,16 +8,20 @@ results (`*-ids.json`). The pretraining run is `--pretrain RUN`, or trained here
 labels, with each `--pretrain-method`: on the labelled set's training split, or with
 `--unlabelled DIR` on that separate dataset's training split (its labels are never read:
 `task.labels=false`), at each of `--unlabelled-fractions` of it (nested subsets), to show how the
-gain grows with the unlabelled set. With `--test DIR` every row is scored on that dataset's test split
-(an independent simulation of the same preset; the labelled set's test split is then unused), so
-the intervals are as narrow as the test set is large. Rows carry the CPU budget (images, epochs, wall seconds) of
-their pretraining and of their own training. The target verdict (issue 25) is printed at the end.
+gain grows with the unlabelled set. With `--test DIR` every row is scored on that dataset's test
+split (an independent simulation of the same preset; the labelled set's test split is then
+unused), so the intervals are as narrow as the test set is large. An epoch is one pass over the
+row's labelled subset only with `--steps-per-epoch pass`; by default every row gets the step budget
+of one pass over the largest fraction (one pass per row under-trains scratch at small fractions).
+Rows carry the CPU budget (images, epochs, wall seconds) of their pretraining and of their own
+training. The target verdict (issue 25) is printed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import math
 import os
 import tempfile
 import time
@@ -61,10 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=10, help="supervised epochs per run")
     parser.add_argument("--probe-epochs", type=int, help="linear-probe epochs (default: --epochs)")
-    parser.add_argument("--steps-per-epoch", type=int,
-                        help="optimizer steps per epoch of every trained row, its subset repeated: the same step "
-                             "budget at every fraction (default: one pass over the subset, so 1%% of the labels "
-                             "gets a hundredth of the steps)")
+    parser.add_argument("--steps-per-epoch", default="auto",
+                        help="optimizer steps per epoch of every trained row, its subset repeated: auto (default) "
+                             "= one pass over the largest fraction's subset, the same step budget at every "
+                             "fraction; pass = one pass over each row's own subset (then 1%% of the labels trains "
+                             "a hundredth of the steps); or a number")
     parser.add_argument("--lrs", default="",
                         help="comma-separated peak learning rates: every trained row (scratch, probe, fine-tune) "
                              "trains once per rate and keeps the run with the best validation score "
@@ -102,6 +107,24 @@ def _rates(text: str) -> list[float | None]:
     if not all(v > 0 for v in values):
         raise LensnetError(f"--lrs must be positive, got {text!r}")
     return values or [None]
+
+
+def _steps_per_epoch(text: str, n_labelled: dict[float, int], batch_size: int) -> dict[float, int | None]:
+    """train.steps_per_epoch per fraction of the labels; None where that is one pass over the row's own subset
+    (so a row whose pass already is the budget keeps its config, and its finished run is reused)."""
+    one_pass = {f: math.ceil(n / batch_size) for f, n in n_labelled.items()}
+    if text == "pass":
+        return dict.fromkeys(n_labelled)
+    if text == "auto":
+        budget = max(one_pass.values())
+    else:
+        try:
+            budget = int(text)
+        except ValueError:
+            budget = 0
+        if budget < 1:
+            raise LensnetError(f"--steps-per-epoch must be auto, pass or a positive integer, got {text!r}")
+    return {f: None if steps == budget else budget for f, steps in one_pass.items()}
 
 
 def _choices(text: str, option: str, allowed: tuple[str, ...]) -> list[str]:
@@ -169,8 +192,6 @@ def run(args: argparse.Namespace) -> list[dict]:
     fractions, modes = _numbers(args.fractions, "--fractions"), _choices(args.modes, "--modes", MODES)
     methods = _choices(args.pretrain_method, "--pretrain-method", METHODS)
     rates = _rates(args.lrs)
-    if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
-        raise LensnetError(f"--steps-per-epoch must be a positive integer, got {args.steps_per_epoch}")
     unlabelled_fractions = _numbers(args.unlabelled_fractions, "--unlabelled-fractions")
     if args.task == "regression" and not args.target:
         raise LensnetError("--task regression needs --target NAME")
@@ -191,6 +212,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     scored = _open_test(args.test, info) if args.test else info
     train_split = resolve_fit_config(args.task, overrides={"data": {"path": str(info.path)}})["data"]["train_split"]
     n_labelled = {f: _subset_count(info, train_split, f, args.subset_seed, "--fractions") for f in fractions}
+    steps = _steps_per_epoch(args.steps_per_epoch, n_labelled, args.batch_size)
     pretrained = any(m != "scratch" for m in modes) and not args.pretrain
     n_unlabelled = ({f: _subset_count(source, train_split, f, args.subset_seed, "--unlabelled-fractions")
                      for f in unlabelled_fractions} if pretrained else {})
@@ -248,7 +270,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                     epochs = args.probe_epochs or args.epochs if mode == "probe" else args.epochs
                     overrides = deep_update(deep_update(common, {
                         "model": model, "data": {"train_fraction": fraction, "subset_seed": args.subset_seed},
-                        "train": {"epochs": epochs, "steps_per_epoch": args.steps_per_epoch},
+                        "train": {"epochs": epochs, "steps_per_epoch": steps[fraction]},
                         "run": {"name": label}}), extra)
                     if args.target:
                         overrides["task"] = {"target": args.target}
