@@ -155,8 +155,9 @@ def test_bad_quantize_options(capsys, trained_run, tmp_path: Path, argv: list[st
 
 
 def test_bench_infer_profile_ranks_the_nodes_by_kernel_time(tmp_path: Path) -> None:
-    """--profile: onnxruntime's per-node kernel times, largest first, per image; a convolution of 64 channels
-    outweighs an elementwise Relu on its output."""
+    """--profile: onnxruntime's per-node kernel times, largest first, per image, every node named with its
+    op and input shapes. Which node is slowest is a wall-clock fact (a loaded machine can reorder a Conv and
+    its Relu), so only the order and the shares are asserted."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -172,7 +173,8 @@ def test_bench_infer_profile_ranks_the_nodes_by_kernel_time(tmp_path: Path) -> N
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     nodes = op_profile(path, rng.standard_normal((4, 8, 32, 32)).astype(np.float32), threads=1, calls=3)
-    assert nodes[0]["op"] in ("Conv", "FusedConv") and nodes[0]["inputs"][0] == [4, 8, 32, 32]
+    conv = next(n for n in nodes if n["op"] in ("Conv", "FusedConv"))
+    assert conv["inputs"][0] == [4, 8, 32, 32] and all(n["us_per_image"] >= 0 for n in nodes)
     assert all(a["us_per_image"] >= b["us_per_image"] for a, b in zip(nodes, nodes[1:]))
     assert 0 < sum(n["share"] for n in nodes) <= 1.0001
     card = {"int8": {"comparison": {"metric": {"name": "roc_auc", "float32": 0.99, "int8": 0.9904, "change": 0.0004}}}}
