@@ -155,23 +155,19 @@ def _subset_count(info, split: str, fraction: float, seed: int, option: str) -> 
     return n
 
 
-def _open_unlabelled(path: str, labelled) -> object:
+def _open_alike(path: str, labelled, option: str) -> object:
+    """The dataset of --unlabelled or --test: its images must have the labelled set's shape."""
     from lensnet.data import open_dataset
 
     info = open_dataset(path)
     if tuple(info.image_shape) != tuple(labelled.image_shape):
-        raise LensnetError(f"--unlabelled {info.path} has images of shape {tuple(info.image_shape)}, but the "
+        raise LensnetError(f"{option} {info.path} has images of shape {tuple(info.image_shape)}, but the "
                            f"labelled dataset {labelled.path} has {tuple(labelled.image_shape)}")
     return info
 
 
 def _open_test(path: str, labelled) -> object:
-    from lensnet.data import open_dataset
-
-    info = open_dataset(path)
-    if tuple(info.image_shape) != tuple(labelled.image_shape):
-        raise LensnetError(f"--test {info.path} has images of shape {tuple(info.image_shape)}, but the "
-                           f"labelled dataset {labelled.path} has {tuple(labelled.image_shape)}")
+    info = _open_alike(path, labelled, "--test")
     if list(info.class_names) != list(labelled.class_names):
         raise LensnetError(f"--test {info.path} has classes {list(info.class_names)}, but the labelled dataset "
                            f"{labelled.path} has {list(labelled.class_names)}")
@@ -208,7 +204,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             simulate_dataset(args.dataset, data, num=args.num, seed=args.seed, workers=os.cpu_count() or 1,
                              progress=False)
     info = open_dataset(data)
-    source = _open_unlabelled(args.unlabelled, info) if args.unlabelled else info
+    source = _open_alike(args.unlabelled, info, "--unlabelled") if args.unlabelled else info
     scored = _open_test(args.test, info) if args.test else info
     train_split = resolve_fit_config(args.task, overrides={"data": {"path": str(info.path)}})["data"]["train_split"]
     n_labelled = {f: _subset_count(info, train_split, f, args.subset_seed, "--fractions") for f in fractions}
