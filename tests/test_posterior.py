@@ -72,6 +72,45 @@ def test_sampler_layer_inverts_its_flow_and_reloads(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.asarray(loaded(x)), samples, atol=1e-6)
 
 
+def test_straight_condition_has_the_inference_value_and_the_batch_gradient() -> None:
+    """task.condition "straight" conditions the flow on the inference-mode summary (the exported model's) with
+    the gradient of the training-mode one: its loss is "moving"'s, and a bias added before BatchNormalization
+    gets no gradient, as under "batch" (batch statistics cancel it), unlike under "moving", whose gradient
+    treats the moving statistics as constants (unstable training on model_ii, docs/posterior.md)."""
+    import keras
+    import tensorflow as tf
+
+    from lensnet.tasks.posterior import PosteriorModel, PosteriorSampler
+
+    images = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, name="conv")(images)
+    h = keras.layers.BatchNormalization(momentum=0.5, name="bn")(h)
+    summary = keras.layers.Dense(3, name="summary")(keras.layers.GlobalAveragePooling2D()(h))
+    sampler = PosteriorSampler(2, num_samples=8, mean=(0.0, 0.0), std=(1.0, 1.0), depth=2, width=8,
+                               name="posterior")
+    network = keras.Model(images, {"summary": summary, "samples": sampler(summary)})
+    rng = np.random.default_rng(0)
+    for w in sampler.trainable_weights:  # a flow starts as the identity, blind to its conditions
+        w.assign(w + 0.3 * rng.normal(size=w.shape))
+    x = tf.constant(3.0 + rng.normal(size=(16, 8, 8, 1)), tf.float32)  # far from the initial moving statistics
+    y = tf.constant(rng.normal(size=(16, 2)), tf.float32)
+    bn = network.get_layer("bn")
+    start = [v.numpy() for v in bn.non_trainable_weights]
+    bias = network.get_layer("conv").bias
+    loss, grad = {}, {}
+    for condition in ("batch", "moving", "straight"):
+        for v, value in zip(bn.non_trainable_weights, start):
+            v.assign(value)
+        model = PosteriorModel(network, condition=condition)
+        with tf.GradientTape() as tape:
+            loss[condition], _ = model.compute_step(x, y, training=True)
+        grad[condition] = np.abs(tape.gradient(loss[condition], bias).numpy()).max()
+    np.testing.assert_allclose(float(loss["straight"]), float(loss["moving"]), rtol=1e-6)
+    assert abs(float(loss["batch"]) - float(loss["moving"])) > 1e-3
+    assert grad["moving"] > 1e-3
+    assert grad["straight"] < 1e-5 * grad["moving"] and grad["batch"] < 1e-5 * grad["moving"]
+
+
 def test_calibration_figures_of_exact_and_overconfident_posteriors() -> None:
     """Exact Gaussian posteriors cover at their levels and pass SBC; posteriors half as wide as they
     should be are flagged, with the parameter and the level named."""
