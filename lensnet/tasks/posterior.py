@@ -329,7 +329,7 @@ class PosteriorConfig:
     # the space the flow sees: prior (through each target's stated uniform / log-uniform prior's CDF to N(0, 1),
     # so samples stay in the support) | standardise (x - mean) / std (flow_transform)
     transform: str = "prior"
-    condition: str = "moving"  # the summary the flow is trained on: moving | batch | straight (PosteriorModel)
+    condition: str = "batch"  # the summary the flow is trained on: batch | straight | moving (PosteriorModel)
     calibration_examples: int = 256  # validation images whose coverage is logged to TensorBoard each epoch
 
 
