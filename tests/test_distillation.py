@@ -392,6 +392,12 @@ def test_bench_distill_adds_an_attention_row(capsys, three_class, tmp_path, monk
     rows = json.loads(result.read_text())["rows"]
     assert [r["role"] for r in rows] == ["teacher", "student", "student+teacher", "student+teacher+attention"]
     assert rows[3]["params"] == rows[2]["params"]  # attention matching exports nothing
+    for row in rows:  # every AUC has its interval; every row but the student's its paired difference from it
+        assert row["auc_lo"] <= row["macro_auc"] <= row["auc_hi"], row
+        if row["role"] != "student":
+            assert row["auc_minus_student"] == pytest.approx(row["macro_auc"] - rows[1]["macro_auc"], abs=1e-3)
+            assert row["diff_lo"] <= row["auc_minus_student"] <= row["diff_hi"], row
+    assert "auc_minus_student" not in rows[1]
 
 
 @pytest.mark.slow

@@ -131,6 +131,30 @@ def test_resumed_run_erases_the_same_patches(capsys, three_class, tmp_path, mode
     assert json.loads((tmp_path / "straight" / "run.json").read_text())["epochs_done"] == 4
 
 
+@pytest.mark.slow
+def test_bench_erasing_gives_each_auc_its_interval_and_each_mode_its_difference_from_none(
+        capsys, three_class, tmp_path, monkeypatch):
+    from lensnet.bench.__main__ import main as bench_main
+
+    monkeypatch.setenv("LENSNET_BENCH_DIR", str(tmp_path / "results"))
+    code = run_cli(bench_main, ["erasing", "--data", str(three_class), "--model", "cnn_small", "--epochs", "2",
+                                "--every", "1", "--batch-size", "32", "--bootstrap", "100", "--seed", "0",
+                                "--set", "model.args.filters=[4,8]", "--set", "train.precise_bn_batches=0"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    (result,) = (tmp_path / "results").glob("erasing-*.json")
+    rows = {r["mode"]: r for r in json.loads(result.read_text())["rows"]}
+    assert list(rows) == ["none", "random", "attention"]
+    for mode, row in rows.items():
+        for key in ("macro_auc", "macro_auc_masked10"):
+            assert row[f"{key}_lo"] <= row[key] <= row[f"{key}_hi"], row
+            if mode == "none":
+                assert f"{key}_minus_none" not in row
+            else:
+                assert row[f"{key}_minus_none"] == pytest.approx(row[key] - rows["none"][key], abs=1e-3)
+                assert row[f"{key}_diff_lo"] <= row[f"{key}_minus_none"] <= row[f"{key}_diff_hi"], row
+
+
 @pytest.mark.parametrize("setting, message", [
     ("train.erasing.fraction=1.0", "train.erasing.fraction must be in [0, 1)"),
     ("train.erasing.fraction=-0.1", "train.erasing.fraction must be in [0, 1)"),

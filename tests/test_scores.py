@@ -71,3 +71,23 @@ def test_regression_scores_mask_nan_targets() -> None:
     assert constant["r2"] is None and constant["mae"] == 1.0
     empty = regression_scores(np.array([np.nan]), np.array([1.0]))
     assert empty["mae"] is None and empty["n"] == 0 and "no record" in empty["notes"]
+
+
+def test_paired_difference_of_two_classifiers_on_the_same_images() -> None:
+    from lensnet.tasks.scores import macro_auc_interval, paired_macro_auc_difference
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 400)
+    noise = rng.dirichlet(np.ones(3), 400)
+    weak = noise + 0.3 * np.eye(3)[labels]
+    strong = noise + 0.9 * np.eye(3)[labels]  # the same noise, a stronger signal: better on every resample
+    same = paired_macro_auc_difference(labels, weak, weak, bootstrap=200, seed=0)
+    assert same["difference"] == 0 and same["low"] == 0 and same["high"] == 0
+    found = paired_macro_auc_difference(labels, weak, strong, bootstrap=200, seed=0)
+    assert 0 < found["low"] < found["difference"] < found["high"]
+    # paired: the difference's interval is narrower than the two separate intervals suggest
+    lo_w, hi_w = macro_auc_interval(labels, weak, 200, 0)
+    lo_s, hi_s = macro_auc_interval(labels, strong, 200, 0)
+    assert found["high"] - found["low"] < (hi_w - lo_w) + (hi_s - lo_s)
+    assert paired_macro_auc_difference(labels, strong, weak, bootstrap=200, seed=0)["difference"] == pytest.approx(
+        -found["difference"])

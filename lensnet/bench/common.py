@@ -60,3 +60,27 @@ def model_flops(model, input_shape: Sequence[int]) -> int | None:
         return int(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
     except Exception:  # a profiler without a registered count for some op: leave the column empty
         return None
+
+
+def test_predictions(run_dir: str | Path, data: str | Path, wrap: Callable | None = None) -> tuple:
+    """(labels, class probabilities) of a finished run on `data`'s test split, in the split's record order;
+    `wrap(model)` scores a wrapped model instead (e.g. one that erases part of each image)."""
+    import numpy as np
+
+    from lensnet.training.evaluation import open_run_on, predict_split
+
+    run, task, info, model = open_run_on(run_dir, data, "test")
+    found = predict_split(wrap(model) if wrap else model, task, info, "test", run.normalisation, progress=False)
+    return np.asarray(found["y_true"]), np.asarray(found["y_pred"])
+
+
+def auc_difference(base: tuple, other: tuple, bootstrap: int, seed: int) -> dict:
+    """Macro AUC of `other` minus `base` ((labels, probs) pairs of the same test records), paired bootstrap."""
+    import numpy as np
+
+    from lensnet.tasks.scores import paired_macro_auc_difference
+
+    if not np.array_equal(base[0], other[0]):
+        raise AssertionError("the two models were scored on different test records")
+    found = paired_macro_auc_difference(base[0], base[1], other[1], bootstrap, seed)
+    return {**found, "difference": round(found["difference"], 4)}

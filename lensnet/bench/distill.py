@@ -3,7 +3,9 @@
 Each row is trained through lensnet.fit (task substructure) on the same dataset, seed, epochs and
 schedule, scored on the same test split, then timed: parameters, MFLOPs per image (TF profiler)
 and CPU latency at batch 1 and 64 (Keras predict_on_batch, median of `--repeats`), i.e. what the
-compression buys. The teacher is trained first (or given with --teacher-run). With
+compression buys. Each row's macro AUC has a 95% bootstrap interval over the test images, and every
+row but the student's the paired bootstrap interval of its difference from the student alone (the
+same resamples for both models). The teacher is trained first (or given with --teacher-run). With
 `--attention-block K` (a ViT/DeiT teacher and student with the same patch grid) a fourth row,
 "student+teacher+attention", adds the attention-map matching of block K (`task.attention_block`).
 """
@@ -17,6 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from lensnet.bench.common import auc_difference
 
 SUMMARY = "Teacher, student, student + teacher at one budget: AUC, params, FLOPs, CPU latency"
 
@@ -38,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per batch size")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the test images (0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
 
@@ -72,8 +77,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     import keras
 
     from lensnet.artifacts.runs import read_run
-    from lensnet.bench.common import model_flops
+    from lensnet.bench.common import model_flops, test_predictions
     from lensnet.tasks.checkpoints import load_model
+    from lensnet.tasks.scores import macro_auc_interval
 
     if args.attention_block is not None:
         check_attention_teacher(args)  # before hours of training, not after
@@ -95,25 +101,39 @@ def run(args: argparse.Namespace) -> list[dict]:
     if args.attention_block is not None:
         cases.append(("student+teacher+attention", *_student(args, runs, "attention", {"task": {
             **distill, "attention_block": args.attention_block, "attention_weight": args.attention_weight}})))
-    rows = []
+    rows, scored = [], {}
     for role, run_dir, result in cases:
         info = read_run(run_dir)
         metrics = result.metrics if result is not None else json.loads((run_dir / "metrics.json").read_text())
+        scored[role] = test_predictions(run_dir, args.data)
+        interval = macro_auc_interval(*scored[role], args.bootstrap, args.seed) if args.bootstrap else None
         model = load_model(run_dir)
         shape = tuple(info.input_shape)
         flops = model_flops(model, shape)
         rows.append({
             "role": role, "model": info.model, "params": int(model.count_params()),
             "mflops": None if flops is None else round(flops / 1e6, 1),
-            "macro_auc": metrics.get("macro_roc_auc"), "accuracy": metrics.get("accuracy"),
+            "macro_auc": metrics.get("macro_roc_auc"),
+            "auc_lo": interval[0] if interval else None, "auc_hi": interval[1] if interval else None,
+            "accuracy": metrics.get("accuracy"),
             "ms_batch1": latency_ms(model, shape, 1, args.repeats, args.seed),
             "ms_batch64": latency_ms(model, shape, 64, args.repeats, args.seed),
             "epochs": info.epochs_done, "wall_s": None if result is None else round(result.seconds, 1),
             "run": str(run_dir),
         })
-        print(rows[-1], flush=True)
         keras.backend.clear_session()
+    for row in rows:
+        if row["role"] != "student":
+            row.update(vs_student(scored["student"], scored[row["role"]], args.bootstrap, args.seed))
+        print(row, flush=True)
     return rows
+
+
+def vs_student(student: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray], bootstrap: int,
+               seed: int) -> dict:
+    """The row's macro AUC minus the student's on the same test images, with the paired bootstrap interval."""
+    found = auc_difference(student, other, bootstrap, seed)
+    return {"auc_minus_student": found["difference"], "diff_lo": found["low"], "diff_hi": found["high"]}
 
 
 def check_attention_teacher(args: argparse.Namespace) -> None:

@@ -4,7 +4,9 @@ and on images with a random 10% of their area erased (robustness).
 Each mode trains through lensnet.fit (task substructure) with the same dataset, model, seed,
 epochs and schedule (`train.erasing.mode` none | random | attention, `every`, `fraction`). The
 robustness score erases `--mask-fraction` of an 8x8 grid of cells per test image (a fixed seed,
-the same cells for every mode) with the image's background level, after normalisation.
+the same cells for every mode) with the image's background level, after normalisation. Each AUC has a
+95% bootstrap interval over the test images, and each mode's clean and masked AUC the paired bootstrap
+interval of its difference from the `none` mode (the same resamples for both models).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the test images (0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
 
@@ -33,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class MaskedModel:
     """`model` on images whose random `fraction` of an 8x8 cell grid is erased (fixed seed)."""
 
-    def __init__(self, model, fraction: float, seed: int) -> None:
+    def __init__(self, model, fraction: float = 0.1, seed: int = 0) -> None:
         self.model, self.fraction, self.seed = model, fraction, seed
 
     def __call__(self, images, training: bool = False):
@@ -48,16 +51,15 @@ class MaskedModel:
 def run(args: argparse.Namespace) -> list[dict]:
     import keras
 
+    from lensnet.bench.common import auc_difference, test_predictions
     from lensnet.core.config import deep_update, parse_set
-    from lensnet.data import open_dataset
-    from lensnet.tasks.base import task_from_config
-    from lensnet.tasks.checkpoints import load_model
+    from lensnet.tasks.scores import macro_auc_with_interval
     from lensnet.training.config import resolve_fit_config
-    from lensnet.training.evaluation import predict_split
     from lensnet.training.trainer import run_fit
 
     runs = Path(tempfile.mkdtemp(prefix="lensnet-bench-erasing-"))
-    rows = []
+    masked_key = f"macro_auc_masked{int(100 * args.mask_fraction)}"
+    rows, scored = [], {}
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         overrides = deep_update({
             "model": {"name": args.model},
@@ -66,18 +68,23 @@ def run(args: argparse.Namespace) -> list[dict]:
                       "erasing": {"mode": mode, "every": args.every, "fraction": args.fraction}},
             "run": {"dir": str(runs), "name": mode, "seed": args.seed, "verbose": 2},
         }, parse_set(args.set))
-        config = resolve_fit_config("substructure", overrides=overrides)
-        result = run_fit(config, progress=False)
-        info = open_dataset(args.data)
-        task = task_from_config(config, info, result.info.task_state)
-        masked = predict_split(MaskedModel(load_model(result.run_dir), args.mask_fraction, args.seed), task, info,
-                               config["data"]["test_split"], result.info.normalisation, progress=False)
-        robust = task.score(masked["y_true"], masked["y_pred"])
-        rows.append({"mode": mode, "model": args.model, "epochs": args.epochs, "every": args.every,
-                     "fraction": args.fraction, "macro_auc": result.metrics.get("macro_roc_auc"),
-                     "accuracy": result.metrics.get("accuracy"),
-                     f"macro_auc_masked{int(100 * args.mask_fraction)}": robust.get("macro_roc_auc"),
-                     "wall_s": round(result.seconds, 1), "run": str(result.run_dir)})
+        result = run_fit(resolve_fit_config("substructure", overrides=overrides), progress=False)
+        scored[mode] = {
+            "clean": test_predictions(result.run_dir, args.data),
+            "masked": test_predictions(result.run_dir, args.data,
+                                       lambda model: MaskedModel(model, args.mask_fraction, args.seed)),
+        }
+        row = {"mode": mode, "model": args.model, "epochs": args.epochs, "every": args.every,
+               "fraction": args.fraction, "accuracy": result.metrics.get("accuracy")}
+        for view, key in (("clean", "macro_auc"), ("masked", masked_key)):
+            found = macro_auc_with_interval(*scored[mode][view], args.bootstrap, args.seed)
+            row[key], row[f"{key}_lo"], row[f"{key}_hi"] = found["macro_roc_auc"], found["low"], found["high"]
+            if mode != "none" and "none" in scored:
+                found = auc_difference(scored["none"][view], scored[mode][view], args.bootstrap, args.seed)
+                row[f"{key}_minus_none"], row[f"{key}_diff_lo"], row[f"{key}_diff_hi"] = (
+                    found["difference"], found["low"], found["high"])
+        row.update(wall_s=round(result.seconds, 1), run=str(result.run_dir))
+        rows.append(row)
         print(rows[-1], flush=True)
         keras.backend.clear_session()
     return rows

@@ -75,28 +75,60 @@ def regression_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     return out
 
 
-def macro_auc_interval(labels: np.ndarray, probs: np.ndarray, bootstrap: int = 1000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile-bootstrap interval of the macro one-vs-rest ROC AUC, resampling test images.
+def _macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    return float(np.mean([skm.roc_auc_score(labels == c, probs[:, c]) for c in range(probs.shape[1])]))
 
-    Resamples in which a class is absent (its AUC undefined) are skipped; None if fewer than half
-    of the resamples are usable.
+
+def bootstrap_macro_aucs(labels: np.ndarray, probs: list[np.ndarray], bootstrap: int = 1000,
+                         seed: int = 0) -> np.ndarray:
+    """Macro AUCs of several models' `probs` on the same resamples of the test images, shape (usable, models).
+
+    The resamples are shared so that differences between models are paired. Resamples in which a class
+    is absent (its AUC undefined) are skipped.
     """
     labels = np.asarray(labels).astype(int).ravel()
-    probs = np.asarray(probs, dtype=np.float64)
-    k = probs.shape[1]
+    probs = [np.asarray(p, dtype=np.float64) for p in probs]
+    k = probs[0].shape[1]
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(int(bootstrap)):
         idx = rng.integers(0, labels.size, labels.size)
-        y, p = labels[idx], probs[idx]
+        y = labels[idx]
         if any(not 0 < (y == c).sum() < y.size for c in range(k)):
             continue
-        values.append(np.mean([skm.roc_auc_score(y == c, p[:, c]) for c in range(k)]))
-    if len(values) < bootstrap / 2:
+        values.append([_macro_auc(y, p[idx]) for p in probs])
+    return np.asarray(values, dtype=np.float64).reshape(-1, len(probs))
+
+
+def _percentiles(values: np.ndarray, bootstrap: int, level: float) -> tuple[float, float] | None:
+    if values.size < bootstrap / 2:
         return None
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def macro_auc_interval(labels: np.ndarray, probs: np.ndarray, bootstrap: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of the macro one-vs-rest ROC AUC, resampling test images.
+
+    None if fewer than half of the resamples are usable (see `bootstrap_macro_aucs`).
+    """
+    return _percentiles(bootstrap_macro_aucs(labels, [probs], bootstrap, seed)[:, 0], bootstrap, level)
+
+
+def paired_macro_auc_difference(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray,
+                                bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Macro AUC of b minus that of a on the same test images, with its paired percentile-bootstrap interval.
+
+    Both models are scored on each resample, so the interval is of the difference itself (narrower than
+    comparing two separate intervals when the models err on the same images).
+    """
+    labels = np.asarray(labels).astype(int).ravel()
+    point = _macro_auc(labels, np.asarray(probs_b, dtype=np.float64)) - _macro_auc(
+        labels, np.asarray(probs_a, dtype=np.float64))
+    values = bootstrap_macro_aucs(labels, [probs_a, probs_b], bootstrap, seed) if bootstrap else np.zeros((0, 2))
+    low, high = _percentiles(values[:, 1] - values[:, 0], bootstrap, level) or (None, None)
+    return {"difference": float(point), "low": low, "high": high, "n_test": int(labels.size)}
 
 
 def macro_auc_with_interval(labels: np.ndarray, probs: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> dict:
@@ -104,7 +136,6 @@ def macro_auc_with_interval(labels: np.ndarray, probs: np.ndarray, bootstrap: in
     labels = np.asarray(labels).astype(int).ravel()
     probs = np.asarray(probs, dtype=np.float64)
     k = probs.shape[1]
-    point = (float(np.mean([skm.roc_auc_score(labels == c, probs[:, c]) for c in range(k)]))
-             if len(np.unique(labels)) == k else None)
+    point = _macro_auc(labels, probs) if len(np.unique(labels)) == k else None
     low, high = (macro_auc_interval(labels, probs, bootstrap, seed) if bootstrap else None) or (None, None)
     return {"macro_roc_auc": point, "low": low, "high": high, "n_test": int(labels.size)}
