@@ -145,6 +145,7 @@ def test_bench_erasing_gives_each_auc_its_interval_and_each_mode_its_difference_
     (result,) = (tmp_path / "results").glob("erasing-*.json")
     rows = {r["mode"]: r for r in json.loads(result.read_text())["rows"]}
     assert list(rows) == ["none", "random", "attention"]
+    assert all(1 <= row["best_epoch"] <= 2 for row in rows.values())  # which checkpoint the figures are of
     for mode, row in rows.items():
         for key in ("macro_auc", "macro_auc_masked10"):
             assert row[f"{key}_lo"] <= row[key] <= row[f"{key}_hi"], row

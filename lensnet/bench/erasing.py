@@ -75,7 +75,10 @@ def run(args: argparse.Namespace) -> list[dict]:
                                        lambda model: MaskedModel(model, args.mask_fraction, args.seed)),
         }
         row = {"mode": mode, "model": args.model, "epochs": args.epochs, "every": args.every,
-               "fraction": args.fraction, "accuracy": result.metrics.get("accuracy")}
+               "fraction": args.fraction, "accuracy": result.metrics.get("accuracy"),
+               # the checkpoint scored is the best on (clean) validation: an erasing run whose validation falls
+               # once erasing starts is scored at the epoch before it
+               "best_epoch": result.info.best_epoch}
         for view, key in (("clean", "macro_auc"), ("masked", masked_key)):
             found = macro_auc_with_interval(*scored[mode][view], args.bootstrap, args.seed)
             row[key], row[f"{key}_lo"], row[f"{key}_hi"] = found["macro_roc_auc"], found["low"], found["high"]

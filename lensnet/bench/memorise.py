@@ -60,7 +60,7 @@ def memorise(model: str, *, size: int = 32, num: int = 128, classes: int = 3, ep
     from lensnet.models.layers import timm_initialise
     from lensnet.models.registry import train_defaults
     from lensnet.training.config import FIT_DEFAULTS
-    from lensnet.training.optim import make_optimizer
+    from lensnet.training.optim import make_optimizer, peak_learning_rate
 
     keras.utils.set_random_seed(seed)
     images = lens_like_images(num, size, seed)
@@ -97,7 +97,7 @@ def memorise(model: str, *, size: int = 32, num: int = 128, classes: int = 3, ep
         "loss_after_step1": round(after_first, 4), "final_loss": round(float(final_loss), 4),
         "final_accuracy": round(float(final_accuracy), 4),
         "final_loss_training_mode": round(train_mode_loss, 4), "seconds": round(seconds, 1),
-        "warmup_epochs": recipe["warmup_epochs"], "learning_rate": recipe["learning_rate"],
+        "warmup_epochs": recipe["warmup_epochs"], "learning_rate": peak_learning_rate(recipe),
     }
 
 

@@ -35,7 +35,7 @@ import keras_hub
 from lensnet.models.backbone import Backbone, float32_features, image_input
 from lensnet.models.layers import check_heads
 from lensnet.models.pooling import valid_modes
-from lensnet.models.registry import TRANSFORMER_RECIPE, register_model
+from lensnet.models.registry import PLAIN_TRANSFORMER_RECIPE, register_model
 from lensnet.models.vit import resolve_patch_size
 
 
@@ -145,7 +145,7 @@ class DeiTBackbone(Backbone):
 @register_model(
     "deit_tiny",
     family="deit",
-    train_defaults=TRANSFORMER_RECIPE,
+    train_defaults=PLAIN_TRANSFORMER_RECIPE,
     description="DeiT-Tiny (keras-hub; 192 wide, 3 heads, 12 layers, class + distillation tokens, ~5.4M params)",
     defaults={
         "patch_size": None,

@@ -52,7 +52,7 @@ from lensnet.models.layers import (
     freeze_index_tensors,
 )
 from lensnet.models.pooling import valid_modes
-from lensnet.models.registry import TRANSFORMER_RECIPE, register_model
+from lensnet.models.registry import PLAIN_TRANSFORMER_RECIPE, register_model
 
 DEFAULT_PATCH = 8
 
@@ -198,7 +198,7 @@ _VIT_COMMON = {
 @register_model(
     "vit_tiny",
     family="vit",
-    train_defaults=TRANSFORMER_RECIPE,
+    train_defaults=PLAIN_TRANSFORMER_RECIPE,
     description="ViT-Tiny (keras-hub; 192 wide, 3 heads, 12 layers, ~5.4M params; patch 8 at 64 px)",
     defaults={**_VIT_COMMON, "hidden_dim": 192, "num_heads": 3, "mlp_dim": 768},
 )
@@ -209,7 +209,7 @@ def vit_tiny(input_shape: tuple[int, int, int], **kwargs: Any) -> keras.Model:
 @register_model(
     "vit_small",
     family="vit",
-    train_defaults=TRANSFORMER_RECIPE,
+    train_defaults=PLAIN_TRANSFORMER_RECIPE,
     description="ViT-Small (keras-hub; 384 wide, 6 heads, 12 layers, ~21.3M params; patch 8 at 64 px)",
     defaults={**_VIT_COMMON, "hidden_dim": 384, "num_heads": 6, "mlp_dim": 1536},
 )

@@ -54,6 +54,9 @@ FIT_DEFAULTS: dict[str, Any] = {
         "steps_per_epoch": None,  # None = one pass over the training split
         "optimizer": "adamw",  # adamw | adam | lamb | sgd
         "learning_rate": 1.0e-3,
+        # the peak rate is learning_rate x learning_rate_scale; a model's registry recipe sets the scale
+        # (ViT, DeiT: 0.3, lensnet.models.registry.PLAIN_TRANSFORMER_RECIPE), so one task preset serves all
+        "learning_rate_scale": 1.0,
         "weight_decay": 1.0e-4,
         "momentum": 0.9,  # sgd
         "schedule": "cosine",  # cosine | constant | plateau
@@ -174,6 +177,7 @@ def validate(config: dict) -> None:
     positive(train, "epochs", "train")
     positive(data, "batch_size", "data")
     positive(train, "learning_rate", "train", float)
+    positive(train, "learning_rate_scale", "train", float)
     positive(train, "weight_decay", "train", float, allow_zero=True)
     positive(train, "warmup_epochs", "train", float, allow_zero=True)
     positive(train, "precise_bn_batches", "train", allow_zero=True)

@@ -42,8 +42,13 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 NO_DECAY = ("bias", "gamma", "beta", "token", "embeddings", "position")
 
 
+def peak_learning_rate(train: dict) -> float:
+    """The rate the schedule peaks at: `learning_rate` x the model recipe's `learning_rate_scale`."""
+    return float(train["learning_rate"]) * float(train.get("learning_rate_scale", 1.0))
+
+
 def make_optimizer(train: dict, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    lr = float(train["learning_rate"])
+    lr = peak_learning_rate(train)
     if train["schedule"] == "cosine":
         schedule = WarmupCosine(lr, steps_per_epoch * int(train["epochs"]),
                                 int(round(float(train["warmup_epochs"]) * steps_per_epoch)),

@@ -141,7 +141,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True,
     from lensnet.training.distribute import make_strategy
     from lensnet.training.evaluation import report
     from lensnet.training.model import build_task_model
-    from lensnet.training.optim import make_optimizer
+    from lensnet.training.optim import make_optimizer, peak_learning_rate
 
     strategy, strategy_kind = make_strategy(config["distribute"])  # first: devices are fixed at TF start-up
     info = resolve_dataset(config, progress)
@@ -174,7 +174,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True,
         with strategy.scope():
             _restore(model, run_dir, state)
             if train["schedule"] == "constant":  # the config's rate, not the checkpoint's (a PBT member's may differ)
-                model.optimizer.learning_rate.assign(float(train["learning_rate"]))
+                model.optimizer.learning_rate.assign(peak_learning_rate(train))
     initial_epoch = int(state["epochs_done"]) if state else 0
     run_info = RunInfo(
         task=task.name, model=config["model"]["name"],
