@@ -114,6 +114,19 @@ def test_plain_transformers_peak_at_a_fraction_of_the_tasks_learning_rate(model,
         resolve_fit_config("substructure", overrides={"model": {"name": model}, "train": {"learning_rate_scale": 0}})
 
 
+def test_a_run_written_before_the_scale_resumes_at_the_tasks_rate(tmp_path):
+    import yaml
+
+    from lensnet.training.config import resolve_fit_config, resume_config
+
+    config = resolve_fit_config("substructure", overrides={"model": {"name": "vit_tiny"}})
+    assert config["train"]["learning_rate_scale"] == 0.3
+    del config["train"]["learning_rate_scale"]  # what an older lensnet wrote
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(config))
+    assert resume_config(str(tmp_path / "old"), {})["train"]["learning_rate_scale"] == 1.0
+
+
 def test_weight_decay_skips_norms_biases_tokens_and_position_embeddings():
     import keras
 

@@ -279,6 +279,7 @@ def resume_config(run_dir: str, overrides: dict) -> dict:
             raise LensnetError(f"with --resume the run's own config.yaml is used; only --epochs may change "
                                f"(got {section}.{sorted(extra)[0]})")
     config = merge(load_run_config(Path(run_dir)), overrides, open_keys=OPEN_KEYS)
+    config["train"].setdefault("learning_rate_scale", 1.0)  # a run written before the key: the task's rate
     path = Path(run_dir)
     config["run"]["dir"], config["run"]["name"] = str(path.parent), path.name
     validate(config)
