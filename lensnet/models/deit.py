@@ -20,8 +20,9 @@ The earlier "DeiT does not memorise" (0.113) compared a DeiT with a 128-wide MLP
 768-wide one; at equal size the distillation token does not hurt. At the usual 4x MLP both end near
 the bar in 100 steps: the memorisation speed of these small plain transformers depends on the MLP width.
 On the Model II replica, at the budget where cnn_small reaches 0.99 (14,400 images, 3 epochs), the full
-deit_tiny reaches macro AUC 0.885 at the substructure preset's 1e-3 and 0.947 at the recipe's 0.3x (3e-4;
-a 4-block DeiT 0.775 -> 0.943), see lensnet.models.registry.PLAIN_TRANSFORMER_RECIPE and docs/transformers.md.
+deit_tiny reaches macro AUC 0.885 at the substructure preset's 1e-3, 0.947 at 0.3x and 0.955 at the recipe's
+0.1x (1e-4; a 4-block DeiT 0.775 -> 0.946), see lensnet.models.registry.PLAIN_TRANSFORMER_RECIPE and
+docs/transformers.md.
 """
 
 from __future__ import annotations

@@ -35,9 +35,9 @@ position embeddings (lensnet.training.optim.NO_DECAY) as in timm/DeiT. With it t
 
 On the Model II replica the task presets already warm up for 1-2 epochs, and the 12-block vit_tiny still sat at
 the label prior for two epochs at the substructure preset's 1e-3. The learning rate was the remaining cause:
-ViT and DeiT train at 0.3x the task's rate (`train.learning_rate_scale` from PLAIN_TRANSFORMER_RECIPE).
+ViT and DeiT train at 0.1x the task's rate (`train.learning_rate_scale` from PLAIN_TRANSFORMER_RECIPE).
 vit_tiny at the budget where cnn_small reaches 0.99 (14,400 images, 3 epochs): macro AUC 0.868 at 1e-3,
-0.927 at 3e-4 (docs/transformers.md, "The plain transformers' learning rate"); still short of 0.98.
+0.927 at 3e-4, 0.935 at 1e-4 (docs/transformers.md, "The plain transformers' learning rate"); still short of 0.98.
 """
 
 from __future__ import annotations

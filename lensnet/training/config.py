@@ -55,7 +55,7 @@ FIT_DEFAULTS: dict[str, Any] = {
         "optimizer": "adamw",  # adamw | adam | lamb | sgd
         "learning_rate": 1.0e-3,
         # the peak rate is learning_rate x learning_rate_scale; a model's registry recipe sets the scale
-        # (ViT, DeiT: 0.3, lensnet.models.registry.PLAIN_TRANSFORMER_RECIPE), so one task preset serves all
+        # (ViT, DeiT: 0.1, lensnet.models.registry.PLAIN_TRANSFORMER_RECIPE), so one task preset serves all
         "learning_rate_scale": 1.0,
         "weight_decay": 1.0e-4,
         "momentum": 0.9,  # sgd
