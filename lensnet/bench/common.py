@@ -62,20 +62,9 @@ def model_flops(model, input_shape: Sequence[int]) -> int | None:
         return None
 
 
-def test_predictions(run_dir: str | Path, data: str | Path, wrap: Callable | None = None) -> tuple:
-    """(labels, class probabilities) of a finished run on `data`'s test split, in the split's record order;
-    `wrap(model)` scores a wrapped model instead (e.g. one that erases part of each image)."""
-    import numpy as np
-
-    from lensnet.training.evaluation import open_run_on, predict_split
-
-    run, task, info, model = open_run_on(run_dir, data, "test")
-    found = predict_split(wrap(model) if wrap else model, task, info, "test", run.normalisation, progress=False)
-    return np.asarray(found["y_true"]), np.asarray(found["y_pred"])
-
-
 def auc_difference(base: tuple, other: tuple, bootstrap: int, seed: int) -> dict:
-    """Macro AUC of `other` minus `base` ((labels, probs) pairs of the same test records), paired bootstrap."""
+    """Macro AUC of `other` minus `base` ((labels, probs, ...) of the same test records, as
+    `lensnet.studies.detectability.predictions_on_test` returns them), with the paired bootstrap interval."""
     import numpy as np
 
     from lensnet.tasks.scores import paired_macro_auc_difference

@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     import keras
 
     from lensnet.artifacts.runs import read_run
-    from lensnet.bench.common import model_flops, test_predictions
+    from lensnet.bench.common import model_flops
+    from lensnet.studies.detectability import predictions_on_test
     from lensnet.tasks.checkpoints import load_model
     from lensnet.tasks.scores import macro_auc_interval
 
@@ -105,8 +106,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     for role, run_dir, result in cases:
         info = read_run(run_dir)
         metrics = result.metrics if result is not None else json.loads((run_dir / "metrics.json").read_text())
-        scored[role] = test_predictions(run_dir, args.data)
-        interval = macro_auc_interval(*scored[role], args.bootstrap, args.seed) if args.bootstrap else None
+        scored[role] = predictions_on_test(run_dir, args.data)
+        interval = macro_auc_interval(*scored[role][:2], args.bootstrap, args.seed) if args.bootstrap else None
         model = load_model(run_dir)
         shape = tuple(info.input_shape)
         flops = model_flops(model, shape)
@@ -129,8 +130,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def vs_student(student: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray], bootstrap: int,
-               seed: int) -> dict:
+def vs_student(student: tuple, other: tuple, bootstrap: int, seed: int) -> dict:
     """The row's macro AUC minus the student's on the same test images, with the paired bootstrap interval."""
     found = auc_difference(student, other, bootstrap, seed)
     return {"auc_minus_student": found["difference"], "diff_lo": found["low"], "diff_hi": found["high"]}

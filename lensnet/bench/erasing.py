@@ -51,8 +51,9 @@ class MaskedModel:
 def run(args: argparse.Namespace) -> list[dict]:
     import keras
 
-    from lensnet.bench.common import auc_difference, test_predictions
+    from lensnet.bench.common import auc_difference
     from lensnet.core.config import deep_update, parse_set
+    from lensnet.studies.detectability import predictions_on_test
     from lensnet.tasks.scores import macro_auc_with_interval
     from lensnet.training.config import resolve_fit_config
     from lensnet.training.trainer import run_fit
@@ -70,8 +71,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         }, parse_set(args.set))
         result = run_fit(resolve_fit_config("substructure", overrides=overrides), progress=False)
         scored[mode] = {
-            "clean": test_predictions(result.run_dir, args.data),
-            "masked": test_predictions(result.run_dir, args.data,
+            "clean": predictions_on_test(result.run_dir, args.data),
+            "masked": predictions_on_test(result.run_dir, args.data,
                                        lambda model: MaskedModel(model, args.mask_fraction, args.seed)),
         }
         row = {"mode": mode, "model": args.model, "epochs": args.epochs, "every": args.every,
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                # once erasing starts is scored at the epoch before it
                "best_epoch": result.info.best_epoch}
         for view, key in (("clean", "macro_auc"), ("masked", masked_key)):
-            found = macro_auc_with_interval(*scored[mode][view], args.bootstrap, args.seed)
+            found = macro_auc_with_interval(*scored[mode][view][:2], args.bootstrap, args.seed)
             row[key], row[f"{key}_lo"], row[f"{key}_hi"] = found["macro_roc_auc"], found["low"], found["high"]
             if mode != "none" and "none" in scored:
                 found = auc_difference(scored["none"][view], scored[mode][view], args.bootstrap, args.seed)

@@ -339,10 +339,10 @@ def _best_rate(config: dict, rates: list[float | None], label: str) -> tuple:
 def _interval(run_dir: Path, scored, keys: tuple[str, ...], args: argparse.Namespace, headline: bool) -> dict:
     """The run's test macro AUC (or binary AUC) interval on `scored`'s test split; with `headline` (an
     independent --test set, not the run's own) its figures there too, in place of the run's metrics.json."""
-    from lensnet.studies.detectability import test_predictions
+    from lensnet.studies.detectability import predictions_on_test
     from lensnet.tasks.scores import macro_auc_with_interval
 
-    labels, probs, _ = test_predictions(run_dir, scored.path)
+    labels, probs, _ = predictions_on_test(run_dir, scored.path)
     predicted = probs.argmax(1) if probs.ndim == 2 and probs.shape[1] > 1 else (probs.reshape(-1) > 0.5)
     if probs.ndim == 1 or probs.shape[1] == 1:  # lens finding: p(lens) -> two columns
         p = probs.reshape(-1)

@@ -166,12 +166,15 @@ def pair_auc(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], 
     return {"auc": auc, "low": low, "high": high, "n": int(y.size)}
 
 
-def test_predictions(run_dir: Path, data_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Labels (in the run's class order) and class probabilities of the run's best model on the test split."""
+def predictions_on_test(run_dir: Path, data_dir: Path, wrap: Callable | None = None,
+                        ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Labels (in the run's class order) and class probabilities of the run's best model on the test split, in
+    the split's record order; `wrap(model)` scores a wrapped model instead (e.g. one that erases part of each image)."""
     from lensnet.training.evaluation import open_run_on, predict_split
 
     run, task, info, model = open_run_on(run_dir, data_dir, "test")
-    result = predict_split(model, task, info, "test", run.normalisation, batch_size=128, progress=False)
+    result = predict_split(wrap(model) if wrap else model, task, info, "test", run.normalisation, batch_size=128,
+                           progress=False)
     return np.asarray(result["y_true"]).astype(int), result["y_pred"], list(run.output["class_names"])
 
 
@@ -196,7 +199,7 @@ def run_point(spec: StudySpec, index: int, value: float, root: Path, log: Callab
     log(f"point {index}: training {spec.model} for {spec.epochs} epoch(s)")
     run_dir = point / "run"
     fit_or_resume(_fit_config(spec, point / "data", run_dir), progress=False, log=log)
-    labels, probs, class_names = test_predictions(run_dir, point / "data")
+    labels, probs, class_names = predictions_on_test(run_dir, point / "data")
     result: dict[str, Any] = {"index": index, "knob": spec.knob, "value": float(value),
                               "best_epoch": read_run(run_dir).best_epoch, "n_test": int(labels.size)}
     for positive, negative in PAIRS:

@@ -101,7 +101,7 @@ def bootstrap_macro_aucs(labels: np.ndarray, probs: list[np.ndarray], bootstrap:
 
 
 def _percentiles(values: np.ndarray, bootstrap: int, level: float) -> tuple[float, float] | None:
-    if values.size < bootstrap / 2:
+    if not values.size or values.size < bootstrap / 2:
         return None
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
