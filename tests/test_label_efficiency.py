@@ -258,7 +258,7 @@ def test_test_set_scores_every_row_on_its_own_test_split(capsys, synthetic_datas
     from lensnet.bench.__main__ import main as bench_main
     from lensnet.data import open_dataset
     from lensnet.data.synthetic import write_synthetic
-    from lensnet.studies.detectability import test_predictions
+    from lensnet.studies.detectability import predictions_on_test
 
     held_out = tmp_path / "held-out"
     write_synthetic(held_out, 160, image_shape=(16, 16, 1), seed=9, records_per_shard=32,
@@ -271,7 +271,7 @@ def test_test_set_scores_every_row_on_its_own_test_split(capsys, synthetic_datas
     rows = json.loads(next((tmp_path / "results").glob("label-efficiency-*Z.json")).read_text())["rows"]
     assert {r["mode"] for r in rows} == {"scratch", "knn"} and all(r["n_test"] == n_held_out for r in rows)
     scratch = next(r for r in rows if r["mode"] == "scratch")
-    labels, probs, _ = test_predictions(Path(scratch["run"]), held_out)
+    labels, probs, _ = predictions_on_test(Path(scratch["run"]), held_out)
     assert labels.size == n_held_out
     assert scratch["macro_roc_auc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]))
     assert scratch["low"] <= scratch["macro_roc_auc"] <= scratch["high"]
