@@ -73,6 +73,20 @@ def test_every_family_exports_faithfully(tmp_path, family, kind, normalisation, 
     assert {k: v for k, v in result.card["output"].items() if k != "shape"} == read_run(run).output
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("tokenizer", ["shifted", "conv"])
+def test_vit_tokenizers_export_faithfully(tmp_path, tokenizer):
+    # the shifted-patch tokenizer (slices, pad, per-patch normalisation) and the conv stem convert to ONNX
+    from lensnet.serving.export import export_run
+
+    run = make_run(tmp_path / "run", "vit_tiny", args={"tokenizer": tokenizer})
+    result = export_run(run, tmp_path / "export")
+    check = result.card["verification"]
+    assert check["max_abs_diff_savedmodel"] <= 1e-4 and check["max_abs_diff_onnxruntime"] <= 1e-4
+    diffs = three_way(result.path, run, raw_images(9, (16, 16, 1), seed=7, loc=3.0, scale=5.0))
+    assert diffs["savedmodel"] <= 1e-4 and diffs["onnx"] <= 1e-4, diffs
+
+
 def read_run(run: Path):
     from lensnet.artifacts.runs import read_run as read
 

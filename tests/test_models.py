@@ -419,6 +419,69 @@ def test_cct_dense_initializer_reaches_the_blocks_and_round_trips():
         create_model("cct_2", (16, 16, 1), **TINY["cct_2"], dense_initializer="nope")
 
 
+def test_shifted_patches_stack_the_four_half_patch_diagonal_shifts_and_normalise_each_patch():
+    """Shifted patch tokenisation (Lee et al. 2021): channel 0 is the image, channels 1-4 the image moved
+    half a patch down-right, down-left, up-right and up-left (zero-filled); each patch's vector over its
+    pixels and five channels has mean 0 and variance 1 before the learned scale and offset."""
+    from lensnet.models.layers import ShiftedPatches
+
+    image = np.zeros((1, 8, 8, 1), "float32")
+    image[0, 3, 4, 0] = 1.0
+    layer = ShiftedPatches(4, epsilon=0.0)
+    out = np.asarray(layer(image))
+    assert out.shape == (1, 8, 8, 5)
+    # undo the per-patch normalisation: within a patch, the bright pixel is its maximum
+    spots = [tuple(np.argwhere(out[0, :, :, c] == out[0, :, :, c].max())[0]) for c in range(5)]
+    assert spots == [(3, 4), (5, 6), (5, 2), (1, 6), (1, 2)]
+    patches = out.reshape(2, 4, 2, 4, 5).transpose(0, 2, 1, 3, 4).reshape(4, -1)
+    np.testing.assert_allclose(patches.mean(axis=1), 0.0, atol=1e-6)
+    np.testing.assert_allclose(patches.var(axis=1), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("tokenizer", ["shifted", "conv"])
+@pytest.mark.parametrize("name", ["vit_tiny", "deit_tiny"])
+def test_tokenizers_round_trip_and_the_block_walks_use_them(name, tokenizer, tmp_path):
+    """`tokenizer="shifted"` (the patch embedding sees the 5C-channel shifted stack) and `"conv"` (a
+    stride-2 conv stem down to the token grid, embedded at patch 1): the model keeps its token grid, saves
+    and reloads in safe mode, and code that calls the inner layers (token walks, MAE's visible-token
+    encoder) goes through the same tokenizer as the model."""
+    from lensnet.models.masked import VisibleTokenEncoder
+    from lensnet.models.tokens import block_tokens
+
+    model = create_model(name, (*TINY_SHAPE, 1), **TINY[name], tokenizer=tokenizer)
+    plain = create_model(name, (*TINY_SHAPE, 1), **TINY[name])
+    assert model.get_config()["tokenizer"] == tokenizer and plain.get_config()["tokenizer"] == "patch"
+    assert model.output_shape == plain.output_shape and model.patch_grid == plain.patch_grid == (4, 4)
+    kinds = {"shifted": "ShiftedPatches", "conv": "ConvStem"}
+    assert type(model.get_layer("tokenizer")).__name__ == kinds[tokenizer]
+    x = _images(3, 1)
+    expected = np.asarray(model(x, training=False))
+    path = os.fspath(tmp_path / "tokenizer.keras")
+    model.save(path)
+    np.testing.assert_array_equal(np.asarray(keras.models.load_model(path, safe_mode=True)(x, training=False)),
+                                  expected)
+    family = name.split("_")[0]
+    final_norm = model.get_layer(family).get_layer(f"{family}_encoder").layer_norm
+    walked = np.asarray(final_norm(block_tokens(model, x, -1)))
+    np.testing.assert_allclose(walked, expected, rtol=1e-4, atol=1e-4)
+    keep = np.tile(np.arange(16)[None], (3, 1))
+    encoded = np.asarray(VisibleTokenEncoder(model).encode(x, keep))
+    np.testing.assert_allclose(final_norm(encoded), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_stem_halves_the_grid_per_layer_and_needs_a_power_of_two_patch():
+    from lensnet.models.layers import ConvStem
+
+    stem = ConvStem(8, hidden_dim=192, bn_momentum=0.8)
+    out = stem(np.zeros((2, 64, 64, 1), "float32"))
+    assert out.shape == (2, 8, 8, 96)
+    assert [c.filters for c in stem.convs] == [24, 48, 96] and all(n.momentum == 0.8 for n in stem.norms)
+    with pytest.raises(LensnetError, match="power-of-two patch_size"):
+        create_model("vit_tiny", (30, 30, 1), **{**TINY["vit_tiny"], "patch_size": 6}, tokenizer="conv")
+    with pytest.raises(LensnetError, match="tokenizer must be one of patch, shifted, conv"):
+        create_model("deit_tiny", (*TINY_SHAPE, 1), **TINY["deit_tiny"], tokenizer="overlap")
+
+
 def test_deit_keeps_class_and_distillation_tokens():
     model = _tiny("deit_tiny")
     y = np.asarray(model(_images(2, 1), training=False))

@@ -7,6 +7,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras import ops
 
 from lensnet.core.errors import LensnetError
 
@@ -165,6 +166,149 @@ class TransformerBlock(keras.layers.Layer):
                        "dropout_rate": self.dropout_rate, "attention_dropout": self.attention_dropout,
                        "layer_norm_epsilon": self.layer_norm_epsilon, "kernel_initializer": self.kernel_initializer})
         return config
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class ShiftedPatches(keras.layers.Layer):
+    """Shifted patch tokenisation (Lee, Lee & Song 2021, "Vision Transformer for Small-Size Datasets"),
+    the part before the linear projection: the image and its four diagonal shifts by half a patch
+    (left-up, right-up, left-down, right-down, zero-filled) stacked on the channel axis, then each
+    patch's (ph * pw * 5C) vector layer-normalised with a learned scale and offset. The output keeps
+    the image layout (H, W, 5C), so the backbone's patch-embedding convolution (kernel = stride =
+    patch) is SPT's linear projection and every token sees a neighbourhood twice the patch.
+
+    Args:
+        patch_size: int or (int, int), the backbone's patch size.
+        epsilon: of the per-patch layer normalisation.
+    """
+
+    def __init__(self, patch_size: int | Sequence[int], epsilon: float = 1e-6, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.patch_size = as_pair(patch_size, "patch_size")
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        h, w, c = (int(d) for d in input_shape[1:])
+        ph, pw = self.patch_size
+        self.image_shape = (h, w, c)
+        # one scale and offset per element of a patch's vector, as LayerNorm(patch_dim) in the paper
+        shape = (1, 1, ph, 1, pw, 5 * c)
+        self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta")
+
+    def call(self, images: Any) -> Any:
+        h, w, c = self.image_shape
+        ph, pw = self.patch_size
+        sh, sw = ph // 2, pw // 2
+        padded = ops.pad(images, [[0, 0], [sh, sh], [sw, sw], [0, 0]])
+        shifted = [padded[:, dy: dy + h, dx: dx + w, :] for dy in (0, 2 * sh) for dx in (0, 2 * sw)]
+        x = ops.cast(ops.concatenate([images, *shifted], axis=-1), "float32")
+        x = ops.reshape(x, (-1, h // ph, ph, w // pw, pw, 5 * c))
+        mean = ops.mean(x, axis=(2, 4, 5), keepdims=True)
+        var = ops.mean(ops.square(x - mean), axis=(2, 4, 5), keepdims=True)
+        x = (x - mean) * ops.rsqrt(var + self.epsilon)
+        x = x * ops.cast(self.gamma, "float32") + ops.cast(self.beta, "float32")
+        return ops.cast(ops.reshape(x, (-1, h, w, 5 * c)), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
+        return (*input_shape[:-1], 5 * int(input_shape[-1]))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"patch_size": list(self.patch_size), "epsilon": self.epsilon})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="lensnet")
+class ConvStem(keras.layers.Layer):
+    """The convolutional stem of Xiao et al. 2021 ("Early Convolutions Help Transformers See Better"):
+    log2(patch) 3x3 stride-2 convolutions, each with BatchNormalization and ReLU, widths doubling up to
+    half the token width, in place of the patchify convolution. The output is the token grid
+    (H / patch, W / patch, hidden_dim / 2); the backbone's patch embedding at patch 1 is the paper's
+    final 1x1 convolution to the token width.
+
+    Args:
+        patch_size: int or (int, int), a square power of two: the downsampling to the token grid.
+        hidden_dim: the token width; the stem ends at hidden_dim / 2 channels.
+        bn_momentum: of the BatchNormalization moving statistics.
+    """
+
+    def __init__(self, patch_size: int | Sequence[int], hidden_dim: int, bn_momentum: float = 0.9,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.patch_size = as_pair(patch_size, "patch_size")
+        self.hidden_dim = int(hidden_dim)
+        self.bn_momentum = float(bn_momentum)
+        p = self.patch_size[0]
+        steps = p.bit_length() - 1
+        if self.patch_size[0] != self.patch_size[1] or p < 2 or p != 1 << steps:
+            raise LensnetError(f"tokenizer 'conv' needs a square power-of-two patch_size, got "
+                               f"{self.patch_size[0]}x{self.patch_size[1]}; give patch_size=4 or 8, or "
+                               "tokenizer='patch'")
+        widths = [max(1, self.hidden_dim // 2 ** (steps - i)) for i in range(steps)]
+        self.convs = [keras.layers.Conv2D(w, 3, strides=2, padding="same", use_bias=False, dtype=self.dtype_policy,
+                                          name=f"conv{i}") for i, w in enumerate(widths)]
+        self.norms = [keras.layers.BatchNormalization(momentum=self.bn_momentum, epsilon=1e-5,
+                                                      dtype=self.dtype_policy, name=f"bn{i}")
+                      for i in range(steps)]
+
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        shape = tuple(input_shape)
+        for conv, norm in zip(self.convs, self.norms):
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            norm.build(shape)
+
+    def call(self, images: Any, training: bool | None = None) -> Any:
+        x = images
+        for conv, norm in zip(self.convs, self.norms):
+            x = ops.relu(norm(conv(x), training=training))
+        return x
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
+        shape = tuple(input_shape)
+        for conv in self.convs:
+            shape = conv.compute_output_shape(shape)
+        return shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"patch_size": list(self.patch_size), "hidden_dim": self.hidden_dim,
+                       "bn_momentum": self.bn_momentum})
+        return config
+
+
+TOKENIZERS = ("patch", "shifted", "conv")
+
+
+def patch_tokenizer(tokenizer: str, image_shape: tuple[int, int, int], patch: tuple[int, int], hidden_dim: int,
+                    epsilon: float, bn_momentum: float, dtype: Any, model: str
+                    ) -> tuple[keras.layers.Layer | None, tuple[int, int, int], tuple[int, int]]:
+    """A ViT/DeiT's tokenizer before keras-hub's patch embedding: (layer or None, the image shape and the
+    patch size the keras-hub backbone is then built for).
+
+    "patch": none, keras-hub's patchify convolution; "shifted": `ShiftedPatches` (5C channels, same
+    patch); "conv": `ConvStem` (the token grid itself, embedded at patch 1).
+    """
+    h, w, c = image_shape
+    if tokenizer == "patch":
+        return None, image_shape, patch
+    if tokenizer == "shifted":
+        return ShiftedPatches(patch, epsilon=epsilon, dtype=dtype, name="tokenizer"), (h, w, 5 * c), patch
+    if tokenizer == "conv":
+        stem = ConvStem(patch, hidden_dim, bn_momentum=bn_momentum, dtype=dtype, name="tokenizer")
+        return stem, (h // patch[0], w // patch[1], max(1, hidden_dim // 2)), (1, 1)
+    raise LensnetError(f"model {model!r}: tokenizer must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
+
+
+def tokenizer_input(backbone: keras.Model, images: Any) -> Any:
+    """What a ViT/DeiT backbone's keras-hub patch embedding sees: `images` through its tokenizer layer
+    if it has one (for code that calls the backbone's inner layers directly)."""
+    try:
+        layer = backbone.get_layer("tokenizer")
+    except ValueError:
+        return images
+    return layer(images)
 
 
 # What `timm_initialise` may re-initialise, one candidate cause of a transformer that does not train each.

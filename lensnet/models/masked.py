@@ -21,6 +21,7 @@ import keras
 from keras import ops
 
 from lensnet.core.errors import LensnetError
+from lensnet.models.layers import tokenizer_input
 
 MASKABLE_FAMILIES = ("vit", "deit")
 
@@ -41,6 +42,7 @@ class VisibleTokenEncoder:
 
     def __init__(self, backbone: keras.Model) -> None:
         kind = type(backbone).__name__
+        self.backbone = backbone
         if kind == "ViTBackbone":
             inner = _inner(backbone, "ViTBackbone")
             self.embedding = inner.get_layer("vit_patching_and_embedding")
@@ -74,7 +76,7 @@ class VisibleTokenEncoder:
 
     def encode(self, images: Any, keep: Any, training: bool = False) -> Any:
         """(N, prefix + K, D) encoder outputs for the prefix tokens and the patches `keep` (N, K) int."""
-        patches = self.embedding.patch_embedding(images)  # (N, gh, gw, D)
+        patches = self.embedding.patch_embedding(tokenizer_input(self.backbone, images))  # (N, gh, gw, D)
         shape = ops.shape(patches)
         patches = ops.reshape(patches, (shape[0], -1, shape[-1]))
         prefix, positions = self._prefix_and_positions(shape[0])

@@ -16,6 +16,7 @@ import keras
 from keras import ops
 
 from lensnet.core.errors import LensnetError
+from lensnet.models.layers import tokenizer_input
 
 TRANSFORMER_FAMILIES = ("vit", "deit")  # inner keras-hub model names of lensnet's ViT and DeiT backbones
 
@@ -67,7 +68,7 @@ def walk_blocks(backbone: Any, images: Any, block: int = -1, scores: bool = Fals
     """
     family, embed, encoder = _parts(backbone)
     index = block_index(backbone, block)
-    x = embed(images)
+    x = embed(tokenizer_input(backbone, images))
     maps = []
     for layer in encoder.encoder_layers[: index + 1]:
         x, weights = _run_block(family, layer, x, scores)
