@@ -57,12 +57,9 @@ class DeiTBackbone(Backbone):
         dropout_rate: dropout in the blocks.
         attention_dropout: dropout on attention weights.
         layer_norm_epsilon: of every LayerNormalization.
-        tokenizer: how patches become tokens (`lensnet.models.layers.patch_tokenizer`): `"patch"`,
-            keras-hub's linear patch embedding (the original ViT); `"shifted"`, shifted patch
-            tokenisation (Lee et al. 2021): each patch with its four half-patch diagonal shifts,
-            layer-normalised, then the linear embedding; `"conv"`, the convolutional stem of
-            Xiao et al. 2021 (3x3 stride-2 convolutions with BatchNorm and ReLU, then a 1x1 embedding).
-        bn_momentum: of the conv stem's BatchNormalization (unused by the other tokenizers).
+        tokenizer: `"patch"` (DeiT's linear patch embedding), `"shifted"` or `"conv"`, as for
+            `lensnet.models.vit.ViTBackbone`.
+        bn_momentum: of the conv stem's BatchNormalization.
         pooling: the default pooling (see `lensnet.models.pooling`): `"cls"`
             (the class token), `"prefix_mean"` (mean of class and distillation
             tokens), `"tokens_avg"`/`"avg"` or `"max"` (over the patch tokens).
@@ -175,7 +172,7 @@ class DeiTBackbone(Backbone):
         "attention_dropout": 0.0,
         "layer_norm_epsilon": 1e-6,
         "tokenizer": "patch",
-    "bn_momentum": 0.9,
+        "bn_momentum": 0.9,
         "pooling": "cls",
     },
 )

@@ -301,14 +301,14 @@ def patch_tokenizer(tokenizer: str, image_shape: tuple[int, int, int], patch: tu
     raise LensnetError(f"model {model!r}: tokenizer must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
 
 
-def tokenizer_input(backbone: keras.Model, images: Any) -> Any:
+def tokenizer_input(backbone: keras.Model, images: Any, training: bool | None = None) -> Any:
     """What a ViT/DeiT backbone's keras-hub patch embedding sees: `images` through its tokenizer layer
     if it has one (for code that calls the backbone's inner layers directly)."""
     try:
         layer = backbone.get_layer("tokenizer")
     except ValueError:
         return images
-    return layer(images)
+    return layer(images, training=training)
 
 
 # What `timm_initialise` may re-initialise, one candidate cause of a transformer that does not train each.

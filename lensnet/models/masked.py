@@ -36,6 +36,10 @@ def _inner(backbone: keras.Model, kind: str) -> keras.Model:
 class VisibleTokenEncoder:
     """`encode(images, keep)`: the backbone's tokens for the prefix tokens + the patches `keep` (N, K) only.
 
+    A backbone's tokenizer (`tokenizer="shifted"` or `"conv"`) sees the whole image before the gather, so
+    a visible token also draws on the edge of its masked neighbours (half a patch for shifted patches, a
+    few pixels through the conv stem's 3x3 kernels); ConvMAE masks inside the stem instead. Not measured.
+
     Args:
         backbone: a built lensnet ViTBackbone or DeiTBackbone (not a copy: its weights are used).
     """
@@ -76,7 +80,7 @@ class VisibleTokenEncoder:
 
     def encode(self, images: Any, keep: Any, training: bool = False) -> Any:
         """(N, prefix + K, D) encoder outputs for the prefix tokens and the patches `keep` (N, K) int."""
-        patches = self.embedding.patch_embedding(tokenizer_input(self.backbone, images))  # (N, gh, gw, D)
+        patches = self.embedding.patch_embedding(tokenizer_input(self.backbone, images, training))  # (N, gh, gw, D)
         shape = ops.shape(patches)
         patches = ops.reshape(patches, (shape[0], -1, shape[-1]))
         prefix, positions = self._prefix_and_positions(shape[0])
