@@ -44,8 +44,8 @@ The tokenizer is an option (`tokenizer`, lensnet.models.layers.patch_tokenizer),
 (+0.010, +0.025) over the patchify ViT on the same test images; the convolutional stem of Xiao et al. 2021
 0.953 at 1e-4 and 0.964 at 3e-4 (+0.029 (+0.021, +0.038)), 0.963 at 1e-3 (the stem makes the rate matter
 little). Neither reaches 0.98; the default stays the published patchify ViT. Patch 4 instead of 8 at 64 px
-(conv stem, 3e-4; CCT's 16x16 grid) is worse at that budget: 0.949, -0.016 (-0.024, -0.008), at 2.5x the time,
-so the default patch stays 8.
+(conv stem, 3e-4; CCT's 16x16 grid) is worse at that budget: 0.949, -0.016 (-0.024, -0.008), at well over 2.5x the
+time, so the default patch stays 8.
 """
 
 from __future__ import annotations
