@@ -24,7 +24,7 @@ deit_tiny reaches macro AUC 0.885 at the substructure preset's 1e-3, 0.947 at 0.
 0.1x (1e-4; a 4-block DeiT 0.775 -> 0.946), see lensnet.models.registry.PLAIN_TRANSFORMER_RECIPE and
 docs/transformers.md. The tokenizer options of lensnet.models.vit at 1e-4: shifted patches 0.954 (-0.001
 (-0.006, +0.005) against the patchify DeiT on the same test images), the convolutional stem 0.960 (+0.005
-(-0.001, +0.012)).
+(-0.001, +0.012)); the conv stem at 3e-4 0.964 (+0.010 (+0.004, +0.015)).
 """
 
 from __future__ import annotations
