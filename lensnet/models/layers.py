@@ -290,15 +290,17 @@ def patch_tokenizer(tokenizer: str, image_shape: tuple[int, int, int], patch: tu
     "patch": none, keras-hub's patchify convolution; "shifted": `ShiftedPatches` (5C channels, same
     patch); "conv": `ConvStem` (the token grid itself, embedded at patch 1).
     """
-    h, w, c = image_shape
     if tokenizer == "patch":
         return None, image_shape, patch
     if tokenizer == "shifted":
-        return ShiftedPatches(patch, epsilon=epsilon, dtype=dtype, name="tokenizer"), (h, w, 5 * c), patch
-    if tokenizer == "conv":
-        stem = ConvStem(patch, hidden_dim, bn_momentum=bn_momentum, dtype=dtype, name="tokenizer")
-        return stem, (h // patch[0], w // patch[1], max(1, hidden_dim // 2)), (1, 1)
-    raise LensnetError(f"model {model!r}: tokenizer must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
+        layer, embed_patch = ShiftedPatches(patch, epsilon=epsilon, dtype=dtype, name="tokenizer"), patch
+    elif tokenizer == "conv":
+        layer = ConvStem(patch, hidden_dim, bn_momentum=bn_momentum, dtype=dtype, name="tokenizer")
+        embed_patch = (1, 1)
+    else:
+        raise LensnetError(f"model {model!r}: tokenizer must be one of {', '.join(TOKENIZERS)}, got {tokenizer!r}")
+    embed_shape = tuple(int(d) for d in layer.compute_output_shape((None, *image_shape))[1:])
+    return layer, embed_shape, embed_patch
 
 
 def tokenizer_input(backbone: keras.Model, images: Any, training: bool | None = None) -> Any:
