@@ -61,6 +61,28 @@ def test_lens_finding_run_directory(capsys, synthetic_dataset: Path, tmp_path: P
     assert "metrics" in out and str(run) in out
 
 
+def test_output_to_a_file_shows_steps_within_each_epoch(capsys, three_class: Path, tmp_path: Path,
+                                                        monkeypatch) -> None:
+    """Keras prints one line per epoch when the output is not a terminal; a CPU epoch can take minutes,
+    so timed step lines (here every step: interval 0) show that training is alive."""
+    from lensnet.core import progress
+
+    monkeypatch.setattr(progress, "DEFAULT_EVERY_SECONDS", 0.0)
+    code, out, err = fit(capsys, "--task", "substructure", "--model", "cnn_small", "--data", str(three_class),
+                         "--epochs", "2", "--batch-size", "32", "--runs", str(tmp_path), "--run-name", "steps",
+                         "--set", "run.verbose=auto", "--set", "train.precise_bn_batches=0", *TINY)
+    assert code == 0, err
+    lines = out.splitlines()
+    for epoch in (1, 2):
+        steps = [line for line in lines if line.startswith(f"epoch {epoch}/2: ")]
+        assert len(steps) >= 2, out
+        assert all(" step (" in line and ", loss " in line for line in steps), steps
+        done = [line.split(": ")[1].split(" ")[0].split("/") for line in steps]
+        assert [int(d) for d, _ in done] == list(range(1, len(done) + 1)), steps  # every step, in order
+        assert done[-1][0] == done[-1][1], steps  # the last training step of the epoch
+    assert not any(line.startswith("epoch 3/2") for line in lines)
+
+
 @pytest.mark.slow
 def test_substructure_learns_and_evaluate_on_other_dataset(capsys, three_class: Path, tmp_path: Path) -> None:
     code, _, err = fit(capsys, "--task", "substructure", "--model", "cnn_small", "--data", str(three_class),

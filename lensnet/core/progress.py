@@ -36,6 +36,7 @@ class Progress:
         self.enabled = enabled is not False
         self.every = float(every)
         self.n = 0
+        self.postfix = ""  # appended to each line (e.g. the running loss)
         self._bar = None
         self._start = self._last = time.perf_counter()
         if self.enabled and on_terminal(self.stream):
@@ -63,6 +64,8 @@ class Progress:
                 text += f", {rate:.3g} {self.unit}/s, ETA {(self.total - self.n) / rate:.0f} s"
         else:
             text += f" {self.unit}, {rate:.3g} {self.unit}/s"
+        if self.postfix:
+            text += f", {self.postfix}"
         print(text, file=self.stream, flush=True)
 
     def close(self) -> None:

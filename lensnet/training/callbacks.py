@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from lensnet.core import progress as _progress
 from lensnet.core.fileio import write_json
 
 STATE = "checkpoints/state.json"
@@ -57,6 +59,40 @@ class ThroughputMeter(keras.callbacks.Callback):
         if logs is not None and self._start is not None and end > self._start:
             logs["train_images_per_second"] = self.images_per_epoch / (end - self._start)
         self._start = None
+
+
+class StepLines(keras.callbacks.Callback):
+    """A flushed `epoch 2/3: 120/225 step (53%), 1.9 step/s, ETA 55 s, loss 0.412` line every few
+    seconds within an epoch, for output that goes to a file: there Keras prints one line per epoch
+    (`verbose=2`), and an epoch on a CPU can take many minutes without a sign of life."""
+
+    def __init__(self, epochs: int, steps: int, every: float | None = None) -> None:
+        super().__init__()
+        self.epochs, self.steps = int(epochs), int(steps)
+        self.every = _progress.DEFAULT_EVERY_SECONDS if every is None else float(every)
+        self._bar: _progress.Progress | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._bar = _progress.Progress(self.steps, f"epoch {epoch + 1}/{self.epochs}", unit="step",
+                                       stream=sys.stdout, every=self.every)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self._bar is not None:
+            loss = _plain((logs or {}).get("loss"))
+            self._bar.postfix = "" if loss is None else f"loss {loss:.4g}"
+            self._bar.update(1)
+
+    def on_test_begin(self, logs: dict | None = None) -> None:  # the training steps are over
+        self._close()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.enabled = False  # the epoch line follows; a last step line would repeat it
+            self._bar.close()
+            self._bar = None
 
 
 class _Resumable:

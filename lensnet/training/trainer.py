@@ -237,6 +237,8 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True,
     if chief:
         callbacks += task.callbacks(run_dir, info, config, val_ds)
     callbacks += list(extra_callbacks)
+    if verbosity(run["verbose"]) == 2:  # output to a file: a line every few seconds, not only per epoch
+        callbacks.append(cb.StepLines(epochs, steps_per_epoch))
 
     if initial_epoch < epochs:
         print(f"training {config['model']['name']} on {info.path} for task {task.name}: epochs "
