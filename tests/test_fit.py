@@ -61,6 +61,7 @@ def test_lens_finding_run_directory(capsys, synthetic_dataset: Path, tmp_path: P
     assert "metrics" in out and str(run) in out
 
 
+@pytest.mark.slow
 def test_output_to_a_file_shows_steps_within_each_epoch(capsys, three_class: Path, tmp_path: Path,
                                                         monkeypatch) -> None:
     """Keras prints one line per epoch when the output is not a terminal; a CPU epoch can take minutes,

@@ -64,7 +64,8 @@ class ThroughputMeter(keras.callbacks.Callback):
 class StepLines(keras.callbacks.Callback):
     """A flushed `epoch 2/3: 120/225 step (53%), 1.9 step/s, ETA 55 s, loss 0.412` line every few
     seconds within an epoch, for output that goes to a file: there Keras prints one line per epoch
-    (`verbose=2`), and an epoch on a CPU can take many minutes without a sign of life."""
+    (`verbose=2`), and an epoch on a CPU can take many minutes without a sign of life. Synchronous, as
+    Keras' own progress bar on a terminal: its batch hook reads the loss every step."""
 
     def __init__(self, epochs: int, steps: int, every: float | None = None) -> None:
         super().__init__()
