@@ -25,7 +25,8 @@ def check_fit_splits(config: dict, info: Any) -> None:
 
 
 def verbosity(setting: object) -> int:
-    """Keras verbosity: `auto` is a progress bar on a terminal, one line per epoch elsewhere."""
+    """Keras verbosity: `auto` is a progress bar on a terminal, one line per epoch elsewhere (with
+    lensnet's timed step lines in between: `callbacks.StepLines`)."""
     if setting == "auto":
         return 1 if sys.stdout.isatty() else 2
     return int(setting)
