@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from lensnet.core import progress as _progress
+from lensnet.core import progress
 from lensnet.core.fileio import write_json
 
 STATE = "checkpoints/state.json"
@@ -70,12 +70,12 @@ class StepLines(keras.callbacks.Callback):
     def __init__(self, epochs: int, steps: int, every: float | None = None) -> None:
         super().__init__()
         self.epochs, self.steps = int(epochs), int(steps)
-        self.every = _progress.DEFAULT_EVERY_SECONDS if every is None else float(every)
-        self._bar: _progress.Progress | None = None
+        self.every = progress.DEFAULT_EVERY_SECONDS if every is None else float(every)
+        self._bar: progress.Progress | None = None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._bar = _progress.Progress(self.steps, f"epoch {epoch + 1}/{self.epochs}", unit="step",
-                                       stream=sys.stdout, every=self.every)
+        self._bar = progress.Progress(self.steps, f"epoch {epoch + 1}/{self.epochs}", unit="step",
+                                      stream=sys.stdout, every=self.every)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self._bar is not None:
