@@ -74,12 +74,13 @@ def test_every_family_exports_faithfully(tmp_path, family, kind, normalisation, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tokenizer", ["shifted", "conv"])
-def test_vit_tokenizers_export_faithfully(tmp_path, tokenizer):
-    # the shifted-patch tokenizer (slices, pad, per-patch normalisation) and the conv stem convert to ONNX
+@pytest.mark.parametrize("args", [{"tokenizer": "shifted"}, {"tokenizer": "conv"}, {"attention": "locality"}])
+def test_vit_options_export_faithfully(tmp_path, args):
+    # the shifted-patch tokenizer (slices, pad, per-patch normalisation), the conv stem and locality
+    # self-attention (diagonal mask, learned temperature) convert to ONNX
     from lensnet.serving.export import export_run
 
-    run = make_run(tmp_path / "run", "vit_tiny", args={"tokenizer": tokenizer})
+    run = make_run(tmp_path / "run", "vit_tiny", args=args)
     result = export_run(run, tmp_path / "export")
     check = result.card["verification"]
     assert check["max_abs_diff_savedmodel"] <= 1e-4 and check["max_abs_diff_onnxruntime"] <= 1e-4

@@ -469,6 +469,44 @@ def test_tokenizers_round_trip_and_the_block_walks_use_them(name, tokenizer, tmp
     np.testing.assert_allclose(final_norm(encoded), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_locality_attention_masks_the_diagonal_scales_by_its_temperature_and_round_trips(tmp_path):
+    """`attention="locality"` (Lee et al. 2021): no token attends to itself; the learned temperature
+    multiplies the plain attention logits (scores = softmax(e^t * logits) over the other tokens); the model
+    saves and reloads in safe mode; the block walks go through the same attention."""
+    from lensnet.models.tokens import attention_maps, block_tokens
+
+    model = create_model("vit_tiny", (*TINY_SHAPE, 1), **TINY["vit_tiny"], attention="locality")
+    plain = create_model("vit_tiny", (*TINY_SHAPE, 1), **TINY["vit_tiny"])
+    assert model.get_config()["attention"] == "locality" and plain.get_config()["attention"] == "global"
+    assert model.output_shape == plain.output_shape
+    x = _images(3, 1)
+    maps = [np.asarray(m) for m in attention_maps(model, x)]
+    assert all(np.diagonal(m, axis1=-2, axis2=-1).max() == 0.0 for m in maps)
+    np.testing.assert_allclose(maps[0].sum(-1), 1.0, atol=1e-5)
+    assert np.diagonal(np.asarray(attention_maps(plain, x)[0]), axis1=-2, axis2=-1).min() > 0.0
+
+    block = model.get_layer("vit").get_layer("vit_encoder").encoder_layers[0]
+    tokens = np.asarray(model.get_layer("vit").get_layer("vit_patching_and_embedding")(x))
+    y = block.layer_norm_1(tokens)
+    cold = np.asarray(block.mha(y, y, return_attention_scores=True)[1])
+    block.mha.temperature.assign(np.log(3.0))
+    hot = np.asarray(block.mha(y, y, return_attention_scores=True)[1])
+    off = ~np.eye(tokens.shape[1], dtype=bool)
+    # log(hot) - 3 log(cold) is the same within each row (the softmax's normaliser) over the other tokens
+    gap = np.where(off, np.log(np.where(off, hot, 1.0)) - 3.0 * np.log(np.where(off, cold, 1.0)), np.nan)
+    np.testing.assert_allclose(np.nanmax(gap, -1) - np.nanmin(gap, -1), 0.0, atol=1e-3)
+
+    expected = np.asarray(model(x, training=False))
+    path = os.fspath(tmp_path / "locality.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(np.asarray(reloaded(x, training=False)), expected)
+    final_norm = model.get_layer("vit").get_layer("vit_encoder").layer_norm
+    np.testing.assert_allclose(np.asarray(final_norm(block_tokens(model, x, -1))), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(LensnetError, match="attention must be one of global, locality, got 'local'"):
+        create_model("vit_tiny", (*TINY_SHAPE, 1), **TINY["vit_tiny"], attention="local")
+
+
 def test_conv_stem_halves_the_grid_per_layer_and_needs_a_power_of_two_patch():
     from lensnet.models.layers import ConvStem
 

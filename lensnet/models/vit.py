@@ -56,6 +56,7 @@ from typing import Any
 import keras
 import keras_hub
 
+from lensnet.core.errors import LensnetError
 from lensnet.models.backbone import Backbone, float32_features, image_input
 from lensnet.models.layers import (
     as_pair,
@@ -65,6 +66,7 @@ from lensnet.models.layers import (
     freeze_index_tensors,
     patch_tokenizer,
 )
+from lensnet.models.locality import ATTENTIONS, locality_vit
 from lensnet.models.pooling import valid_modes
 from lensnet.models.registry import PLAIN_TRANSFORMER_RECIPE, register_model
 
@@ -110,6 +112,9 @@ class ViTBackbone(Backbone):
             Beyer et al. 2022, "Better plain ViT baselines".
         pooling: the default pooling of the tokens (see `lensnet.models.pooling`):
             `"cls"` (the class token), `"tokens_avg"`/`"avg"`, `"max"`, `"prefix_mean"`.
+        attention: `"global"`, keras-hub's multi-head self-attention; `"locality"`, locality
+            self-attention (Lee et al. 2021: the diagonal masked, a learned temperature;
+            lensnet.models.locality).
         name: model name.
         dtype: dtype policy.
     """
@@ -129,6 +134,7 @@ class ViTBackbone(Backbone):
         bn_momentum: float = 0.9,
         use_class_token: bool = True,
         pooling: str = "cls",
+        attention: str = "global",
         name: str = "vit",
         dtype: Any = None,
         **kwargs: Any,
@@ -140,14 +146,17 @@ class ViTBackbone(Backbone):
         allowed = valid_modes("tokens", int(use_class_token))
         if pooling not in allowed:
             raise ValueError(f"pooling must be one of {allowed} (use_class_token={use_class_token}), got {pooling!r}")
+        if attention not in ATTENTIONS:
+            raise LensnetError(f"model {name!r}: attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
 
         # === Functional model ===
         inputs = image_input(image_shape)
         front, embed_shape, embed_patch = patch_tokenizer(tokenizer, image_shape, patch, hidden_dim,
                                                           layer_norm_epsilon, bn_momentum, dtype, name)
         tokenised = inputs if front is None else front(inputs)
+        encoder = keras_hub.models.ViTBackbone if attention == "global" else locality_vit
         tokens = freeze_index_tensors(
-            keras_hub.models.ViTBackbone(
+            encoder(
                 image_shape=embed_shape,
                 patch_size=embed_patch,
                 num_layers=num_layers,
@@ -189,6 +198,7 @@ class ViTBackbone(Backbone):
         self.bn_momentum = float(bn_momentum)
         self.use_class_token = use_class_token
         self.pooling = pooling
+        self.attention = attention
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -208,6 +218,7 @@ class ViTBackbone(Backbone):
                 "bn_momentum": self.bn_momentum,
                 "use_class_token": self.use_class_token,
                 "pooling": self.pooling,
+                "attention": self.attention,
             }
         )
         return config
@@ -223,6 +234,7 @@ _VIT_COMMON = {
     "bn_momentum": 0.9,
     "use_class_token": True,
     "pooling": "cls",
+    "attention": "global",
 }
 
 

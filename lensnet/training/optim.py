@@ -38,8 +38,9 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 # Variable names (regex, searched in `variable.name`) that weight decay leaves alone, as timm and DeiT
 # do: norm scales and shifts, biases, class/distillation tokens and position embeddings. Decaying
-# them pulls LayerNorm gains and the tokens towards 0, which only hurts.
-NO_DECAY = ("bias", "gamma", "beta", "token", "embeddings", "position")
+# them pulls LayerNorm gains and the tokens towards 0, which only hurts. (Locality attention's temperature
+# is a log factor: decay would pull it to plain attention, not to 0, but it is one scalar a block.)
+NO_DECAY = ("bias", "gamma", "beta", "token", "embeddings", "position", "temperature")
 
 
 def peak_learning_rate(train: dict) -> float:
