@@ -24,7 +24,10 @@ ATTENTIONS = ("global", "locality")
 
 @keras.saving.register_keras_serializable(package="lensnet")
 class LocalitySelfAttention(keras.layers.MultiHeadAttention):
-    """Self-attention with the diagonal masked and a learned temperature (Lee et al. 2021)."""
+    """Self-attention with the diagonal masked and a learned temperature (Lee et al. 2021).
+
+    Overrides `_compute_attention`, the hook Keras documents for custom attention; the scores are computed
+    explicitly (not by `ops.dot_product_attention`, whose scale is a Python float, not a weight)."""
 
     def build(self, query_shape: Sequence[int | None], value_shape: Sequence[int | None],
               key_shape: Sequence[int | None] | None = None) -> None:
