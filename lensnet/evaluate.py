@@ -1,8 +1,11 @@
 """`python -m lensnet.evaluate`: score a trained run on any compatible dataset and split.
 
     python -m lensnet.evaluate --run runs/NAME --data tfrecords/model_iii --split test
+    python -m lensnet.evaluate --run runs/A --run runs/B --data tfrecords/survey   # an ensemble of A and B
 
-Writes runs/NAME/eval/<dataset>-<split>/metrics.json and plots, and TensorBoard images.
+Writes runs/NAME/eval/<dataset>-<split>/metrics.json and plots, and TensorBoard images. With several
+--run, scores the mean of their class probabilities (each member normalises the images as in its own
+training) and writes runs/A/eval/<dataset>-<split>-ensemble<N>/.
 Classes are matched by name, so a dataset imported with another class order still scores right;
 only the named split is read (a dataset holding just a test split is fine).
 """
@@ -21,7 +24,8 @@ SUMMARY = "score a trained run on a dataset split"  # its line in `lensnet --hel
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lensnet.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="run directory written by lensnet.fit")
+    parser.add_argument("--run", required=True, action="append",
+                        help="run directory written by lensnet.fit; repeat it to score an ensemble")
     parser.add_argument("--data", help="dataset directory (default: the run's own dataset)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", help="output directory (default: RUN/eval/<dataset>-<split>)")
@@ -34,9 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lensnet.core.tfboot import quiet_import
 
     quiet_import()
-    from lensnet.training.evaluation import evaluate_run
+    from lensnet.training.evaluation import evaluate_ensemble, evaluate_run
 
-    metrics, out_dir = evaluate_run(args.run, args.data, args.split, args.out, args.batch_size, tta=args.tta)
+    if len(args.run) == 1:
+        metrics, out_dir = evaluate_run(args.run[0], args.data, args.split, args.out, args.batch_size, tta=args.tta)
+    else:
+        metrics, out_dir = evaluate_ensemble(args.run, args.data, args.split, args.out, args.batch_size,
+                                             tta=args.tta)
     shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(f"{args.split} of {metrics['dataset']}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()),
           flush=True)

@@ -340,6 +340,55 @@ def test_evaluate_reads_only_the_split_it_scores(capsys, synthetic_dataset: Path
     assert code == 2 and "split 'val' is empty or missing" in err
 
 
+@pytest.mark.slow
+def test_evaluate_scores_an_ensemble_as_the_mean_of_its_members(capsys, synthetic_dataset: Path,
+                                                                 tmp_path: Path) -> None:
+    """--run A --run B scores the mean of A's and B's probabilities, each on its own normalisation."""
+    import shutil
+
+    from sklearn.metrics import roc_auc_score
+
+    from lensnet.evaluate import main as evaluate_main
+    from lensnet.training.evaluation import open_run_on, predict_split
+
+    for name, seed, normalise in (("a", "0", "standard"), ("b", "1", "minmax")):
+        code, _, err = fit(capsys, "--task", "lens_finding", "--data", str(synthetic_dataset), "--epochs", "1",
+                           "--seed", seed, "--runs", str(tmp_path), "--run-name", name, "--set",
+                           f"data.normalise={normalise}", "--set", "task.positive_class=class1", *TINY)
+        assert code == 0, err
+    probabilities = []
+    for name in ("a", "b"):
+        run, task, info, model = open_run_on(tmp_path / name, None, "test")
+        scored = predict_split(model, task, info, "test", run.normalisation, progress=False)
+        probabilities.append(scored["y_pred"][:, 0])  # a lens finder returns P(positive class)
+    y_true = scored["y_true"]
+    assert roc_auc_score(y_true, probabilities[0]) != roc_auc_score(y_true, probabilities[1])
+
+    code = run_cli(evaluate_main, ["--run", str(tmp_path / "a"), "--run", str(tmp_path / "b")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    ensemble = json.loads((tmp_path / "a" / "eval" / "synthetic-test-ensemble2" / "metrics.json").read_text())
+    assert ensemble["roc_auc"] == pytest.approx(roc_auc_score(y_true, np.mean(probabilities, axis=0)))
+    assert [m["run"] for m in ensemble["ensemble"]] == [str(tmp_path / "a"), str(tmp_path / "b")]
+
+    shutil.copytree(tmp_path / "a", tmp_path / "a_copy")  # the mean of one model's copies is that model
+    code = run_cli(evaluate_main, ["--run", str(tmp_path / "a"), "--run", str(tmp_path / "a_copy"), "--out",
+                                   str(tmp_path / "twice")])
+    assert code == 0, capsys.readouterr().err
+    alone = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    twice = json.loads((tmp_path / "twice" / "metrics.json").read_text())
+    assert twice["roc_auc"] == pytest.approx(alone["roc_auc"]) and twice["n"] == alone["n"]
+
+    code, _, err = fit(capsys, "--task", "substructure", "--model", "cnn_small", "--data", str(synthetic_dataset),
+                       "--epochs", "1", "--runs", str(tmp_path), "--run-name", "sub", *TINY)
+    assert code == 0, err
+    for runs, message in (((tmp_path / "a", tmp_path / "sub"), "cannot join an ensemble"),
+                          ((tmp_path / "a", tmp_path / "a"), "the same run is given twice")):
+        code = run_cli(evaluate_main, [arg for run in runs for arg in ("--run", str(run))])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_preset_model_arguments_stay_with_the_preset_model() -> None:
     from lensnet.training.config import resolve_fit_config
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,15 +85,24 @@ def report(model: keras.Model, task: Task, info: Any, split: str, normalise: dic
            extra: dict | None = None, tensorboard_dir: Path | None = None, history_csv: Path | None = None,
            n_images: int = 16, progress: bool = True, tta: str | None = None) -> dict:
     """Score `model` on `split`, write metrics.json and plots under `out_dir`, images to TensorBoard."""
-    out_dir = Path(out_dir)
     result = predict_split(model, task, info, split, normalise, batch_size, keep_images=n_images, progress=progress,
                            tta=tta)
+    return write_report(result, task, info, split, out_dir, model=model, extra=extra, tensorboard_dir=tensorboard_dir,
+                        history_csv=history_csv, n_images=n_images, tta=tta)
+
+
+def write_report(result: dict, task: Task, info: Any, split: str, out_dir: Path, *, model: keras.Model | None = None,
+                 extra: dict | None = None, tensorboard_dir: Path | None = None, history_csv: Path | None = None,
+                 n_images: int = 16, tta: str | None = None) -> dict:
+    """metrics.json, plots and TensorBoard images of a `predict_split` result (`model`: its example figures;
+    None for an ensemble, which has no single model to draw them from)."""
+    out_dir = Path(out_dir)
     metrics = task.score_records(result["y_true"], result["y_pred"], result["records"])
     metrics = {"split": split, "dataset": str(info.path), "dataset_checksum": info.checksum, **(extra or {}),
                **({"tta": tta} if tta else {}), **metrics}
     write_json(out_dir / "metrics.json", metrics)
     figures = task.plot(result["y_true"], result["y_pred"], out_dir / "plots")
-    if len(result["images"]):
+    if len(result["images"]) and model is not None:
         n = len(result["images"])
         extra_figures = task.example_figures(model, result["images"], result["y_true"][:n], result["y_pred"][:n])
         for name, fig in extra_figures.items():
@@ -164,4 +174,48 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
                      extra={"run": str(run_dir), "model": run.model},
                      tensorboard_dir=run_dir / "logs" / f"eval_{info.name}_{split}{suffix}", n_images=n_images,
                      tta=tta)
+    return metrics, out_dir
+
+
+def evaluate_ensemble(run_dirs: Sequence[str | Path], data: str | Path | None = None, split: str = "test",
+                      out: str | Path | None = None, batch_size: int = 64, n_images: int = 16,
+                      tta: str | None = None) -> tuple[dict, Path]:
+    """Score the mean class probabilities of several finished runs (an ensemble, as survey lens searches
+    combine their finders) on `split` of `data` (default: the first run's dataset).
+
+    Each member sees the images normalised as in its own training; the members must be one task with the same
+    trained state (class names, positive class), returning probabilities. metrics.json lists the members.
+    """
+    from lensnet.core.errors import LensnetError
+
+    run_dirs = [Path(r) for r in run_dirs]
+    if len(run_dirs) < 2:
+        raise LensnetError("an ensemble needs at least two --run")
+    if len(set(map(str, run_dirs))) != len(run_dirs):
+        raise LensnetError("--run: the same run is given twice")
+    first_run, task, info, model = open_run_on(run_dirs[0], data, split)
+    members = [(run_dirs[0], first_run, task, model)]
+    for run_dir in run_dirs[1:]:
+        run, other, _, member = open_run_on(run_dir, info.path, split)
+        if other.name != task.name or other.state() != task.state():
+            raise LensnetError(f"--run {run_dir}: a {other.name} run with {other.state()} cannot join an ensemble "
+                               f"of {task.name} runs with {task.state()}")
+        members.append((run_dir, run, other, member))
+    for run_dir, _, member_task, _ in members:
+        kind = member_task.output_spec().kind
+        if kind != "probabilities":
+            raise LensnetError(f"an ensemble averages class probabilities; {run_dir} returns {kind}")
+    check_tta(tta, task, info.image_shape)
+    results = [predict_split(member, member_task, info, split, run.normalisation, batch_size,
+                             keep_images=n_images if i == 0 else 0, tta=tta)
+               for i, (_, run, member_task, member) in enumerate(members)]
+    if any(r["ids"] != results[0]["ids"] for r in results[1:]):  # one reader, one order: a guard, not a case
+        raise LensnetError(f"the ensemble's members read {split} of {info.path} in different orders")
+    result = dict(results[0], y_pred=np.mean([r["y_pred"] for r in results], axis=0))
+    suffix = f"-tta-{tta}" if tta else ""
+    names = "+".join(Path(r).name for r in run_dirs)
+    out_dir = Path(out) if out else run_dirs[0] / "eval" / f"{info.name}-{split}-ensemble{len(run_dirs)}{suffix}"
+    extra = {"run": str(run_dirs[0]), "model": f"ensemble({names})",
+             "ensemble": [{"run": str(run_dir), "model": run.model} for run_dir, run, _, _ in members]}
+    metrics = write_report(result, task, info, split, out_dir, extra=extra, n_images=n_images, tta=tta)
     return metrics, out_dir
