@@ -154,3 +154,14 @@ def test_weight_decay_skips_norms_biases_tokens_and_position_embeddings():
     locality = create_model("vit_tiny", (16, 16, 1), **TINY_TRANSFORMERS["vit_tiny"], attention="locality")
     temperatures = [v for v in locality.trainable_variables if v.name == "temperature"]
     assert len(temperatures) == 4 and not any(optimizer._use_weight_decay(v) for v in temperatures)
+
+
+def test_a_warm_up_longer_than_half_the_schedule_is_flagged():
+    from lensnet.training.optim import schedule_warning
+
+    preset = {"schedule": "cosine", "warmup_epochs": 2, "epochs": 3}  # the substructure preset at --epochs 3
+    assert "67% of this 3-epoch schedule" in schedule_warning(preset)
+    assert schedule_warning({**preset, "epochs": 30}) is None
+    assert schedule_warning({**preset, "warmup_epochs": 1.5}) is None  # half: still a cosine run
+    assert schedule_warning({**preset, "schedule": "constant"}) is None
+    assert "peaks at epoch 3" in schedule_warning({**preset, "warmup_epochs": 5})

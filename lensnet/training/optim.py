@@ -48,6 +48,16 @@ def peak_learning_rate(train: dict) -> float:
     return float(train["learning_rate"]) * float(train.get("learning_rate_scale", 1.0))
 
 
+def schedule_warning(train: dict) -> str | None:
+    """A warm-up sized for a long schedule eats a short one (a preset's 2 warm-up epochs are two thirds of
+    `--epochs 3`): say so, since the run then spends most of its steps below its peak rate."""
+    epochs, warmup = int(train["epochs"]), float(train["warmup_epochs"])
+    if train["schedule"] != "cosine" or warmup <= 0.5 * epochs:
+        return None
+    return (f"train.warmup_epochs={warmup:g} is {warmup / epochs:.0%} of this {epochs}-epoch schedule: the "
+            f"learning rate peaks at epoch {min(warmup, epochs):g}; a shorter warm-up: --set train.warmup_epochs=N")
+
+
 def make_optimizer(train: dict, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     lr = peak_learning_rate(train)
     if train["schedule"] == "cosine":

@@ -141,7 +141,7 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True,
     from lensnet.training.distribute import make_strategy
     from lensnet.training.evaluation import report
     from lensnet.training.model import build_task_model
-    from lensnet.training.optim import make_optimizer, peak_learning_rate
+    from lensnet.training.optim import make_optimizer, peak_learning_rate, schedule_warning
 
     strategy, strategy_kind = make_strategy(config["distribute"])  # first: devices are fixed at TF start-up
     info = resolve_dataset(config, progress)
@@ -244,6 +244,8 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True,
         print(f"training {config['model']['name']} on {info.path} for task {task.name}: epochs "
               f"{initial_epoch + 1}-{epochs}, {steps_per_epoch} steps of {batch_size}, "
               f"{strategy.num_replicas_in_sync} replica(s) ({strategy_kind}); run: {run_dir}", flush=True)
+        if schedule_warning(train):
+            print(f"warning: {schedule_warning(train)}", flush=True)
         try:
             if strategy_kind == "multiworker":
                 from lensnet.training.custom_loop import fit_distributed
