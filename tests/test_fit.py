@@ -361,6 +361,9 @@ def test_evaluate_scores_an_ensemble_as_the_mean_of_its_members(capsys, syntheti
         run, task, info, model = open_run_on(tmp_path / name, None, "test")
         scored = predict_split(model, task, info, "test", run.normalisation, progress=False)
         probabilities.append(scored["y_pred"][:, 0])  # a lens finder returns P(positive class)
+        saved = np.load(tmp_path / name / "predictions.npz", allow_pickle=False)  # fit's own test scores
+        assert list(saved["ids"]) == scored["ids"] and np.array_equal(saved["y_true"], scored["y_true"])
+        np.testing.assert_allclose(saved["y_pred"][:, 0], probabilities[-1], rtol=1e-6)
     y_true = scored["y_true"]
     assert roc_auc_score(y_true, probabilities[0]) != roc_auc_score(y_true, probabilities[1])
 
@@ -370,6 +373,8 @@ def test_evaluate_scores_an_ensemble_as_the_mean_of_its_members(capsys, syntheti
     ensemble = json.loads((tmp_path / "a" / "eval" / "synthetic-test-ensemble2" / "metrics.json").read_text())
     assert ensemble["roc_auc"] == pytest.approx(roc_auc_score(y_true, np.mean(probabilities, axis=0)))
     assert [m["run"] for m in ensemble["ensemble"]] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    saved = np.load(tmp_path / "a" / "eval" / "synthetic-test-ensemble2" / "predictions.npz", allow_pickle=False)
+    np.testing.assert_allclose(saved["y_pred"][:, 0], np.mean(probabilities, axis=0), rtol=1e-6)
 
     shutil.copytree(tmp_path / "a", tmp_path / "a_copy")  # the mean of one model's copies is that model
     code = run_cli(evaluate_main, ["--run", str(tmp_path / "a"), "--run", str(tmp_path / "a_copy"), "--out",

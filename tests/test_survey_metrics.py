@@ -142,6 +142,9 @@ def test_evaluate_reports_survey_metrics_by_arc_snr_theta_e_and_subtype(tmp_path
     assert set(survey["fpr_per_subtype"]) == set(SUBTYPES)
     assert sum(e["count"] for e in survey["fpr_per_subtype"].values()) == 44
     assert metrics["tpr_at_fpr_1e-3"] is None and 0.0 <= metrics["recall_at_zero_fp"] <= 1.0
+    saved = np.load(next((tmp_path / "runs" / "lf" / "eval").glob("*/predictions.npz")), allow_pickle=False)
+    assert len(saved["ids"]) == len(saved["y_pred"]) == 54 and int(saved["y_true"].sum()) == 10
+    assert np.isfinite(saved["record_arc_snr"][saved["y_true"] == 1]).all()  # per-lens fields, beside the scores
 
 
 def test_benchmark_table_keeps_nested_figures_out_and_cells_say_n_a():

@@ -101,6 +101,7 @@ def write_report(result: dict, task: Task, info: Any, split: str, out_dir: Path,
     metrics = {"split": split, "dataset": str(info.path), "dataset_checksum": info.checksum, **(extra or {}),
                **({"tta": tta} if tta else {}), **metrics}
     write_json(out_dir / "metrics.json", metrics)
+    write_predictions(out_dir / "predictions.npz", result)
     figures = task.plot(result["y_true"], result["y_pred"], out_dir / "plots")
     if len(result["images"]) and model is not None:
         n = len(result["images"])
@@ -119,6 +120,20 @@ def write_report(result: dict, task: Task, info: Any, split: str, out_dir: Path,
     if tensorboard_dir is not None:
         write_tensorboard(tensorboard_dir, figures, metrics, split)
     return metrics
+
+
+def write_predictions(path: Path, result: dict) -> None:
+    """Per-record scores beside metrics.json, so figures can be recomputed (other thresholds, ensembles, a
+    subset of impostors) without scoring again: ids, y_true, y_pred and the task's record fields as
+    `record_<name>`. Read with np.load(path, allow_pickle=False)."""
+    from lensnet.core.fileio import atomic_open
+
+    arrays = {"ids": np.asarray(result["ids"], dtype=str), "y_true": np.asarray(result["y_true"]),
+              "y_pred": np.asarray(result["y_pred"]),
+              **{f"record_{k}": np.asarray(v) for k, v in result["records"].items()}}
+    arrays = {k: v.astype(str) if v.dtype == object else v for k, v in arrays.items()}  # no pickle to read
+    with atomic_open(path) as handle:
+        np.savez(handle, **arrays)
 
 
 def write_tensorboard(log_dir: Path, figures: dict[str, Path], metrics: dict, split: str) -> None:
