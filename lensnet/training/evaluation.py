@@ -54,12 +54,15 @@ def predict_split(model: keras.Model, task: Task, info: Any, split: str, normali
     dataset = load(info, split, batch_size=batch_size, fields=fields, shuffle=False, augment=None,
                    normalise=normalise)
     y_true, y_pred, ids, images, records = [], [], [], [], []
-    if tta:
-        predict = tf.function(lambda x: tf.reduce_mean(tf.stack([model(v, training=False)
-                                                                 for v in group_views(x, tta)]), axis=0),
-                              reduce_retracing=True)
-    else:
-        predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    # named functions, not lambdas: AutoGraph cannot find a lambda's source when two share a statement (a warning
+    # at the end of every run otherwise)
+    def averaged(x: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_mean(tf.stack([model(v, training=False) for v in group_views(x, tta)]), axis=0)
+
+    def plain(x: tf.Tensor) -> tf.Tensor:
+        return model(x, training=False)
+
+    predict = tf.function(averaged if tta else plain, reduce_retracing=True)
     try:
         with Progress(info.counts[split], f"scoring {split} split", "img", enabled=progress) as bar:
             for step, batch in enumerate(dataset):
