@@ -244,8 +244,9 @@ def run_fit(config: dict, *, resume: bool = False, progress: bool = True,
         print(f"training {config['model']['name']} on {info.path} for task {task.name}: epochs "
               f"{initial_epoch + 1}-{epochs}, {steps_per_epoch} steps of {batch_size}, "
               f"{strategy.num_replicas_in_sync} replica(s) ({strategy_kind}); run: {run_dir}", flush=True)
-        if schedule_warning(train):
-            print(f"warning: {schedule_warning(train)}", flush=True)
+        warmup_warning = schedule_warning(train)
+        if warmup_warning:
+            print(f"warning: {warmup_warning}", flush=True)
         try:
             if strategy_kind == "multiworker":
                 from lensnet.training.custom_loop import fit_distributed
