@@ -55,7 +55,8 @@ def schedule_warning(train: dict) -> str | None:
     if train["schedule"] != "cosine" or warmup <= 0.5 * epochs:
         return None
     return (f"train.warmup_epochs={warmup:g} is {warmup / epochs:.0%} of this {epochs}-epoch schedule: the "
-            f"learning rate peaks at epoch {min(warmup, epochs):g}; a shorter warm-up: --set train.warmup_epochs=N")
+            f"learning rate reaches its peak only at epoch {min(warmup, epochs):g}; a shorter warm-up: "
+            "--set train.warmup_epochs=N")
 
 
 def make_optimizer(train: dict, steps_per_epoch: int) -> keras.optimizers.Optimizer:
