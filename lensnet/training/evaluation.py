@@ -212,6 +212,9 @@ def evaluate_ensemble(run_dirs: Sequence[str | Path], data: str | Path | None = 
     if len(set(map(str, run_dirs))) != len(run_dirs):
         raise LensnetError("--run: the same run is given twice")
     first_run, task, info, model = open_run_on(run_dirs[0], data, split)
+    kind = task.output_spec().kind  # every member is this task (checked below), so this holds for all
+    if kind != "probabilities":
+        raise LensnetError(f"an ensemble averages class probabilities; {run_dirs[0]} returns {kind}")
     members = [(run_dirs[0], first_run, task, model)]
     for run_dir in run_dirs[1:]:
         run, other, _, member = open_run_on(run_dir, info.path, split)
@@ -219,10 +222,6 @@ def evaluate_ensemble(run_dirs: Sequence[str | Path], data: str | Path | None = 
             raise LensnetError(f"--run {run_dir}: a {other.name} run with {other.state()} cannot join an ensemble "
                                f"of {task.name} runs with {task.state()}")
         members.append((run_dir, run, other, member))
-    for run_dir, _, member_task, _ in members:
-        kind = member_task.output_spec().kind
-        if kind != "probabilities":
-            raise LensnetError(f"an ensemble averages class probabilities; {run_dir} returns {kind}")
     check_tta(tta, task, info.image_shape)
     results = [predict_split(member, member_task, info, split, run.normalisation, batch_size,
                              keep_images=n_images if i == 0 else 0, tta=tta)
