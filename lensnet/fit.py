@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_flags(parser, strategies=("auto", "default", "mirrored", "multiworker"))
     parser.add_argument("--init", metavar="RUN_DIR",
-                        help="start from the backbone weights of another run (e.g. --task pretrain)")
+                        help="start from the backbone weights of another run (e.g. --task pretrain); from all "
+                             "its weights, head included, when it is a run of the same task (fine-tuning)")
     parser.add_argument("--freeze", choices=("backbone",), help="train only the task's head (linear probe)")
     parser.add_argument("--teacher", metavar="RUN_OR_EXPORT",
                         help="distil from this teacher run or export (task.teacher; see task.distill, task.alpha)")

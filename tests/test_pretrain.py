@@ -326,6 +326,32 @@ def test_fine_tune_starts_from_the_pretrained_weights(runs: Path, synthetic_info
 
 
 @pytest.mark.slow
+def test_init_from_a_run_of_the_same_task_keeps_its_head(synthetic_dataset: Path, synthetic_info,
+                                                         tmp_path: Path) -> None:
+    """Fine-tuning a trained classifier on new data starts from all of it, head included; a pretraining
+    run (another task) gives only its backbone."""
+    from lensnet.tasks.base import task_from_config
+    from lensnet.training.config import resolve_fit_config
+    from lensnet.training.model import build_task_model, load_backbone_weights
+
+    assert run_cli(fit_main, supervised_argv(synthetic_dataset, tmp_path, "first")) == 0
+    trained = load(tmp_path / "first" / "checkpoints" / "best.keras").get_weights()
+    config = resolve_fit_config("substructure", None, {"model": {"name": "cnn_small", "args": {"filters": [8, 16]},
+                                                                 "init": str(tmp_path / "first")}})
+    model = build_task_model(task_from_config(config, synthetic_info), config, synthetic_info)
+    assert len(model.get_weights()) == len(trained) > len(backbone_weights(model))
+    for a, b in zip(model.get_weights(), trained):
+        np.testing.assert_array_equal(a, b)
+    plain = resolve_fit_config("substructure", None, {"model": {"name": "cnn_small", "args": {"filters": [8, 16]}}})
+    fresh = build_task_model(task_from_config(plain, synthetic_info), plain, synthetic_info)
+    elsewhere = {**plain, "task": {**plain["task"], "name": "regression"}}  # the same network, another task
+    assert load_backbone_weights(fresh, tmp_path / "first", elsewhere) == "backbone"
+    source = backbone_weights(load(tmp_path / "first" / "checkpoints" / "best.keras"))
+    assert all(np.array_equal(a, b) for a, b in zip(backbone_weights(fresh), source))
+    assert not all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), trained))
+
+
+@pytest.mark.slow
 def test_linear_probe_leaves_the_backbone_unchanged(runs: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
     argv = supervised_argv(synthetic_dataset, tmp_path, "probe", "--init", str(runs / "simclr"), "--freeze",
                            "backbone")

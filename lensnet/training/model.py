@@ -35,8 +35,10 @@ def backbone_factory(model_config: dict, kind: str = "backbone") -> BackboneFact
 def build_task_model(task: Task, config: dict, info: Any, init: bool = True) -> Any:
     """The task's own model for this config and dataset (call inside the strategy's scope).
 
-    `model.init` (a run directory, e.g. a pretraining run) copies that run's backbone weights in
-    (skipped with init=False: a resumed run restores its own checkpoint instead); `model.freeze:
+    `model.init` (a run directory, e.g. a pretraining run) copies that run's backbone weights in,
+    and its head's too when it is a run of the same task whose whole model fits (fine-tuning a
+    trained finder on new data keeps the classifier it learned); skipped with init=False: a resumed
+    run restores its own checkpoint instead. `model.freeze:
     backbone` makes the backbone non-trainable, which also keeps its BatchNormalization in inference
     mode (a linear probe when the task's head is linear).
     """
@@ -63,10 +65,12 @@ def _describe(name: str, args: dict) -> str:
     return f"{name}({shown})" if shown else name
 
 
-def load_backbone_weights(model: Any, run_dir: Path, config: dict) -> None:
-    """Copy the backbone weights of run `run_dir`'s best model into `model`'s backbone.
+def load_backbone_weights(model: Any, run_dir: Path, config: dict) -> str:
+    """Copy the backbone weights of run `run_dir`'s best model into `model`'s backbone, and every
+    weight of it when `run_dir` is a run of this config's task with the same weight shapes
+    throughout; returns what was copied ("model" or "backbone").
 
-    The architecture must match exactly (registry name, builder arguments, input shape): a
+    The backbone's architecture must match exactly (registry name, builder arguments, input shape): a
     mismatch is one LensnetError naming both.
     """
     from lensnet.artifacts.runs import read_run
@@ -74,17 +78,23 @@ def load_backbone_weights(model: Any, run_dir: Path, config: dict) -> None:
     from lensnet.tasks.checkpoints import load_model
 
     run = read_run(run_dir)
-    source_model = load_yaml(run_dir / "config.yaml", "run config").get("model") or {}
+    source_config = load_yaml(run_dir / "config.yaml", "run config").get("model") or {}
     mine = _describe(config["model"]["name"], config["model"].get("args"))
-    theirs = _describe(str(source_model.get("name")), source_model.get("args"))
+    theirs = _describe(str(source_config.get("name")), source_config.get("args"))
     target = backbone(model)
     target_shape = list(target.input_shape[1:])
     if mine != theirs or list(run.input_shape) != target_shape:
         raise LensnetError(f"--init {run_dir}: its model {theirs} on input {tuple(run.input_shape)} does not match "
                            f"this run's model {mine} on input {tuple(target_shape)}")
-    source = backbone(load_model(run_dir))
+    source_model = load_model(run_dir)
+    source = backbone(source_model)
     a, b = source.get_weights(), target.get_weights()
     if source.get_config() != target.get_config() or [w.shape for w in a] != [w.shape for w in b]:
         raise LensnetError(f"--init {run_dir}: its {source.name} backbone's weights do not fit this run's "
                            f"{target.name} backbone")
+    whole = source_model.get_weights()
+    if run.task == config["task"]["name"] and [w.shape for w in whole] == [w.shape for w in model.get_weights()]:
+        model.set_weights(whole)
+        return "model"
     target.set_weights(a)
+    return "backbone"
