@@ -328,11 +328,11 @@ def test_fine_tune_starts_from_the_pretrained_weights(runs: Path, synthetic_info
 @pytest.mark.slow
 def test_init_from_a_run_of_the_same_task_keeps_its_head(synthetic_dataset: Path, synthetic_info,
                                                          tmp_path: Path) -> None:
-    """Fine-tuning a trained classifier on new data starts from all of it, head included; a pretraining
-    run (another task) gives only its backbone."""
+    """Fine-tuning a trained classifier on new data starts from all of it, head included; a run of
+    another task (a pretraining run) gives only its backbone."""
     from lensnet.tasks.base import task_from_config
     from lensnet.training.config import resolve_fit_config
-    from lensnet.training.model import build_task_model, load_backbone_weights
+    from lensnet.training.model import build_task_model, load_init_weights
 
     assert run_cli(fit_main, supervised_argv(synthetic_dataset, tmp_path, "first")) == 0
     trained = load(tmp_path / "first" / "checkpoints" / "best.keras").get_weights()
@@ -345,7 +345,7 @@ def test_init_from_a_run_of_the_same_task_keeps_its_head(synthetic_dataset: Path
     plain = resolve_fit_config("substructure", None, {"model": {"name": "cnn_small", "args": {"filters": [8, 16]}}})
     fresh = build_task_model(task_from_config(plain, synthetic_info), plain, synthetic_info)
     elsewhere = {**plain, "task": {**plain["task"], "name": "regression"}}  # the same network, another task
-    assert load_backbone_weights(fresh, tmp_path / "first", elsewhere) == "backbone"
+    assert load_init_weights(fresh, tmp_path / "first", elsewhere) == "backbone"
     source = backbone_weights(load(tmp_path / "first" / "checkpoints" / "best.keras"))
     assert all(np.array_equal(a, b) for a, b in zip(backbone_weights(fresh), source))
     assert not all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), trained))

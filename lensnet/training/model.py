@@ -45,7 +45,7 @@ def build_task_model(task: Task, config: dict, info: Any, init: bool = True) -> 
     model = task.build(backbone_factory(config["model"], task.model_kind), info, config)
     model_config = config["model"]
     if model_config.get("init") and init:
-        load_backbone_weights(model, Path(model_config["init"]), config)
+        load_init_weights(model, Path(model_config["init"]), config)
     if model_config.get("freeze") == "backbone":
         backbone(model).trainable = False
     return model
@@ -65,7 +65,7 @@ def _describe(name: str, args: dict) -> str:
     return f"{name}({shown})" if shown else name
 
 
-def load_backbone_weights(model: Any, run_dir: Path, config: dict) -> str:
+def load_init_weights(model: Any, run_dir: Path, config: dict) -> str:
     """Copy the backbone weights of run `run_dir`'s best model into `model`'s backbone, and every
     weight of it when `run_dir` is a run of this config's task with the same weight shapes
     throughout; returns what was copied ("model" or "backbone").
